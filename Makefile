@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make run` serves, `make test` tests. Each installs what it needs.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PORT ?= 8000
+# Local development: no Ray token auth (see ../shared/docs/ray-serve-2.60-notes.md).
+export RAY_AUTH_MODE ?= disabled
+export OPENSESAME_ALLOW_PRIVATE_SPEC_HOSTS ?= 0
+
+.PHONY: install run test test-fast check train bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# A Ray head capped to the node (2 CPUs, 4 GB, small object store, no dashboard), then the app.
+run: $(STAMP)
+	$(VENV)/bin/ray stop --force >/dev/null 2>&1 || true
+	$(VENV)/bin/ray start --head --num-cpus 2 --memory 4000000000 \
+	    --object-store-memory 200000000 --include-dashboard=false --disable-usage-stats
+	trap '$(VENV)/bin/ray stop --force' EXIT INT TERM; \
+	    RAY_SERVE_THROUGHPUT_OPTIMIZED=1 $(VENV)/bin/serve run --address auto serve_config.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not serve and not slow"
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,1 @@
+"""Candidate generation: the operations worth ranking for one request."""

@@ -1,0 +1,1 @@
+"""Learning side of opensesame-predictor: workflow data, features, the LightGBM ranker."""
