@@ -72,7 +72,7 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
     for key, raw in env.items():
         if not key.startswith(ENV_PREFIX):
             continue
-        name = key[len(ENV_PREFIX):].lower()
+        name = key[len(ENV_PREFIX) :].lower()
         if name not in Settings.model_fields:
             raise ValueError(f"unknown setting {key}; known: {', '.join(_env_names())}")
         values[name] = raw

@@ -85,14 +85,24 @@ class SpecIndex:
     def to_bytes(self) -> bytes:
         ops = [
             [
-                op.method, op.path, op.operation_id, op.summary, op.description, list(op.tags),
+                op.method,
+                op.path,
+                op.operation_id,
+                op.summary,
+                op.description,
+                list(op.tags),
                 [[p.name, p.location, p.required, p.type] for p in op.params],
                 list(op.returns_ids),
             ]
             for op in self.operations
         ]
-        doc = {"v": FORMAT_VERSION, "hash": self.spec_hash, "title": self.title,
-               "bases": list(self.base_paths), "ops": ops}
+        doc = {
+            "v": FORMAT_VERSION,
+            "hash": self.spec_hash,
+            "title": self.title,
+            "bases": list(self.base_paths),
+            "ops": ops,
+        }
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -102,11 +112,15 @@ class SpecIndex:
             raise ValueError(f"spec index format {doc.get('v')!r}, expected {FORMAT_VERSION}")
         ops = tuple(
             Operation(
-                method=m, path=p, operation_id=oid, summary=s, description=d, tags=tuple(t),
+                method=m,
+                path=p,
+                operation_id=oid,
+                summary=s,
+                description=d,
+                tags=tuple(t),
                 params=tuple(Param(name=n, location=loc, required=r, type=ty) for n, loc, r, ty in ps),
                 returns_ids=tuple(ret),
             )
             for m, p, oid, s, d, t, ps, ret in doc["ops"]
         )
-        return cls(operations=ops, base_paths=tuple(doc["bases"]), spec_hash=doc["hash"],
-                   title=doc["title"])
+        return cls(operations=ops, base_paths=tuple(doc["bases"]), spec_hash=doc["hash"], title=doc["title"])

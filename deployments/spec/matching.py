@@ -79,7 +79,7 @@ class PathMatcher:
         tries = [segments]
         for base in self._bases:
             if segments[: len(base)] == base:
-                tries.append(segments[len(base):])
+                tries.append(segments[len(base) :])
         for segs in tries:
             found = self._walk(self._root, segs, 0, method, {})
             if found:

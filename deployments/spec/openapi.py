@@ -266,7 +266,8 @@ def _returned_ids(responses: Any, refs: _Refs, *, swagger2: bool) -> tuple[str, 
         else:
             content = response.get("content") if isinstance(response.get("content"), dict) else {}
             schemas = [
-                refs.deref(v).get("schema") for k, v in content.items()
+                refs.deref(v).get("schema")
+                for k, v in content.items()
                 if "json" in k and isinstance(refs.deref(v), dict)
             ]
         for schema in schemas:

@@ -129,9 +129,7 @@ class Operation:
 
 def _resource(segments: tuple[str, ...]) -> str:
     """The noun the operation acts on: the last literal segment that names a collection."""
-    literals = [
-        (i, s) for i, s in enumerate(segments) if "{" not in s and not _VERSION_SEGMENT.match(s)
-    ]
+    literals = [(i, s) for i, s in enumerate(segments) if "{" not in s and not _VERSION_SEGMENT.match(s)]
     if not literals:
         return ""
     i, last = literals[-1]
@@ -195,9 +193,7 @@ def _role(method: str, segments: tuple[str, ...], operation_id: str | None, summ
     return "action"
 
 
-def _destructive(
-    method: str, segments: tuple[str, ...], operation_id: str | None, summary: str
-) -> bool:
+def _destructive(method: str, segments: tuple[str, ...], operation_id: str | None, summary: str) -> bool:
     if method == "DELETE":
         return True
     if method == "GET":

@@ -1,0 +1,99 @@
+"""The candidate generator the service runs: embedded retrieval, optionally widened by an LLM.
+
+The LLM's proposals are merged with the retrieval candidates rather than replacing them (an LLM
+may miss the obvious next call), and any LLM failure falls back to retrieval alone within the same
+request; the result says which generator answered and why it fell back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from deployments.candidates.llm import LLMGenerator, LLMUnavailable
+from deployments.candidates.retrieval import RetrievalGenerator
+from deployments.candidates.types import Candidate
+from deployments.spec.index import Call, SpecIndex
+
+__all__ = ["CandidateGenerator", "CandidateSet"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class CandidateSet:
+    candidates: list[Candidate]
+    generator: str  # "retrieval" | "llm"
+    fallback_reason: str | None = None
+
+    def to_wire(self) -> dict:
+        return {
+            "candidates": [c.to_wire() for c in self.candidates],
+            "generator": self.generator,
+            "fallback_reason": self.fallback_reason,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> CandidateSet:
+        return cls(
+            candidates=[Candidate.from_wire(c) for c in wire["candidates"]],
+            generator=wire["generator"],
+            fallback_reason=wire["fallback_reason"],
+        )
+
+
+class CandidateGenerator:
+    def __init__(
+        self, *, retrieval: RetrievalGenerator, llm: LLMGenerator | None = None, limit: int = 30
+    ) -> None:
+        self.retrieval = retrieval
+        self.llm = llm
+        self.limit = limit
+        self.fallbacks: Counter[str] = Counter()
+
+    async def generate(
+        self, spec: SpecIndex, history: Sequence[Call], prompt: str | None, *, k: int = 5
+    ) -> CandidateSet:
+        shortlist_size = self.llm.settings.llm_shortlist if self.llm else self.limit
+        retrieved = self.retrieval.generate(spec, history, prompt, limit=max(self.limit, shortlist_size))
+        if self.llm is None:
+            return CandidateSet(retrieved[: self.limit], "retrieval")
+        try:
+            proposals = await self.llm.propose(
+                shortlist=[spec.operations[c.index] for c in retrieved[:shortlist_size]],
+                history=[f"{c.method} {c.path}" for c in history],
+                prompt=prompt,
+                spec_hash=spec.spec_hash,
+                k=k,
+            )
+        except LLMUnavailable as exc:
+            self.fallbacks[exc.reason] += 1
+            log.info("LLM generator unavailable (%s); using retrieval", exc.reason)
+            return CandidateSet(retrieved[: self.limit], "retrieval", fallback_reason=exc.reason)
+        return CandidateSet(self._merge(spec, retrieved, proposals), "llm")
+
+    def _merge(self, spec: SpecIndex, retrieved: list[Candidate], proposals: list) -> list[Candidate]:
+        by_index = {c.index: c for c in retrieved}
+        merged: list[Candidate] = []
+        for p in proposals:
+            i = spec.by_key.get(p.endpoint)
+            if i is None or any(c.index == i for c in merged):
+                continue
+            cand = by_index.get(i) or Candidate(index=i, destructive=spec.operations[i].destructive)
+            cand.sources["llm"] = float(p.confidence)
+            merged.append(cand)
+        rest = [c for c in retrieved if c.index not in {m.index for m in merged}]
+        return (merged + rest)[: max(self.limit, len(merged))]
+
+    def status(self) -> dict:
+        return {
+            "backend": "llm" if self.llm else "retrieval",
+            "fallbacks": dict(self.fallbacks),
+            **({"llm": self.llm.status()} if self.llm else {}),
+        }
+
+    async def aclose(self) -> None:
+        if self.llm is not None:
+            await self.llm.aclose()

@@ -1,0 +1,121 @@
+"""Parsing OpenAPI 3.0/3.1 and Swagger 2.0, JSON and YAML, $refs and cycles, bad documents."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deployments.errors import SpecInvalid
+from deployments.spec.index import SpecIndex
+from deployments.spec.openapi import MAX_YAML_ALIASES, parse_spec
+from tests.specs import PETSTORE_YAML, billing_spec, petstore_swagger2
+
+
+def test_openapi3_operations_params_and_refs() -> None:
+    spec = parse_spec(billing_spec())
+    assert spec.base_paths == ("/v1",)
+    assert spec.title == "Billing"
+    pay = spec.operations[spec.by_key["POST /invoices/{invoice_id}/pay"]]
+    assert pay.operation_id == "payInvoice"
+    assert [(p.name, p.location, p.required) for p in pay.params] == [("invoice_id", "path", True)]
+    assert pay.role == "action" and not pay.destructive
+    create = spec.operations[spec.by_key["POST /invoices"]]
+    body = {p.name: p.required for p in create.params if p.location == "body"}
+    assert body == {"customer_id": True, "amount": False}
+    assert create.role == "create"
+    # Returned ids are found through $refs, arrays and nested objects, and the Invoice→Line→Invoice
+    # cycle is survived.
+    listing = spec.operations[spec.by_key["GET /invoices"]]
+    assert {"id", "customer_id", "line_id"} <= set(listing.returns_ids)
+    delete = spec.operations[spec.by_key["DELETE /invoices/{invoice_id}"]]
+    assert delete.destructive and delete.role == "delete"
+
+
+def test_swagger2_body_and_base_path() -> None:
+    spec = parse_spec(petstore_swagger2())
+    assert spec.base_paths == ("/api/v2",)
+    add = spec.operations[spec.by_key["POST /pets"]]
+    assert {(p.name, p.location, p.required) for p in add.params} == {
+        ("id", "body", False),
+        ("name", "body", True),
+    }
+    get = spec.operations[spec.by_key["GET /pets/{petId}"]]
+    assert get.params[0].type == "integer" and get.role == "get"
+    assert spec.operations[spec.by_key["GET /pets"]].returns_ids == ("id", "name")
+
+
+def test_yaml_3_1_with_type_lists() -> None:
+    spec = parse_spec(PETSTORE_YAML)
+    assert set(spec.by_key) == {"GET /pets", "GET /pets/{pet_id}"}
+    show = spec.operations[spec.by_key["GET /pets/{pet_id}"]]
+    assert show.params[0].type == "string"
+
+
+def test_json_bytes_and_dict_agree_and_hash_is_stable() -> None:
+    doc = billing_spec()
+    a = parse_spec(json.dumps(doc).encode())
+    b = parse_spec(doc)
+    assert a.operations == b.operations
+    assert parse_spec(doc).spec_hash == b.spec_hash
+
+
+def test_index_round_trips_through_bytes() -> None:
+    spec = parse_spec(billing_spec())
+    again = SpecIndex.from_bytes(spec.to_bytes())
+    assert again.operations == spec.operations
+    assert again.base_paths == spec.base_paths and again.spec_hash == spec.spec_hash
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"", "empty"),
+        (b"{not json", "not valid JSON"),
+        (b"a: [unclosed", "not valid YAML"),
+        (b"[1, 2]", "object at the top level"),
+        (b'{"info": {}}', "not an OpenAPI"),
+        (b'{"openapi": "3.0.0", "paths": {}}', "no operations"),
+        (b'{"openapi": "3.0.0"}', "no 'paths'"),
+        (b"\xff\xfe\x00", "UTF-8"),
+        (b"!!python/object/apply:os.system ['true']", "YAML"),
+    ],
+)
+def test_bad_documents_are_refused_with_the_reason(raw: bytes, message: str) -> None:
+    with pytest.raises(SpecInvalid, match=message):
+        parse_spec(raw)
+
+
+def test_yaml_alias_bomb_is_refused() -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 12):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    with pytest.raises(SpecInvalid, match=f"more than {MAX_YAML_ALIASES} YAML aliases"):
+        parse_spec("\n".join(lines).encode())
+
+
+def test_deep_nesting_is_refused_not_crashing() -> None:
+    with pytest.raises(SpecInvalid):
+        parse_spec(b"[" * 100_000 + b"]" * 100_000)
+
+
+def test_ref_cycles_between_path_items_terminate() -> None:
+    doc = {
+        "openapi": "3.0.0",
+        "info": {"title": "t"},
+        "paths": {
+            "/a": {"$ref": "#/paths/~1b"},
+            "/b": {"$ref": "#/paths/~1a"},
+            "/c": {"get": {"responses": {"200": {"$ref": "#/components/responses/R"}}}},
+        },
+        "components": {"responses": {"R": {"$ref": "#/components/responses/R"}}},
+    }
+    spec = parse_spec(doc)
+    assert list(spec.by_key) == ["GET /c"]
+
+
+def test_every_jentic_spec_parses(jentic_dir) -> None:
+    specs = sorted(jentic_dir.glob("apis/openapi/*/*/*/openapi.json"))[:40]
+    assert specs, "no jentic specs found"
+    for path in specs:
+        assert len(parse_spec(path.read_bytes())) > 0, path
