@@ -77,3 +77,12 @@ def test_swagger_base_path(billing) -> None:
 def test_malformed_endpoints_are_refused(bad) -> None:
     with pytest.raises(ValueError):
         parse_endpoint(bad)
+
+
+def test_base_path_stripped_match_beats_a_catch_all_template() -> None:
+    doc = {"openapi": "3.0.0", "info": {"title": "t"}, "servers": [{"url": "/elements/api-v2"}],
+           "paths": {"/{object}/{id}/{child}": {"get": {"responses": {}}},
+                     "/orders": {"get": {"responses": {}}}}}
+    spec = parse_spec(doc)
+    assert spec.resolve("GET /elements/api-v2/orders").operation.key == "GET /orders"
+    assert spec.resolve("GET /a/b/c").operation.key == "GET /{object}/{id}/{child}"

@@ -35,6 +35,10 @@ class _Node:
     methods: dict[str, Operation] = field(default_factory=dict)
 
 
+def _literal_count(op: Operation) -> int:
+    return sum(1 for s in op.segments if "{" not in s)
+
+
 def split_path(path: str) -> list[str]:
     path = path.split("?", 1)[0].split("#", 1)[0]
     return [s for s in path.split("/") if s]
@@ -80,11 +84,10 @@ class PathMatcher:
         for base in self._bases:
             if segments[: len(base)] == base:
                 tries.append(segments[len(base) :])
-        for segs in tries:
-            found = self._walk(self._root, segs, 0, method, {})
-            if found:
-                return found
-        return None
+        # With and without the base path, the more literal template wins: `/v1/orders` must not
+        # land on a catch-all `/{object}/{child}` when the spec has `/orders` under base `/v1`.
+        found = [m for segs in tries if (m := self._walk(self._root, segs, 0, method, {}))]
+        return max(found, key=lambda m: _literal_count(m.operation), default=None)
 
     def _walk(
         self, node: _Node, segs: list[str], i: int, method: str, params: dict[str, str]

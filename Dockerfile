@@ -1,0 +1,30 @@
+# opensesame-predictor: a capped Ray head (2 CPUs, 4 GB) running the Serve app on :8000.
+#   docker build -t opensesame .
+#   docker run --cpus 2 --memory 4g -p 8000:8000 opensesame
+FROM python:3.11-slim AS build
+WORKDIR /src
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY pyproject.toml ./
+COPY deployments ./deployments
+COPY ranker ./ranker
+COPY graph.py ./
+RUN pip install --no-cache-dir .
+
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 opensesame
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY graph.py serve_config.yaml ./
+COPY configs ./configs
+ENV PATH=/opt/venv/bin:$PATH \
+    RAY_AUTH_MODE=disabled \
+    RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
+    RAY_USAGE_STATS_ENABLED=0 \
+    OPENSESAME_DATA_DIR=/app/var
+USER opensesame
+RUN mkdir -p /app/var
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
+    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status != 200)"
+CMD ["sh", "-c", "ray start --head --num-cpus 2 --memory 4000000000 --object-store-memory 200000000 --include-dashboard=false --disable-usage-stats && exec serve run --address auto serve_config.yaml"]

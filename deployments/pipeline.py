@@ -1,0 +1,61 @@
+"""The whole prediction pipeline in one process: the plain classes, no Ray.
+
+Used for development, by the CLI, and as the baseline the Serve graph is benchmarked against.
+The Serve graph runs exactly these steps, one deployment per step.
+"""
+
+from __future__ import annotations
+
+import time
+
+from deployments.components import Components, build_components
+from deployments.predictions import assemble_predictions, build_response
+from deployments.schemas import PredictRequest, PredictResponse
+from deployments.settings import Settings, load_settings
+
+__all__ = ["Pipeline"]
+
+
+class Pipeline:
+    def __init__(self, settings: Settings | None = None, *, components: Components | None = None):
+        self.settings = settings or load_settings()
+        self.c = components or build_components(self.settings)
+
+    async def predict(self, request: PredictRequest) -> PredictResponse:
+        t0 = time.perf_counter()
+        spec = await self.c.store.resolve(spec_url=request.spec_url, spec=request.spec)
+        t1 = time.perf_counter()
+        history = spec.resolve_history(request.history())
+        cset = await self.c.generator.generate(spec, history, request.prompt, k=request.k)
+        t2 = time.perf_counter()
+        features = self.c.extractor.extract(spec, history, request.prompt, cset.candidates)
+        t3 = time.perf_counter()
+        [(probs, contribs)] = self.c.ranker.score_groups([features])
+        t4 = time.perf_counter()
+        predictions = assemble_predictions(
+            spec=spec,
+            history=history,
+            prompt=request.prompt,
+            candidates=cset,
+            features=features,
+            probs=probs,
+            contribs=contribs,
+            k=request.k,
+        )
+        timings = {
+            "spec": t1 - t0,
+            "candidates": t2 - t1,
+            "features": t3 - t2,
+            "rank": t4 - t3,
+            "total": time.perf_counter() - t0,
+        }
+        return build_response(
+            predictions=predictions,
+            model_version=self.c.ranker.version,
+            candidates=cset,
+            history=history,
+            timings_ms={k: v * 1000 for k, v in timings.items()},
+        )
+
+    async def aclose(self) -> None:
+        await self.c.aclose()

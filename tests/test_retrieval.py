@@ -1,0 +1,173 @@
+"""The embedded candidate generator on small hand-written specs, and on one real spec."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from deployments.candidates.retrieval import RetrievalGenerator, stem, wants_destructive
+from deployments.spec.index import SpecIndex
+from deployments.spec.openapi import parse_spec
+from ranker.transitions import load_transitions
+
+
+def _op(op_id: str, summary: str, *, params: tuple[str, ...] = (), returns: tuple[str, ...] = (),
+        tags: tuple[str, ...] = ()) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": op_id, "summary": summary, "tags": list(tags),
+        "parameters": [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                       for p in params],
+        "responses": {"200": {"description": "ok"}},
+    }
+    if returns:
+        op["responses"]["200"]["content"] = {"application/json": {"schema": {
+            "type": "array", "items": {"type": "object",
+                                       "properties": {r: {"type": "string"} for r in returns}}}}}
+    return op
+
+
+SPEC = parse_spec({
+    "openapi": "3.0.0",
+    "info": {"title": "People and billing", "version": "1"},
+    "paths": {
+        "/search/person": {"get": _op("searchPerson", "Search people by name", returns=("id",))},
+        "/person/{person_id}": {
+            "get": _op("getPerson", "Get a person's details", params=("person_id",)),
+            "delete": _op("deletePerson", "Delete a person", params=("person_id",)),
+        },
+        "/person/{person_id}/credits": {
+            "get": _op("getPersonCredits", "Movie credits of a person", params=("person_id",)),
+        },
+        "/invoices": {
+            "get": _op("listInvoices", "List all invoices", returns=("id",), tags=("billing",)),
+            "post": _op("createInvoice", "Create an invoice", tags=("billing",)),
+        },
+        "/invoices/{invoice_id}": {
+            "get": _op("getInvoice", "Retrieve an invoice", params=("invoice_id",)),
+            "patch": _op("updateInvoice", "Update an invoice", params=("invoice_id",)),
+        },
+        "/invoices/{invoice_id}/void": {
+            "post": _op("voidInvoice", "Void an invoice", params=("invoice_id",)),
+        },
+        "/invoices/{invoice_id}/pay": {
+            "post": _op("payInvoice", "Pay an invoice", params=("invoice_id",)),
+        },
+        "/movies/popular": {"get": _op("popularMovies", "Popular movies right now")},
+        "/genres": {"get": _op("listGenres", "List movie genres")},
+    },
+})
+
+
+def _keys(spec: SpecIndex, candidates: list[Any]) -> list[str]:
+    return [spec.operations[c.index].key for c in candidates]
+
+
+@pytest.fixture(scope="module")
+def generator() -> RetrievalGenerator:
+    return RetrievalGenerator()
+
+
+def test_bm25_ranks_the_obviously_matching_operation_first(generator: RetrievalGenerator) -> None:
+    index = generator.index_for(SPEC)
+    from deployments.spec.operations import tokenize
+
+    scores = index.bm25(tokenize("which movies are popular right now?"))
+    assert SPEC.operations[int(scores.argmax())].key == "GET /movies/popular"
+    top = generator.generate(SPEC, [], "show me the popular movies")[0]
+    assert SPEC.operations[top.index].key == "GET /movies/popular"
+    assert "bm25" in top.sources and "entry" in top.sources
+
+
+def test_dataflow_proposes_the_operation_consuming_the_returned_id(
+    generator: RetrievalGenerator,
+) -> None:
+    history = [SPEC.resolve("GET /search/person", {"query": "Tom Hanks"})]
+    candidates = generator.generate(SPEC, history, None)
+    by_key = dict(zip(_keys(SPEC, candidates), candidates, strict=True))
+    assert by_key["GET /person/{person_id}"].sources["dataflow"] > 0
+    assert by_key["GET /person/{person_id}/credits"].sources["dataflow"] > 0
+    assert "dataflow" not in by_key.get("GET /invoices/{invoice_id}", by_key["GET /genres"]).sources
+    # An id the user has in a path counts too: /invoices/in_1 -> everything under that invoice.
+    history = [SPEC.resolve("GET /invoices/in_1")]
+    keys = _keys(SPEC, generator.generate(SPEC, history, "pay it", limit=3))
+    assert keys[0] == "POST /invoices/{invoice_id}/pay"
+
+
+def test_destructive_operations_only_when_asked_and_flagged(generator: RetrievalGenerator) -> None:
+    history = [SPEC.resolve("GET /person/p_1")]
+    plain = generator.generate(SPEC, history, "tell me about this person", limit=50)
+    assert "DELETE /person/{person_id}" not in _keys(SPEC, plain)
+    assert "POST /invoices/{invoice_id}/void" not in _keys(SPEC, plain)
+    assert not any(c.destructive for c in plain)
+    asked = generator.generate(SPEC, history, "please delete this person", limit=5)
+    flagged = {SPEC.operations[c.index].key: c.destructive for c in asked}
+    assert flagged.get("DELETE /person/{person_id}") is True
+    assert wants_destructive("Cancel my subscription") and wants_destructive("removing old rows")
+    assert not wants_destructive("list my invoices") and not wants_destructive(None)
+
+
+def test_cold_start_offers_entry_points(generator: RetrievalGenerator) -> None:
+    candidates = generator.generate(SPEC, [], None, limit=5)
+    assert candidates and all(not SPEC.operations[c.index].path_params for c in candidates)
+    assert all("entry" in c.sources for c in candidates)
+    keys = _keys(SPEC, generator.generate(SPEC, [], "create an invoice", limit=3))
+    assert keys[0] == "POST /invoices"
+
+
+def test_candidates_are_unique_merge_sources_and_respect_limit(
+    generator: RetrievalGenerator,
+) -> None:
+    history = [SPEC.resolve("GET /invoices"), SPEC.resolve("GET /invoices/in_7")]
+    candidates = generator.generate(SPEC, history, "update the invoice", limit=4)
+    indices = [c.index for c in candidates]
+    assert len(indices) == len(set(indices)) <= 4
+    top = candidates[0]
+    assert SPEC.operations[top.index].key == "PATCH /invoices/{invoice_id}"
+    assert {"bm25", "dataflow", "neighbour"} <= set(top.sources)
+    assert all(0 < v <= 1 for c in candidates for v in c.sources.values())
+    with pytest.raises(ValueError, match="limit"):
+        generator.generate(SPEC, history, None, limit=0)
+
+
+def test_output_is_deterministic_and_the_index_cache_is_bounded() -> None:
+    transitions = load_transitions()
+    history = [SPEC.resolve("GET /invoices")]
+    a = RetrievalGenerator(transitions=transitions).generate(SPEC, history, "pay the invoice")
+    b = RetrievalGenerator(transitions=transitions).generate(SPEC, history, "pay the invoice")
+    assert [c.to_wire() for c in a] == [c.to_wire() for c in b]
+    assert any("transition" in c.sources for c in a)
+    small = RetrievalGenerator(cache_size=2)
+    specs = [SpecIndex(operations=SPEC.operations[:k], spec_hash=f"h{k}") for k in (3, 4, 5)]
+    for spec in specs:
+        small.index_for(spec)
+    assert len(small._cache) == 2 and "h3" not in small._cache
+    assert small.index_for(specs[2]) is small.index_for(specs[2])
+    with pytest.raises(ValueError, match="unknown source weights"):
+        RetrievalGenerator(weights={"magic": 1.0})
+
+
+def test_stemming_meets_word_forms() -> None:
+    assert stem("creating") == stem("create") == stem("creation")
+    assert stem("assignment") == stem("assign")
+    assert stem("billing") == stem("bill")
+
+
+def test_a_real_workflow_target_is_among_the_candidates() -> None:
+    from deployments.settings import load_settings
+    from ranker.data import examples, parse_workflow_document
+
+    root = load_settings().jentic_dir
+    path = root / "workflows/1password.local~connect/workflows.arazzo.json"
+    if not path.exists():
+        pytest.skip(f"no jentic data at {root}")
+    workflows = parse_workflow_document(json.loads(path.read_text()),
+                                        api="1password.local~connect", root=root)
+    generator = RetrievalGenerator(transitions=load_transitions())
+    found = list(examples(workflows))
+    hits = 0
+    for ex in found:
+        keys = _keys(ex.spec, generator.generate(ex.spec, ex.history, ex.prompt, limit=10))
+        hits += ex.target in keys
+    assert hits / len(found) >= 0.8
