@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,12 +21,6 @@ serve = pytest.importorskip("ray.serve")
 SPEC_CAP = 300_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def specs() -> Iterator[SpecServer]:
     with spec_server() as server:
@@ -35,12 +28,9 @@ def specs() -> Iterator[SpecServer]:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, specs) -> Iterator[str]:
+def service(serve_cluster, tmp_path_factory, specs) -> Iterator[str]:
     from graph import build_app
 
-    port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200_000_000)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     settings = {
         "allow_private_spec_hosts": True,  # the spec server is on loopback
         "data_dir": str(tmp_path_factory.mktemp("serve-data")),
@@ -49,10 +39,9 @@ def service(tmp_path_factory, specs) -> Iterator[str]:
     }
     serve.run(build_app({"settings": settings}), name="opensesame", route_prefix="/")
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield serve_cluster
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        serve.delete("opensesame")
 
 
 @pytest.fixture(scope="module")
