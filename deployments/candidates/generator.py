@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from deployments.candidates.llm import LLMGenerator, LLMUnavailable
-from deployments.candidates.retrieval import RetrievalGenerator
+from deployments.candidates.retrieval import RetrievalGenerator, wants_destructive
 from deployments.candidates.types import Candidate
 from deployments.spec.index import Call, SpecIndex
 
@@ -72,15 +72,20 @@ class CandidateGenerator:
             self.fallbacks[exc.reason] += 1
             log.info("LLM generator unavailable (%s); using retrieval", exc.reason)
             return CandidateSet(retrieved[: self.limit], "retrieval", fallback_reason=exc.reason)
-        return CandidateSet(self._merge(spec, retrieved, proposals), "llm")
+        return CandidateSet(self._merge(spec, retrieved, proposals, prompt), "llm")
 
-    def _merge(self, spec: SpecIndex, retrieved: list[Candidate], proposals: list) -> list[Candidate]:
+    def _merge(
+        self, spec: SpecIndex, retrieved: list[Candidate], proposals: list, prompt: str | None
+    ) -> list[Candidate]:
         by_index = {c.index: c for c in retrieved}
+        destructive_ok = wants_destructive(prompt)
         merged: list[Candidate] = []
         for p in proposals:
             i = spec.by_key.get(p.endpoint)
             if i is None or any(c.index == i for c in merged):
                 continue
+            if spec.operations[i].destructive and not destructive_ok:
+                continue  # the same rule as retrieval: destructive only when asked
             cand = by_index.get(i) or Candidate(index=i, destructive=spec.operations[i].destructive)
             cand.sources["llm"] = float(p.confidence)
             merged.append(cand)

@@ -1,0 +1,113 @@
+"""The LLM generator inside the whole pipeline, against a real OpenAI-protocol server on loopback:
+every outcome ends in valid predictions, and the metadata says which generator answered."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from deployments.pipeline import Pipeline
+from deployments.schemas import PredictRequest, PredictResponse
+from deployments.settings import load_settings
+from tests.llm_server import FakeLLMServer, Reply, dead_port
+from tests.specs import billing_spec
+
+API_KEY = "sk-test-never-log-me-0123456789"
+PAY = "POST /invoices/{invoice_id}/pay"
+
+
+@pytest.fixture()
+def llm() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer() as server:
+        yield server
+
+
+def _predict(base_url: str, tmp_path, **overrides) -> PredictResponse:
+    settings = load_settings(
+        {}, data_dir=str(tmp_path), llm_base_url=base_url, llm_model="m", llm_api_key=API_KEY,
+        llm_budget_s=0.5, **overrides,
+    )
+    request = PredictRequest.model_validate({
+        "user_id": "u", "spec": billing_spec(), "prompt": "get this invoice paid", "k": 5,
+        "events": [{"endpoint": "GET /v1/invoices"}, {"endpoint": "GET /v1/invoices/in_9"}],
+    })
+
+    async def run() -> PredictResponse:
+        pipeline = Pipeline(settings)
+        try:
+            return await pipeline.predict(request)
+        finally:
+            await pipeline.aclose()
+
+    return asyncio.run(run())
+
+
+def _valid(response: PredictResponse) -> list[str]:
+    spec_keys = {f"{m.upper()} {p}" for p, item in billing_spec()["paths"].items() for m in item
+                 if m != "parameters"}
+    endpoints = [p.endpoint for p in response.predictions]
+    assert endpoints and set(endpoints) <= spec_keys and len(set(endpoints)) == len(endpoints)
+    scores = [p.score for p in response.predictions]
+    assert scores == sorted(scores, reverse=True)
+    return endpoints
+
+
+def test_good_answer_is_merged_and_reported(llm, tmp_path) -> None:
+    llm.script(Reply.predictions([{"endpoint": PAY, "params": {"invoice_id": "in_9"},
+                                   "confidence": 0.9, "reason": "pay it"}]))
+    response = _predict(llm.base_url, tmp_path)
+    assert PAY in _valid(response)
+    assert response.metadata.generator == "llm" and response.metadata.fallback_reason is None
+    # Retrieval candidates are still there beside the LLM's one.
+    assert len(response.predictions) > 1
+
+
+def test_invented_endpoint_is_dropped(llm, tmp_path) -> None:
+    llm.script(Reply.predictions([{"endpoint": "POST /invoices/{invoice_id}/teleport",
+                                   "confidence": 1.0}]))
+    response = _predict(llm.base_url, tmp_path)
+    assert "POST /invoices/{invoice_id}/teleport" not in _valid(response)
+    assert response.metadata.generator == "retrieval"
+    assert response.metadata.fallback_reason == "no_valid"
+
+
+def test_destructive_proposal_without_intent_is_dropped(llm, tmp_path) -> None:
+    llm.script(Reply.predictions([{"endpoint": "DELETE /invoices/{invoice_id}", "confidence": 1.0},
+                                  {"endpoint": PAY, "confidence": 0.5}]))
+    response = _predict(llm.base_url, tmp_path)
+    assert "DELETE /invoices/{invoice_id}" not in _valid(response)
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (Reply.slow(2.0), "timeout"),
+        (Reply.error(500), "http_500"),
+        (Reply.text("this is not json"), "malformed"),
+        (Reply.text(""), "empty"),
+    ],
+)
+def test_failures_fall_back_to_retrieval(llm, tmp_path, reply, reason) -> None:
+    llm.script(reply)
+    response = _predict(llm.base_url, tmp_path)
+    _valid(response)
+    assert response.metadata.generator == "retrieval"
+    assert response.metadata.fallback_reason == reason
+
+
+def test_dead_port_falls_back(tmp_path) -> None:
+    response = _predict(f"http://127.0.0.1:{dead_port()}/v1", tmp_path)
+    _valid(response)
+    assert response.metadata.fallback_reason == "connect"
+
+
+def test_api_key_never_in_response_or_logs(llm, tmp_path, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    llm.script(Reply.error(500))
+    response = _predict(llm.base_url, tmp_path)
+    assert API_KEY not in response.model_dump_json()
+    assert API_KEY not in caplog.text
+    assert llm.requests[0].headers.get("authorization") == f"Bearer {API_KEY}"  # it was sent
