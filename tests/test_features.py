@@ -1,0 +1,180 @@
+"""FeatureExtractor: names and shapes, determinism, and one code path for training and serving."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deployments.candidates.generator import CandidateGenerator
+from deployments.candidates.retrieval import RetrievalGenerator
+from deployments.candidates.types import Candidate
+from deployments.spec.index import SpecIndex
+from deployments.spec.openapi import parse_spec
+from ranker.data import concrete_endpoint, examples, parse_workflow_document, split_of
+from ranker.evaluate import build_groups
+from ranker.features import (
+    FEATURE_NAMES,
+    FEATURE_VERSION,
+    FeatureExtractor,
+    param_entity,
+    prompt_stems,
+    stem,
+)
+from ranker.transitions import load_transitions
+from tests.specs import billing_spec
+
+COL = {n: i for i, n in enumerate(FEATURE_NAMES)}
+
+
+@pytest.fixture(scope="module")
+def transitions():
+    return load_transitions()
+
+
+@pytest.fixture(scope="module")
+def extractor(transitions) -> FeatureExtractor:
+    return FeatureExtractor(transitions=transitions)
+
+
+@pytest.fixture(scope="module")
+def spec() -> SpecIndex:
+    return parse_spec(billing_spec())
+
+
+def _all(spec: SpecIndex) -> list[Candidate]:
+    return [Candidate(index=i, sources={"bm25": 0.5} if i % 2 else {}) for i in range(len(spec))]
+
+
+def test_names_are_unique_and_versioned() -> None:
+    assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
+    assert FEATURE_VERSION
+    assert all(n == n.strip() and " " not in n for n in FEATURE_NAMES)
+
+
+def test_shape_dtype_and_empty(extractor, spec) -> None:
+    history = [spec.resolve("GET /v1/invoices")]
+    X = extractor.extract(spec, history, "pay the invoice", _all(spec))
+    assert X.shape == (len(spec), len(FEATURE_NAMES)) and X.dtype == np.float32
+    assert extractor.extract(spec, history, None, []).shape == (0, len(FEATURE_NAMES))
+    with pytest.raises(ValueError, match="out of range"):
+        extractor.extract(spec, history, None, [Candidate(index=len(spec))])
+
+
+def test_deterministic_across_calls_and_instances(extractor, spec, transitions) -> None:
+    history = [spec.resolve("POST /v1/invoices", {"customer_id": "cu_1"}),
+               spec.resolve("GET /v1/invoices/in_9")]
+    a = extractor.extract(spec, history, "Create an invoice then pay it", _all(spec))
+    b = extractor.extract(spec, history, "Create an invoice then pay it", _all(spec))
+    c = FeatureExtractor(transitions=transitions).extract(
+        SpecIndex.from_bytes(spec.to_bytes()), history, "Create an invoice then pay it", _all(spec)
+    )
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+    batch = extractor.extract_batch([(spec, history, "Create an invoice then pay it", _all(spec))] * 2)
+    for x in batch:
+        np.testing.assert_array_equal(a, x)
+
+
+def test_dataflow_and_destructive_features(extractor, spec) -> None:
+    created = [spec.resolve("POST /v1/invoices", {"customer_id": "cu_1"})]
+    idx = {op.key: i for i, op in enumerate(spec.operations)}
+    cands = [Candidate(index=idx[k]) for k in
+             ("GET /invoices/{invoice_id}", "GET /users/{user_id}", "DELETE /invoices/{invoice_id}")]
+    X = extractor.extract(spec, created, "look at the invoice", cands)
+    get_invoice, get_user, delete = X
+    assert get_invoice[COL["params_from_last_returns"]] == 1.0
+    assert get_invoice[COL["consumes_last_output"]] == 1.0
+    assert get_user[COL["params_unfilled"]] == 1.0
+    assert delete[COL["destructive_without_intent"]] == 1.0
+    X2 = extractor.extract(spec, created, "delete the invoice", cands)
+    assert X2[2, COL["destructive_without_intent"]] == 0.0 and X2[2, COL["prompt_destructive"]] == 1.0
+
+
+def test_words_and_entities() -> None:
+    assert stem("creating") == stem("creates") == stem("created") == stem("create")
+    assert stem("getting") == "get"
+    assert param_entity("invoiceId") == param_entity("invoice_id") == "invoice"
+    spec = parse_spec(billing_spec())
+    assert param_entity("invoice_id", spec.operations[2]) == "invoice"
+    pt = prompt_stems("List invoices, then pay the first one")
+    assert pt.n_clauses == 2 and pt.clauses[0] == 0 and pt.clauses[-1] == 1
+
+
+# -- the training path and the serving path compute the same features ---------------------------
+
+
+def _small_real_api(jentic_dir: Path) -> tuple[str, dict]:
+    """A real API with a small spec (deterministic pick), for a fast end-to-end comparison."""
+    best = None
+    for wf_file in sorted((jentic_dir / "workflows").glob("*/workflows.arazzo.json")):
+        doc = json.loads(wf_file.read_text())
+        urls = [s.get("url") for s in doc.get("sourceDescriptions") or [] if isinstance(s, dict)]
+        if len(urls) != 1 or not isinstance(urls[0], str):
+            continue
+        size = (jentic_dir / urls[0]).stat().st_size if (jentic_dir / urls[0]).is_file() else 0
+        if 20_000 < size < 60_000:
+            key = hashlib.sha256(wf_file.parent.name.encode()).hexdigest()
+            if best is None or key < best[0]:
+                best = (key, wf_file.parent.name, doc)
+    assert best is not None, "no small API found in the jentic data"
+    return best[1], best[2]
+
+
+def test_training_and_serving_paths_compute_identical_features(jentic_dir, transitions) -> None:
+    api, doc = _small_real_api(jentic_dir)
+    workflows = parse_workflow_document(doc, api=api, root=jentic_dir)
+    assert workflows, f"{api}: no workflow resolved"
+    exs = list(examples(workflows))[:12]
+
+    # training: ranker.evaluate.build_groups, as ranker.train runs it
+    train_gen = RetrievalGenerator(transitions=transitions)
+    groups = build_groups(exs, generator=train_gen, extractor=FeatureExtractor(transitions=transitions))
+
+    # serving: the spec shipped between replicas as bytes, events resolved from concrete
+    # endpoints, candidates from the CandidateGenerator, features from a separate extractor
+    serving_extractor = FeatureExtractor(transitions=transitions)
+    generator = CandidateGenerator(retrieval=RetrievalGenerator(transitions=transitions))
+    b = groups.bounds
+    wf_by_id = {w.workflow_id: w for w in workflows}
+    for g, ex in enumerate(exs):
+        spec = SpecIndex.from_bytes(ex.spec.to_bytes())
+        steps = wf_by_id[ex.workflow_id].steps[: len(ex.history)]
+        events = [(concrete_endpoint(spec, s), dict(s.params)) for s in steps]
+        history = spec.resolve_history(events)
+        cset = asyncio.run(generator.generate(spec, history, ex.prompt))
+        served = serving_extractor.extract(spec, history, ex.prompt, cset.candidates)
+        np.testing.assert_array_equal(served, groups.X[b[g]: b[g + 1]], err_msg=f"group {g} of {api}")
+    assert split_of(api) in ("train", "valid")
+
+
+def test_identical_in_every_process(extractor, spec) -> None:
+    """Serving runs the extractor in other processes (other hash seeds): same bits there."""
+    import os
+    import subprocess
+    import sys
+
+    from deployments.settings import PROJECT_ROOT
+
+    code = (
+        "import hashlib; from deployments.spec.openapi import parse_spec; "
+        "from deployments.candidates.types import Candidate; "
+        "from ranker.features import FeatureExtractor; from ranker.transitions import load_transitions; "
+        "from tests.specs import billing_spec; s = parse_spec(billing_spec()); "
+        "h = [s.resolve('GET /v1/invoices'), s.resolve('GET /v1/invoices/in_1')]; "
+        "X = FeatureExtractor(transitions=load_transitions()).extract(s, h, "
+        "'list invoices, then pay the overdue invoice and set its status', "
+        "[Candidate(index=i) for i in range(len(s))]); print(hashlib.sha256(X.tobytes()).hexdigest())"
+    )
+    digests = {
+        subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True,
+                       text=True, env={**os.environ, "PYTHONHASHSEED": seed,
+                            "PYTHONPATH": str(PROJECT_ROOT)},
+                       check=True).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert len(digests) == 1
