@@ -33,5 +33,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not serve and not slow"
 
+# Rebuilds the shipped model (ranker/models) from ../shared/data/jentic; prints the validation table.
+train: $(STAMP)
+	$(PY) -m ranker.train
+
 clean:
 	rm -rf $(VENV) var .pytest_cache
