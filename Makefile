@@ -19,13 +19,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# A Ray head capped to the node (2 CPUs, 4 GB, small object store, no dashboard), then the app.
+# A Ray head of its own (capped: 2 CPUs, 4 GB, small object store, no dashboard) on RAY_PORT, then
+# the app from serve_config.yaml on :8000. Ctrl-C stops both; other Ray clusters are left alone.
+RAY_PORT ?= 6390
 run: $(STAMP)
-	$(VENV)/bin/ray stop --force >/dev/null 2>&1 || true
-	$(VENV)/bin/ray start --head --num-cpus 2 --memory 4000000000 \
-	    --object-store-memory 200000000 --include-dashboard=false --disable-usage-stats
-	trap '$(VENV)/bin/ray stop --force' EXIT INT TERM; \
-	    RAY_SERVE_THROUGHPUT_OPTIMIZED=1 $(VENV)/bin/serve run --address auto serve_config.yaml
+	@$(VENV)/bin/ray start --head --block --port $(RAY_PORT) --num-cpus 2 --memory 4000000000 \
+	    --object-store-memory 200000000 --include-dashboard=false --disable-usage-stats & ray_pid=$$!; \
+	trap 'kill $$ray_pid 2>/dev/null; wait $$ray_pid 2>/dev/null' EXIT INT TERM; \
+	for i in $$(seq 60); do \
+	    $(VENV)/bin/ray status --address 127.0.0.1:$(RAY_PORT) >/dev/null 2>&1 && break; sleep 1; \
+	done; \
+	RAY_SERVE_THROUGHPUT_OPTIMIZED=1 $(VENV)/bin/serve run --address 127.0.0.1:$(RAY_PORT) serve_config.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

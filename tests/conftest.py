@@ -37,7 +37,11 @@ def serve_cluster() -> Iterator[str]:
     from ray import serve
 
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200_000_000)
+    # address="local": a cluster of our own, never one a `make run` left on this machine.
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+        object_store_memory=200_000_000,
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         yield f"http://127.0.0.1:{port}"
