@@ -20,11 +20,15 @@ COPY configs ./configs
 ENV PATH=/opt/venv/bin:$PATH \
     RAY_AUTH_MODE=disabled \
     RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
+    RAY_SERVE_ENABLE_HA_PROXY=1 \
+    RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=1 \
     RAY_USAGE_STATS_ENABLED=0 \
     OPENSESAME_DATA_DIR=/app/var
+# /app is root's; the service writes only its data dir (spec cache, feedback).
+RUN mkdir -p /app/var && chown opensesame /app/var
 USER opensesame
-RUN mkdir -p /app/var
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
     CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status != 200)"
-CMD ["sh", "-c", "ray start --head --num-cpus 2 --memory 4000000000 --object-store-memory 200000000 --include-dashboard=false --disable-usage-stats && exec serve run --address auto serve_config.yaml"]
+# The head's caps come from deployments/resources.py, as for `make run`.
+CMD ["sh", "-c", "ray start --head $(python -m deployments.resources) && exec serve run --address auto serve_config.yaml"]

@@ -8,7 +8,7 @@ PORT ?= 8000
 export RAY_AUTH_MODE ?= disabled
 export OPENSESAME_ALLOW_PRIVATE_SPEC_HOSTS ?= 0
 
-.PHONY: install run test test-fast check train bench clean
+.PHONY: install run test test-fast test-faults check train bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -19,23 +19,39 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# A Ray head of its own (capped: 2 CPUs, 4 GB, small object store, no dashboard) on RAY_PORT, then
-# the app from serve_config.yaml on :8000. Ctrl-C stops both; other Ray clusters are left alone.
+# A Ray head of its own on RAY_PORT, capped to the node (2 CPUs, what 4 GB leaves for replicas,
+# small object store, no dashboard: `python -m deployments.resources`), then the app from
+# serve_config.yaml on :8000. Ctrl-C stops both; other Ray clusters are left alone. Serve's
+# settings are read by the processes the head starts (proxy, controller, replicas), so they go in
+# the head's environment: throughput-optimised Serve, HAProxy in place of the Python proxy, and
+# user code off the replica's own loop (so an overloaded replica still refuses at once: 503).
 RAY_PORT ?= 6390
 run: $(STAMP)
-	@$(VENV)/bin/ray start --head --block --port $(RAY_PORT) --num-cpus 2 --memory 4000000000 \
-	    --object-store-memory 200000000 --include-dashboard=false --disable-usage-stats & ray_pid=$$!; \
+	@RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=1 \
+	    $(VENV)/bin/ray start --head --block --port $(RAY_PORT) $$($(PY) -m deployments.resources) & ray_pid=$$!; \
 	trap 'kill $$ray_pid 2>/dev/null; wait $$ray_pid 2>/dev/null' EXIT INT TERM; \
 	for i in $$(seq 60); do \
 	    $(VENV)/bin/ray status --address 127.0.0.1:$(RAY_PORT) >/dev/null 2>&1 && break; sleep 1; \
 	done; \
-	RAY_SERVE_THROUGHPUT_OPTIMIZED=1 $(VENV)/bin/serve run --address 127.0.0.1:$(RAY_PORT) serve_config.yaml
+	$(VENV)/bin/serve run --address 127.0.0.1:$(RAY_PORT) serve_config.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The serving benchmark (~10 min): writes benchmarks/results/serving.{json,md,png}.
+bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m benchmarks.serving
+
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not serve and not slow"
+
+# Faults and hostile input (RELIABILITY.md), ~6 min; also part of `make test`. The measured
+# numbers go to var/faults.jsonl (one JSON line per fault).
+test-faults: $(STAMP)
+	mkdir -p var && rm -f var/faults.jsonl
+	FAULTS_REPORT=var/faults.jsonl $(PY) -m pytest -q -s tests/test_hostile_properties.py \
+	    tests/test_faults_cluster.py tests/test_faults_model.py tests/test_hostile_http.py
 
 # Rebuilds the shipped model (ranker/models) from ../shared/data/jentic; prints the validation table.
 train: $(STAMP)

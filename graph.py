@@ -22,6 +22,9 @@ from deployments.settings import ENV_PREFIX, load_settings
 __all__ = ["AppArgs", "build_app", "app"]
 
 
+_SECRET_ENV = {ENV_PREFIX + "LLM_API_KEY": "llm_api_key"}  # variable -> settings field
+
+
 class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -32,8 +35,11 @@ class AppArgs(BaseModel):
 def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
     load_settings(**args.settings)  # refuse bad settings here, not in four replicas later
-    # Replicas read OPENSESAME_* from their own environment: hand them the builder's.
-    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+    # Replicas read OPENSESAME_* from their own environment: hand them the builder's. Not the
+    # secrets: Ray's runtime-env agent logs env_vars in clear (runtime_env_agent.log), so they go
+    # in the constructor arguments, which are pickled and never logged.
+    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX) and k not in _SECRET_ENV}
+    s = {**{_SECRET_ENV[k]: v for k, v in os.environ.items() if k in _SECRET_ENV}, **args.settings}
 
     def with_env(deployment: Deployment) -> Deployment:
         if not env:
@@ -41,7 +47,6 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
         actor = {**(deployment.ray_actor_options or {}), "runtime_env": {"env_vars": env}}
         return deployment.options(ray_actor_options=actor)
 
-    s = args.settings
     generator = with_env(CandidateGeneratorDeployment).bind(s)
     extractor = with_env(FeatureExtractorDeployment).bind(s)
     ranker = with_env(RankerDeployment).bind(s)

@@ -2,29 +2,49 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 from ray import serve
 
+from deployments.autoscaling import LatencyWindow
 from deployments.components import build_generator
-from deployments.resources import DEFAULT_OPTIONS
+from deployments.errors import PredictorError
+from deployments.resources import deployment_options
 from deployments.settings import load_settings
 from deployments.spec.store import SpecStore
 
 __all__ = ["CandidateGeneratorDeployment"]
 
 
-@serve.deployment(name="CandidateGenerator", **DEFAULT_OPTIONS)
+@serve.deployment(name="CandidateGenerator", **deployment_options("CandidateGenerator"))
 class CandidateGeneratorDeployment:
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         self.settings = load_settings(**(settings or {}))
         self.store = SpecStore(self.settings)
         self.generator = build_generator(self.settings)
+        self.latency = LatencyWindow()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        return self.latency.stats()
+
+    async def generate_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Candidates for a batch of requests (the ingress coalesces them), concurrently. A request
+        that fails (e.g. its spec left the node's cache) gets its error in its place."""
+        start = time.perf_counter()
+        try:
+            results = await asyncio.gather(*(self.generate(r) for r in requests), return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException) and not isinstance(r, PredictorError):
+                    raise r
+            return list(results)
+        finally:
+            self.latency.observe(time.perf_counter() - start)
 
     async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
-        spec = await self.store.by_hash(request["spec_hash"])
+        spec = await self.store.by_hash(request["spec_hash"], shipped=request.get("spec_index"))
         history = spec.resolve_history(request["history"])
         result = await self.generator.generate(spec, history, request["prompt"], k=request["k"])
         wire = result.to_wire()
@@ -32,7 +52,12 @@ class CandidateGeneratorDeployment:
         return wire
 
     async def health(self) -> dict[str, Any]:
-        return {"ok": True, **self.generator.status(), "spec_cache": self.store.status()}
+        return {
+            "ok": True,
+            **self.generator.status(),
+            "spec_cache": self.store.status(),
+            **self.latency.stats(),
+        }
 
     async def __del__(self) -> None:
         await self.generator.aclose()

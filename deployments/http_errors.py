@@ -105,19 +105,30 @@ class BodySizeLimit:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
                 await too_large(scope, receive, send)
                 return
-        seen = 0
+        seen, exceeded, answered = 0, False, False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
+                exceeded = True
                 raise _BodyTooLarge
             return message
 
+        async def guarded(message: Message) -> None:
+            # FastAPI turns any error while reading the body into its own 400: once the body
+            # went over the cap, that answer is dropped and the 413 below sent instead.
+            nonlocal answered
+            if not exceeded:
+                answered = True
+                await send(message)
+
         try:
-            await self.app(scope, limited, send)
+            await self.app(scope, limited, guarded)
         except _BodyTooLarge:
+            pass
+        if exceeded and not answered:
             await too_large(scope, receive, send)
 
 

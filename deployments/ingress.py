@@ -12,11 +12,31 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.autoscaling import LatencyWindow
+from deployments.batching import Coalescer, IngressConfig
 from deployments.candidates.generator import CandidateSet
+from deployments.feedback import (
+    FeedbackUnavailable,
+    UnknownPrediction,
+    feedback_response,
+    open_store,
+    prediction_context,
+    stored_response,
+)
 from deployments.http_errors import BodySizeLimit, install_error_handlers
+from deployments.personalisation import annotate, personalise, start_prior_feed
 from deployments.predictions import assemble_predictions, build_response
-from deployments.schemas import ErrorBody, HealthResponse, PredictRequest, PredictResponse
-from deployments.resources import DEFAULT_OPTIONS
+from deployments.resources import deployment_options
+from deployments.schemas import (
+    ErrorBody,
+    FeedbackRequest,
+    FeedbackResponse,
+    HealthResponse,
+    PredictRequest,
+    PredictResponse,
+    StoredPredictionResponse,
+)
+from deployments.scoring import expand_rows, top_rows
 from deployments.settings import load_settings
 from deployments.spec.store import SpecStore
 
@@ -34,6 +54,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     ]
 }
 
+_FEEDBACK_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": dict[str, ErrorBody], "description": d}
+    for s, d in [(404, "unknown prediction_id"), (409, "a different outcome is already recorded")]
+}
+
 api = FastAPI(
     title="opensesame-predictor",
     description="Predicts the next API call from recent calls, a prompt and an OpenAPI spec.",
@@ -45,7 +70,7 @@ install_error_handlers(api)
 _body_limit = BodySizeLimit.install(api)
 
 
-@serve.deployment(name="Ingress", **DEFAULT_OPTIONS)
+@serve.deployment(name="Ingress", **deployment_options("Ingress"))
 @serve.ingress(api)
 class Ingress:
     def __init__(
@@ -61,6 +86,25 @@ class Ingress:
         self.extractor = extractor
         self.ranker = ranker
         _body_limit.max_bytes = self.settings.spec_max_bytes + 1024 * 1024
+        # Outcomes of predictions (deployments/feedback.py); None: predictions still served.
+        self.outcomes, self.outcomes_off_reason = open_store(self.settings)
+        # Each user's habits, learned from those outcomes and blended into the scores.
+        self.prior_feed = start_prior_feed(self.settings, self.outcomes)
+        # Concurrent requests go down the graph together: one handle call per stage per batch.
+        self.graph: Coalescer[dict[str, Any], dict[str, Any]] = Coalescer(self._down_the_graph)
+        self.latency = LatencyWindow()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.graph.configure(IngressConfig.from_user_config(user_config).batching.model_dump())
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        return self.latency.stats()
+
+    async def _down_the_graph(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # Chained without awaiting in between: each stage's output goes straight to the next.
+        generated = self.generator.generate_batch.remote(requests)
+        featured = self.extractor.extract.remote(requests, generated)
+        return await self.ranker.rank.remote(featured)
 
     @api.post("/predict", response_model=PredictResponse, responses=_ERRORS)
     async def predict(self, body: PredictRequest) -> PredictResponse:
@@ -68,30 +112,76 @@ class Ingress:
         spec = await self.store.resolve(spec_url=body.spec_url, spec=body.spec)
         spec_ms = (time.perf_counter() - t0) * 1000
         request = {"spec_hash": spec.spec_hash, "history": body.history(), "prompt": body.prompt, "k": body.k}
-        # Chained without awaiting in between: each stage's output goes straight to the next.
-        generated = self.generator.generate.remote(request)
-        featured = self.extractor.extract.remote(request, generated)
-        ranked = await self.ranker.rank.remote(featured)
+        if not self.store.is_shared(spec.spec_hash):  # the node's L2 failed: send the index along
+            request["spec_index"] = spec.to_bytes()
+        sent = time.perf_counter()
+        ranked = await self.graph(request)
+        graph_s = time.perf_counter() - sent
         history = spec.resolve_history(request["history"])
         cset = CandidateSet.from_wire(ranked)
+        n = len(cset.candidates)
+        probs, prior_shares = ranked["probs"], {}
+        if self.prior_feed is not None:
+            probs, prior_shares = personalise(
+                self.prior_feed.prior, user_id=body.user_id, spec=spec, history=history,
+                candidate_indexes=[c.index for c in cset.candidates], probs=probs,
+            )
+        features = ranked["features"]
+        contribs = expand_rows(n, ranked["top"], ranked["contribs_top"])
+        # The Ranker explained its own top k; a row the personal prior moved up needs explaining.
+        explained = set(ranked["top"].tolist())
+        missing = [int(r) for r in top_rows(probs, body.k) if int(r) not in explained]
+        if missing:
+            asked = time.perf_counter()
+            contribs[missing] = await self.ranker.explain_rows.remote(features[missing])
+            graph_s += time.perf_counter() - asked
         predictions = assemble_predictions(
             spec=spec,
             history=history,
             prompt=body.prompt,
             candidates=cset,
-            features=ranked["features"],
-            probs=ranked["probs"],
-            contribs=ranked["contribs"],
+            features=features,
+            probs=probs,
+            contribs=contribs,
             k=body.k,
         )
+        annotate(predictions, prior_shares)
         timings = {"spec": spec_ms, **ranked["ms"], "total": (time.perf_counter() - t0) * 1000}
-        return build_response(
+        response = build_response(
             predictions=predictions,
             model_version=ranked["model_version"],
             candidates=cset,
             history=history,
             timings_ms=timings,
         )
+        if self.outcomes is not None:  # enqueued only: written off the event loop
+            self.outcomes.record_prediction(prediction_context(
+                request=body, response=response, spec=spec, candidates=ranked["candidates"]))
+        # Own time only: the graph's latency is the other deployments' to report.
+        self.latency.observe(time.perf_counter() - t0 - graph_s)
+        return response
+
+    @api.post("/feedback", response_model=FeedbackResponse, responses={**_ERRORS, **_FEEDBACK_ERRORS})
+    async def feedback(self, body: FeedbackRequest) -> FeedbackResponse:
+        """Record what the user really did after a prediction; answers once it is on disk."""
+        if self.outcomes is None:
+            raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
+        result = await self.outcomes.arecord_outcome(
+            body.prediction_id, actual_endpoint=body.actual_endpoint, accepted=bool(body.accepted)
+        )
+        return feedback_response(result)
+
+    @api.get("/feedback/{prediction_id}", response_model=StoredPredictionResponse,
+             responses=_FEEDBACK_ERRORS)
+    async def stored_prediction(self, prediction_id: str) -> StoredPredictionResponse:
+        """A stored prediction and its outcome, if any."""
+        if self.outcomes is None:
+            raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
+        await self.outcomes.aflush()
+        stored = await asyncio.to_thread(self.outcomes.prediction, prediction_id)
+        if stored is None:
+            raise UnknownPrediction(f"no prediction with id {prediction_id!r}")
+        return stored_response(stored)
 
     @api.get("/health", response_model=HealthResponse)
     async def health(self) -> HealthResponse:
@@ -105,11 +195,19 @@ class Ingress:
                 return {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
 
         answers = dict(zip(names, await asyncio.gather(*(ask(h) for h in handles)), strict=True))
-        answers["ingress"] = {"ok": True, "spec_cache": self.store.status()}
+        answers["ingress"] = {
+            "ok": True,
+            "batch_sizes": self.graph.stats.summary(),
+            **self.latency.stats(),
+            "spec_cache": self.store.status(),
+            "feedback": self.outcomes.status() if self.outcomes else {"off": self.outcomes_off_reason},
+            "personal_prior": self.prior_feed.status() if self.prior_feed else {"off": True},
+        }
         degraded = (
             not all(a.get("ok") for a in answers.values())
             or bool(answers["ranker"].get("degraded"))
             or not self.store.status().get("healthy", True)
+            or self._feedback_degraded()
         )
         return HealthResponse(
             status="degraded" if degraded else "ok",
@@ -117,5 +215,16 @@ class Ingress:
             deployments=answers,
         )
 
+    def _feedback_degraded(self) -> bool:
+        """Outcomes are being lost: the store failed to open, its writer died or it cannot commit."""
+        if self.outcomes is None:
+            return self.settings.feedback_enabled
+        status = self.outcomes.status()
+        return not status["writer_alive"] or bool(status.get("failing"))
+
     async def __del__(self) -> None:
+        if self.prior_feed is not None:
+            await asyncio.to_thread(self.prior_feed.stop)
+        if self.outcomes is not None:  # commit the queued prediction contexts
+            await asyncio.to_thread(self.outcomes.close)
         await self.store.aclose()

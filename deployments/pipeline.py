@@ -9,17 +9,26 @@ from __future__ import annotations
 import time
 
 from deployments.components import Components, build_components
+from deployments.feedback import FeedbackStore, prediction_context
 from deployments.predictions import assemble_predictions, build_response
 from deployments.schemas import PredictRequest, PredictResponse
+from deployments.scoring import expand_rows, score_top_k
 from deployments.settings import Settings, load_settings
 
 __all__ = ["Pipeline"]
 
 
 class Pipeline:
-    def __init__(self, settings: Settings | None = None, *, components: Components | None = None):
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        components: Components | None = None,
+        feedback: FeedbackStore | None = None,
+    ):
         self.settings = settings or load_settings()
         self.c = components or build_components(self.settings)
+        self.feedback = feedback  # when given, every prediction's context is recorded, as served
 
     async def predict(self, request: PredictRequest) -> PredictResponse:
         t0 = time.perf_counter()
@@ -30,7 +39,10 @@ class Pipeline:
         t2 = time.perf_counter()
         features = self.c.extractor.extract(spec, history, request.prompt, cset.candidates)
         t3 = time.perf_counter()
-        [(probs, contribs)] = self.c.ranker.score_groups([features])
+        # The same work as the Ranker deployment: explanations for the shown rows only.
+        [scored] = score_top_k(self.c.ranker, [features], [request.k])
+        probs = scored["probs"]
+        contribs = expand_rows(len(features), scored["top"], scored["contribs_top"])
         t4 = time.perf_counter()
         predictions = assemble_predictions(
             spec=spec,
@@ -49,13 +61,17 @@ class Pipeline:
             "rank": t4 - t3,
             "total": time.perf_counter() - t0,
         }
-        return build_response(
+        response = build_response(
             predictions=predictions,
             model_version=self.c.ranker.version,
             candidates=cset,
             history=history,
             timings_ms={k: v * 1000 for k, v in timings.items()},
         )
+        if self.feedback is not None:
+            self.feedback.record_prediction(prediction_context(
+                request=request, response=response, spec=spec, candidates=cset.to_wire()["candidates"]))
+        return response
 
     async def aclose(self) -> None:
         await self.c.aclose()

@@ -6,51 +6,91 @@ import asyncio
 import time
 from typing import Any
 
+import numpy as np
 from ray import serve
 
-from deployments.batching import BatchConfig, apply_batch_config
-from deployments.components import build_ranker
-from deployments.resources import DEFAULT_OPTIONS
+from deployments.autoscaling import LatencyWindow
+from deployments.batching import AdaptiveWait, BatchConfig, BatchStats, apply_batch_config
+from deployments.model_swap import RankerSlot, split_model_config
+from deployments.resources import deployment_options
+from deployments.scoring import score_top_k
 from deployments.settings import load_settings
 
 __all__ = ["RankerDeployment"]
 
 
-@serve.deployment(name="Ranker", **DEFAULT_OPTIONS)
+@serve.deployment(name="Ranker", **deployment_options("Ranker"))
 class RankerDeployment:
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         self.settings = load_settings(**(settings or {}))
-        self.ranker = build_ranker(self.settings)
-        self.batch_sizes: list[int] = []
+        self.slot = RankerSlot(self.settings)  # the model in use; swapped by reconfigure
+        self.batch_stats = BatchStats()
         self.batch_config = BatchConfig()
+        self.wait = AdaptiveWait()
+        self.latency = LatencyWindow()
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.batch_config = apply_batch_config(self.rank, user_config)
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        # {"model_path": ...} moves to another model (loaded off the event loop, then switched);
+        # the other keys are batching knobs. Bad values are refused before anything changes.
+        model_config, batching = split_model_config(user_config)
+        self.batch_config = apply_batch_config(self._rank_calls, batching, self.wait)
+        await self.slot.apply(model_config)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        return self.latency.stats()
+
     async def rank(self, featured: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Scores for a batch of requests' features (the ingress coalesces requests)."""
         start = time.perf_counter()
-        self.batch_sizes.append(len(featured))
-        del self.batch_sizes[:-1000]
-        scored = await asyncio.to_thread(self.ranker.score_groups, [f["features"] for f in featured])
+        self.wait.before_call()
+        try:
+            return await self._rank_calls(featured)
+        finally:
+            self.latency.observe(time.perf_counter() - start)
+
+    async def explain_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Contributions of feature rows the batch did not explain: rows a personal prior moved
+        into the top k in the Ingress (rare; one small call)."""
+        return await asyncio.to_thread(self.slot.ranker.contributions, rows)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def _rank_calls(self, calls: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+        with self.wait.running():
+            flat = await self._rank([f for c in calls for f in c])
+        out, start = [], 0
+        for call in calls:
+            out.append(flat[start: start + len(call)])
+            start += len(call)
+        return out
+
+    async def _rank(self, featured: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        start = time.perf_counter()
+        self.batch_stats.record(len(featured))
+        ranker = self.slot.ranker  # one model for the whole batch, even if a swap lands now
+        out: list[Any] = list(featured)  # requests that failed upstream keep their error
+        rows = [i for i, f in enumerate(featured) if not isinstance(f, BaseException)]
+        # Explanations only for the k rows each response shows (deployments/scoring.py).
+        scored = await asyncio.to_thread(
+            score_top_k, ranker, [featured[i]["features"] for i in rows], [featured[i]["k"] for i in rows]
+        ) if rows else []
         ms = (time.perf_counter() - start) * 1000
-        return [
-            {
-                **f,
-                "probs": probs,
-                "contribs": contribs,
-                "model_version": self.ranker.version,
+        for i, s in zip(rows, scored, strict=True):
+            f = featured[i]
+            out[i] = {
+                **f,  # features included: the Ingress may need rows the ranker did not explain
+                **{key: v for key, v in s.items() if key != "features_top"},
+                "model_version": ranker.version,
                 "ms": {**f["ms"], "rank": ms},
             }
-            for f, (probs, contribs) in zip(featured, scored, strict=True)
-        ]
+        return out
 
     async def health(self) -> dict[str, Any]:
-        sizes = self.batch_sizes
         return {
             "ok": True,
-            "model_version": self.ranker.version,
-            "degraded": self.ranker.degraded,
+            **self.slot.status(),
+            # A refused swap serves an older model than asked for: that is degraded too.
+            "degraded": self.slot.ranker.degraded or self.slot.last_error is not None,
             "batching": self.batch_config.model_dump(),
-            "mean_batch_size": sum(sizes) / len(sizes) if sizes else None,
+            "batch_sizes": self.batch_stats.summary(),
+            **self.latency.stats(),
         }

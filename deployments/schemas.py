@@ -16,6 +16,9 @@ __all__ = [
     "PredictResponse",
     "ErrorBody",
     "HealthResponse",
+    "FeedbackRequest",
+    "FeedbackResponse",
+    "StoredPredictionResponse",
     "MAX_EVENTS",
     "MAX_PROMPT_CHARS",
 ]
@@ -103,3 +106,51 @@ class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
     model_version: str
     deployments: dict[str, dict[str, Any]]
+
+
+class FeedbackRequest(BaseModel):
+    """What the user really did after a prediction: the call they made, or that they took the
+    top prediction (``accepted: true``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prediction_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    actual_endpoint: str | None = Field(
+        default=None, max_length=MAX_ENDPOINT_CHARS,
+        examples=["POST /v1/invoices/in_123/pay", "POST /invoices/{invoice_id}/pay"],
+    )
+    accepted: bool | None = None
+
+    @field_validator("actual_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_endpoint(v)
+            return v.strip()
+        return v
+
+    @model_validator(mode="after")
+    def _one_outcome(self) -> FeedbackRequest:
+        if self.accepted is False and self.actual_endpoint is None:
+            raise ValueError("'accepted': false says what the user did not do; give 'actual_endpoint'")
+        if (self.actual_endpoint is None) == (self.accepted is None or self.accepted is False):
+            raise ValueError("give exactly one of 'actual_endpoint' or 'accepted': true")
+        return self
+
+
+class FeedbackResponse(BaseModel):
+    prediction_id: str
+    recorded: bool = Field(description="false when this outcome was already stored (a repeat)")
+    actual_endpoint: str = Field(description="the call as reported")
+    operation: str | None = Field(description="the spec operation it is, or null if none")
+    rank: int | None = Field(description="1-based position among the predictions shown, or null")
+    source: Literal["explicit", "accepted", "implicit"]
+
+
+class StoredPredictionResponse(BaseModel):
+    prediction_id: str
+    user_id: str
+    model_version: str
+    created_at: float
+    predictions: list[dict[str, Any]]
+    outcome: FeedbackResponse | None

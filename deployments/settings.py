@@ -25,6 +25,16 @@ class Settings(BaseModel):
     cache_path: Path | None = None  # default: data_dir / "spec_cache.sqlite"
     jentic_dir: Path = PROJECT_ROOT.parent / "shared" / "data" / "jentic"
     model_path: Path | None = None  # default: the model shipped in ranker/models
+    models_dir: Path | None = None  # retrained versions; default: data_dir / "models"
+
+    # Outcomes of predictions (deployments/feedback.py); default: data_dir / "feedback.sqlite"
+    feedback_path: Path | None = None
+    feedback_enabled: bool = True
+    feedback_implicit_window_s: float = Field(3600.0, gt=0)
+    feedback_queue_max: int = Field(10_000, gt=0)
+    # Weight of the per-user transition prior learned from outcomes (0 turns it off); measured
+    # by `python -m benchmarks.personalisation` (benchmarks/results/personalisation.md).
+    personal_prior_weight: float = Field(0.5, ge=0, le=1)
 
     spec_max_bytes: int = Field(25 * 1024 * 1024, gt=0)
     spec_fetch_timeout_s: float = Field(10.0, gt=0)
@@ -33,6 +43,8 @@ class Settings(BaseModel):
     spec_l1_ttl_s: float = Field(300.0, gt=0)
     spec_l1_max_entries: int = Field(64, gt=0)
     spec_l2_ttl_s: float = Field(3600.0, gt=0)
+    # An unusable L2 (locked, full, unwritable) is bypassed this long before it is tried again.
+    spec_l2_retry_s: float = Field(60.0, gt=0)
 
     llm_base_url: str | None = None
     llm_model: str | None = None
@@ -56,6 +68,14 @@ class Settings(BaseModel):
     @property
     def spec_cache_path(self) -> Path:
         return self.cache_path or self.data_dir / "spec_cache.sqlite"
+
+    @property
+    def feedback_db_path(self) -> Path:
+        return self.feedback_path or self.data_dir / "feedback.sqlite"
+
+    @property
+    def model_registry_dir(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
 
     @property
     def llm_enabled(self) -> bool:

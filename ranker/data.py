@@ -26,6 +26,7 @@ from urllib.parse import quote, unquote
 from deployments.errors import SpecInvalid
 from deployments.spec.index import Call, SpecIndex
 from deployments.spec.openapi import parse_spec
+from deployments.spec.operations import path_param_names
 
 __all__ = [
     "Step",
@@ -394,7 +395,8 @@ def concrete_endpoint(
     method, template = step.key.split(" ", 1)
 
     def fill(m: re.Match[str]) -> str:
-        return quote(step.path_params.get(m.group(1), synthetic_id("missing", m.group(1))), safe="")
+        (name,) = path_param_names(m.group(0))  # {+name} → name, as Operation.path_params
+        return quote(step.path_params.get(name, synthetic_id("missing", name)), safe="")
 
     path = _PATH_PARAM.sub(fill, template)
     if with_base and spec.base_paths:

@@ -7,6 +7,9 @@ a particular API. A feature is one of
 * lexical: how the user's prompt matches the operation (BM25, word overlap on path, summary and
   description separately, where in the prompt the operation is mentioned compared with the calls
   already made — workflow prompts tend to describe their steps in order);
+* semantic: the same questions by meaning rather than shared words, from static word vectors
+  (:mod:`ranker.embeddings`): cosine of the prompt, of its next clauses and of the last calls with
+  the candidate, and how much of the prompt the candidate's words match softly ("paid" ~ pay);
 * dataflow: whether the candidate's path parameters can be filled with ids the user already has
   (the history's path parameters and id-like parameters, or what the last call returns);
 * structure: how the candidate's path relates to the last two calls (same, child, parent, sibling);
@@ -28,22 +31,25 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from deployments.candidates.retrieval import wants_destructive
 from deployments.candidates.types import SOURCES, Candidate
 from deployments.spec.index import Call, SpecIndex
 from deployments.spec.operations import (
-    DESTRUCTIVE_WORDS,
     ROLES,
     Operation,
     is_id_name,
+    path_param_names,
     singular,
     tokenize,
 )
-from ranker.transitions import RELATIONS, Transitions, normalized_segments
-from ranker.transitions import _relation_segs as relation_of
+from ranker.embeddings import DEFAULT_PATH as WORD_VECTORS_PATH
+from ranker.embeddings import WordVectors, load_word_vectors, operation_vectors
+from ranker.transitions import RELATIONS, Transitions, normalized_segments, relation_of_segments
 
 __all__ = [
     "FEATURE_NAMES",
@@ -60,7 +66,7 @@ __all__ = [
     "matching_ids",
 ]
 
-FEATURE_VERSION = "5"
+FEATURE_VERSION = "6"
 
 METHOD_COLUMNS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
@@ -87,6 +93,19 @@ FEATURE_NAMES: tuple[str, ...] = (
     "ahead_role_verb",
     "last_call_overlap",
     "has_prompt",
+    # semantic (static word vectors distilled from a sentence encoder, ranker.embeddings):
+    # cosines of the prompt, its clauses and the last calls with the operation, and how much of
+    # the prompt's words the operation's words match by meaning ("paid" ~ pay)
+    "sem_prompt",
+    "sem_prompt_rank",
+    "sem_next_clause",
+    "sem_clause_next_score",
+    "sem_clause_best_delta",
+    "sem_last_call",
+    "sem_history_max",
+    "soft_coverage",
+    "soft_new_coverage",
+    "soft_clause_next_score",
     # dataflow
     "n_path_params",
     "params_from_history",
@@ -150,12 +169,20 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"{name}_grank" for name in (
         "bm25", "prompt_coverage", "prompt_new_coverage", "overlap_path", "overlap_summary",
         "clause_next_score", "prompt_ahead", "role_lift", "relation_lift",
+        "sem_prompt", "sem_clause_next_score", "sem_last_call", "soft_coverage",
+        "soft_clause_next_score",
     )),
     # how far below the group's best value the candidate is (0 for the best)
     *(f"{name}_gap" for name in (
         "bm25_norm", "prompt_new_coverage", "overlap_path", "clause_next_score",
+        "sem_prompt", "sem_clause_next_score", "soft_clause_next_score",
     )),
 )
+_SEMANTIC_PROMPT = ("sem_prompt", "sem_prompt_rank", "sem_next_clause", "sem_clause_next_score",
+                    "sem_clause_best_delta", "soft_coverage", "soft_new_coverage",
+                    "soft_clause_next_score")
+_SEMANTIC = (*_SEMANTIC_PROMPT, "sem_last_call", "sem_history_max")
+SOFT_FLOOR = 0.4  # a word-vector cosine below this is no match (unrelated words sit at 0.2-0.4)
 GROUP_RANKED = tuple(n[: -len("_grank")] for n in FEATURE_NAMES if n.endswith("_grank"))
 GROUP_GAPPED = tuple(n[: -len("_gap")] for n in FEATURE_NAMES if n.endswith("_gap"))
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -215,9 +242,6 @@ ROLE_VERB_WEIGHT = 1.0  # weight of a verb that names a role, as a prompt word
 FUZZY_WEIGHT = 0.6
 DESCRIPTION_WEIGHT = 0.3  # a word only the operation's description has
  # a word that only matches inside a compound ("anthro" ~ "anthropometric")
-_DESTRUCTIVE_STEMS = frozenset(stem(w) for w in DESTRUCTIVE_WORDS) | {
-    stem(w) for w in "deletion removal cancellation refund revocation termination".split()
-}
 _ROLE_TOKEN = {role: f"<{role}>" for role in ROLES}
 _CLAUSE_SPLIT = re.compile(r"[,;:.!?]|\band\b|\bthen\b|\bafter\b|\bbefore\b|\bfinally\b", re.I)
 _ID_SUFFIXES = frozenset(
@@ -233,6 +257,7 @@ class PromptTokens:
     clauses: tuple[int, ...]
     n_clauses: int
     raw: tuple[str, ...]  # the original word at each position (for explanations)
+    tokens: tuple[str, ...] = ()  # the ``tokenize``d word at each position (word vectors)
 
     @property
     def empty(self) -> bool:
@@ -244,6 +269,7 @@ def prompt_stems(prompt: str | None) -> PromptTokens:
     stems: list[str] = []
     clauses: list[int] = []
     raw: list[str] = []
+    tokens: list[str] = []
     parts = [p for p in _CLAUSE_SPLIT.split(prompt or "") if p and p.strip()]
     for c, part in enumerate(parts):
         for word in re.findall(r"[A-Za-z0-9]+", part):
@@ -251,7 +277,9 @@ def prompt_stems(prompt: str | None) -> PromptTokens:
                 stems.append(stem(tok))
                 clauses.append(c)
                 raw.append(word)
-    return PromptTokens(tuple(stems), tuple(clauses), max(len(parts), 1), tuple(raw))
+                tokens.append(tok)
+    return PromptTokens(tuple(stems), tuple(clauses), max(len(parts), 1), tuple(raw),
+                        tuple(tokens))
 
 
 # -- names of ids --------------------------------------------------------------------------------
@@ -269,9 +297,8 @@ def _param_entity(name: str, segments: tuple[str, ...]) -> str:
     if len(words) > 1 and words[-1] in _ID_SUFFIXES:
         return "_".join(words[:-1])
     if segments:
-        placeholder = "{" + name + "}"
         for i, seg in enumerate(segments):
-            if placeholder in seg:
+            if name in path_param_names(seg):
                 for prev in reversed(segments[:i]):
                     if "{" not in prev:
                         ws = tokenize(prev, keep_stopwords=True)
@@ -327,7 +354,7 @@ def id_sources(history: Sequence[Call]) -> list[IdSource]:
 class SpecTables:
     """What the features need of one spec, computed once per spec and cached."""
 
-    def __init__(self, spec: SpecIndex) -> None:
+    def __init__(self, spec: SpecIndex, word_vectors: WordVectors | None = None) -> None:
         ops = spec.operations
         n = len(ops)
         self.n = n
@@ -385,6 +412,26 @@ class SpecTables:
         self.long_words = [tuple(w for w in sorted(v) if len(w) >= 4 and "<" not in w)
                            for v in self.vocab]
         self._fuzzy_idf: dict[str, float] = {}
+        self.word_vectors = word_vectors
+        if word_vectors is not None:
+            self._build_semantic(word_vectors, ops)
+
+    def _build_semantic(self, wv: WordVectors, ops: Sequence[Operation]) -> None:
+        # one vector per operation (centred on the spec), and the unit vectors of the distinct
+        # words of each operation's path, operationId and summary, for soft word matching
+        # float64 copies: the cosines are float64 products rounded to float32 (see _dot)
+        self.op_vectors = operation_vectors(wv, ops).astype(np.float64)
+        words: dict[str, int] = {}
+        cols: list[np.ndarray] = []
+        for op in ops:
+            toks = tokenize(" ".join((" ".join(op.literal_segments), op.operation_id or "",
+                                      op.summary)))
+            ids = sorted({words.setdefault(w, len(words)) for w in toks
+                          if wv.lookup(w).rows})
+            cols.append(np.array(ids, np.int64))
+        vecs, _ = wv.token_vectors(list(words))
+        self.word_matrix = _unit(vecs).astype(np.float64)
+        self.op_word_cols = cols
 
 
     def fuzzy(self, i: int, word: str) -> bool:
@@ -445,8 +492,9 @@ class _TablesCache:
     """A small LRU of :class:`SpecTables` keyed by the spec object's identity (checked, so a
     reused ``id()`` of a collected spec can never return another spec's tables)."""
 
-    def __init__(self, size: int = 64) -> None:
+    def __init__(self, size: int = 64, word_vectors: WordVectors | None = None) -> None:
         self.size = size
+        self.word_vectors = word_vectors
         self._items: OrderedDict[int, tuple[SpecIndex, SpecTables]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -457,7 +505,7 @@ class _TablesCache:
             if hit is not None and hit[0] is spec:
                 self._items.move_to_end(key)
                 return hit[1]
-        tables = SpecTables(spec)
+        tables = SpecTables(spec, self.word_vectors)
         with self._lock:
             self._items[key] = (spec, tables)
             self._items.move_to_end(key)
@@ -478,12 +526,23 @@ class FeatureExtractor:
     feature_names = FEATURE_NAMES
     version = FEATURE_VERSION
 
-    def __init__(self, *, transitions: Transitions, cache_size: int = 64) -> None:
+    def __init__(
+        self,
+        *,
+        transitions: Transitions,
+        cache_size: int = 64,
+        word_vectors: WordVectors | Path | str | None = WORD_VECTORS_PATH,
+    ) -> None:
+        """``word_vectors``: the table of the semantic features (a path is loaded, once per
+        process); None leaves them missing (NaN), which a model trained with them won't expect."""
         if not isinstance(transitions, Transitions):
             raise TypeError(f"transitions must be a ranker.transitions.Transitions, "
                             f"got {type(transitions).__name__}")
+        if isinstance(word_vectors, Path | str):
+            word_vectors = load_word_vectors(word_vectors)
         self.transitions = transitions
-        self._tables = _TablesCache(cache_size)
+        self.word_vectors = word_vectors
+        self._tables = _TablesCache(cache_size, word_vectors)
 
     def tables(self, spec: SpecIndex) -> SpecTables:
         return self._tables.get(spec)
@@ -511,7 +570,8 @@ class FeatureExtractor:
         last = history[-1].operation if history else None
         pt = prompt_stems(prompt)
 
-        self._lexical(X, t, spec, idx, pt, history)
+        cursor_clause = self._lexical(X, t, spec, idx, pt, history)
+        self._semantic(X, t, spec, idx, pt, history, cursor_clause)
         self._dataflow(X, t, idx, ops, history)
         rels = self._structure(X, t, spec, idx, ops, history)
         self._transitions(X, ops, history, rels)
@@ -540,7 +600,7 @@ class FeatureExtractor:
         )
 
         # destructiveness versus intent
-        intent = bool(set(pt.stems) & _DESTRUCTIVE_STEMS)
+        intent = wants_destructive(prompt)  # the generator's own test: one policy
         destructive = t.destructive[idx]
         X[:, col["destructive"]] = destructive
         X[:, col["prompt_destructive"]] = intent
@@ -560,7 +620,8 @@ class FeatureExtractor:
         X[:, col["n_candidates"]] = len(candidates)
         X[:, col["log_spec_size"]] = math.log1p(n_ops)
         for name in GROUP_RANKED:
-            X[:, col[name + "_grank"]] = _group_rank(X[:, col[name]])
+            v = X[:, col[name]]
+            X[:, col[name + "_grank"]] = _group_rank(v) if not np.isnan(v).all() else np.nan
         for name in GROUP_GAPPED:
             v = X[:, col[name]]
             X[:, col[name + "_gap"]] = v - np.nanmax(v) if not np.isnan(v).all() else np.nan
@@ -571,14 +632,16 @@ class FeatureExtractor:
     def _lexical(
         self, X: np.ndarray, t: SpecTables, spec: SpecIndex, idx: np.ndarray, pt: PromptTokens,
         history: Sequence[Call],
-    ) -> None:
+    ) -> int:
+        """Lexical features; returns the furthest prompt clause the history explains (-1 for
+        none), which the semantic features take as theirs."""
         col = _COL
         X[:, col["has_prompt"]] = not pt.empty
         if pt.empty:
             for name in ("prompt_pos", "prompt_pos_delta", "prompt_next_clause",
                          "clause_best_delta", "clause_first_best"):
                 X[:, col[name]] = np.nan
-            return
+            return -1
         all_bm25 = t.bm25.scores(pt.stems)
         top = float(all_bm25.max())
         bm25 = all_bm25[idx]
@@ -679,6 +742,91 @@ class FeatureExtractor:
         X[:, col["clause_first_best"]] = np.where(
             best.any(1), np.where(best, k, pt.n_clauses).min(1) - cursor_clause, np.nan
         )
+        return cursor_clause
+
+    def _semantic(
+        self, X: np.ndarray, t: SpecTables, spec: SpecIndex, idx: np.ndarray, pt: PromptTokens,
+        history: Sequence[Call], cursor_clause: int,
+    ) -> None:
+        col = _COL
+        wv = t.word_vectors
+        if wv is None:
+            X[:, [col[name] for name in _SEMANTIC]] = np.nan
+            return
+        V = t.op_vectors
+        cand = V[idx]
+        seen = [spec.by_key[c.operation.key] for c in history
+                if c.operation is not None and c.operation.key in spec.by_key]
+        last = history[-1].operation if history else None
+        if last is not None and last.key in spec.by_key:
+            X[:, col["sem_last_call"]] = _dot(cand, V[spec.by_key[last.key]][None, :])[:, 0]
+        else:
+            X[:, col["sem_last_call"]] = np.nan
+        X[:, col["sem_history_max"]] = _dot(cand, V[seen]).max(1) if seen else np.nan
+        if pt.empty:
+            for name in _SEMANTIC_PROMPT:
+                X[:, col[name]] = np.nan
+            return
+
+        # cosines of the whole prompt and of each clause with every operation of the spec
+        clauses = np.array(pt.clauses, np.int64)
+        docs: list[list[tuple[list[str], Any]]] = [[(list(pt.tokens), 1.0)]]
+        docs += [[([tok for tok, c in zip(pt.tokens, pt.clauses, strict=True) if c == k], 1.0)]
+                 for k in range(pt.n_clauses)]
+        P = wv.embed_docs(docs)
+        known = (P != 0).any(1)
+        sims = _dot(P, V)  # (1 + clauses, operations)
+        whole = sims[0]
+        X[:, col["sem_prompt"]] = whole[idx] if known[0] else np.nan
+        X[:, col["sem_prompt_rank"]] = (
+            np.log1p(np.searchsorted(np.sort(-whole), -whole[idx], side="left"))
+            if known[0] else np.nan
+        )
+        C = sims[1:, idx].T  # (candidates, clauses)
+        k = np.arange(pt.n_clauses)
+        valid = known[1:]
+        nxt = cursor_clause + 1
+        X[:, col["sem_next_clause"]] = C[:, nxt] if nxt < pt.n_clauses and valid[nxt] else np.nan
+        decay = np.where((k > cursor_clause) & valid,
+                         0.5 ** np.maximum(k - cursor_clause - 1, 0), 0.0).astype(np.float32)
+        X[:, col["sem_clause_next_score"]] = (
+            (C * decay).sum(1) / decay.sum() if decay.sum() > 0 else np.nan
+        )
+        X[:, col["sem_clause_best_delta"]] = (
+            np.where(valid, C, -np.inf).argmax(1) - cursor_clause if valid.any() else np.nan
+        )
+
+        # soft word matching: how well each prompt word is matched by the operation's closest
+        # word, 0 below SOFT_FLOOR (unrelated words), 1 for the same word
+        vecs, weights = wv.token_vectors(list(pt.tokens))
+        total = float(weights.sum())
+        if total <= 0 or not len(t.word_matrix):
+            for name in ("soft_coverage", "soft_new_coverage", "soft_clause_next_score"):
+                X[:, col[name]] = 0.0
+            return
+        S = _dot(_unit(vecs), t.word_matrix)  # (prompt words, spec words)
+
+        def soft(rows: Sequence[int]) -> np.ndarray:
+            m = np.zeros((len(rows), len(pt.tokens)), np.float32)
+            for r, i in enumerate(rows):
+                cols = t.op_word_cols[i]
+                if len(cols):
+                    m[r] = S[:, cols].max(1)
+            return np.clip((m - SOFT_FLOOR) / (1.0 - SOFT_FLOOR), 0.0, 1.0)
+
+        M = soft(idx.tolist()) * weights
+        covered = soft(seen).max(0) if seen else np.zeros(len(pt.tokens), np.float32)
+        X[:, col["soft_coverage"]] = M.sum(1) / total
+        X[:, col["soft_new_coverage"]] = (M * (1.0 - covered)).sum(1) / total
+        onehot = np.zeros((len(pt.tokens), pt.n_clauses), np.float32)
+        onehot[np.arange(len(pt.tokens)), clauses] = 1
+        clause_total = _per_clause(weights[None, :], onehot)[0]
+        share = _per_clause(M, onehot) / np.where(clause_total > 0, clause_total, 1.0)
+        soft_decay = np.where((k > cursor_clause) & (clause_total > 0),
+                              0.5 ** np.maximum(k - cursor_clause - 1, 0), 0.0).astype(np.float32)
+        X[:, col["soft_clause_next_score"]] = (
+            (share * soft_decay).sum(1) / soft_decay.sum() if soft_decay.sum() > 0 else np.nan
+        )
 
     def _dataflow(
         self, X: np.ndarray, t: SpecTables, idx: np.ndarray, ops: list[Operation],
@@ -747,7 +895,7 @@ class FeatureExtractor:
                 X[:, col[name]] = np.nan
         else:
             a = _segments_of(t, spec, last)
-            rels = [relation_of(a, t.norm_segments[i]) for i in idx]
+            rels = [relation_of_segments(a, t.norm_segments[i]) for i in idx]
             j = spec.by_key.get(last.key)
             if j is not None:
                 lv = t.vocab[j]
@@ -777,7 +925,7 @@ class FeatureExtractor:
                 X[:, col[name]] = np.nan
         else:
             a2 = _segments_of(t, spec, last2)
-            rel2 = np.array([relation_of(a2, t.norm_segments[i]) for i in idx])
+            rel2 = np.array([relation_of_segments(a2, t.norm_segments[i]) for i in idx])
             X[:, col["rel2_same"]] = rel2 == "same"
             X[:, col["rel2_child"]] = rel2 == "child"
             X[:, col["rel2_parent"]] = rel2 == "parent"
@@ -811,6 +959,17 @@ class FeatureExtractor:
                       for rel in RELATIONS}
             X[:, col["p_relation"]] = [by_rel[rel][0] for rel in rels]
             X[:, col["relation_lift"]] = [by_rel[rel][1] for rel in rels]
+
+
+def _dot(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``A @ B.T`` in float64, rounded to float32: BLAS kernels differ between machines in the
+    last bits of float64, which float32 rounding then hides, so training and serving agree."""
+    return (np.asarray(A, np.float64) @ np.asarray(B, np.float64).T).astype(np.float32)
+
+
+def _unit(M: np.ndarray) -> np.ndarray:
+    norms = np.sqrt((M.astype(np.float64) ** 2).sum(1, keepdims=True))
+    return np.divide(M, norms, out=np.zeros(M.shape, np.float64), where=norms > 0).astype(np.float32)
 
 
 def _per_clause(M: np.ndarray, onehot: np.ndarray) -> np.ndarray:

@@ -575,14 +575,18 @@ for _reason, _names in {
     "prompt_coverage prompt_resource prompt_role_verb prompt_new_coverage prompt_ahead "
     "prompt_next_clause clause_next_score clause_first_best src_bm25 has_bm25 bm25_grank "
     "prompt_coverage_grank prompt_new_coverage_grank overlap_path_grank overlap_summary_grank "
-    "clause_next_score_grank prompt_ahead_grank",
-    "order": "prompt_pos prompt_pos_delta clause_best_delta",
+    "clause_next_score_grank prompt_ahead_grank sem_prompt sem_prompt_rank sem_next_clause "
+    "sem_clause_next_score soft_coverage soft_new_coverage soft_clause_next_score src_semantic "
+    "has_semantic sem_prompt_grank sem_clause_next_score_grank soft_coverage_grank "
+    "soft_clause_next_score_grank sem_prompt_gap sem_clause_next_score_gap "
+    "soft_clause_next_score_gap",
+    "order": "prompt_pos prompt_pos_delta clause_best_delta sem_clause_best_delta",
     "dataflow": "params_from_history params_from_last_call params_from_last_returns "
     "params_from_last_resource params_all_filled params_newest_age consumes_last_output "
     "required_from_history src_dataflow has_dataflow params_unfilled",
     "structure": "rel_same rel_child rel_parent rel_sibling rel_same_resource shared_prefix "
     "depth_delta rel2_same rel2_child rel2_parent rel2_same_resource resource_seen src_neighbour "
-    "has_neighbour",
+    "has_neighbour sem_last_call sem_last_call_grank sem_history_max",
     "transition": "p_role role_lift p_method p_relation relation_lift src_transition "
     "has_transition role_lift_grank relation_lift_grank",
     "entry": "entry_point cold_start src_entry has_entry",
@@ -638,6 +642,44 @@ def _matched_words(operation: Operation, prompt: str | None, limit: int = 3) -> 
             words.append(raw)
     words.sort(key=len, reverse=True)  # longer words tend to be the telling ones
     return words[:limit]
+
+
+MEANING_COSINE = 0.6  # a prompt word this close to one of the operation's words means it
+
+
+def _meaning_words(operation: Operation, prompt: str | None, limit: int = 2) -> list[str]:
+    """The user's words (as typed) that none of the operation's words match exactly but one
+    of them means ('paid' for /invoices/{id}/pay), closest first; by the shipped word vectors."""
+    pt = prompt_stems(prompt)
+    if pt.empty:
+        return []
+    from ranker.embeddings import load_word_vectors
+
+    try:
+        wv = load_word_vectors()
+    except FileNotFoundError:
+        return []
+    op_tokens = sorted(set(tokenize(" ".join((" ".join(operation.literal_segments),
+                                              operation.operation_id or "", operation.summary)))))
+    if not op_tokens:
+        return []
+    op_vecs, op_w = wv.token_vectors(op_tokens)
+    known = op_w > 0
+    if not known.any():
+        return []
+    op_vecs = op_vecs[known] / np.linalg.norm(op_vecs[known], axis=1, keepdims=True)
+    exact = {stem(t) for t in op_tokens}
+    best: dict[str, float] = {}
+    for token, s, raw in zip(pt.tokens, pt.stems, pt.raw, strict=True):
+        if s in exact or len(token) < 3 or raw in best:
+            continue
+        v = wv.embed([token])
+        if not v.any():
+            continue
+        cos = float((op_vecs @ v).max())
+        if cos >= MEANING_COSINE:
+            best[raw] = cos
+    return sorted(best, key=lambda w: -best[w])[:limit]
 
 
 def _age_phrase(age: int) -> str:
@@ -707,6 +749,10 @@ def explain(
             words = _matched_words(operation, prompt)
             if words:
                 text = "matches " + " and ".join(f"'{w}'" for w in words[:2]) + " in your request"
+            else:
+                near = _meaning_words(operation, prompt)
+                if near:
+                    text = "means " + " and ".join(f"'{w}'" for w in near[:2]) + " in your request"
         elif reason == "order":
             if prompt and history:
                 text = "the next step your request describes"

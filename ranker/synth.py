@@ -17,18 +17,16 @@ Deterministic for a given spec and seed.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from deployments.spec.index import SpecIndex
-from deployments.spec.operations import Operation, tokenize
+from deployments.spec.operations import Operation, path_param_names, tokenize
 from ranker.data import Step, Workflow, load_spec, synthetic_id
 
 __all__ = ["synthesize", "synthesize_for_apis", "PATTERNS"]
 
 PATTERNS = ("list_get_update", "create_get", "create_child", "search_detail", "parent_children")
-_PARAM = re.compile(r"\{([^{}]+)\}")
 _GENERIC = frozenset("id uuid key name code number slug token item".split())
 _VERBS = {
     "list": ("list", "browse", "see all"),
@@ -122,7 +120,7 @@ def _entity_of_param(op: Operation) -> str:
     previous = ""
     entity = ""
     for seg in op.segments:
-        names = _PARAM.findall(seg)
+        names = path_param_names(seg)
         if not names:
             previous = seg
             continue
@@ -182,7 +180,7 @@ def _steps(api: str, workflow_id: str, ops: Sequence[Operation]) -> tuple[Step, 
         path_params: dict[str, str] = {}
         uses: set[int] = set()
         for depth, segment in enumerate(op.segments):
-            for k, name in enumerate(_PARAM.findall(segment)):
+            for k, name in enumerate(path_param_names(segment)):
                 prefix = (*norm[: depth + 1], str(k))
                 if prefix not in values:
                     producer = _producer(ops[:i], norm[:depth])

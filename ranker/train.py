@@ -31,6 +31,8 @@ import numpy as np
 
 from deployments.candidates.retrieval import RetrievalGenerator
 from ranker.data import Example, Workflow, examples, load_workflows, split_of
+from ranker.embeddings import DEFAULT_PATH as WORD_VECTORS_PATH
+from ranker.embeddings import load_word_vectors
 from ranker.evaluate import (
     Groups,
     build_groups,
@@ -92,10 +94,12 @@ def fit_ranker(
     log_period: int = 50,
     seed: int = 0,
     synthetic_weight: float = 1.0,
+    group_weight: np.ndarray | None = None,
 ) -> Any:
     """LightGBM lambdarank with ``group=``, early stopping on ``valid`` and evaluation logging.
 
-    Synthetic groups weigh ``synthetic_weight`` against real ones."""
+    Synthetic groups weigh ``synthetic_weight`` against real ones, unless ``group_weight`` (one
+    non-negative weight per training group) says otherwise."""
     import lightgbm as lgb
 
     for name, groups in (("train", train), ("valid", valid)):
@@ -106,7 +110,14 @@ def fit_ranker(
     if not 0 <= synthetic_weight <= 1:
         raise ValueError(f"synthetic_weight must be in [0, 1], got {synthetic_weight}")
     params = {**DEFAULT_PARAMS, **(params or {}), "seed": seed}
-    group_weight = np.where(train.source == "real", 1.0, synthetic_weight)
+    if group_weight is None:
+        group_weight = np.where(train.source == "real", 1.0, synthetic_weight)
+    group_weight = np.asarray(group_weight, np.float64)
+    if group_weight.shape != (len(train),):
+        raise ValueError(f"group_weight must have one weight per training group ({len(train)}), "
+                         f"got shape {group_weight.shape}")
+    if not (np.isfinite(group_weight).all() and (group_weight >= 0).all()):
+        raise ValueError("group_weight must be finite and >= 0")
     train_set = lgb.Dataset(
         train.X, label=train.labels, group=train.sizes, weight=np.repeat(group_weight, train.sizes),
         feature_name=list(FEATURE_NAMES), free_raw_data=False,
@@ -201,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-weight", type=float, default=SYNTHETIC_WEIGHT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--transitions", type=Path, default=TRANSITIONS_PATH)
+    parser.add_argument("--word-vectors", type=Path, default=WORD_VECTORS_PATH,
+                        help="word vectors of the semantic source and features "
+                             "(`python -m ranker.embeddings build`)")
     parser.add_argument("--max-apis", type=int, default=None,
                         help="train on a deterministic subset of this many APIs (smoke runs)")
     parser.add_argument("--num-boost-round", type=int, default=DEFAULT_ROUNDS)
@@ -220,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
 
     _log(f"[2/6] candidates (retrieval, limit {CANDIDATES}) and features "
          f"({len(FEATURE_NAMES)}, version {FEATURE_VERSION})")
-    generator = RetrievalGenerator(transitions=transitions)
-    extractor = FeatureExtractor(transitions=transitions)
+    word_vectors = load_word_vectors(args.word_vectors)
+    generator = RetrievalGenerator(transitions=transitions, word_vectors=word_vectors)
+    extractor = FeatureExtractor(transitions=transitions, word_vectors=word_vectors)
     groups = build_groups(
         [*real, *synthetic], generator=generator, extractor=extractor, limit=CANDIDATES,
         progress="features",
@@ -288,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         data={
             "model_sha256": model_sha,
             "transitions_sha256": file_sha256(args.transitions),
+            "word_vectors_sha256": word_vectors.sha256,
+            "word_vectors": {k: word_vectors.meta.get(k) for k in ("model", "dim", "corpus")},
             "apis": {"train": len(set(groups.api[is_train])), "valid": len(set(groups.api[is_valid]))},
             "groups": {"train": len(train), "early_stopping": len(stop_on),
                        "valid_real": int((is_valid & is_real).sum()),

@@ -9,7 +9,6 @@ rebuild it.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deployments.spec.operations import ROLES, Operation
+from deployments.spec.operations import ROLES, VERSION_SEGMENT, Operation
 
 __all__ = [
     "Transitions",
@@ -37,7 +36,7 @@ START = "<start>"  # the "last role" of a cold start
 RELATIONS = ("same", "child", "parent", "sibling", "unrelated")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OTHER")
 DEFAULT_PATH = Path(__file__).resolve().parent / "models" / "transitions.json"
-_VERSION_SEGMENT = re.compile(r"^v\d+(\.\d+)*$|^\d+(\.\d+)+$|^api$", re.I)
+_VERSION_SEGMENT = VERSION_SEGMENT
 
 
 def normalized_segments(op: Operation) -> tuple[str, ...]:
@@ -60,15 +59,11 @@ def relation(last: Operation, nxt: Operation) -> str:
     it (``/invoices/{id}/lines``); parent: above it; sibling: sharing a leading literal segment;
     unrelated otherwise.
     """
-    return _relation_segs(normalized_segments(last), normalized_segments(nxt))
+    return relation_of_segments(normalized_segments(last), normalized_segments(nxt))
 
 
 def relation_of_segments(a: tuple[str, ...], b: tuple[str, ...]) -> str:
     """:func:`relation` on :func:`normalized_segments` already computed (for vectorised callers)."""
-    return _relation_segs(a, b)
-
-
-def _relation_segs(a: tuple[str, ...], b: tuple[str, ...]) -> str:
     ca, cb = _collection(a), _collection(b)
     if ca == cb:
         return "same"
@@ -79,6 +74,9 @@ def _relation_segs(a: tuple[str, ...], b: tuple[str, ...]) -> str:
     if ca and cb and ca[0] == cb[0]:
         return "sibling"
     return "unrelated"
+
+
+_relation_segs = relation_of_segments  # the old private name, kept for callers not yet moved
 
 
 def _method(method: str) -> str:
@@ -217,7 +215,7 @@ def fit_transitions(workflows: Iterable[Any], *, alpha: float = 1.0, split: str 
                 rel_all[rel] += 1
                 a = normalized_segments(last)
                 for segs in all_segs:
-                    rel_base[_relation_segs(a, segs)] += 1 / len(all_segs)
+                    rel_base[relation_of_segments(a, segs)] += 1 / len(all_segs)
             last = op
     if not n_workflows:
         raise ValueError("no workflows to learn transitions from (wrong split or empty input)")

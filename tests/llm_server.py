@@ -103,14 +103,15 @@ def _envelope(content: str | None, model: str) -> bytes:
 class FakeLLMServer:
     """Serves ``POST {base_url}/chat/completions`` with the scripted replies, then ``default``."""
 
-    def __init__(self, *, default: Reply | None = None, prefix: str = "/v1") -> None:
+    def __init__(self, *, default: Reply | None = None, prefix: str = "/v1", port: int = 0) -> None:
         self.default = default or Reply()
         self.prefix = prefix
         self._queue: deque[Reply] = deque()
         self._requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._connections: set[socket.socket] = set()  # closed at stop: a stopped server refuses
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._httpd.daemon_threads = True
         # A short poll interval keeps shutdown (one per test) fast.
         self._thread = threading.Thread(
@@ -143,6 +144,13 @@ class FakeLLMServer:
         self._stop.set()  # releases hanging and slow handlers
         self._httpd.shutdown()
         self._httpd.server_close()
+        self._httpd.handle_error = lambda request, client_address: None  # resets we cause now
+        with self._lock:  # pooled keep-alive connections too, not only the listening socket
+            for conn in self._connections:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         self._thread.join(timeout=5)
 
     def __enter__(self) -> FakeLLMServer:
@@ -164,6 +172,11 @@ class FakeLLMServer:
             # Headers and body go out in two writes; with Nagle on, the body waits ~40 ms for
             # the client's delayed ACK.
             disable_nagle_algorithm = True
+
+            def setup(self) -> None:
+                super().setup()
+                with server._lock:
+                    server._connections.add(self.connection)
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

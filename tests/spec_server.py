@@ -16,12 +16,16 @@ class Route:
     content_type: str = "application/json"
     status: int = 200
     delay_s: float = 0.0
+    redirect_to: str | None = None  # answer 302 to this URL
+    hang: bool = False  # read the request, never answer (until the server stops)
+    stream_bytes: int = 0  # then send this many more bytes, without a Content-Length
 
 
 class SpecServer:
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
         self.hits: dict[str, int] = {}
+        self.stopping = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -34,12 +38,28 @@ class SpecServer:
                 if route is None:
                     self.send_error(404)
                     return
+                if route.hang:
+                    server.stopping.wait()
+                    return
                 time.sleep(route.delay_s)
+                if route.redirect_to is not None:
+                    self.send_response(302)
+                    self.send_header("Location", route.redirect_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 self.send_response(route.status)
                 self.send_header("Content-Type", route.content_type)
-                self.send_header("Content-Length", str(len(route.body)))
+                if not route.stream_bytes:
+                    self.send_header("Content-Length", str(len(route.body)))
                 self.end_headers()
-                self.wfile.write(route.body)
+                try:
+                    self.wfile.write(route.body)
+                    chunk = b" " * 65536
+                    for _ in range(route.stream_bytes // len(chunk)):
+                        self.wfile.write(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client stopped reading at its cap
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -67,5 +87,6 @@ def spec_server() -> Iterator[SpecServer]:
     try:
         yield server
     finally:
+        server.stopping.set()
         server.httpd.shutdown()
         server.httpd.server_close()

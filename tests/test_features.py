@@ -178,3 +178,32 @@ def test_identical_in_every_process(extractor, spec) -> None:
         for seed in ("1", "2")
     }
     assert len(digests) == 1
+
+
+# -- semantic features -----------------------------------------------------------------------------
+
+
+def test_semantic_features_match_meaning_not_just_words(extractor, spec, transitions) -> None:
+    """'paid' is not a word of POST /invoices/{invoice_id}/pay, but its meaning is."""
+    history = [spec.resolve("GET /v1/invoices"), spec.resolve("GET /v1/invoices/in_1")]
+    keys = ["POST /invoices/{invoice_id}/pay", "GET /users/me", "PUT /invoices/{invoice_id}/status"]
+    cands = [Candidate(index=spec.by_key[k]) for k in keys]
+    X = extractor.extract(spec, history, "get this invoice paid", cands)
+    pay, me, status = X
+    assert pay[COL["soft_coverage"]] > me[COL["soft_coverage"]]
+    assert pay[COL["sem_prompt"]] > me[COL["sem_prompt"]]
+    assert pay[COL["sem_prompt_grank"]] == 0
+    # related to the last call (an invoice) more than an unrelated operation is
+    assert status[COL["sem_last_call"]] > me[COL["sem_last_call"]]
+    assert -1 <= X[:, COL["sem_prompt"]].min() and X[:, COL["sem_prompt"]].max() <= 1
+    # no prompt: prompt features missing, relations to the history still there
+    X = extractor.extract(spec, history, None, cands)
+    assert np.isnan(X[:, COL["sem_prompt"]]).all() and not np.isnan(X[:, COL["sem_last_call"]]).any()
+    # without word vectors every semantic feature is missing (NaN), nothing else changes
+    plain = FeatureExtractor(transitions=transitions, word_vectors=None)
+    Y = plain.extract(spec, history, "get this invoice paid", cands)
+    X = extractor.extract(spec, history, "get this invoice paid", cands)
+    semantic = [i for n, i in COL.items() if n.startswith(("sem_", "soft_"))]
+    assert np.isnan(Y[:, semantic]).all()
+    others = [i for i in range(len(FEATURE_NAMES)) if i not in semantic]
+    np.testing.assert_array_equal(X[:, others], Y[:, others])

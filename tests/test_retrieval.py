@@ -171,3 +171,42 @@ def test_a_real_workflow_target_is_among_the_candidates() -> None:
         keys = _keys(ex.spec, generator.generate(ex.spec, ex.history, ex.prompt, limit=10))
         hits += ex.target in keys
     assert hits / len(found) >= 0.8
+
+
+def test_the_semantic_source_finds_what_the_prompt_says_in_other_words() -> None:
+    generator = RetrievalGenerator(transitions=load_transitions())
+    history = [SPEC.resolve("GET /invoices/in_1")]
+    candidates = generator.generate(SPEC, history, "get this one paid", limit=5)
+    by_key = dict(zip(_keys(SPEC, candidates), candidates, strict=True))
+    pay = by_key["POST /invoices/{invoice_id}/pay"]
+    assert pay.sources["semantic"] == max(c.sources.get("semantic", 0) for c in candidates)
+    assert "bm25" not in pay.sources or pay.sources["bm25"] < pay.sources["semantic"]
+    # switched off: no semantic source at all
+    off = RetrievalGenerator(transitions=load_transitions(), word_vectors=None)
+    assert not any("semantic" in c.sources for c in off.generate(SPEC, history, "get this one paid"))
+    assert off.index_for(SPEC).op_vectors is None
+
+
+def test_destructive_intent_phrases() -> None:
+    for prompt in ("log the user out", "expire it now", "unmount the snapshot", "get rid of it",
+                   "tear down the cluster", "drop the table"):
+        assert wants_destructive(prompt), prompt
+    for prompt in ("upload to dropbox", "list droplets", "sort by expiration date", "sign up",
+                   "read the catalog", "book rides"):
+        assert not wants_destructive(prompt), prompt
+
+
+def test_version_segments_and_rfc6570_path_parameters() -> None:
+    from deployments.spec.operations import Operation, path_param_names
+
+    op = Operation("GET", "/v1beta1/{+name}/instances/{instanceId}")
+    assert op.path_params == ("name", "instanceId")
+    assert op.literal_segments == ("instances",) and op.resource == "instance"
+    assert path_param_names("/files/{path*}/{+rest}/{#frag}/{x:3}") == ["path", "rest", "frag", "x"]
+    spec = parse_spec({
+        "openapi": "3.0.0", "info": {"title": "g", "version": "1"},
+        "paths": {"/v2/{+name}/adcode": {"get": _op("getAdcode", "Get the ad code",
+                                                      params=("name",))}},
+    })
+    call = spec.resolve("GET /v2/accounts%2Fpub-1/adcode")
+    assert call.operation is not None and call.path_params == {"name": "accounts/pub-1"}

@@ -555,7 +555,7 @@ class LLMGenerator:
         try:
             envelope = json.loads(raw)
             content = envelope["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError):  # "[[[[..." too
             raise LLMUnavailable("malformed", detail="not a chat-completions response") from None
         if content is None or (isinstance(content, str) and not content.strip()):
             raise LLMUnavailable("empty", detail="no content")
@@ -634,7 +634,7 @@ def _extract_json(content: str) -> Any:
     for attempt in attempts:
         try:
             return json.loads(attempt)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
     raise LLMUnavailable("malformed", detail="content is not JSON")
 

@@ -1,11 +1,17 @@
 """The embedded candidate generator: no network, deterministic, a few milliseconds per request.
 
-Five sources each score every operation of the spec, vectorised over a per-spec index:
+Six sources each score every operation of the spec, vectorised over a per-spec index:
 
 - ``bm25``: the prompt (and, weighted lower, the last call's words) against each operation's path
   words, summary, description, operationId and tags, with light stemming and compound path words
   ("teamgamelog") matched by their parts; blended with the same score for the prompt's *next
   clause*, since prompts read as plans ("find X, look at its Y, then update Z");
+- ``semantic``: the cosine of the prompt (and of its next clause, weighted as for ``bm25``) with
+  each operation, from static word vectors distilled from a sentence encoder
+  (:mod:`ranker.embeddings`; numpy only): "paid" finds ``/invoices/{id}/pay``. Operation vectors
+  are built once per spec with the index. Only the operations above the spec's upper quartile
+  of cosine are proposed by it; it weighs little in the order (on training APIs it adds recall@10
+  and costs a little recall@30) but its score is a feature of the ranker;
 - ``dataflow``: operations whose path parameters can be filled from ids the user already has
   (path parameters and id-like parameters of the history, ids the last call returns), and the
   providers of ids that the operations the prompt points at still need;
@@ -30,15 +36,26 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from deployments.candidates.types import Candidate
 from deployments.spec.index import Call, SpecIndex
-from deployments.spec.operations import ROLES, Operation, singular, tokenize
+from deployments.spec.operations import (
+    ROLES,
+    VERSION_SEGMENT,
+    Operation,
+    path_param_names,
+    singular,
+    tokenize,
+)
+from ranker.embeddings import DEFAULT_PATH as WORD_VECTORS_PATH
+from ranker.embeddings import load_word_vectors
 
 if TYPE_CHECKING:
+    from ranker.embeddings import WordVectors
     from ranker.transitions import Transitions
 
 __all__ = [
@@ -46,7 +63,10 @@ __all__ = [
 ]
 
 # How much each source counts in the generator's own order (each score is in [0, 1]).
-SOURCE_WEIGHTS = {"bm25": 2.5, "dataflow": 0.6, "neighbour": 0.35, "transition": 0.25, "entry": 0.6}
+SOURCE_WEIGHTS = {
+    "bm25": 2.5, "semantic": 0.5, "dataflow": 0.6, "neighbour": 0.35, "transition": 0.25,
+    "entry": 0.6,
+}
 # Field weights of the BM25 document: the path and summary say most about an operation.
 FIELD_WEIGHTS = {"path": 2.0, "operation_id": 1.0, "summary": 2.0, "description": 0.5, "tags": 1.0}
 COMPOUND_WEIGHT = 0.5  # a piece of a split compound word, relative to a whole word
@@ -60,6 +80,8 @@ PREREQUISITE_WEIGHT = 0.6  # a provider of such an id, relative to a fully filla
 STATUS_DATAFLOW = 0.8  # a status check right after a write
 REPEAT_FACTOR = 0.4  # combined score kept by an operation already called (repeats are rare)
 BM25_K1, BM25_B = 1.2, 0.75
+SEMANTIC_QUANTILE = 0.75  # the semantic source proposes operations above this cosine quantile
+SEMANTIC_RELEVANCE = 0.5  # semantic vs bm25 in the prompt relevance of entry and prerequisites
 DEFAULT_INDEX_CACHE = 64
 
 # What an asynchronous write hands back to check on: GET /actions/{id}, /jobs/{id}/status ...
@@ -68,22 +90,32 @@ _STATUS_NOUNS = frozenset(
 )
 _ID_WORDS = frozenset("id uuid guid key slug code number sid token name ref".split())
 _REFERENCE_WORDS = _ID_WORDS - {"name", "code", "number", "token"}  # in a body: surely an id
-_VERSION_SEGMENT = re.compile(r"^v\d+(\.\d+)*$|^\d+(\.\d+)+$|^api$", re.I)
+_VERSION_SEGMENT = VERSION_SEGMENT
 # Stems of words that ask to destroy or undo: "deleting", "removal", "cancellation" ...
 _DESTRUCTIVE_STEMS = (
     "delet", "remov", "destroy", "purg", "cancel", "void", "refund", "revok", "revoc", "terminat",
-    "wipe", "eras", "drop", "deactivat", "disabl", "unsubscrib", "reject", "discard", "detach",
+    "wipe", "eras", "deactivat", "disabl", "unsubscrib", "reject", "discard", "detach",
     "unlink", "clean", "clear", "uninstall", "unregister", "dismiss", "withdraw", "unassign",
-    "unfollow", "unpublish", "unshare", "rid",
+    "unfollow", "unpublish", "unshare", "unmount", "disconnect", "dissolv", "logout", "signout",
+    "teardown",
+)
+# Whole words only: "dropbox", "droplet" and "expiration" ask for nothing.
+_DESTRUCTIVE_EXACT = frozenset("drop drops dropped dropping expire expires".split())
+_UNDO_PHRASES = re.compile(
+    r"\b(?:get(?:ting)? rid|(?:log|sign)(?:s|ged|ging|ed|ing)?(?: \w+){0,2}[ -]?out|"
+    r"tear(?:s|ing)? down)\b", re.I,
 )
 
 
 def wants_destructive(prompt: str | None) -> bool:
-    """Whether the prompt clearly asks to delete, cancel, refund, revoke ... something."""
+    """Whether the prompt clearly asks to delete, cancel, refund, revoke, expire, log out ...
+    something."""
     if not prompt:
         return False
+    if _UNDO_PHRASES.search(prompt):
+        return True
     return any(
-        w.startswith(_DESTRUCTIVE_STEMS) and (w != "rid" or "get rid" in prompt.lower())
+        w.startswith(_DESTRUCTIVE_STEMS) or w in _DESTRUCTIVE_EXACT
         for w in tokenize(prompt, keep_stopwords=True)
     )
 
@@ -158,7 +190,7 @@ def _path_param_entities(op: Operation) -> list[tuple[str, str]]:
     out = []
     previous: str | None = None
     for seg in op.segments:
-        names = re.findall(r"\{([^{}]+)\}", seg)
+        names = path_param_names(seg)
         if not names:
             if not _VERSION_SEGMENT.match(seg):
                 previous = seg
@@ -197,7 +229,7 @@ class _Postings:
 class RetrievalIndex:
     """Everything about one spec that the generator needs, precomputed as numpy arrays."""
 
-    def __init__(self, spec: SpecIndex) -> None:
+    def __init__(self, spec: SpecIndex, *, word_vectors: WordVectors | None = None) -> None:
         ops = spec.operations
         n = len(ops)
         self.spec_hash = spec.spec_hash
@@ -210,6 +242,12 @@ class RetrievalIndex:
         self._build_bm25(ops)
         self._build_structure(ops)
         self._build_dataflow(ops)
+        self.word_vectors = word_vectors
+        self.op_vectors: np.ndarray | None = None
+        if word_vectors is not None:
+            from ranker.embeddings import operation_vectors
+
+            self.op_vectors = operation_vectors(word_vectors, ops)
 
     # -- BM25 ------------------------------------------------------------------------------
 
@@ -456,10 +494,14 @@ def _unit(scores: np.ndarray) -> np.ndarray:
     return scores / top if top > 0 else scores
 
 
-def _plan_scores(index: RetrievalIndex, history: Sequence[Call], prompt: str) -> np.ndarray:
+def _plan(
+    index: RetrievalIndex, history: Sequence[Call], prompt: str
+) -> list[tuple[list[str], float]]:
+    """The prompt's clauses (tokens) with a weight each by its place relative to the furthest
+    clause the history acted on: the clause right after it weighs most."""
     clauses = [c for c in (tokenize(part) for part in _CLAUSE_BREAK.split(prompt)) if c]
     if not clauses:
-        return np.zeros(index.size, dtype=np.float32)
+        return []
     stems = [set(map(stem, c)) for c in clauses]
     frontier = -1
     for call in history:
@@ -474,16 +516,53 @@ def _plan_scores(index: RetrievalIndex, history: Sequence[Call], prompt: str) ->
                 frontier,
                 max(range(len(stems)), key=lambda k: (overlap[k], -abs(k - frontier - 1))),
             )
+    return [
+        (clause, _CLAUSE_NEXT if k == frontier + 1 else _CLAUSE_AFTER_NEXT if k == frontier + 2
+         else _CLAUSE_CURRENT if k == frontier else _CLAUSE_OTHER)
+        for k, clause in enumerate(clauses)
+    ]
+
+
+def _plan_scores(index: RetrievalIndex, plan: Sequence[tuple[list[str], float]]) -> np.ndarray:
+    if not plan:
+        return np.zeros(index.size, dtype=np.float32)
     tokens: list[str] = []
     weights: list[float] = []
-    for k, clause in enumerate(clauses):
-        w = (
-            _CLAUSE_NEXT if k == frontier + 1 else _CLAUSE_AFTER_NEXT if k == frontier + 2
-            else _CLAUSE_CURRENT if k == frontier else _CLAUSE_OTHER
-        )
+    for clause, w in plan:
         tokens += clause
         weights += [w] * len(clause)
     return index.bm25(tokens, weights)
+
+
+def _semantic_scores(
+    index: RetrievalIndex, prompt_tokens: Sequence[str], plan: Sequence[tuple[list[str], float]]
+) -> np.ndarray:
+    """Cosine of the prompt, and of its clauses weighted as in :func:`_plan`, with every
+    operation (word vectors; see :mod:`ranker.embeddings`); in [-1, 1]."""
+    wv, V = index.word_vectors, index.op_vectors
+    if wv is None or V is None or not prompt_tokens:
+        return np.zeros(index.size, dtype=np.float32)
+    docs = [[(list(prompt_tokens), 1.0)], *([(clause, 1.0)] for clause, _ in plan)]
+    P = wv.embed_docs(docs)
+    sims = P @ V.T
+    whole = sims[0]
+    if len(plan) < 2:
+        return whole.astype(np.float32)
+    w = np.array([weight for _, weight in plan], np.float32)
+    by_clause = (sims[1:] * w[:, None]).sum(0) / w.sum()
+    return ((whole + CLAUSE_WEIGHT * by_clause) / (1.0 + CLAUSE_WEIGHT)).astype(np.float32)
+
+
+def _semantic_source(cosine: np.ndarray) -> np.ndarray:
+    """The semantic source's score in [0, 1]: the operations above the spec's
+    ``SEMANTIC_QUANTILE`` of cosine, scaled up to 1 for the best; 0 for the rest."""
+    if not len(cosine):
+        return cosine
+    floor = float(np.quantile(cosine, SEMANTIC_QUANTILE))
+    top = float(cosine.max())
+    if top <= floor:
+        return np.zeros_like(cosine)
+    return np.clip((cosine - floor) / (top - floor), 0.0, 1.0).astype(np.float32)
 
 
 @dataclass
@@ -547,7 +626,10 @@ class RetrievalGenerator:
         transitions: Transitions | None = None,
         weights: dict[str, float] | None = None,
         cache_size: int = DEFAULT_INDEX_CACHE,
+        word_vectors: WordVectors | Path | str | None = WORD_VECTORS_PATH,
     ) -> None:
+        """``word_vectors``: the table of the semantic source (a path is loaded, once per
+        process); None turns the source off."""
         if cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
         unknown = set(weights or {}) - set(SOURCE_WEIGHTS)
@@ -556,6 +638,9 @@ class RetrievalGenerator:
                 f"unknown source weights {sorted(unknown)}; known: {list(SOURCE_WEIGHTS)}"
             )
         self.transitions = transitions
+        if isinstance(word_vectors, Path | str):
+            word_vectors = load_word_vectors(word_vectors)
+        self.word_vectors = word_vectors
         self.weights = {**SOURCE_WEIGHTS, **(weights or {})}
         self._cache: OrderedDict[str, RetrievalIndex] = OrderedDict()
         self._cache_size = cache_size
@@ -568,7 +653,8 @@ class RetrievalGenerator:
             if found is not None:
                 self._cache.move_to_end(key)
                 return found
-        built = RetrievalIndex(spec)  # outside the lock: a big spec takes a while
+        # outside the lock: a big spec takes a while
+        built = RetrievalIndex(spec, word_vectors=self.word_vectors)
         with self._lock:
             self._cache[key] = built
             self._cache.move_to_end(key)
@@ -602,12 +688,18 @@ class RetrievalGenerator:
             tokens += words
             weights += [LAST_CALL_WEIGHT] * len(words)
         bm25 = _unit(index.bm25(tokens, weights))
+        semantic = np.zeros(n, dtype=np.float32)
+        relevance = bm25
         if prompt:
             # Workflow prompts read as a plan ("find X, look at its Y, then update Z"): the
             # clause right after the last one the history acted on is where the next call is.
-            bm25 = (bm25 + CLAUSE_WEIGHT * _unit(_plan_scores(index, history, prompt))) / (
+            plan = _plan(index, history, prompt)
+            bm25 = (bm25 + CLAUSE_WEIGHT * _unit(_plan_scores(index, plan))) / (
                 1.0 + CLAUSE_WEIGHT
             )
+            # semantic: the same, by meaning rather than by shared words ("paid" ~ pay).
+            semantic = _semantic_source(_semantic_scores(index, tokenize(prompt), plan))
+            relevance = (bm25 + SEMANTIC_RELEVANCE * semantic) / (1.0 + SEMANTIC_RELEVANCE)
 
         # dataflow: path parameters fillable from ids the user has; fresh ids count double.
         dataflow = np.zeros(n, dtype=np.float32)
@@ -648,7 +740,7 @@ class RetrievalGenerator:
                 # yet; whoever hands those over is a likely next call (GET /me before
                 # GET /members/{member_id}/profile).
                 dataflow = np.maximum(
-                    dataflow, PREREQUISITE_WEIGHT * _prerequisites(index, bm25, ent_w)
+                    dataflow, PREREQUISITE_WEIGHT * _prerequisites(index, relevance, ent_w)
                 ).astype(np.float32)
 
         # neighbour: structural relation to the last one or two calls.
@@ -692,10 +784,11 @@ class RetrievalGenerator:
                     [self.transitions.p_role(None, r) for r in ROLES], dtype=np.float32
                 )
                 prior = start[index.role] / max(float(start.max()), 1e-6)
-            entry = np.where(~index.has_path_params, 0.5 * prior + 0.5 * bm25, 0.0)
+            entry = np.where(~index.has_path_params, 0.5 * prior + 0.5 * relevance, 0.0)
             entry = entry.astype(np.float32)
         return {
-            "bm25": bm25.astype(np.float32), "dataflow": dataflow, "neighbour": neighbour,
+            "bm25": bm25.astype(np.float32), "semantic": semantic, "dataflow": dataflow,
+            "neighbour": neighbour,
             "transition": transition, "entry": entry,
         }
 

@@ -161,6 +161,7 @@ class SpecCacheDB:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> SpecCacheDB:
+        kwargs.setdefault("retry_after_s", settings.spec_l2_retry_s)
         return cls(settings.spec_cache_path, url_ttl_s=settings.spec_l2_ttl_s, **kwargs)
 
     # -- public operations ----------------------------------------------------------------------
@@ -176,7 +177,7 @@ class SpecCacheDB:
                 return None
             return str(row[0])
 
-        return self._run("read a spec URL", op, None)
+        return self._run("read a spec URL", op, None, write=False)
 
     def put_url(self, url: str, spec_hash: str) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
@@ -217,7 +218,7 @@ class SpecCacheDB:
                 )
             return raw
 
-        return self._run("read a spec index", op, None)
+        return self._run("read a spec index", op, None, write=False)
 
     def put_index(self, spec_hash: str, raw: bytes) -> bool:
         """Store a serialised index; True if it is now readable by the node's other replicas."""
@@ -283,7 +284,12 @@ class SpecCacheDB:
                 return "bypassed"
             return "degraded" if self._failures else "ok"
 
-    def _run(self, what: str, op: Callable[[sqlite3.Connection], T], default: T) -> T:
+    def _run(
+        self, what: str, op: Callable[[sqlite3.Connection], T], default: T, *, write: bool = True
+    ) -> T:
+        """``op`` on this thread's connection; ``default`` on failure. Only a write that works
+        clears the failure count: reads keep working under another process's write lock, and
+        must not keep the writes that fail from ever bypassing L2."""
         for attempt in (1, 2):
             try:
                 conn = self._connection()
@@ -294,8 +300,9 @@ class SpecCacheDB:
                 if self._recover(what, exc) and attempt == 1:
                     continue
                 return default
-            with self._lock:
-                self._failures = 0
+            if write:
+                with self._lock:
+                    self._failures = 0
             return result
         return default
 

@@ -135,13 +135,17 @@ def _base_paths(doc: dict[str, Any], *, swagger2: bool) -> tuple[str, ...]:
         for server in servers:
             if isinstance(server, dict) and isinstance(server.get("url"), str):
                 url = server["url"]
-                for name, var in (server.get("variables") or {}).items():
+                variables = server.get("variables")
+                for name, var in (variables.items() if isinstance(variables, dict) else ()):
                     if isinstance(var, dict) and "default" in var:
-                        url = url.replace("{" + name + "}", str(var["default"]))
+                        url = url.replace("{" + str(name) + "}", str(var["default"]))
                 urls.append(url)
     bases = []
     for url in urls:
-        path = urlsplit(url).path if "://" in url else url
+        try:
+            path = urlsplit(url).path if "://" in url else url
+        except ValueError:  # e.g. "http://[": not a server this spec can be matched under
+            continue
         path = "/" + path.strip("/")
         if path != "/" and "{" not in path and path not in bases:
             bases.append(path)
@@ -205,7 +209,7 @@ def _body_params(body: Any, refs: _Refs) -> dict[tuple[str, str], Param]:
     if not isinstance(body, dict) or not isinstance(body.get("content"), dict):
         return {}
     content = body["content"]
-    media = next((m for m in content if "json" in m), None) or next(iter(content), None)
+    media = next((m for m in content if "json" in str(m)), None) or next(iter(content), None)
     entry = refs.deref(content.get(media)) if media else None
     return _schema_params(entry.get("schema") if isinstance(entry, dict) else None, refs)
 
@@ -227,11 +231,12 @@ def _properties(schema: Any, refs: _Refs, *, budget: list[int]) -> tuple[dict[st
     props: dict[str, Any] = {}
     required: set[str] = set()
     if isinstance(schema.get("properties"), dict):
-        props.update({k: refs.deref(v) for k, v in schema["properties"].items()})
+        props.update({str(k): refs.deref(v) for k, v in schema["properties"].items()})  # YAML: 1:
     if isinstance(schema.get("required"), list):
         required.update(r for r in schema["required"] if isinstance(r, str))
     for combinator in ("allOf", "anyOf", "oneOf"):
-        for sub in schema.get(combinator) or []:
+        subs = schema.get(combinator)
+        for sub in subs if isinstance(subs, list) else ():
             p, r = _properties(sub, refs, budget=budget)
             props.update(p)
             if combinator == "allOf":
@@ -268,7 +273,7 @@ def _returned_ids(responses: Any, refs: _Refs, *, swagger2: bool) -> tuple[str, 
             schemas = [
                 refs.deref(v).get("schema")
                 for k, v in content.items()
-                if "json" in k and isinstance(refs.deref(v), dict)
+                if "json" in str(k) and isinstance(refs.deref(v), dict)
             ]
         for schema in schemas:
             _collect_ids(schema, refs, found, depth=0, budget=budget)

@@ -17,6 +17,9 @@ __all__ = [
     "tokenize",
     "singular",
     "is_id_name",
+    "path_param_names",
+    "VERSION_SEGMENT",
+    "PATH_PARAM",
 ]
 
 ROLES = ("list", "search", "get", "create", "update", "delete", "action")
@@ -34,7 +37,20 @@ _VERB_ROLE = {
     **dict.fromkeys("update edit modify patch set replace put change rename".split(), "update"),
     **dict.fromkeys("delete remove destroy purge erase".split(), "delete"),
 }
-_VERSION_SEGMENT = re.compile(r"^v\d+(\.\d+)*$|^\d+(\.\d+)+$|^api$", re.I)
+# A version, not a resource: v1, v2.1, 1.0, api, and Google's v1beta1, v2alpha, v1p1beta1.
+VERSION_SEGMENT = re.compile(
+    r"^v\d+(\.\d+)*((alpha|beta|p)\d*)*$|^\d+(\.\d+)+$|^api$", re.I
+)
+_VERSION_SEGMENT = VERSION_SEGMENT
+# A template expression of a path: {id}, and RFC 6570 forms such as {+name} or {id*}.
+PATH_PARAM = re.compile(r"\{([^{}]+)\}")
+_OPERATOR = re.compile(r"^[+#./;?&=,!@|]+|(\*|:\d+)$")
+
+
+def path_param_names(template: str) -> list[str]:
+    """Names of the parameters of a path or segment template, without RFC 6570 operators and
+    modifiers: ``/v1/{+name}/items/{id*}`` → ``['name', 'id']``."""
+    return [_OPERATOR.sub("", raw).strip() for raw in PATH_PARAM.findall(template)]
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _NON_WORD = re.compile(r"[^A-Za-z0-9]+")
 STOPWORDS = frozenset(
@@ -106,7 +122,7 @@ class Operation:
         set_(self, "method", method)
         set_(self, "key", f"{method} {self.path}")
         set_(self, "segments", segments)
-        set_(self, "path_params", tuple(re.findall(r"\{([^{}]+)\}", self.path)))
+        set_(self, "path_params", tuple(path_param_names(self.path)))
         set_(self, "resource", _resource(segments))
         set_(self, "role", _role(method, segments, self.operation_id, self.summary))
         set_(self, "destructive", _destructive(method, segments, self.operation_id, self.summary))

@@ -64,19 +64,34 @@ class SpecStore:
         assert spec_url is not None
         return await self._resolve_url(spec_url)
 
-    async def by_hash(self, spec_hash: str) -> SpecIndex:
-        """The index another replica resolved; :class:`SpecNotCached` if this node lost it."""
+    async def by_hash(self, spec_hash: str, *, shipped: bytes | None = None) -> SpecIndex:
+        """The index another replica resolved; :class:`SpecNotCached` if this node lost it.
+
+        ``shipped``: the index's bytes, sent along by a replica that could not share it through
+        L2 (locked, full or unusable): the request is served without the node's cache.
+        """
         index = self._l1.get(spec_hash)
         if index is None:
             index = await self._single_flight(("hash", spec_hash), lambda: self._from_l2(spec_hash))
+        if index is None and shipped is not None:
+            index = await asyncio.to_thread(SpecIndex.from_bytes, shipped)
+            if index.spec_hash != spec_hash:
+                raise SpecNotCached(f"spec {spec_hash[:12]} was shipped under another hash")
+            self._l1.put(index)
         if index is None:
             raise SpecNotCached(
                 f"spec {spec_hash[:12]} is no longer cached on this node; send the spec again"
             )
         return index
 
+    def is_shared(self, spec_hash: str) -> bool:
+        """Whether the node's other replicas can load ``spec_hash`` from L2 (else: ship it)."""
+        known = self._l1.l2_file(spec_hash)
+        return known is not None and known == self._db.file_identity()
+
     def status(self) -> dict[str, Any]:
         return {
+            "healthy": self._db.healthy,  # False while L2 is bypassed: /health says degraded
             "l1": self._l1.status(),
             "l2": self._db.status(),
             "in_flight": len(self._inflight),

@@ -1,0 +1,267 @@
+"""Run the service the way ``make run`` does, on ports of its own, and take it down again.
+
+``ray start --head --block`` (the node's caps from :mod:`deployments.resources`) and
+``serve run <config>`` are child processes of the benchmark: stopping them stops every Ray process
+they started, and only those (never ``ray stop``, which would stop every Ray cluster on the
+machine). Processes are ended by pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.loadgen import process_tree
+from deployments.resources import NODE
+
+__all__ = ["free_port", "SpecServer", "spec_server", "RayHead", "ServeApp", "write_config", "wait_http"]
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SpecServer:
+    """Serves spec files on loopback (the service fetches each once, then uses its cache)."""
+
+    def __init__(self, files: Mapping[str, bytes]) -> None:
+        files = dict(files)
+        self.hits: dict[str, int] = {}
+        hits = self.hits
+
+        class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                body = files.get(self.path)
+                hits[self.path] = hits.get(self.path, 0) + 1
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+
+@contextlib.contextmanager
+def spec_server(files: Mapping[str, bytes]) -> Iterator[SpecServer]:
+    server = SpecServer(files)
+    thread = threading.Thread(target=server.httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+
+
+def wait_http(url: str, *, timeout_s: float, expect: int = 200, data: bytes | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                if r.status == expect:
+                    return
+                last = r.status
+        except urllib.error.HTTPError as exc:
+            last = exc.code
+        except OSError as exc:
+            last = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not answering {expect} after {timeout_s:.0f}s (last: {last})")
+
+
+def _stop(proc: subprocess.Popen[bytes], first: signal.Signals, grace_s: float) -> None:
+    """Signal the process, wait, then SIGKILL whatever is left of its tree (by pid)."""
+    if proc.poll() is None:
+        tree = process_tree([proc.pid])
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(first)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    else:
+        tree = set()
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+class RayHead:
+    """A capped Ray head node: the same ``ray start`` arguments as ``make run`` and the image."""
+
+    def __init__(self, *, env: Mapping[str, str] | None = None, extra_args: tuple[str, ...] = ()) -> None:
+        # Short path: Ray's unix sockets live under it and must stay under ~107 characters.
+        self.temp_dir = tempfile.mkdtemp(prefix="os5-", dir="/tmp")
+        self.port = free_port()
+        # Every process the head starts inherits this marker, including those that outlive their
+        # parent (HAProxy): stop() ends exactly the processes that carry it. HAProxy's own ports
+        # are fixed by default (8404, 9101); a head of our own takes free ones.
+        self.marker = f"OS5_BENCH_HEAD={self.temp_dir}"
+        self.env = {
+            **os.environ,
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+            **(env or {}),
+            "OS5_BENCH_HEAD": self.temp_dir,
+        }
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = open(Path(self.temp_dir) / "ray-start.log", "wb")  # noqa: SIM115
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 60) -> RayHead:
+        cmd = [
+            str(VENV_BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            str(self.port),
+            "--ray-client-server-port",
+            str(free_port()),
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--temp-dir",
+            self.temp_dir,
+            *NODE.ray_start_args(),
+            *self.extra_args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited {self.proc.returncode}; see {self.log.name}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5):
+                time.sleep(2)  # the GCS answers before the raylet has registered
+                return self
+            time.sleep(0.5)
+        raise TimeoutError(f"ray head not up after {timeout_s}s; see {self.log.name}")
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc and self.proc.poll() is None else []
+
+    def marked_pids(self) -> list[int]:
+        mine = []
+        needle = self.marker.encode() + b"\0"
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != os.getpid():
+                try:
+                    if needle in Path(f"/proc/{entry}/environ").read_bytes():
+                        mine.append(int(entry))
+                except OSError:
+                    continue
+        return mine
+
+    def stop(self, *, keep_logs: bool = False) -> None:
+        if self.proc is not None:
+            _stop(self.proc, signal.SIGTERM, 20)
+            self.proc = None
+        for pid in self.marked_pids():  # orphans of the head (e.g. HAProxy), by pid
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        self.log.close()
+        if not keep_logs:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> RayHead:
+        return self.start()
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.stop(keep_logs=exc_type is not None)
+
+
+def write_config(
+    path: Path,
+    *,
+    port: int,
+    base: Path = ROOT / "serve_config.yaml",
+    deployments: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """``serve_config.yaml`` on another port, with per-deployment overrides merged in."""
+    doc = yaml.safe_load(base.read_text())
+    doc["http_options"]["port"] = port
+    doc["http_options"]["host"] = "127.0.0.1"
+    for d in doc["applications"][0]["deployments"]:
+        for key, value in (deployments or {}).get(d["name"], {}).items():
+            if isinstance(value, dict) and isinstance(d.get(key), dict):
+                d[key] = {**d[key], **value}
+            else:
+                d[key] = value
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+class ServeApp:
+    """``serve run --non-blocking <config>`` against a head: the apps stay deployed (the Serve
+    controller is a detached actor) until the head stops. Deploying another config on the same
+    head updates the apps in place (keep the same HTTP port: the proxy keeps its first one)."""
+
+    def __init__(self, head: RayHead, config: Path) -> None:
+        self.head = head
+        self.config = config
+        self.port = yaml.safe_load(config.read_text())["http_options"]["port"]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(head.temp_dir) / f"serve-run-{config.stem}.log"
+
+    def start(self, probe_body: bytes, timeout_s: float = 180) -> ServeApp:
+        with open(self.log_path, "wb") as log:
+            done = subprocess.run(
+                [
+                    str(VENV_BIN / "serve"),
+                    "run",
+                    "--non-blocking",
+                    "--address",
+                    self.head.address,
+                    str(self.config),
+                ],
+                env=self.head.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                timeout=timeout_s,
+            )
+        if done.returncode:
+            raise RuntimeError(f"serve run exited {done.returncode}; see {self.log_path}")
+        wait_http(self.url + "/predict", timeout_s=timeout_s, data=probe_body)
+        return self

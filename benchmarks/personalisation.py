@@ -1,0 +1,249 @@
+"""Does the per-user transition prior (:mod:`deployments.personalisation`) improve hit@1?
+
+    python -m benchmarks.personalisation                      # simulate users, record, replay
+    python -m benchmarks.personalisation --feedback var/feedback.sqlite   # replay a real store
+
+Replay: every recorded outcome in time order is re-ranked by the model (features rebuilt from the
+stored context, as retraining does) alone and blended with the prior learned from the outcomes
+recorded before it; then its own outcome is added to the prior. Nothing is scored with a prior
+that knew its answer.
+
+There are no real recorded sessions yet, so by default sessions are simulated on the held-out
+APIs (never trained on) and recorded through the in-process pipeline and the real feedback
+store, exactly as serving records them:
+
+- ``habits``: each user has one or two routines (real workflows or synthetic sequences of their
+  API) and repeats them — the case a personal prior is meant for;
+- ``no repeats``: no user ever runs the same routine twice — the control: the prior can only
+  carry what a user's different routines on one API have in common.
+
+Each with and without the prompt (users of a product rarely type one for every call). Writes
+``benchmarks/results/personalisation.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import random
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deployments.candidates.types import Candidate
+from deployments.feedback import FeedbackReader, FeedbackStore
+from deployments.personalisation import TransitionPrior, previous_key
+from deployments.progress import Progress, track
+from deployments.settings import load_settings
+from ranker.data import Workflow, concrete_endpoint, load_spec, load_workflows, split_of
+from ranker.evaluate import MISS, metrics_table, ranking_metrics
+from ranker.features import FeatureExtractor
+from ranker.model import RankerModel
+from ranker.transitions import load_transitions
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+# -- simulation ----------------------------------------------------------------------------------
+
+
+def _sessions(
+    workflows: list[Workflow], *, habits: bool, users_per_api: int, sessions_per_user: int,
+    synthetic_per_api: int, seed: int,
+) -> list[tuple[str, Workflow]]:
+    """(user, routine) in the order users run them: users interleaved, as traffic would be."""
+    from ranker.synth import synthesize_for_apis
+
+    rng = random.Random(seed)
+    pool: dict[str, list[Workflow]] = defaultdict(list)
+    for w in [*workflows, *synthesize_for_apis(workflows, seed=seed, per_api=synthetic_per_api)]:
+        if len(w.steps) >= 2:
+            pool[w.api].append(w)
+    per_user: list[list[tuple[str, Workflow]]] = []
+    for api in sorted(pool):
+        routines = pool[api]
+        if len(routines) < 3:
+            continue
+        for u in range(users_per_api):
+            user = f"{'h' if habits else 'n'}-{api}-{u}"
+            if habits:
+                own = rng.sample(routines, k=min(len(routines), rng.choice((1, 2))))
+                per_user.append([(user, rng.choice(own)) for _ in range(sessions_per_user)])
+            else:
+                fresh = rng.sample(routines, k=min(len(routines), sessions_per_user))
+                per_user.append([(user, w) for w in fresh])
+    out: list[tuple[str, Workflow]] = []
+    for i in range(sessions_per_user):
+        batch = [s[i] for s in per_user if i < len(s)]
+        rng.shuffle(batch)
+        out.extend(batch)
+    return out
+
+
+def _spec_document(path: Path) -> dict[str, Any]:
+    raw = path.read_bytes()
+    try:
+        return json.loads(raw)
+    except ValueError:
+        import yaml
+
+        return yaml.safe_load(raw)
+
+
+async def record_sessions(sessions: list[tuple[str, Workflow]], db: Path, *, with_prompt: bool) -> int:
+    """Run every step of every session through the in-process pipeline with a feedback store,
+    and record what the user did next as an explicit outcome. Returns predictions made."""
+    from deployments.pipeline import Pipeline
+    from deployments.schemas import PredictRequest
+
+    settings = load_settings(data_dir=str(db.parent), feedback_path=str(db))
+    store = FeedbackStore(db)
+    pipeline = Pipeline(settings, feedback=store)
+    documents: dict[Path, dict[str, Any]] = {}
+    made = 0
+    try:
+        total = sum(len(w.steps) for _, w in sessions)
+        with Progress("recording sessions", total) as bar:
+            for user, wf in sessions:
+                spec = load_spec(wf.spec_path)
+                if wf.spec_path not in documents:
+                    documents[wf.spec_path] = _spec_document(wf.spec_path)
+                doc = documents[wf.spec_path]
+                events: list[dict[str, Any]] = []
+                for step in wf.steps:
+                    request = PredictRequest(user_id=user, events=events[-20:], spec=doc, k=5,
+                                             prompt=wf.prompt if with_prompt and wf.prompt else None)
+                    response = await pipeline.predict(request)
+                    actual = concrete_endpoint(spec, step)
+                    await store.arecord_outcome(response.prediction_id, actual_endpoint=actual)
+                    events.append({"endpoint": actual, "params": dict(step.params)})
+                    made += 1
+                    bar.update()
+    finally:
+        await pipeline.aclose()
+        store.close()
+    return made
+
+
+# -- replay --------------------------------------------------------------------------------------
+
+
+def replay(db: Path, *, model: RankerModel, weights: tuple[float, ...] = WEIGHTS, scope: str = "user",
+           shrink: float = 3.0) -> dict[str, Any]:
+    """Ranks of the actual next call, model alone vs blended with the prior, in time order."""
+    reader = FeedbackReader(db)
+    extractor = FeatureExtractor(transitions=load_transitions())
+    priors = {w: TransitionPrior(weight=w, scope=scope, shrink=shrink) for w in weights}  # type: ignore[arg-type]
+    ranks: dict[float, list[int]] = {w: [] for w in weights}
+    informed: list[bool] = []  # whether the prior had seen this (user, previous call) before
+    stored = [s for s in reader.predictions() if s.actual_key is not None]
+    for s in track(stored, "replaying outcomes"):
+        spec = reader.spec(s.spec_hash)
+        cands = [Candidate.from_wire(c) for c in s.candidates if 0 <= c[0] < len(spec.operations)]
+        keys = [spec.operations[c.index].key for c in cands]
+        prev = previous_key(spec, s.events)
+        if cands:
+            x = extractor.extract(spec, spec.resolve_history(s.history), s.prompt, cands)
+            [(probs, _)] = model.score_groups([x], contributions=False)
+        else:
+            probs = np.zeros(0)
+        seen = priors[weights[-1]].blend(s.user_id, s.spec_hash, prev, keys, np.zeros(len(keys))).any() \
+            if weights[-1] > 0 else False
+        informed.append(bool(seen))
+        for w in weights:
+            blended = priors[w].blend(s.user_id, s.spec_hash, prev, keys, probs)
+            order = np.argsort(-blended, kind="stable")
+            target = keys.index(s.actual_key) if s.actual_key in keys else None
+            ranks[w].append(int(np.flatnonzero(order == target)[0]) if target is not None else MISS)
+            priors[w].observe(s.user_id, s.spec_hash, prev, s.actual_key)
+    mask = np.array(informed, bool)
+    out: dict[str, Any] = {"n": len(stored), "with_prior_evidence": int(mask.sum()), "by_weight": {}}
+    for w in weights:
+        r = np.array(ranks[w])
+        out["by_weight"][str(w)] = {"all": ranking_metrics(r),
+                                    "with_prior_evidence": ranking_metrics(r[mask]) if mask.any() else None}
+    return out
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.personalisation",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--feedback", type=Path, help="replay this store instead of simulating")
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--scope", choices=("user", "tenant"), default="user")
+    parser.add_argument("--shrink", type=float, default=3.0)
+    parser.add_argument("--users-per-api", type=int, default=2)
+    parser.add_argument("--sessions-per-user", type=int, default=5)
+    parser.add_argument("--synthetic-per-api", type=int, default=6)
+    parser.add_argument("--max-apis", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", choices=("valid", "train"), default="valid",
+                        help="whose workflows to simulate users on (default: held-out APIs)")
+    parser.add_argument("--record", type=Path, default=None,
+                        help="only record the 'habits, with prompt' sessions into this store (demo data "
+                             "for the retraining loop) and stop")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    settings = load_settings()
+    model = RankerModel.load(args.model or settings.model_path)
+    results: dict[str, Any] = {"model": model.version, "scope": args.scope, "shrink": args.shrink,
+                               "weights": list(WEIGHTS), "runs": {}}
+    if args.feedback:
+        results["runs"]["recorded"] = replay(args.feedback, model=model, scope=args.scope, shrink=args.shrink)
+    else:
+        workflows = [w for w in load_workflows(settings.jentic_dir, progress=False)
+                     if split_of(w.api) == args.split]
+        if args.max_apis:
+            keep = set(sorted({w.api for w in workflows})[: args.max_apis])
+            workflows = [w for w in workflows if w.api in keep]
+        if args.record:
+            sessions = _sessions(workflows, habits=True, users_per_api=args.users_per_api,
+                                 sessions_per_user=args.sessions_per_user,
+                                 synthetic_per_api=args.synthetic_per_api, seed=args.seed)
+            made = asyncio.run(record_sessions(sessions, args.record, with_prompt=True))
+            print(f"recorded {made} predictions with their outcomes in {args.record}")
+            return 0
+        for habits in (True, False):
+            sessions = _sessions(workflows, habits=habits, users_per_api=args.users_per_api,
+                                 sessions_per_user=args.sessions_per_user,
+                                 synthetic_per_api=args.synthetic_per_api, seed=args.seed)
+            for with_prompt in (True, False):
+                name = f"{'habits' if habits else 'no repeats'}, {'with' if with_prompt else 'no'} prompt"
+                print(f"== {name}: {len(sessions)} sessions", file=sys.stderr, flush=True)
+                with tempfile.TemporaryDirectory() as tmp:
+                    db = Path(tmp) / "feedback.sqlite"
+                    asyncio.run(record_sessions(sessions, db, with_prompt=with_prompt))
+                    results["runs"][name] = replay(db, model=model, scope=args.scope, shrink=args.shrink)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["machine"] = {"python": platform.python_version(), "cpus": __import__("os").cpu_count()}
+    rows = {}
+    for name, run in results["runs"].items():
+        for w, m in run["by_weight"].items():
+            rows[f"{name}: weight {w}"] = m["all"]
+    title = f"hit@1 of the next call, model alone (weight 0) vs + the {args.scope} prior"
+    table = metrics_table(rows, title=title)
+    evidence = "\n".join(f"- {name}: {run['n']} outcomes, {run['with_prior_evidence']} with prior evidence"
+                         for name, run in results["runs"].items())
+    print(table + "\n\n" + evidence)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "personalisation.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / "personalisation.md").write_text(
+        "# Personal transition prior: replay benchmark\n\n`python -m benchmarks.personalisation`"
+        f" (model {model.version}, {results['seconds']}s)\n\n{table}\n\n{evidence}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,532 @@
+"""Retrain the ranker on the base data plus recorded feedback; keep the new model only if it is
+not worse on the held-out APIs; roll back in one command.
+
+    python -m ranker.retrain [--feedback var/feedback.sqlite] [--models-dir var/models] [--apply ...]
+    python -m ranker.retrain rollback [--apply ...]
+    python -m ranker.retrain list
+
+1. Base data exactly as ``python -m ranker.train`` builds it: real workflows and synthetic
+   sequences, split by whole API (:func:`ranker.data.split_of`).
+2. Feedback: every stored prediction with an outcome that is an operation of its spec. Its
+   features are rebuilt from the stored context (spec, events, prompt, the candidates the
+   generator returned then) with today's :class:`FeatureExtractor`. The latest
+   ``--holdout-fraction`` of them (by time) are held out for evaluation only, and so is feedback
+   on a spec of a held-out API (the gate must stay a measure on APIs never trained on).
+3. LightGBM lambdarank with the parameters of ``ranker.train``, on the training APIs plus the
+   feedback groups (weight ``--feedback-weight`` each), early stopping on real validation APIs;
+   calibration on the validation APIs.
+4. The validation table: the model in service (the baseline) and the retrained one, on the same
+   held-out APIs and held-out feedback. The gate: hit@1 and MRR on the real workflows of
+   held-out APIs must not drop by more than ``--tolerance``.
+5. Passed: the model is added to the registry as a new version (``<models-dir>/<version>``),
+   promoted (unless ``--no-promote``) and, with ``--apply``, rolled out to the running app with
+   a ``user_config`` change (:mod:`deployments.rollout`). Refused: nothing is written; exit 3.
+
+Exit codes: 0 new version written, 3 refused by the gate, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deployments.candidates.retrieval import RetrievalGenerator
+from deployments.candidates.types import Candidate
+from deployments.feedback import FeedbackReader, StoredPrediction
+from deployments.progress import track
+from deployments.spec.index import SpecIndex
+from ranker.data import examples, load_spec, load_workflows, split_of
+from ranker.evaluate import (
+    MISS,
+    Groups,
+    build_groups,
+    examples_hash,
+    metrics_table,
+    ranking_metrics,
+    ranks_from_scores,
+)
+from ranker.features import FEATURE_NAMES, FEATURE_VERSION, FeatureExtractor
+from ranker.model import CARD_FILE, MODEL_FILE, ModelCard, RankerModel, default_model_path, file_sha256
+from ranker.registry import ModelRegistry, RegistryError
+from ranker.train import (
+    CANDIDATES,
+    DEFAULT_PARAMS,
+    DEFAULT_ROUNDS,
+    EARLY_STOPPING,
+    SYNTHETIC_WEIGHT,
+    calibrate,
+    synthetic_examples,
+)
+from ranker.transitions import DEFAULT_PATH as TRANSITIONS_PATH
+from ranker.transitions import load_transitions
+
+__all__ = ["FeedbackGroups", "feedback_groups", "concat_groups", "fit_weighted", "gate", "main",
+           "spec_fingerprint"]
+
+EXIT_REFUSED = 3
+FEEDBACK_WEIGHT = 1.0
+TOLERANCE = 0.005
+GATE_METRICS = ("hit@1", "mrr")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- feedback as ranking groups ------------------------------------------------------------------
+
+
+def spec_fingerprint(spec: SpecIndex) -> str:
+    """The same API whether its spec came as a file, a URL or inline (their hashes differ)."""
+    return hashlib.sha256("\n".join(sorted(op.key for op in spec.operations)).encode()).hexdigest()
+
+
+@dataclass
+class FeedbackGroups:
+    # split "train", "holdout" (latest), or "heldout_api"; source "feedback"; api "feedback:<hash>"
+    groups: Groups
+    served_ranks: np.ndarray  # (groups,) 0-based rank among the predictions shown, or MISS
+    skipped: dict[str, int]
+    ids: list[str]
+
+
+def _empty_groups() -> Groups:
+    width = len(FEATURE_NAMES)
+    return Groups(
+        X=np.zeros((0, width), np.float32), labels=np.zeros(0, np.float32), sizes=np.zeros(0, int),
+        api=np.array([], dtype=object), source=np.array([], dtype=object),
+        split=np.array([], dtype=object), history_len=np.zeros(0, int), gen_rank=np.zeros(0, int),
+    )
+
+
+def feedback_groups(
+    reader: FeedbackReader,
+    stored: Sequence[StoredPrediction],
+    *,
+    extractor: FeatureExtractor,
+    holdout_fraction: float = 0.2,
+    held_out_specs: set[str] | frozenset[str] = frozenset(),
+    progress: bool = True,
+) -> FeedbackGroups:
+    """One group per outcome, features rebuilt from the stored context, oldest first; the latest
+    ``holdout_fraction`` are split "holdout", those on a spec whose :func:`spec_fingerprint` is in
+    ``held_out_specs`` "heldout_api". Outcomes that cannot teach (not an operation of the spec,
+    spec missing) are counted in ``skipped``."""
+    if not 0 <= holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
+    usable = [s for s in stored if s.actual_key is not None]
+    skipped = {"not_an_operation": len(stored) - len(usable), "spec_missing": 0,
+               "target_not_generated": 0}
+    n_hold = int(round(len(usable) * holdout_fraction))
+    X, labels, meta, ids, served = [], [], [], [], []
+    for i, s in enumerate(track(usable, "feedback features", enabled=progress and bool(usable))):
+        try:
+            spec = reader.spec(s.spec_hash)
+        except KeyError:
+            skipped["spec_missing"] += 1
+            continue
+        cands = [Candidate.from_wire(c) for c in s.candidates if 0 <= c[0] < len(spec.operations)]
+        history = spec.resolve_history(s.history)
+        x = extractor.extract(spec, history, s.prompt, cands) if cands else np.zeros((0, len(FEATURE_NAMES)))
+        y = np.array([spec.operations[c.index].key == s.actual_key for c in cands], np.float32)
+        hit = np.flatnonzero(y)
+        if not hit.size:
+            skipped["target_not_generated"] += 1  # still a miss in evaluation
+        X.append(np.asarray(x, np.float32))
+        labels.append(y)
+        split = "holdout" if i >= len(usable) - n_hold else "train"
+        if held_out_specs and spec_fingerprint(spec) in held_out_specs:
+            split = "heldout_api"
+        meta.append((f"feedback:{s.spec_hash[:12]}", split, len(history), int(hit[0]) if hit.size else MISS))
+        ids.append(s.prediction_id)
+        served.append(s.rank - 1 if s.rank else MISS)
+    if not X:
+        return FeedbackGroups(_empty_groups(), np.zeros(0, int), skipped, [])
+    groups = Groups(
+        X=np.vstack(X), labels=np.concatenate(labels), sizes=np.array([len(y) for y in labels], int),
+        api=np.array([m[0] for m in meta], dtype=object),
+        source=np.array(["feedback"] * len(meta), dtype=object),
+        split=np.array([m[1] for m in meta], dtype=object),
+        history_len=np.array([m[2] for m in meta], int), gen_rank=np.array([m[3] for m in meta], int),
+    )
+    return FeedbackGroups(groups, np.array(served, int), skipped, ids)
+
+
+def concat_groups(*parts: Groups) -> Groups:
+    parts = tuple(p for p in parts if len(p))
+    if not parts:
+        return _empty_groups()
+    return Groups(
+        X=np.vstack([p.X for p in parts]), labels=np.concatenate([p.labels for p in parts]),
+        sizes=np.concatenate([p.sizes for p in parts]),
+        api=np.concatenate([p.api for p in parts]), source=np.concatenate([p.source for p in parts]),
+        split=np.concatenate([p.split for p in parts]),
+        history_len=np.concatenate([p.history_len for p in parts]),
+        gen_rank=np.concatenate([p.gen_rank for p in parts]),
+    )
+
+
+# -- fitting -------------------------------------------------------------------------------------
+
+
+def fit_weighted(
+    train: Groups,
+    valid: Groups,
+    *,
+    group_weight: np.ndarray,
+    params: dict[str, Any] | None = None,
+    num_boost_round: int = DEFAULT_ROUNDS,
+    early_stopping_rounds: int = EARLY_STOPPING,
+    log_period: int = 50,
+    seed: int = 0,
+) -> Any:
+    """``ranker.train.fit_ranker`` with one weight per group (feedback weighs differently from
+    workflows); same parameters, early stopping and evaluation logging."""
+    import lightgbm as lgb
+
+    group_weight = np.asarray(group_weight, np.float64)
+    if group_weight.shape != train.sizes.shape:
+        raise ValueError(f"{len(group_weight)} group weights for {len(train.sizes)} groups")
+    if (group_weight < 0).any():
+        raise ValueError("group weights must be >= 0")
+    for name, groups in (("train", train), ("valid", valid)):
+        if not len(groups):
+            raise ValueError(f"no {name} groups to fit on")
+        if not groups.has_target.all():
+            raise ValueError(f"{name} groups must all contain their target (select has_target)")
+    params = {**DEFAULT_PARAMS, **(params or {}), "seed": seed}
+    train_set = lgb.Dataset(
+        train.X, label=train.labels, group=train.sizes, weight=np.repeat(group_weight, train.sizes),
+        feature_name=list(FEATURE_NAMES), free_raw_data=False,
+    )
+    valid_set = lgb.Dataset(valid.X, label=valid.labels, group=valid.sizes, reference=train_set)
+    return lgb.train(
+        params, train_set, num_boost_round=num_boost_round, valid_sets=[valid_set],
+        valid_names=["valid"],
+        callbacks=[
+            lgb.early_stopping(early_stopping_rounds, first_metric_only=True, verbose=False),
+            lgb.log_evaluation(period=log_period),
+        ],
+    )
+
+
+def gate(baseline: dict[str, float] | None, candidate: dict[str, float], *,
+         tolerance: float = TOLERANCE) -> tuple[bool, str]:
+    """Whether ``candidate`` is not worse than ``baseline`` on :data:`GATE_METRICS` (within
+    ``tolerance``, absolute), and why."""
+    if baseline is None:
+        return True, "no usable baseline model: nothing to be worse than"
+    drops = [f"{m} {candidate[m]:.3f} < {baseline[m]:.3f} - {tolerance}" for m in GATE_METRICS
+             if not candidate[m] >= baseline[m] - tolerance]
+    if drops:
+        return False, "worse on held-out APIs: " + "; ".join(drops)
+    return True, "not worse on held-out APIs: " + ", ".join(
+        f"{m} {candidate[m]:.3f} vs {baseline[m]:.3f}" for m in GATE_METRICS)
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def _baseline(registry: ModelRegistry, explicit: Path | None) -> tuple[RankerModel | None, str]:
+    path = explicit or registry.current_path()
+    if path is None:
+        from deployments.settings import load_settings
+
+        path = load_settings().model_path or default_model_path()
+    try:
+        return RankerModel.load(path).ensure_loaded(), str(path)
+    except (OSError, ValueError) as exc:  # e.g. features changed since: it can't serve anyway
+        _log(f"      baseline {path} unusable ({exc}); the gate has nothing to compare with")
+        return None, str(path)
+
+
+def _rollout(args: argparse.Namespace, model_dir: Path | None, version: str | None) -> None:
+    from deployments.rollout import apply_config, wait_for_model, write_live_config
+
+    if not args.address:
+        raise SystemExit("--apply needs --address (or RAY_ADDRESS): the running Ray cluster")
+    live = write_live_config(args.serve_config, args.models_dir / "serve_config.live.yaml",
+                             model_path=model_dir, app_name=args.app_name)
+    _log(f"      applying {live} to {args.address} (Ranker user_config.model_path = {model_dir})")
+    apply_config(live, address=args.address, app_dir=args.app_dir)
+    if args.url and version:
+        health = wait_for_model(args.url, version=version)
+        _log(f"      serving {health['model_version']} (swap took {health.get('last_swap_s')}s)")
+
+
+def retrain(args: argparse.Namespace) -> int:
+    from deployments.settings import load_settings
+
+    started = time.perf_counter()
+    settings = load_settings()
+    registry = ModelRegistry(args.models_dir)
+    jentic_dir = args.jentic_dir or settings.jentic_dir
+    transitions = load_transitions(args.transitions)
+    generator = RetrievalGenerator(transitions=transitions)
+    extractor = FeatureExtractor(transitions=transitions)
+
+    _log(f"[1/7] base data from {jentic_dir}")
+    workflows = load_workflows(jentic_dir, progress=True)
+    real = list(examples(workflows))
+    synthetic = synthetic_examples(workflows, per_api=args.synthetic_per_api, seed=args.seed)
+    _log(f"      {len({w.api for w in workflows})} APIs, {len(real)} real + {len(synthetic)} "
+         "synthetic groups")
+
+    _log(f"[2/7] feedback from {args.feedback}")
+    if args.feedback.is_file():
+        reader = FeedbackReader(args.feedback)
+        stored = list(reader.predictions(with_outcome=True))
+        _log(f"      {reader.counts()}")
+    else:
+        _log("      no feedback store there: training on the base data alone")
+        reader, stored = None, []
+
+    _log(f"[3/7] candidates and features ({len(FEATURE_NAMES)}, version {FEATURE_VERSION})")
+    base_examples = [*real, *synthetic]
+    base = build_groups(track(base_examples, "base features", total=len(base_examples)),
+                        generator=generator, extractor=extractor, limit=CANDIDATES)
+    held_out_specs = {spec_fingerprint(load_spec(w.spec_path))
+                      for w in workflows if split_of(w.api) == "valid"}
+    fb = (feedback_groups(reader, stored, extractor=extractor, holdout_fraction=args.holdout_fraction,
+                          held_out_specs=held_out_specs)
+          if reader is not None else FeedbackGroups(_empty_groups(), np.zeros(0, int), {}, []))
+    fb_train = fb.groups.select((fb.groups.split == "train") & fb.groups.has_target)
+    fb_hold_mask = fb.groups.split == "holdout"
+    fb_api_mask = fb.groups.split == "heldout_api"
+    _log(f"      feedback: {len(fb_train)} groups to learn from, {int(fb_hold_mask.sum())} held out "
+         f"(latest), {int(fb_api_mask.sum())} on held-out APIs (never trained on); skipped {fb.skipped}")
+
+    is_train, is_valid, is_real = base.split == "train", base.split == "valid", base.source == "real"
+    base_train = base.select(is_train & base.has_target)
+    stop_on = base.select(is_valid & is_real & base.has_target)
+    train = concat_groups(base_train, fb_train)
+    weight = np.concatenate([
+        np.where(base_train.source == "real", 1.0, args.synthetic_weight),
+        np.full(len(fb_train), args.feedback_weight),
+    ])
+
+    _log(f"[4/7] LightGBM lambdarank on {len(base_train)} base + {len(fb_train)} feedback groups "
+         f"(feedback weight {args.feedback_weight})")
+    with contextlib.redirect_stdout(sys.stderr):  # LightGBM's evaluation log is progress, not result
+        booster = fit_weighted(train, stop_on, group_weight=weight, num_boost_round=args.num_boost_round,
+                               early_stopping_rounds=args.early_stopping, log_period=args.log_period,
+                               seed=args.seed)
+    best = booster.best_iteration or booster.current_iteration()
+    _log(f"      best iteration {best}")
+
+    _log("[5/7] calibration on validation APIs")
+    valid_real = base.select(is_valid & is_real)
+    calibration, cal_report = calibrate(booster.predict(valid_real.X, num_iteration=best), valid_real)
+
+    _log("[6/7] validation: the model in service vs the retrained one")
+    baseline, baseline_path = _baseline(registry, args.baseline)
+    baseline_name = baseline.version if baseline else "none"
+    rows: dict[str, dict[str, float]] = {}
+
+    def evaluate(name: str, part: Groups, served: np.ndarray | None = None) -> None:
+        if not len(part):
+            return
+        if served is not None:
+            rows[f"{name}: as served"] = ranking_metrics(served)
+        if baseline is not None:
+            rows[f"{name}: baseline {baseline_name}"] = ranking_metrics(
+                ranks_from_scores(part, baseline.raw_scores(part.X) if len(part.X) else np.zeros(0)))
+        scores = booster.predict(part.X, num_iteration=best) if len(part.X) else np.zeros(0)
+        rows[f"{name}: retrained"] = ranking_metrics(ranks_from_scores(part, scores))
+
+    evaluate("real, held-out APIs", valid_real)
+    evaluate("synthetic, held-out APIs", base.select(is_valid & ~is_real))
+    evaluate("feedback, held out (latest)", fb.groups.select(fb_hold_mask), fb.served_ranks[fb_hold_mask])
+    evaluate("feedback on held-out APIs", fb.groups.select(fb_api_mask), fb.served_ranks[fb_api_mask])
+    trained_mask = fb.groups.split == "train"
+    evaluate("feedback, trained on", fb.groups.select(trained_mask), fb.served_ranks[trained_mask])
+    table = metrics_table(rows, title="validation (held-out APIs; a target the generator missed is a miss)")
+    print(table, file=sys.stderr if args.json else sys.stdout, flush=True)
+    ok, why = gate(rows.get(f"real, held-out APIs: baseline {baseline_name}"),
+                   rows["real, held-out APIs: retrained"], tolerance=args.tolerance)
+    _log(f"      gate: {'PASSED' if ok else 'REFUSED'} — {why}")
+
+    summary: dict[str, Any] = {
+        "passed": ok, "reason": why, "baseline": {"version": baseline_name, "path": baseline_path},
+        "metrics": rows, "feedback": {"train": len(fb_train), "holdout": int(fb_hold_mask.sum()),
+                                      "skipped": fb.skipped},
+        "version": None, "promoted": False, "applied": False,
+    }
+    if not ok:
+        _log("[7/7] nothing written: the model in service stays")
+        if args.json:
+            print(json.dumps(summary, indent=1))
+        return EXIT_REFUSED
+
+    _log(f"[7/7] writing a new version to {args.models_dir}")
+    with tempfile.TemporaryDirectory(dir=_mkdir(args.models_dir)) as tmp:
+        out = Path(tmp)
+        booster.save_model(str(out / MODEL_FILE), num_iteration=best)
+        created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+        model_sha = file_sha256(out / MODEL_FILE)
+        version = f"lgbm-f{FEATURE_VERSION}-{created[:19].replace('-', '').replace(':', '')}-{model_sha[:8]}"
+        fb_hash = hashlib.sha256("\n".join(fb.ids).encode()).hexdigest()
+        card = ModelCard(
+            version=version, feature_names=list(FEATURE_NAMES), feature_version=FEATURE_VERSION,
+            training_data_hash=hashlib.sha256(
+                (examples_hash(e for e in base_examples if split_of(e.api) == "train") + fb_hash).encode()
+            ).hexdigest(),
+            calibration={"temperature": calibration.temperature, "a": calibration.a, "b": calibration.b},
+            metrics={"validation": rows, "calibration": cal_report, "gate": {"passed": ok, "reason": why}},
+            params={**DEFAULT_PARAMS, "seed": args.seed}, best_iteration=int(best),
+            data={
+                "model_sha256": model_sha, "transitions_sha256": file_sha256(args.transitions),
+                "retrained_from": {"baseline": baseline_name, "feedback_store": str(args.feedback),
+                                   "feedback_groups": len(fb_train), "feedback_weight": args.feedback_weight,
+                                   "feedback_ids_sha256": fb_hash, "skipped": fb.skipped},
+                "groups": {"train": len(base_train), "early_stopping": len(stop_on)},
+                "synthetic_per_api": args.synthetic_per_api, "synthetic_weight": args.synthetic_weight,
+                "candidates": CANDIDATES, "seconds": round(time.perf_counter() - started, 1),
+            },
+            created=created,
+        )
+        (out / CARD_FILE).write_text(card.to_json())
+        RankerModel.load(out).ensure_loaded()  # it must load as serving loads it
+        registry.add(out, version)
+    summary["version"] = version
+    summary["path"] = str(registry.path(version))
+    _log(f"      {registry.path(version)}")
+    if args.promote:
+        registry.promote(version, reason=why)
+        summary["promoted"] = True
+        _log(f"      promoted: {version} is current (roll back: python -m ranker.retrain rollback)")
+        if args.apply:
+            _rollout(args, registry.path(version), version)
+            summary["applied"] = True
+    _log(f"      {time.perf_counter() - started:.0f}s in all")
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def rollback(args: argparse.Namespace) -> int:
+    registry = ModelRegistry(args.models_dir)
+    before = registry.current()
+    try:
+        now = registry.rollback(reason=args.reason)
+    except RegistryError as exc:
+        _log(f"rollback refused: {exc}")
+        return 2
+    target = registry.path(now) if now else None
+    _log(f"rolled back {before} -> {now or 'the shipped model'}")
+    applied = False
+    if args.apply:
+        version = now
+        if version is None:
+            from deployments.settings import load_settings
+
+            version = RankerModel.load(load_settings().model_path or default_model_path()).version
+        _rollout(args, target, version)
+        applied = True
+    if args.json:
+        print(json.dumps({"retired": before, "current": now, "path": str(target) if target else None,
+                          "applied": applied}))
+    return 0
+
+
+def list_versions(args: argparse.Namespace) -> int:
+    registry = ModelRegistry(args.models_dir)
+    current = registry.current()
+    rows = []
+    for v in registry.versions():
+        card = registry.card(v)
+        hit1 = card.metrics.get("validation", {}).get("real, held-out APIs: retrained", {}).get("hit@1")
+        rows.append({"version": v, "current": v == current, "created": card.created, "hit@1": hit1})
+    if args.json:
+        events = registry.state()["events"]
+        print(json.dumps({"current": current, "versions": rows, "events": events}, indent=1))
+    else:
+        print(f"current: {current or 'the shipped model'}")
+        for r in rows:
+            mark = "*" if r["current"] else " "
+            h = f"{r['hit@1']:.3f}" if isinstance(r["hit@1"], float) else "-"
+            print(f" {mark} {r['version']}  created {r['created']}  real held-out hit@1 {h}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    from deployments.settings import PROJECT_ROOT, load_settings
+
+    settings = load_settings()
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--models-dir", type=Path, default=settings.model_registry_dir,
+                        help="versioned models and registry.json (default: %(default)s)")
+    common.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
+    rollout = argparse.ArgumentParser(add_help=False)
+    rollout.add_argument("--apply", action="store_true",
+                         help="move the running app to the result (a user_config change, no restart)")
+    rollout.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                         help="Ray cluster of the running app (default: $RAY_ADDRESS)")
+    rollout.add_argument("--serve-config", type=Path, default=PROJECT_ROOT / "serve_config.yaml",
+                         help="the Serve config the app runs from (default: %(default)s)")
+    rollout.add_argument("--app-name", default="opensesame")
+    rollout.add_argument("--app-dir", type=Path, default=PROJECT_ROOT)
+    rollout.add_argument("--url", default=None,
+                         help="the service's HTTP address: wait until /health shows the new model")
+
+    parser = argparse.ArgumentParser(prog="python -m ranker.retrain", description=__doc__.splitlines()[0],
+                                     parents=[common, rollout])
+    parser.add_argument("--feedback", type=Path, default=settings.feedback_db_path,
+                        help="the feedback store (default: %(default)s)")
+    parser.add_argument("--jentic-dir", type=Path, default=None, help="base workflows + specs")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="model to beat (default: the registry's current one, else the shipped one)")
+    parser.add_argument("--feedback-weight", type=float, default=FEEDBACK_WEIGHT)
+    parser.add_argument("--holdout-fraction", type=float, default=0.2,
+                        help="latest share of feedback kept out of training, for evaluation")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
+                        help="allowed drop of hit@1 and MRR on held-out APIs (absolute)")
+    parser.add_argument("--no-promote", dest="promote", action="store_false",
+                        help="write the version but keep the current one in service")
+    parser.add_argument("--synthetic-per-api", type=int, default=20)
+    parser.add_argument("--synthetic-weight", type=float, default=SYNTHETIC_WEIGHT)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--transitions", type=Path, default=TRANSITIONS_PATH)
+    parser.add_argument("--num-boost-round", type=int, default=DEFAULT_ROUNDS)
+    parser.add_argument("--early-stopping", type=int, default=EARLY_STOPPING)
+    parser.add_argument("--log-period", type=int, default=50)
+    parser.set_defaults(command=retrain)
+
+    sub = parser.add_subparsers(dest="subcommand")
+    rb = sub.add_parser("rollback", parents=[common, rollout], help="retire the current version")
+    rb.add_argument("--reason", default="manual rollback")
+    rb.set_defaults(command=rollback)
+    ls = sub.add_parser("list", parents=[common], help="versions in the registry")
+    ls.set_defaults(command=list_versions)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is retrain:
+        if args.feedback_weight < 0 or not 0 <= args.holdout_fraction < 1 or args.tolerance < 0:
+            _log("--feedback-weight and --tolerance must be >= 0, --holdout-fraction in [0, 1)")
+            return 2
+    return int(args.command(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

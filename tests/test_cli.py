@@ -1,0 +1,136 @@
+"""The command line, run the way users run it: ``python -m deployments.cli`` in a subprocess for the
+entry point, ``main([...])`` in-process for the rest (same code, no interpreter start-up each);
+against the real service over HTTP, in-process, and on a tiny slice of the data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deployments.cli import main, parse_event
+from deployments.settings import PROJECT_ROOT
+from tests.specs import billing_spec
+from tests.test_train import _tiny_jentic
+
+REQUEST = PROJECT_ROOT / "examples" / "request.json"
+COMMANDS = ("predict", "feedback", "evaluate", "bench", "train", "retrain", "rollback", "models")
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_entry_point_help() -> None:
+    run = subprocess.run([sys.executable, "-m", "deployments.cli", "--help"], cwd=PROJECT_ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert all(c in run.stdout for c in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(capsys, command) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_parse_event() -> None:
+    assert parse_event('PUT /v1/x/1 {"status": "DRAFT"}') == {
+        "endpoint": "PUT /v1/x/1", "params": {"status": "DRAFT"}}
+    assert parse_event(" GET /v1/x ") == {"endpoint": "GET /v1/x", "params": {}}
+
+
+def test_predict_in_process_from_flags(capsys, tmp_path) -> None:
+    spec = tmp_path / "billing.json"
+    spec.write_text(json.dumps(billing_spec()))
+    code, out, _ = _run(capsys, "predict", "--in-process", "--json", "--user-id", "u1", "--spec", str(spec),
+                        "--event", "GET /v1/invoices",
+                        "--event", 'PUT /v1/invoices/in_1/status {"status": "DRAFT"}',
+                        "--prompt", "get this invoice paid", "-k", "3")
+    assert code == 0
+    answer = json.loads(out)
+    assert 0 < len(answer["predictions"]) <= 3 and answer["prediction_id"]
+    code, out, _ = _run(capsys, "predict", "--in-process", "--request", str(REQUEST))
+    assert code == 0 and "prediction_id" in out and "1. " in out
+
+
+def test_predict_refuses_a_bad_request(capsys) -> None:
+    code, _, err = _run(capsys, "predict", "--in-process", "--user-id", "u1", "--spec-url", "ftp://x/y")
+    assert code == 2 and "invalid request" in err
+
+
+def test_bench_in_process(capsys) -> None:
+    code, out, err = _run(capsys, "bench", "--in-process", "--requests", "5", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["requests"] == 5 and summary["errors"] == 0 and summary["latency_ms"]["p50"] > 0
+    assert "requests [" in err  # the progress bar
+
+
+def test_evaluate_and_models_on_a_tiny_slice(capsys, tmp_path, jentic_dir) -> None:
+    tiny = tmp_path / "jentic"
+    _tiny_jentic(jentic_dir, tiny)
+    code, out, err = _run(capsys, "evaluate", "--jentic-dir", str(tiny), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert any(k.startswith("real: ") for k in report["metrics"])
+    assert all(0 <= m["hit@1"] <= 1 for m in report["metrics"].values())
+    assert "features [" in err
+    code, out, _ = _run(capsys, "models", "--models-dir", str(tmp_path / "models"), "--json")
+    assert code == 0 and json.loads(out)["current"] is None
+    code, _, err = _run(capsys, "rollback", "--models-dir", str(tmp_path / "models"))
+    assert code == 2 and "nothing to roll back" in err
+
+
+# -- against the running service -----------------------------------------------------------------
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+
+@pytest.fixture(scope="module")
+def service(serve_cluster, tmp_path_factory) -> Iterator[str]:
+    from graph import build_app
+
+    data_dir = tmp_path_factory.mktemp("cli-serve")
+    serve.run(build_app({"settings": {"data_dir": str(data_dir)}}), name="opensesame", route_prefix="/")
+    try:
+        yield serve_cluster
+    finally:
+        serve.delete("opensesame")
+
+
+@pytest.mark.serve
+def test_predict_feedback_and_bench_over_http(capsys, service) -> None:
+    code, out, err = _run(capsys, "predict", "--url", service, "--request", str(REQUEST), "--json")
+    assert code == 0, err
+    answer = json.loads(out)
+    code, out, _ = _run(capsys, "feedback", answer["prediction_id"], "--accepted", "--url", service, "--json")
+    assert code == 0 and json.loads(out)["rank"] == 1
+    code, out, _ = _run(capsys, "feedback", answer["prediction_id"], "--accepted", "--url", service)
+    assert code == 0 and out.startswith("already recorded")
+    code, out, err = _run(capsys, "feedback", "feedfeed", "--accepted", "--url", service)
+    assert code == 1 and "404" in err
+    code, out, err = _run(capsys, "bench", "--url", service, "--requests", "20", "--clients", "2", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["requests"] == 20 and summary["errors"] == 0
+    code, out, err = _run(capsys, "predict", "--url", service + "/nothing-here", "--request", str(REQUEST))
+    assert code == 1 and "error 404" in err
+
+
+def test_predict_against_nothing_reports_unreachable(capsys) -> None:
+    from tests.conftest import free_port
+
+    code, out, _ = _run(capsys, "predict", "--url", f"http://127.0.0.1:{free_port()}", "--request",
+                        str(REQUEST), "--json", "--timeout", "2")
+    assert code == 1 and json.loads(out)["status"] == "unreachable"
+    assert Path(REQUEST).is_file()

@@ -1,0 +1,745 @@
+"""Faults injected into the whole graph on a real Ray cluster, through real HTTP, with real loopback
+servers (spec host, OpenAI-compatible LLM) and real SQLite files. Each test states the outcome
+the service promises and measures it (``FAULTS_REPORT=f.json`` collects the numbers; see
+RELIABILITY.md).
+
+    make test-faults                                  # these, the model-start and hostile tests
+    pytest tests/test_faults_cluster.py -k llm -s     # one family, printing the numbers
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.faults import Load, kill_replica, percentile, record, replicas, statuses, wait_for
+from tests.llm_server import FakeLLMServer, Reply
+from tests.spec_server import SpecServer, spec_server
+from tests.specs import billing_spec
+
+pytestmark = [pytest.mark.serve, pytest.mark.slow, pytest.mark.faults]
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+APP = "faults"
+SECRET = "sk-faults-never-shown-0123456789abcdef"
+LLM_BUDGET_S = 0.5
+BREAKER_RESET_S = 2.0
+FETCH_TIMEOUT_S = 1.5
+SPEC_CAP = 3_000_000
+# What a request may take on top of the LLM budget on a loaded 2-CPU box (the graph's own time).
+SLACK_S = 2.5
+PAY = "POST /invoices/{invoice_id}/pay"
+SPEC_KEYS = {
+    f"{m.upper()} {p}" for p, item in billing_spec()["paths"].items() for m in item if m != "parameters"
+}
+
+
+# -- the app under test --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Iterator[tuple[Path, bool]]:
+    """A small tmpfs for the spec cache and the feedback database, so the disk can be filled.
+
+    (path, True) when mounted; else (a plain directory, False) and the full-disk test skips.
+    """
+    path = tmp_path_factory.mktemp("scratch")
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
+    try:
+        yield path, mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[dict[str, FakeLLMServer]]:
+    """The fake LLM; ``holder["server"]`` is replaced when a test stops it (connection refused)."""
+    holder = {"server": FakeLLMServer(default=_good_reply()).start()}
+    try:
+        yield holder
+    finally:
+        holder["server"].stop()
+
+
+@pytest.fixture(scope="module")
+def specs() -> Iterator[SpecServer]:
+    with spec_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def app(serve_cluster, tmp_path_factory, scratch, llm) -> Iterator[dict[str, Any]]:
+    from graph import build_app
+
+    cache_dir, _ = scratch
+    settings = {
+        "allow_private_spec_hosts": True,  # the spec server is on loopback; metadata stays refused
+        "data_dir": str(tmp_path_factory.mktemp("faults-data")),
+        "cache_path": str(cache_dir / "spec_cache.sqlite"),
+        "feedback_path": str(cache_dir / "feedback.sqlite"),
+        "spec_max_bytes": SPEC_CAP,
+        "spec_fetch_timeout_s": FETCH_TIMEOUT_S,
+        "llm_base_url": llm["server"].base_url,
+        "llm_model": "m",
+        "llm_api_key": SECRET,
+        "llm_budget_s": LLM_BUDGET_S,
+        "llm_breaker_failures": 3,
+        "llm_breaker_reset_s": BREAKER_RESET_S,
+        "spec_l2_retry_s": 5.0,
+    }
+    serve.run(build_app({"settings": settings}), name=APP, route_prefix="/faults")
+    try:
+        yield {"url": serve_cluster + "/faults", "settings": settings}
+    finally:
+        serve.delete(APP)
+
+
+@pytest.fixture(scope="module")
+def client(app) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=app["url"], timeout=60) as c:
+        wait_for(lambda: c.get("/health").status_code == 200, 120, "the fault app answers")
+        yield c
+
+
+def _good_reply() -> Reply:
+    return Reply.predictions(
+        [{"endpoint": PAY, "params": {"invoice_id": "in_9"}, "confidence": 0.9, "reason": "pay it"}]
+    )
+
+
+_n = iter(range(10**9))
+
+
+def _body(i: int | None = None, **kw: Any) -> dict[str, Any]:
+    # A new prompt each time: the LLM answer cache must not hide the fault.
+    i = next(_n) if i is None else i
+    body = {
+        "user_id": f"u-{i % 7}",
+        "spec": billing_spec(),
+        "prompt": f"get this invoice paid #{i}",
+        "events": [{"endpoint": "GET /v1/invoices"}, {"endpoint": "GET /v1/invoices/in_9"}],
+        "k": 3,
+    }
+    body.update(kw)
+    return body
+
+
+def _valid(answer: dict[str, Any], keys: set[str] = SPEC_KEYS) -> None:
+    preds = answer["predictions"]
+    assert preds and len(preds) <= 3 and {p["endpoint"] for p in preds} <= keys
+    assert [p["score"] for p in preds] == sorted((p["score"] for p in preds), reverse=True)
+
+
+def _health(client: httpx.Client) -> dict[str, Any]:
+    r = client.get("/health")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _llm_status(client: httpx.Client) -> dict[str, Any]:
+    return _health(client)["deployments"]["candidate_generator"]["llm"]
+
+
+# -- the LLM endpoint ----------------------------------------------------------------------------
+
+LLM_FAULTS = {
+    # name: (what the fake server does, the fallback reasons expected while the breaker is closed)
+    "refused": (None, {"connect"}),
+    "black-holed": (Reply.hanging(), {"timeout"}),
+    "slow": (Reply.slow(3.0, _good_reply()), {"timeout"}),
+    "http-500": (Reply.error(500), {"http_500"}),
+    "http-429": (Reply.error(429), {"http_429"}),
+    "malformed": (Reply.text("Sure! Here are some predictions: first, pay the invoice."), {"malformed"}),
+    "deep-json": (Reply.text("[" * 50_000), {"malformed"}),
+    "not-chat-completions": (Reply.raw(b'{"result": "ok"}'), {"malformed"}),
+    "invented-endpoints": (
+        Reply.predictions(
+            [{"endpoint": "POST /invoices/{invoice_id}/teleport"}, {"endpoint": "GET /admin/secrets"}]
+        ),
+        {"no_valid"},
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", list(LLM_FAULTS))
+def test_llm_fault_falls_back_within_the_budget_and_the_breaker_opens_and_closes(
+    client: httpx.Client, llm: dict[str, FakeLLMServer], fault: str
+) -> None:
+    reply, reasons = LLM_FAULTS[fault]
+    server = llm["server"]
+    # Healthy first: the LLM answers and the breaker is closed.
+    wait_for(
+        lambda: client.post("/predict", json=_body()).json()["metadata"]["generator"] == "llm",
+        BREAKER_RESET_S * 4,
+        "the LLM answers before the fault",
+    )
+    opened_before = _llm_status(client)["breaker_opened"]
+    if reply is None:
+        server.stop()
+    else:
+        server.default = reply
+    trips = 0 if fault == "invented-endpoints" else 1  # a wrong answer is the model's, not the server's
+    latencies, seen = [], []
+    try:
+        for _ in range(6):
+            t0 = time.monotonic()
+            r = client.post("/predict", json=_body())
+            latencies.append(time.monotonic() - t0)
+            assert r.status_code == 200, r.text
+            answer = r.json()
+            _valid(answer)
+            assert answer["metadata"]["generator"] == "retrieval", answer["metadata"]
+            seen.append(answer["metadata"]["fallback_reason"])
+        status = _llm_status(client)
+    finally:
+        if reply is None:
+            llm["server"] = FakeLLMServer(default=_good_reply(), port=server.port).start()
+        else:
+            server.default = _good_reply()
+    # 3 failures open the breaker; then it fails fast without calling the LLM.
+    expected = (reasons | {"circuit_open"}) if trips else reasons
+    assert set(seen) <= expected and set(seen[:3]) <= reasons, seen
+    if trips:
+        assert seen[3:] == ["circuit_open"] * 3, seen
+        assert status["breaker"] == "open" and status["breaker_opened"] == opened_before + 1, status
+        assert max(latencies[3:]) < max(latencies[:3]) + 0.5  # open: no LLM wait at all
+    else:
+        assert status["breaker"] == "closed" and status["invented_dropped"] > 0, status
+    assert max(latencies) < LLM_BUDGET_S + SLACK_S, latencies
+    # Healthy again: after the reset period one trial call closes the breaker.
+    t_back = time.monotonic()
+    wait_for(
+        lambda: client.post("/predict", json=_body()).json()["metadata"]["generator"] == "llm",
+        BREAKER_RESET_S * 4,
+        "the breaker closes once the LLM is back",
+    )
+    closed_after_s = time.monotonic() - t_back
+    assert _llm_status(client)["breaker"] == "closed"
+    record(
+        f"llm {fault}",
+        reasons=seen,
+        latency_ms=[round(x * 1000) for x in latencies],
+        breaker_closed_after_s=round(closed_after_s, 2),
+    )
+
+
+def test_the_llm_key_is_sent_to_the_llm_only(client: httpx.Client, llm: dict[str, FakeLLMServer]) -> None:
+    answer = client.post("/predict", json=_body())
+    health = client.get("/health")
+    assert SECRET not in answer.text and SECRET not in health.text
+    sent = [r for r in llm["server"].requests if r.headers.get("authorization")]
+    assert sent and all(r.headers["authorization"] == f"Bearer {SECRET}" for r in sent)
+
+
+# -- the spec host -------------------------------------------------------------------------------
+
+
+def _ref_cycles_spec() -> dict[str, Any]:
+    spec = billing_spec()
+    spec["components"]["schemas"]["Node"] = {
+        "type": "object",
+        "properties": {
+            "node_id": {"type": "string"},
+            "parent": {"$ref": "#/components/schemas/Node"},
+            "children": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}},
+        },
+        "allOf": [{"$ref": "#/components/schemas/Node"}],
+    }
+    spec["paths"]["/nodes/{node_id}"] = {
+        "get": {
+            "responses": {
+                "200": {
+                    "description": "ok",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Node"}}},
+                }
+            }
+        },
+        "put": {"$ref": "#/paths/~1nodes~1{node_id}/put"},
+    }
+    spec["paths"]["/loop"] = {"$ref": "#/paths/~1loop"}
+    return spec
+
+
+def _many_operations(n: int = 5000) -> dict[str, Any]:
+    paths = {}
+    for i in range(n // 2):
+        paths[f"/resource{i}/{{id}}"] = {
+            "get": {
+                "operationId": f"get{i}",
+                "summary": f"Retrieve resource {i}",
+                "responses": {"200": {"description": "ok"}},
+            },
+            "delete": {
+                "operationId": f"del{i}",
+                "summary": f"Delete resource {i}",
+                "responses": {"204": {"description": "ok"}},
+            },
+        }
+    return {"openapi": "3.0.0", "info": {"title": "Huge", "version": "1"}, "paths": paths}
+
+
+def _spec_faults(specs: SpecServer) -> dict[str, tuple[str, int, float]]:
+    """name → (spec_url, expected status, the most seconds it may take)."""
+    good = json.dumps(billing_spec()).encode()
+    fetch = FETCH_TIMEOUT_S + SLACK_S
+    quick = SLACK_S
+    return {
+        "slow": (specs.add("/f/slow.json", good, delay_s=FETCH_TIMEOUT_S + 3), 504, fetch),
+        "black-holed": (specs.add("/f/hang.json", good, hang=True), 504, fetch),
+        "huge, Content-Length": (specs.add("/f/huge.json", b" " * (SPEC_CAP + 1)), 413, quick),
+        "huge, no Content-Length": (
+            specs.add("/f/stream.json", b"{", stream_bytes=50 * SPEC_CAP),
+            413,
+            quick,
+        ),
+        "redirect loop": (
+            specs.add("/f/loop-a", b"", redirect_to=specs.url("/f/loop-b"))
+            and specs.add("/f/loop-b", b"", redirect_to=specs.url("/f/loop-a")),
+            502,
+            quick,
+        ),
+        "redirect to metadata": (
+            specs.add("/f/meta", b"", redirect_to="http://169.254.169.254/latest/meta-data/"),
+            422,
+            quick,
+        ),
+        "redirect to metadata, decimal": (
+            specs.add("/f/meta-dec", b"", redirect_to="http://2852039166/"),
+            422,
+            quick,
+        ),
+        "redirect to metadata, IPv6-mapped": (
+            specs.add("/f/meta-v6", b"", redirect_to="http://[::ffff:169.254.169.254]/"),
+            422,
+            quick,
+        ),
+        "redirect to file://": (specs.add("/f/file", b"", redirect_to="file:///etc/passwd"), 422, quick),
+        "HTML instead of a spec": (
+            specs.add("/f/html", b"<html><body>Sign in</body></html>", content_type="text/html"),
+            422,
+            quick,
+        ),
+        "image/png": (
+            specs.add("/f/png", b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", content_type="image/png"),
+            422,
+            quick,
+        ),
+        "invalid JSON": (specs.add("/f/bad.json", b'{"openapi": "3.0.0", "paths": {'), 422, quick),
+        "invalid YAML": (
+            specs.add(
+                "/f/bad.yaml", b"openapi: 3.0.0\npaths: {/a: [\n  - : :", content_type="application/yaml"
+            ),
+            422,
+            quick,
+        ),
+        "YAML alias bomb": (
+            specs.add(
+                "/f/bomb.yaml",
+                (
+                    "openapi: 3.0.0\na: &a [x,x,x,x,x,x,x,x,x]\n"
+                    + "".join(
+                        f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n"
+                        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+                    )
+                ).encode(),
+                content_type="application/yaml",
+            ),
+            422,
+            quick,
+        ),
+        "JSON nested 100k deep": (specs.add("/f/deep.json", b"[" * 100_000 + b"]" * 100_000), 422, quick),
+        "not OpenAPI": (specs.add("/f/other.json", b'{"hello": "world"}'), 422, quick),
+        "host answers 500": (specs.add("/f/500.json", b"oops", status=500), 502, quick),
+        "nothing listening": ("http://127.0.0.1:9/spec.json", 502, quick),
+        "$ref cycles (valid spec)": (
+            specs.add("/f/cycles.json", json.dumps(_ref_cycles_spec()).encode()),
+            200,
+            quick + 2,
+        ),
+        "5,000 operations (valid spec)": (
+            specs.add("/f/5000.json", json.dumps(_many_operations()).encode()),
+            200,
+            quick + 8,
+        ),
+    }
+
+
+def test_spec_host_faults_get_the_documented_status_quickly_and_harm_no_replica(
+    client: httpx.Client, specs: SpecServer
+) -> None:
+    before = replicas(APP)
+    assert set(before) == {"Ingress", "CandidateGenerator", "FeatureExtractor", "Ranker"}, before
+    results, failures = {}, []
+    for name, (url, status, limit_s) in _spec_faults(specs).items():
+        t0 = time.monotonic()
+        r = client.post("/predict", json=_body(spec=None, spec_url=url))
+        took = time.monotonic() - t0
+        results[name] = {"status": r.status_code, "ms": round(took * 1000)}
+        if r.status_code != status or took > limit_s:
+            failures.append((name, r.status_code, status, round(took, 2), r.text[:300]))
+            continue
+        if status == 200:
+            answer = r.json()
+            assert answer["predictions"] and answer["metadata"]["generator"] in ("llm", "retrieval")
+        else:
+            error = r.json()["error"]
+            assert error["status"] == status and error["message"], error
+            assert "Traceback" not in r.text and SECRET not in r.text
+        # Still serving in between: every fault is that request's alone.
+        ok = client.post("/predict", json=_body())
+        assert ok.status_code == 200, (name, ok.text)
+    record("spec host faults", results=results)
+    assert not failures, failures
+    assert _health(client)["status"] == "ok"
+    assert replicas(APP) == before  # no replica died or was replaced
+
+
+# -- replicas killed under load ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("deployment", ["CandidateGenerator", "FeatureExtractor", "Ranker", "Ingress"])
+def test_replica_killed_mid_load_is_replaced(client: httpx.Client, app, deployment: str) -> None:
+    wait_for(lambda: _health(client)["status"] == "ok", 60, "healthy before the kill")
+    before = replicas(APP)
+    (victim,) = before[deployment]
+    with Load(app["url"] + "/predict", _body, clients=4) as load:
+        time.sleep(3)
+        killed_at = time.monotonic()
+        kill_replica(victim)
+        # Answers again: a request sent after the kill succeeds.
+        wait_for(
+            lambda: any(s.status == 200 and s.start > killed_at for s in load.snapshot()),
+            60,
+            f"a request answered after killing {deployment}",
+        )
+        time.sleep(3)
+    shots = load.shots
+    after_kill = [s for s in shots if s.end > killed_at]
+    failed = [s for s in after_kill if s.status != 200]
+    first_ok = min(s.end for s in after_kill if s.status == 200 and s.start > killed_at)
+    last_failed = max((s.end for s in failed), default=killed_at)
+    replaced = wait_for(
+        lambda: (r := replicas(APP)).get(deployment) and r[deployment] != [victim] and r,
+        60,
+        f"Serve replaces the {deployment} replica",
+    )
+    during = [s.ms for s in after_kill if s.start < first_ok]
+    record(
+        f"replica killed: {deployment}",
+        requests=len(shots),
+        statuses=statuses(after_kill),
+        errors=len(failed),
+        recovery_s=round(first_ok - killed_at, 2),
+        errors_until_s=round(last_failed - killed_at, 2),
+        max_latency_ms=round(max((s.ms for s in after_kill), default=0)),
+        p50_latency_before_ms=round(percentile([s.ms for s in shots if s.end < killed_at], 50)),
+        latency_while_down_ms=round(max(during, default=0)),
+        error_samples=sorted({s.error[:80] for s in failed})[:3],
+    )
+    assert victim not in replaced[deployment]
+    # Only requests in flight at the kill may fail (4 clients; the ingress coalesces them).
+    assert len(failed) <= 8, statuses(after_kill)
+    assert all(s.status in (200, 500, 502, 503, 0) for s in failed)
+    # Nothing fails once Serve has replaced it, and that took seconds.
+    assert first_ok - killed_at < 30
+    assert not [s for s in shots if s.start > last_failed and s.status != 200]
+    assert all(s.status == 200 for s in shots if s.start > killed_at + 30)
+    wait_for(lambda: _health(client)["status"] == "ok", 60, "healthy after the replacement")
+
+
+# -- overload ------------------------------------------------------------------------------------
+
+
+def _open_loop(
+    url: str, rate: float, seconds: float, timeout_s: float = 15.0
+) -> list[tuple[float, int, str | None]]:
+    """Send ``rate`` requests per second for ``seconds`` regardless of answers; (ms, status, Retry-After)."""
+    import asyncio
+
+    results: list[tuple[float, int, str | None]] = []
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        t0 = time.monotonic()
+        try:
+            r = await client.post(url, json=_body(i))
+            results.append(((time.monotonic() - t0) * 1000, r.status_code, r.headers.get("retry-after")))
+        except httpx.HTTPError:
+            results.append(((time.monotonic() - t0) * 1000, 0, None))
+
+    async def run() -> None:
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+        async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+            tasks, start = [], time.monotonic()
+            for i in range(int(rate * seconds)):
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(client, i)))
+            await asyncio.gather(*tasks)
+
+    asyncio.run(run())
+    return results
+
+
+def _replica_rss_mb(app: str) -> float:
+    """Resident memory of the app's replica processes, from /proc."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            if f"ServeReplica:{app}:".encode() not in (proc / "cmdline").read_bytes():
+                continue
+            rss = next(
+                line for line in (proc / "status").read_text().splitlines() if line.startswith("VmRSS:")
+            )
+        except (OSError, StopIteration):
+            continue
+        total += int(rss.split()[1])  # kB
+    return total / 1024
+
+
+def test_overload_gets_fast_503s_and_recovers(client: httpx.Client, app) -> None:
+    url = app["url"] + "/predict"
+    wait_for(lambda: _health(client)["status"] == "ok", 90, "healthy before the overload")
+    before = replicas(APP)
+    with Load(url, _body, clients=8) as load:  # capacity: closed loop, enough clients to saturate
+        time.sleep(6)
+    ok = [s for s in load.shots if s.status == 200]
+    capacity = len(ok) / 6
+    assert capacity > 1, statuses(load.shots)
+    rss_before = _replica_rss_mb(APP)
+    for factor, seconds in ((2, 20), (5, 15)):
+        results = _open_loop(url, rate=capacity * factor, seconds=seconds, timeout_s=30)
+        rss = _replica_rss_mb(APP)
+        codes: dict[int, int] = {}
+        for _, code, _ in results:
+            codes[code] = codes.get(code, 0) + 1
+        refused = [ms for ms, code, _ in results if code == 503]
+        served = [ms for ms, code, _ in results if code == 200]
+        record(
+            f"overload {factor}x",
+            capacity_rps=round(capacity, 1),
+            offered_rps=round(capacity * factor, 1),
+            seconds=seconds,
+            statuses=codes,
+            served_rps=round(len(served) / seconds, 1),
+            p50_ms_200=round(percentile(served, 50)),
+            p99_ms_200=round(percentile(served, 99)),
+            p50_ms_503=round(percentile(refused, 50)),
+            p99_ms_503=round(percentile(refused, 99)),
+            replica_rss_mb=round(rss),
+            replica_rss_before_mb=round(rss_before),
+        )
+        # Answers and refusals, never a 500; refusals say when to retry; memory stays bounded.
+        assert set(codes) <= {200, 503, 0}, codes
+        assert all(ra for _, code, ra in results if code == 503)
+        assert served and rss < 4000, (codes, rss)
+        if factor == 2:
+            # Past capacity, the excess is refused at once and what is served is not kept waiting.
+            # (Every request answered within the client's 30 s: no queue grows without bound.)
+            assert 0 not in codes, codes
+            assert percentile(refused, 50) < 1000 if refused else True
+        else:
+            # 5x on 2 CPUs also saturates Serve's Python proxy (the tests' proxy; production runs
+            # HAProxy): refusals then wait in its accept queue. Measured, bounded, not lost.
+            assert refused, f"5x capacity but nothing refused: {codes}"
+            # Known limit (issue 5, RELIABILITY.md): at 5x, Serve's Python proxy used by the tests
+            # saturates and some clients time out before their 503; measured up to 12% here.
+            assert codes.get(0, 0) <= 0.25 * len(results), codes
+        time.sleep(2)
+    # Full recovery: the same replicas (no OOM kill), serving at once, health ok.
+    t0 = time.monotonic()
+    wait_for(
+        lambda: client.post("/predict", json=_body()).status_code == 200, 30, "serving after the overload"
+    )
+    record("overload recovery", recovered_s=round(time.monotonic() - t0, 2))
+    assert replicas(APP) == before
+    wait_for(lambda: _health(client)["status"] == "ok", 60, "healthy after the overload")
+
+
+# -- SQLite: the spec cache and the feedback database ---------------------------------------------
+# Run last: each leaves the cache bypassed for a moment (spec_l2_retry_s) and checks it recovers.
+
+
+def _hold_lock(path: Path, seconds: float) -> subprocess.Popen:
+    """Another process takes the database's write lock and keeps it."""
+    code = (
+        "import sqlite3, sys, time\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)\n"
+        "c.execute('BEGIN EXCLUSIVE')\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(float(sys.argv[2]))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+_tags = iter(range(10**9))
+
+
+def _new_spec() -> dict[str, Any]:
+    spec = billing_spec()
+    spec["info"]["title"] = f"Billing {next(_tags)}"  # a spec no cache has seen: L2 is written
+    return spec
+
+
+def _predict_new_specs(client: httpx.Client, n: int) -> list[float]:
+    took = []
+    for _ in range(n):
+        t0 = time.monotonic()
+        r = client.post("/predict", json=_body(spec=_new_spec()))
+        took.append(time.monotonic() - t0)
+        assert r.status_code == 200, r.text
+        _valid(r.json())
+    return took
+
+
+def _feedback(client: httpx.Client) -> httpx.Response:
+    pid = client.post("/predict", json=_body()).json()["prediction_id"]
+    return client.post(
+        "/feedback", json={"prediction_id": pid, "actual_endpoint": "POST /v1/invoices/in_9/pay"}
+    )
+
+
+def _ingress_health(client: httpx.Client) -> tuple[str, dict[str, Any]]:
+    h = _health(client)
+    return h["status"], h["deployments"]["ingress"]
+
+
+def _recovers(client: httpx.Client, what: str) -> float:
+    """Seconds until /health is ok again (new specs keep the cache trying to reopen)."""
+    t0 = time.monotonic()
+
+    def ok() -> bool:
+        client.post("/predict", json=_body(spec=_new_spec()))
+        return _ingress_health(client)[0] == "ok"
+
+    wait_for(ok, 30, f"health ok again after {what}", every_s=0.5)
+    return round(time.monotonic() - t0, 2)
+
+
+def test_spec_cache_corrupt(client: httpx.Client, app) -> None:
+    assert _ingress_health(client)[0] == "ok"
+    path = Path(app["settings"]["cache_path"])
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(f"{path}{suffix}")
+        if p.exists():
+            p.write_bytes(b"this is not a database " * 512)
+    took = _predict_new_specs(client, 3)
+    status, ingress = _ingress_health(client)
+    l2 = ingress["spec_cache"]["l2"]
+    record("spec cache corrupt", latency_ms=[round(t * 1000) for t in took], health=status, l2=l2)
+    # Moved aside and rebuilt on the spot: never a failed request, the cache in use again.
+    assert l2["rebuilds"] >= 1 and l2["state"] == "ok" and status == "ok", l2
+    assert Path(f"{path}.corrupt").exists()
+
+
+def test_spec_cache_locked_by_another_process(client: httpx.Client, app) -> None:
+    assert _ingress_health(client)[0] == "ok"
+    holder = _hold_lock(Path(app["settings"]["cache_path"]), 30)
+    try:
+        took = _predict_new_specs(client, 5)
+        status, ingress = _ingress_health(client)
+    finally:
+        holder.kill()
+        holder.wait()
+    recovered = _recovers(client, "the lock is released")
+    record(
+        "spec cache locked",
+        latency_ms=[round(t * 1000) for t in took],
+        health=status,
+        l2=ingress["spec_cache"]["l2"]["state"],
+        healthy_again_s=recovered,
+    )
+    # Writes wait out the busy timeout (1 s) and fail; after 3 in a row the cache is bypassed and
+    # the index travels with the request instead.
+    assert ingress["spec_cache"]["l2"]["state"] == "bypassed" and status == "degraded", ingress["spec_cache"]
+    assert max(took) < 1.0 + SLACK_S and sum(took[3:]) < sum(took[:3])
+
+
+def test_disk_full(client: httpx.Client, app, scratch) -> None:
+    directory, mounted = scratch
+    if not mounted:
+        pytest.skip(
+            "no tmpfs (needs root and mount): the full-disk case is covered by test_spec_cache.py only"
+        )
+    assert _ingress_health(client)[0] == "ok"
+    # Empty the WAL files first: a write must then grow a file, and there is no room to.
+    for db in (app["settings"]["cache_path"], app["settings"]["feedback_path"]):
+        conn = sqlite3.connect(db)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+    ballast = directory / "ballast"
+    with open(ballast, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    try:
+        took = _predict_new_specs(client, 4)
+        fb = _feedback(client)
+        status, ingress = _ingress_health(client)
+    finally:
+        ballast.unlink()
+    recovered = _recovers(client, "space is freed")
+    assert _feedback(client).status_code == 200
+    record(
+        "disk full",
+        latency_ms=[round(t * 1000) for t in took],
+        health=status,
+        feedback_status=fb.status_code,
+        feedback=fb.text[:160],
+        l2=ingress["spec_cache"]["l2"]["state"],
+        healthy_again_s=recovered,
+    )
+    assert fb.status_code == 503 and fb.headers.get("retry-after"), fb.text
+    assert "feedback" in fb.json()["error"]["message"] and "full" in fb.json()["error"]["message"]
+    assert status == "degraded" and ingress["feedback"]["failing"], ingress
+
+
+def test_feedback_database_locked_by_another_process(client: httpx.Client, app) -> None:
+    assert _ingress_health(client)[0] == "ok"
+    holder = _hold_lock(Path(app["settings"]["feedback_path"]), 60)
+    try:
+        t0 = time.monotonic()
+        fb = _feedback(client)
+        took = time.monotonic() - t0
+        predicted = client.post("/predict", json=_body())
+        status, ingress = _ingress_health(client)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert predicted.status_code == 200
+    assert fb.status_code == 503 and "feedback" in fb.json()["error"]["message"], fb.text
+    assert status == "degraded" and ingress["feedback"]["failing"], ingress["feedback"]
+    # Once the lock is gone, feedback is recorded again and health recovers.
+    wait_for(lambda: _feedback(client).status_code == 200, 30, "feedback recorded again")
+    recovered = _recovers(client, "the feedback lock is released")
+    record(
+        "feedback db locked",
+        feedback_status=fb.status_code,
+        feedback_ms=round(took * 1000),
+        health=status,
+        healthy_again_s=recovered,
+    )

@@ -1,0 +1,372 @@
+"""Hostile clients against the live app on a real cluster, through real HTTP, with the production
+default of refusing private spec hosts: SSRF in every spelling, oversized and bomb-shaped bodies,
+schemathesis driven by the service's own ``/openapi.json``, and no secret or stack trace in any
+answer or log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+
+from deployments.schemas import PredictResponse
+from tests.llm_server import FakeLLMServer, Reply
+from tests.spec_server import SpecServer, spec_server
+from tests.specs import billing_spec
+
+pytestmark = [pytest.mark.serve, pytest.mark.slow, pytest.mark.faults]
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+APP = "hostile"
+SECRET = "sk-hostile-never-shown-fedcba9876543210"
+
+
+@pytest.fixture(scope="module")
+def specs() -> Iterator[SpecServer]:
+    """A spec host on loopback that no request may reach: it counts every hit."""
+    with spec_server() as server:
+        server.add("/spec.json", json.dumps(billing_spec()).encode())
+        yield server
+
+
+@pytest.fixture(scope="module")
+def app(serve_cluster, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    from graph import build_app
+
+    # The LLM answers well, so responses could carry its key if anything leaked it.
+    llm = FakeLLMServer(default=Reply.predictions([{"endpoint": "GET /invoices", "confidence": 0.5}])).start()
+    settings = {
+        "allow_private_spec_hosts": False,  # the production default
+        "data_dir": str(tmp_path_factory.mktemp("hostile-data")),
+        "spec_fetch_timeout_s": 1.0,
+        "llm_base_url": llm.base_url,
+        "llm_model": "m",
+    }
+    started = time.time()
+    # The key as production passes it: in the environment, which build_app hands to the replicas
+    # (runtime_env): it must not surface in Ray's or Serve's logs either.
+    os.environ["OPENSESAME_LLM_API_KEY"] = SECRET
+    try:
+        serve.run(build_app({"settings": settings}), name=APP, route_prefix="/hostile")
+    finally:
+        del os.environ["OPENSESAME_LLM_API_KEY"]
+    try:
+        yield {"url": serve_cluster + "/hostile", "base": serve_cluster, "started": started}
+    finally:
+        serve.delete(APP)
+        llm.stop()
+
+
+@pytest.fixture(scope="module")
+def client(app) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=app["url"], timeout=60) as c:
+        yield c
+
+
+def _body(**kw: Any) -> dict[str, Any]:
+    body = {"user_id": "u", "prompt": "pay the invoice", "events": [{"endpoint": "GET /v1/invoices/in_1"}]}
+    body.update(kw)
+    if "spec" not in body and "spec_url" not in body:
+        body["spec"] = billing_spec()
+    return body
+
+
+def _is_clean_error(r: httpx.Response, status: int | tuple[int, ...]) -> dict[str, Any]:
+    statuses = (status,) if isinstance(status, int) else status
+    assert r.status_code in statuses, (r.status_code, r.text[:500])
+    error = r.json()["error"]
+    assert error["status"] == r.status_code and error["message"]
+    assert "Traceback" not in r.text and SECRET not in r.text
+    return error
+
+
+# -- SSRF through spec_url -----------------------------------------------------------------------
+
+
+def _ssrf_urls(port: int) -> dict[str, str]:
+    p = port
+    return {
+        "loopback": f"http://127.0.0.1:{p}/spec.json",
+        "loopback, other 127/8": f"http://127.1.2.3:{p}/spec.json",
+        "loopback, short form": f"http://127.1:{p}/spec.json",
+        "loopback, decimal": f"http://2130706433:{p}/spec.json",
+        "loopback, octal": f"http://0177.0.0.1:{p}/spec.json",
+        "loopback, hex": f"http://0x7f.0.0.1:{p}/spec.json",
+        "loopback, hex dword": f"http://0x7f000001:{p}/spec.json",
+        "loopback, trailing dot": f"http://127.0.0.1.:{p}/spec.json",
+        "localhost": f"http://localhost:{p}/spec.json",
+        "LOCALHOST": f"http://LOCALHOST:{p}/spec.json",
+        "this host's name": f"http://{socket.gethostname()}:{p}/spec.json",
+        "unspecified 0.0.0.0": f"http://0.0.0.0:{p}/spec.json",
+        "IPv6 loopback": f"http://[::1]:{p}/spec.json",
+        "IPv6 unspecified": f"http://[::]:{p}/spec.json",
+        "IPv4-mapped IPv6": f"http://[::ffff:127.0.0.1]:{p}/spec.json",
+        "IPv4-mapped IPv6, hex": f"http://[::ffff:7f00:1]:{p}/spec.json",
+        "NAT64 of loopback": f"http://[64:ff9b::7f00:1]:{p}/spec.json",
+        "6to4 of loopback": f"http://[2002:7f00:1::]:{p}/spec.json",
+        "credentials in URL": f"http://user:pass@127.0.0.1:{p}/spec.json",
+        "userinfo trick": f"http://example.com@127.0.0.1:{p}/spec.json",
+        "fragment trick": f"http://127.0.0.1:{p}#@example.com/spec.json",
+        "https to loopback": f"https://127.0.0.1:{p}/spec.json",
+        "private 10/8": "http://10.0.0.1/spec.json",
+        "private 172.16/12": "http://172.16.0.1/spec.json",
+        "private 192.168/16": "http://192.168.1.1/spec.json",
+        "carrier-grade NAT": "http://100.64.0.1/spec.json",
+        "link-local": "http://169.254.1.1/spec.json",
+        "metadata": "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "metadata, decimal": "http://2852039166/latest/meta-data/",
+        "metadata, IPv6 (AWS)": "http://[fd00:ec2::254]/latest/meta-data/",
+        "metadata, Alibaba": "http://100.100.100.200/latest/meta-data/",
+        "ECS credentials": "http://169.254.170.2/v2/credentials",
+        "IPv6 link-local": "http://[fe80::1]/spec.json",
+        "IPv6 unique-local": "http://[fd12:3456::1]/spec.json",
+        "multicast": "http://224.0.0.1/spec.json",
+        "broadcast": "http://255.255.255.255/spec.json",
+    }
+
+
+def test_ssrf_every_spelling_is_refused_and_nothing_is_contacted(
+    client: httpx.Client, specs: SpecServer
+) -> None:
+    refused, other = {}, {}
+    for name, url in _ssrf_urls(specs.httpd.server_address[1]).items():
+        t0 = time.monotonic()
+        r = client.post("/predict", json=_body(spec_url=url))
+        took = time.monotonic() - t0
+        if r.status_code == 422 or r.status_code == 502 and "cannot resolve" in r.text:
+            error = _is_clean_error(r, (422, 502))  # refused, or a name that resolves to nothing
+            refused[name] = error["message"]
+        else:
+            other[name] = (r.status_code, r.text[:200])
+        assert took < 3.0, (name, took)
+    assert not other, other
+    assert specs.hits == {}, f"the loopback spec host was reached: {specs.hits}"
+    print("SSRF refusals:", json.dumps(refused, indent=1))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "gopher://127.0.0.1:70/_x",
+        "ftp://127.0.0.1/x",
+        "dict://127.0.0.1:11211/stat",
+        "//127.0.0.1/spec.json",
+        "http:///spec.json",
+        "http://[::1/spec.json",
+        "http://" + "a" * 3000 + ".com/",
+    ],
+)
+def test_unusable_spec_urls_are_refused(client: httpx.Client, url: str) -> None:
+    _is_clean_error(client.post("/predict", json=_body(spec_url=url)), 422)
+
+
+def test_unresolvable_host_is_a_502_not_a_hang(client: httpx.Client) -> None:
+    t0 = time.monotonic()
+    _is_clean_error(
+        client.post("/predict", json=_body(spec_url="http://no-such-host.invalid/spec.json")), (502, 504)
+    )
+    assert time.monotonic() - t0 < 5
+
+
+# -- bounded requests, bombs, nesting ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"events": [{"endpoint": "GET /v1/invoices"}] * 201}, "events"),
+        ({"prompt": "x" * 4001}, "prompt"),
+        ({"k": 21}, "k"),
+        ({"k": 0}, "k"),
+        ({"k": 10**30}, "k"),
+        ({"k": "5; DROP TABLE"}, "k"),
+        ({"user_id": "u" * 257}, "user_id"),
+        ({"user_id": ""}, "user_id"),
+        ({"user_id": None}, "user_id"),
+        ({"events": [{"endpoint": "GET /" + "a" * 3000}]}, "endpoint"),
+        ({"events": [{"endpoint": "GET /a", "params": {str(i): i for i in range(101)}}]}, "params"),
+        ({"events": [{"endpoint": "\x00GET /a"}]}, "endpoint"),
+        ({"events": "GET /a"}, "events"),
+        ({"spec": [1, 2]}, "spec"),
+        ({"spec": "openapi: 3.0.0"}, "spec"),
+    ],
+)
+def test_out_of_bounds_fields_get_422_naming_the_field(
+    client: httpx.Client, change: dict, field: str
+) -> None:
+    error = _is_clean_error(client.post("/predict", json=_body(**change)), 422)
+    assert field in error["message"] + json.dumps(error.get("details")), error
+    assert len(json.dumps(error)) < 5000  # the offending input is not echoed back
+
+
+def test_oversized_bodies_get_413_without_being_read(client: httpx.Client) -> None:
+    big = b'{"user_id": "u", "spec": {"x": "' + b"a" * (27 * 2**20) + b'"}}'
+    t0 = time.monotonic()
+    _is_clean_error(client.post("/predict", content=big, headers={"content-type": "application/json"}), 413)
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
+        yield b'{"user_id": "u", "spec": {"x": "'
+        for _ in range(28):
+            yield b"a" * 2**20
+        yield b'"}}'
+
+    r = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    _is_clean_error(r, 413)
+    assert time.monotonic() - t0 < 20
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"user_id": "u", "spec": ' + b'{"a":' * 100_000 + b"1" + b"}" * 100_000 + b"}",
+        b'{"user_id": "u", "spec": ' + b'{"a":' * 900 + b"1" + b"}" * 900 + b"}",
+        b'{"user_id": "u", "spec": {"openapi": "3.0.0"}, "events": [{"endpoint": "GET /a", "params": '
+        + b'{"a":' * 900
+        + b"1"
+        + b"}" * 900
+        + b"}]}",
+        b'{"user_id": "u", "spec": {"openapi": "3.0.0", "paths": {"/a": {"get": {}}}}, "events": '
+        b'[{"endpoint": "GET /a", "params": ' + b"[" * 900 + b"]" * 900 + b"}]}",
+        b'{"user_id": "u", "k": 1e999999, "spec": {}}',
+        b'{"user_id": "u", "k": ' + b"9" * 100_000 + b', "spec": {}}',
+        b'{"user_id": "\xff\xfe", "spec": {}}',
+        b'{"user_id": "u", "user_id": "v", "spec": {}}',
+        b"",
+        b"null",
+        b'"' + b"a" * 1000 + b'"',
+    ],
+    ids=[
+        "deep-array",
+        "deep-spec-100k",
+        "deep-spec-900",
+        "deep-params-900",
+        "deep-list-params-900",
+        "huge-float",
+        "huge-int",
+        "bad-utf8",
+        "duplicate-keys",
+        "empty",
+        "null",
+        "string",
+    ],
+)
+def test_json_bombs_and_deep_nesting_never_500(client: httpx.Client, raw: bytes) -> None:
+    t0 = time.monotonic()
+    r = client.post("/predict", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code in (200, 400, 413, 422), (r.status_code, r.text[:300])
+    if r.status_code != 200:
+        _is_clean_error(r, r.status_code)
+    assert time.monotonic() - t0 < 10
+
+
+def test_hostile_spec_paths_do_not_stall_the_service(client: httpx.Client) -> None:
+    # A spec whose mixed path segment would backtrack for ever in a regex, a call that exercises it,
+    # and a 1,500-segment path: answered quickly, and the service keeps answering others.
+    seg = "-".join(f"{{p{i}}}" for i in range(8)) + "!"
+    spec = {
+        "openapi": "3.0.0",
+        "paths": {"/x/" + seg: {"get": {}}, "/{a}" * 300: {"get": {}}, "/invoices": {"get": {}}},
+    }
+    events = [{"endpoint": "GET /x/" + "-" * 2000 + "z"}] * 20 + [{"endpoint": "GET " + "/a" * 300}]
+    t0 = time.monotonic()
+    r = client.post("/predict", json=_body(spec=spec, events=events))
+    assert r.status_code == 200, r.text[:300]
+    assert time.monotonic() - t0 < 5
+    assert client.post("/predict", json=_body()).status_code == 200
+
+
+def test_inline_spec_with_5000_operations(client: httpx.Client) -> None:
+    paths = {
+        f"/r{i}/{{id}}": {"get": {"summary": f"get r{i}"}, "post": {"summary": f"act on r{i}"}}
+        for i in range(2500)
+    }
+    t0 = time.monotonic()
+    r = client.post(
+        "/predict",
+        json=_body(spec={"openapi": "3.0.0", "paths": paths}, events=[{"endpoint": "GET /r7/abc"}]),
+    )
+    assert r.status_code == 200, r.text[:300]
+    assert time.monotonic() - t0 < 15
+
+
+# -- schemathesis from the service's own schema --------------------------------------------------
+
+
+def _check(response: httpx.Response | Any, operation: str) -> None:
+    status = response.status_code
+    text = response.text
+    assert status != 500, (operation, text[:500])
+    assert "Traceback" not in text and SECRET not in text, operation
+    if status == 503:
+        assert response.headers.get("retry-after"), (operation, text[:300])
+    if status >= 400 and status != 404 or status == 404 and "error" in text:
+        assert "error" in response.json(), (operation, text[:300])
+    if status == 200 and operation == "POST /predict":
+        PredictResponse.model_validate(response.json())
+
+
+def test_schemathesis_from_openapi_json_finds_no_500(client: httpx.Client, app) -> None:
+    import schemathesis
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_url(app["url"] + "/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    names = {f"{op.method.upper()} {op.path}" for op in operations}
+    assert {"POST /predict", "GET /health", "POST /feedback"} <= names, names
+    calls = {"n": 0}
+    for op in operations:
+        name = f"{op.method.upper()} {op.path}"
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @settings(
+                max_examples=60 if op.method.upper() == "POST" else 10,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
+            @given(case=op.as_strategy(generation_mode=mode))
+            def fuzz(case: Any) -> None:
+                calls["n"] += 1
+                _check(case.call(base_url=app["url"], timeout=30), name)  # noqa: B023 - run below
+
+            try:
+                fuzz()
+            except Unsatisfiable:  # e.g. no negative case for an operation without parameters
+                assert mode == GenerationMode.NEGATIVE, name
+    print(f"schemathesis: {calls['n']} requests over {sorted(names)}")
+    assert calls["n"] > 50
+
+
+# -- nothing secret or internal in the logs ------------------------------------------------------
+
+
+def test_no_secret_or_traceback_in_the_logs(client: httpx.Client, app) -> None:
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    leaked, tracebacks = [], []
+    for path in logs.rglob("*"):
+        if not path.is_file() or path.stat().st_mtime < app["started"]:
+            continue
+        text = path.read_text(errors="replace")
+        if SECRET in text:
+            leaked.append(str(path))
+        # This app's replicas: hostile input is a 4xx, never an unhandled exception.
+        if f"_{APP}_" in path.name and "Traceback" in text:
+            tracebacks.append((str(path), text[text.index("Traceback") :][:1500]))
+    assert not leaked, leaked
+    assert not tracebacks, tracebacks

@@ -1,0 +1,51 @@
+"""Explaining only the rows a response shows: same order, same numbers, fewer rows explained."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from deployments.scoring import expand_rows, score_top_k, top_rows
+
+
+class LinearScorer:
+    """A stand-in ranker: score = sum of the row; contributions = the row itself plus a bias."""
+
+    def __init__(self) -> None:
+        self.explained_rows = 0
+
+    def score_groups(
+        self, groups: Sequence[np.ndarray], *, contributions: bool = True
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        assert not contributions, "score_top_k must not ask for every row's contributions"
+        return [(np.asarray(g, np.float64).sum(axis=1), None) for g in groups]
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        self.explained_rows += len(X)
+        return np.hstack([X, np.ones((len(X), 1))])
+
+
+def test_only_the_top_k_rows_are_explained_in_one_call() -> None:
+    rng = np.random.default_rng(0)
+    groups = [rng.random((30, 4)), rng.random((12, 4)), np.zeros((0, 4))]
+    scorer = LinearScorer()
+    out = score_top_k(scorer, groups, [5, 3, 5])
+    assert scorer.explained_rows == 8
+    for g, o, k in zip(groups, out, [5, 3, 5], strict=True):
+        assert np.array_equal(o["top"], top_rows(g.sum(axis=1), k))
+        assert np.array_equal(o["features_top"], g[o["top"]])
+        assert np.allclose(o["contribs_top"][:, :4], g[o["top"]])
+        full = expand_rows(len(g), o["top"], o["contribs_top"])
+        assert full.shape[0] == len(g)
+        assert np.allclose(full[o["top"]], o["contribs_top"])
+
+
+def test_top_rows_is_a_stable_descending_order() -> None:
+    assert top_rows(np.array([0.1, 0.5, 0.5, 0.9]), 3).tolist() == [3, 1, 2]
+
+
+def test_k_must_match_the_groups() -> None:
+    with pytest.raises(ValueError, match="values of k"):
+        score_top_k(LinearScorer(), [np.zeros((2, 4))], [1, 2])
