@@ -112,16 +112,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         finally:
             ray.shutdown()
     else:
-        import httpx
-
-        try:
-            r = httpx.post(args.url.rstrip("/") + "/predict", json=request.model_dump(mode="json",
-                           exclude_none=True), timeout=args.timeout)
-        except httpx.HTTPError as exc:
-            return _error("unreachable", f"{args.url}: {exc}", args.json)
-        if r.status_code != 200:
-            return _error(r.status_code, _json_or_text(r), args.json)
-        answer = r.json()
+        answer = _post(args, "/predict", request.model_dump(mode="json", exclude_none=True))
+        if isinstance(answer, int):
+            return answer
     if args.json:
         print(json.dumps(answer))
     else:
@@ -141,6 +134,19 @@ async def _predict_in_process(request: Any, args: argparse.Namespace) -> dict[st
         await pipeline.aclose()
 
 
+def _post(args: argparse.Namespace, path: str, body: dict[str, Any]) -> dict[str, Any] | int:
+    """The service's JSON answer, or the exit code after printing why there is none."""
+    import httpx
+
+    try:
+        r = httpx.post(args.url.rstrip("/") + path, json=body, timeout=args.timeout)
+    except httpx.HTTPError as exc:
+        return _error("unreachable", f"{args.url}: {exc}", args.json)
+    if r.status_code != 200:
+        return _error(r.status_code, _json_or_text(r), args.json)
+    return r.json()
+
+
 def _json_or_text(r: Any) -> Any:
     try:
         return r.json()
@@ -149,8 +155,6 @@ def _json_or_text(r: Any) -> Any:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    import httpx
-
     from deployments.schemas import FeedbackRequest
 
     body = {"prediction_id": args.prediction_id}
@@ -163,13 +167,9 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"invalid feedback: {exc}", file=sys.stderr)
         return 2
-    try:
-        r = httpx.post(args.url.rstrip("/") + "/feedback", json=body, timeout=args.timeout)
-    except httpx.HTTPError as exc:
-        return _error("unreachable", f"{args.url}: {exc}", args.json)
-    if r.status_code != 200:
-        return _error(r.status_code, _json_or_text(r), args.json)
-    answer = r.json()
+    answer = _post(args, "/feedback", body)
+    if isinstance(answer, int):
+        return answer
     if args.json:
         print(json.dumps(answer))
     else:
