@@ -85,10 +85,20 @@ def spec_server(files: Mapping[str, bytes]) -> Iterator[SpecServer]:
         server.httpd.server_close()
 
 
-def wait_http(url: str, *, timeout_s: float, expect: int = 200, data: bytes | None = None) -> None:
+def wait_http(
+    url: str,
+    *,
+    timeout_s: float,
+    expect: int = 200,
+    data: bytes | None = None,
+    head: subprocess.Popen | None = None,
+) -> None:
+    """Polls until ``url`` answers ``expect``; gives up at once if ``head`` (the server) exits."""
     deadline = time.monotonic() + timeout_s
     last: object = None
     while time.monotonic() < deadline:
+        if head is not None and head.poll() is not None:
+            raise RuntimeError(f"the server exited ({head.returncode}) before {url} answered")
         try:
             req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
             with urllib.request.urlopen(req, timeout=10) as r:

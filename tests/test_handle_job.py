@@ -25,6 +25,7 @@ import httpx
 import pytest
 import yaml
 
+from benchmarks.cluster import wait_http
 from deployments.rollout import apply_config
 from deployments.settings import PROJECT_ROOT
 from tests.conftest import free_port
@@ -67,20 +68,6 @@ def _clean_env(**extra: str) -> dict[str, str]:
            if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "RAY_SERVE_THROUGHPUT"))}
     env["PYTHONPATH"] = str(PROJECT_ROOT)
     return {**env, **extra}
-
-
-def _wait_serving(url: str, proc: subprocess.Popen | None = None, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the Ray head exited: {proc.returncode}")
-        try:
-            if httpx.post(url + "/predict", json=REQUEST, timeout=10).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"not serving at {url} after {timeout_s}s")
 
 
 # -- the session cluster, auth disabled ----------------------------------------------------------
@@ -164,7 +151,7 @@ def token_cluster(tmp_path_factory) -> Iterator[dict]:
                     raise
                 time.sleep(2)
         url = f"http://127.0.0.1:{http_port}"
-        _wait_serving(url, head)
+        wait_http(url + "/predict", timeout_s=240, data=json.dumps(REQUEST).encode(), head=head)
         yield {"address": address, "url": url, "token_file": token_file, "root": root}
     finally:
         head.send_signal(signal.SIGTERM)

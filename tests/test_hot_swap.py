@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
+from benchmarks.cluster import wait_http
 from deployments.loadgen import run_load
 from deployments.model_swap import ModelConfig, RankerSlot, split_model_config
 from deployments.rollout import apply_config, live_config, write_live_config
@@ -142,20 +143,6 @@ BODIES = [
 ]
 
 
-def _wait_running(url: str, timeout_s: float = 180) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.post(url + "/predict", json=BODIES[0], timeout=10).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"opensesame not serving at {url} after {timeout_s}s: {serve.status()}")
-
-
 @pytest.fixture(scope="module")
 def declarative_app(serve_cluster, tmp_path_factory) -> Iterator[dict]:
     """The app deployed from a config file, as `make run` deploys it: only then does a
@@ -167,7 +154,7 @@ def declarative_app(serve_cluster, tmp_path_factory) -> Iterator[dict]:
     base_path.write_text(yaml.safe_dump(base))
     address = ray.get_runtime_context().gcs_address
     apply_config(write_live_config(base_path, root / "live.yaml", model_path=None), address=address)
-    _wait_running(serve_cluster)
+    wait_http(serve_cluster + "/predict", timeout_s=180, data=json.dumps(BODIES[0]).encode())
     try:
         yield {"url": serve_cluster, "address": address, "root": root, "base": base_path}
     finally:
