@@ -68,6 +68,7 @@ __all__ = [
     "matching_ids",
     "PERSONAL_FEATURES",
     "UserTransitions",
+    "COLD",
 ]
 
 FEATURE_VERSION = "8"
