@@ -3,10 +3,12 @@
     python -m benchmarks.personalisation                      # simulate users, record, replay
     python -m benchmarks.personalisation --feedback var/feedback.sqlite   # replay a real store
 
-Replay: every recorded outcome in time order is re-ranked by the model (features rebuilt from the
-stored context, as retraining does) alone and blended with the prior learned from the outcomes
-recorded before it; then its own outcome is added to the prior. Nothing is scored with a prior
-that knew its answer.
+Replay: every recorded outcome in time order is re-ranked by the model in service (features
+rebuilt from the stored context, as retraining does) three ways — no personalisation (the user's
+features cold), the post-model blend (``personal_prior_weight``), and the user's transitions as
+model features (``personal_prior_feature``, the default) — each with the prior learned from the
+outcomes recorded before it; then its own outcome is added to the prior. Nothing is scored with
+a prior that knew its answer.
 
 There are no real recorded sessions yet, so by default sessions are simulated on the held-out
 APIs (never trained on) and recorded through the in-process pipeline and the real feedback
@@ -17,7 +19,9 @@ store, exactly as serving records them:
 - ``no repeats``: no user ever runs the same routine twice — the control: the prior can only
   carry what a user's different routines on one API have in common.
 
-Each with and without the prompt (users of a product rarely type one for every call). Writes
+Each with and without the prompt (users of a product rarely type one for every call). The model
+learned its personal features from users simulated the same way on the training APIs
+(:mod:`ranker.personal`), so read the gains as "on users like these". Writes
 ``benchmarks/results/personalisation.{json,md}``.
 """
 
@@ -49,7 +53,6 @@ from ranker.model import RankerModel
 from ranker.transitions import load_transitions
 
 RESULTS = Path(__file__).resolve().parent / "results"
-WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 # -- simulation ----------------------------------------------------------------------------------
@@ -135,14 +138,22 @@ async def record_sessions(sessions: list[tuple[str, Workflow]], db: Path, *, wit
 
 # -- replay --------------------------------------------------------------------------------------
 
+# What is compared, on the same outcomes in the same order (the model: the one in service):
+#   none     cold features (the user_* features zero), no blend
+#   blend    cold features, blended after the model with the prior (weight BLEND_WEIGHT)
+#   feature  the user's transitions as features (as served by default), no blend
+VARIANTS = ("none", "blend", "feature")
+BLEND_WEIGHT = 0.5
 
-def replay(db: Path, *, model: RankerModel, weights: tuple[float, ...] = WEIGHTS, scope: str = "user",
-           shrink: float = 3.0) -> dict[str, Any]:
-    """Ranks of the actual next call, model alone vs blended with the prior, in time order."""
+
+def replay(db: Path, *, model: RankerModel, scope: str = "user", shrink: float = 3.0,
+           blend_weight: float = BLEND_WEIGHT) -> dict[str, Any]:
+    """Ranks of the actual next call under each of :data:`VARIANTS`, in time order: every
+    outcome is scored with the prior learned from the outcomes before it, then added to it."""
     reader = FeedbackReader(db)
     extractor = FeatureExtractor(transitions=load_transitions())
-    priors = {w: TransitionPrior(weight=w, scope=scope, shrink=shrink) for w in weights}  # type: ignore[arg-type]
-    ranks: dict[float, list[int]] = {w: [] for w in weights}
+    prior = TransitionPrior(weight=blend_weight, scope=scope, shrink=shrink)  # type: ignore[arg-type]
+    ranks: dict[str, list[int]] = {v: [] for v in VARIANTS}
     informed: list[bool] = []  # whether the prior had seen this (user, previous call) before
     stored = [s for s in reader.predictions() if s.actual_key is not None]
     for s in track(stored, "replaying outcomes"):
@@ -150,26 +161,29 @@ def replay(db: Path, *, model: RankerModel, weights: tuple[float, ...] = WEIGHTS
         cands = [Candidate.from_wire(c) for c in s.candidates if 0 <= c[0] < len(spec.operations)]
         keys = [spec.operations[c.index].key for c in cands]
         prev = previous_key(spec, s.events)
+        mine = prior.transitions(s.user_id, s.spec_hash, prev)
+        informed.append(bool(mine.counts))
+        target = keys.index(s.actual_key) if s.actual_key in keys else None
         if cands:
-            x = extractor.extract(spec, spec.resolve_history(s.history), s.prompt, cands)
-            [(probs, _)] = model.score_groups([x], contributions=False)
-        else:
-            probs = np.zeros(0)
-        seen = priors[weights[-1]].blend(s.user_id, s.spec_hash, prev, keys, np.zeros(len(keys))).any() \
-            if weights[-1] > 0 else False
-        informed.append(bool(seen))
-        for w in weights:
-            blended = priors[w].blend(s.user_id, s.spec_hash, prev, keys, probs)
-            order = np.argsort(-blended, kind="stable")
-            target = keys.index(s.actual_key) if s.actual_key in keys else None
-            ranks[w].append(int(np.flatnonzero(order == target)[0]) if target is not None else MISS)
-            priors[w].observe(s.user_id, s.spec_hash, prev, s.actual_key)
+            history = spec.resolve_history(s.history)
+            cold = extractor.extract(spec, history, s.prompt, cands)
+            warm = extractor.extract(spec, history, s.prompt, cands, mine)
+            [(p_cold, _), (p_warm, _)] = model.score_groups([cold, warm], contributions=False)
+            scores = {"none": p_cold, "blend": prior.blend(s.user_id, s.spec_hash, prev, keys, p_cold),
+                      "feature": p_warm}
+        for v in VARIANTS:
+            if target is None:
+                ranks[v].append(MISS)
+                continue
+            order = np.argsort(-np.asarray(scores[v], np.float64), kind="stable")
+            ranks[v].append(int(np.flatnonzero(order == target)[0]))
+        prior.observe(s.user_id, s.spec_hash, prev, s.actual_key)
     mask = np.array(informed, bool)
-    out: dict[str, Any] = {"n": len(stored), "with_prior_evidence": int(mask.sum()), "by_weight": {}}
-    for w in weights:
-        r = np.array(ranks[w])
-        out["by_weight"][str(w)] = {"all": ranking_metrics(r),
-                                    "with_prior_evidence": ranking_metrics(r[mask]) if mask.any() else None}
+    out: dict[str, Any] = {"n": len(stored), "with_prior_evidence": int(mask.sum()), "by_variant": {}}
+    for v in VARIANTS:
+        r = np.array(ranks[v])
+        out["by_variant"][v] = {"all": ranking_metrics(r),
+                                "with_prior_evidence": ranking_metrics(r[mask]) if mask.any() else None}
     return out
 
 
@@ -183,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--scope", choices=("user", "tenant"), default="user")
     parser.add_argument("--shrink", type=float, default=3.0)
+    parser.add_argument("--blend-weight", type=float, default=BLEND_WEIGHT,
+                        help="weight of the post-model blend compared (default: %(default)s)")
     parser.add_argument("--users-per-api", type=int, default=2)
     parser.add_argument("--sessions-per-user", type=int, default=5)
     parser.add_argument("--synthetic-per-api", type=int, default=6)
@@ -199,9 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     model = RankerModel.load(args.model or settings.model_path)
     results: dict[str, Any] = {"model": model.version, "scope": args.scope, "shrink": args.shrink,
-                               "weights": list(WEIGHTS), "runs": {}}
+                               "blend_weight": args.blend_weight, "runs": {}}
     if args.feedback:
-        results["runs"]["recorded"] = replay(args.feedback, model=model, scope=args.scope, shrink=args.shrink)
+        results["runs"]["recorded"] = replay(args.feedback, model=model, scope=args.scope, shrink=args.shrink,
+                                             blend_weight=args.blend_weight)
     else:
         workflows = [w for w in load_workflows(settings.jentic_dir, progress=False)
                      if split_of(w.api) == args.split]
@@ -225,23 +242,28 @@ def main(argv: list[str] | None = None) -> int:
                 with tempfile.TemporaryDirectory() as tmp:
                     db = Path(tmp) / "feedback.sqlite"
                     asyncio.run(record_sessions(sessions, db, with_prompt=with_prompt))
-                    results["runs"][name] = replay(db, model=model, scope=args.scope, shrink=args.shrink)
+                    results["runs"][name] = replay(db, model=model, scope=args.scope, shrink=args.shrink,
+                                                   blend_weight=args.blend_weight)
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["machine"] = {"python": platform.python_version(), "cpus": __import__("os").cpu_count()}
-    rows = {}
-    for name, run in results["runs"].items():
-        for w, m in run["by_weight"].items():
-            rows[f"{name}: weight {w}"] = m["all"]
-    title = f"hit@1 of the next call, model alone (weight 0) vs + the {args.scope} prior"
+    labels = {"none": "no personalisation", "blend": f"post-model blend (w {args.blend_weight})",
+              "feature": "model feature"}
+    rows = {f"{name}: {labels[v]}": m["all"] for name, run in results["runs"].items()
+            for v, m in run["by_variant"].items()}
+    informed = {f"{name}: {labels[v]}": m["with_prior_evidence"] for name, run in results["runs"].items()
+                for v, m in run["by_variant"].items() if m["with_prior_evidence"] is not None}
+    title = f"next call on replayed sessions, held-out APIs, {args.scope} prior (model {model.version})"
     table = metrics_table(rows, title=title)
+    table_informed = metrics_table(
+        informed, title="the same, only outcomes where the user had been in that situation before")
     evidence = "\n".join(f"- {name}: {run['n']} outcomes, {run['with_prior_evidence']} with prior evidence"
                          for name, run in results["runs"].items())
-    print(table + "\n\n" + evidence)
+    print(table + "\n\n" + table_informed + "\n\n" + evidence)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "personalisation.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / "personalisation.md").write_text(
         "# Personal transition prior: replay benchmark\n\n`python -m benchmarks.personalisation`"
-        f" (model {model.version}, {results['seconds']}s)\n\n{table}\n\n{evidence}\n")
+        f" ({results['seconds']}s)\n\n{table}\n\n{table_informed}\n\n{evidence}\n")
     return 0
 
 

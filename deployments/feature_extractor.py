@@ -16,6 +16,7 @@ from deployments.errors import PredictorError
 from deployments.resources import deployment_options
 from deployments.settings import load_settings
 from deployments.spec.store import SpecStore
+from ranker.features import UserTransitions
 
 __all__ = ["FeatureExtractorDeployment"]
 
@@ -77,7 +78,8 @@ class FeatureExtractorDeployment:
                 out[i] = exc
                 continue
             cset = CandidateSet.from_wire(gen)
-            jobs.append((spec, spec.resolve_history(request["history"]), request["prompt"], cset.candidates))
+            jobs.append((spec, spec.resolve_history(request["history"]), request["prompt"], cset.candidates,
+                         UserTransitions.from_wire(request.get("personal"))))
             rows.append(i)
         matrices = await asyncio.to_thread(self.extractor.extract_batch, jobs) if jobs else []
         ms = (time.perf_counter() - start) * 1000

@@ -72,7 +72,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OutcomeSource = Literal["explicit", "accepted", "implicit"]
-SCHEMA_VERSION = 1
+# 1: the first release; 2: predictions.personal (the user's transitions the features were
+# computed with), added to a version-1 file in place (:data:`_MIGRATIONS`).
+SCHEMA_VERSION = 2
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS specs (
         spec_hash TEXT PRIMARY KEY,
@@ -89,7 +91,9 @@ _SCHEMA = (
         k INTEGER NOT NULL,
         events TEXT NOT NULL,           -- JSON [[endpoint, params, ts], ...] as received
         candidates TEXT NOT NULL,       -- JSON candidate wire tuples, in the generator's order
-        shown TEXT NOT NULL             -- JSON [[operation key, score], ...], best first
+        shown TEXT NOT NULL,            -- JSON [[operation key, score], ...], best first
+        personal TEXT                   -- JSON {operation key: count}: the user's transitions the
+                                        -- features used (ranker.features.UserTransitions); NULL: none
     )""",
     "CREATE INDEX IF NOT EXISTS predictions_by_user ON predictions (user_id, spec_hash, created_at)",
     """CREATE TABLE IF NOT EXISTS outcomes (
@@ -102,6 +106,10 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS outcomes_by_time ON outcomes (recorded_at)",
 )
+# Statements that bring a file of version ``v`` (the key) to ``v + 1``.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE predictions ADD COLUMN personal TEXT",),
+}
 _BUSY_TIMEOUT_MS = 5000
 _MAX_BATCH = 256
 # How many of a user's recent pending predictions a new request may settle implicitly.
@@ -140,6 +148,8 @@ class PredictionContext:
     shown: Sequence[tuple[str, float]]
     model_version: str
     created_at: float = field(default_factory=time.time)
+    # the user's transitions the features were computed with (UserTransitions.to_wire()); None: none
+    personal: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +169,7 @@ class StoredPrediction:
     rank: int | None = None
     source: OutcomeSource | None = None
     recorded_at: float | None = None
+    personal: dict[str, int] | None = None  # as the features used it; None: a cold user (or schema 1)
 
     @property
     def history(self) -> list[tuple[str, dict[str, Any]]]:
@@ -257,8 +268,16 @@ def _prepare(path: Path) -> None:
         if version < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _SCHEMA:
-                    conn.execute(statement)
+                # re-read under the write lock: another process may have migrated it meanwhile
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version == 0:  # a new file
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                else:
+                    for v in range(version, SCHEMA_VERSION):
+                        for statement in _MIGRATIONS[v]:
+                            conn.execute(statement)
+                        log.info("feedback store %s: schema %d -> %d", path, v, v + 1)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
             except BaseException:
@@ -272,7 +291,7 @@ def _prepare(path: Path) -> None:
 _SELECT = (
     "SELECT p.prediction_id, p.user_id, p.spec_hash, p.created_at, p.model_version, p.prompt, "
     "p.k, p.events, p.candidates, p.shown, o.actual_endpoint, o.actual_key, o.rank, o.source, "
-    "o.recorded_at FROM predictions p LEFT JOIN outcomes o USING (prediction_id)"
+    "o.recorded_at, p.personal FROM predictions p LEFT JOIN outcomes o USING (prediction_id)"
 )
 
 
@@ -284,7 +303,7 @@ def _row(row: tuple[Any, ...]) -> StoredPrediction:
         candidates=[(int(c[0]), dict(c[1]), bool(c[2])) for c in json.loads(row[8])],
         shown=[(s[0], float(s[1])) for s in json.loads(row[9])],
         actual_endpoint=row[10], actual_key=row[11], rank=row[12], source=row[13],
-        recorded_at=row[14],
+        recorded_at=row[14], personal=json.loads(row[15]) if row[15] else None,
     )
 
 
@@ -296,10 +315,9 @@ class FeedbackReader:
 
     def __init__(self, path: str | Path, *, create: bool = False) -> None:
         self.path = Path(path)
-        if create:
-            _prepare(self.path)
-        elif not self.path.is_file():
+        if not create and not self.path.is_file():
             raise FileNotFoundError(f"no feedback store at {self.path}")
+        _prepare(self.path)  # creates it, or brings a file of an older schema up to date
         self._local = threading.local()
         self._specs: dict[str, SpecIndex] = {}
         self._lock = threading.Lock()
@@ -593,12 +611,14 @@ class FeedbackStore(FeedbackReader):
         self._settle_implicit(conn, ctx, events)
         conn.execute(
             "INSERT OR IGNORE INTO predictions (prediction_id, user_id, spec_hash, created_at, "
-            "model_version, prompt, k, events, candidates, shown) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "model_version, prompt, k, events, candidates, shown, personal) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ctx.prediction_id, ctx.user_id, spec.spec_hash, ctx.created_at, ctx.model_version,
                 ctx.prompt, ctx.k, json.dumps(events, separators=(",", ":"), default=str),
                 json.dumps([list(c) for c in ctx.candidates], separators=(",", ":")),
                 json.dumps([[key, float(score)] for key, score in ctx.shown], separators=(",", ":")),
+                json.dumps(ctx.personal, separators=(",", ":"), sort_keys=True) if ctx.personal else None,
             ),
         )
         self.stats["predictions"] += 1
@@ -710,8 +730,10 @@ def open_store(settings: Settings) -> tuple[FeedbackStore | None, str | None]:
 
 
 def prediction_context(
-    *, request: PredictRequest, response: PredictResponse, spec: SpecIndex, candidates: Sequence[Any]
+    *, request: PredictRequest, response: PredictResponse, spec: SpecIndex, candidates: Sequence[Any],
+    personal: Any = None,
 ) -> PredictionContext:
+    """``personal``: the :class:`ranker.features.UserTransitions` the features were computed with."""
     return PredictionContext(
         prediction_id=response.prediction_id,
         user_id=request.user_id,
@@ -722,6 +744,7 @@ def prediction_context(
         candidates=candidates,
         shown=[(p.endpoint, p.score) for p in response.predictions],
         model_version=response.metadata.model_version,
+        personal=personal.to_wire() if personal is not None else None,
     )
 
 

@@ -24,7 +24,7 @@ from deployments.feedback import (
     stored_response,
 )
 from deployments.http_errors import BodySizeLimit, install_error_handlers
-from deployments.personalisation import annotate, personalise, start_prior_feed
+from deployments.personalisation import annotate, personalise, start_prior_feed, user_transitions
 from deployments.predictions import assemble_predictions, build_response
 from deployments.resources import deployment_options
 from deployments.schemas import (
@@ -88,8 +88,10 @@ class Ingress:
         _body_limit.max_bytes = self.settings.spec_max_bytes + 1024 * 1024
         # Outcomes of predictions (deployments/feedback.py); None: predictions still served.
         self.outcomes, self.outcomes_off_reason = open_store(self.settings)
-        # Each user's habits, learned from those outcomes and blended into the scores.
+        # Each user's habits, learned from those outcomes: the ranker's user_* features (and,
+        # with personal_prior_weight > 0, blended into the scores after the model).
         self.prior_feed = start_prior_feed(self.settings, self.outcomes)
+        self.prior_as_feature = self.prior_feed is not None and self.settings.personal_prior_feature
         # Concurrent requests go down the graph together: one handle call per stage per batch.
         self.graph: Coalescer[dict[str, Any], dict[str, Any]] = Coalescer(self._down_the_graph)
         self.latency = LatencyWindow()
@@ -112,6 +114,11 @@ class Ingress:
         spec = await self.store.resolve(spec_url=body.spec_url, spec=body.spec)
         spec_ms = (time.perf_counter() - t0) * 1000
         request = {"spec_hash": spec.spec_hash, "history": body.history(), "prompt": body.prompt, "k": body.k}
+        personal = (user_transitions(self.prior_feed.prior, user_id=body.user_id, spec=spec,
+                                     events=request["history"])
+                    if self.prior_as_feature and self.prior_feed is not None else None)
+        if personal is not None and personal.counts:
+            request["personal"] = personal.to_wire()
         if not self.store.is_shared(spec.spec_hash):  # the node's L2 failed: send the index along
             request["spec_index"] = spec.to_bytes()
         sent = time.perf_counter()
@@ -121,7 +128,7 @@ class Ingress:
         cset = CandidateSet.from_wire(ranked)
         n = len(cset.candidates)
         probs, prior_shares = ranked["probs"], {}
-        if self.prior_feed is not None:
+        if self.prior_feed is not None and self.prior_feed.prior.weight > 0:
             probs, prior_shares = personalise(
                 self.prior_feed.prior, user_id=body.user_id, spec=spec, history=history,
                 candidate_indexes=[c.index for c in cset.candidates], probs=probs,
@@ -156,7 +163,8 @@ class Ingress:
         )
         if self.outcomes is not None:  # enqueued only: written off the event loop
             self.outcomes.record_prediction(prediction_context(
-                request=body, response=response, spec=spec, candidates=ranked["candidates"]))
+                request=body, response=response, spec=spec, candidates=ranked["candidates"],
+                personal=personal))
         # Own time only: the graph's latency is the other deployments' to report.
         self.latency.observe(time.perf_counter() - t0 - graph_s)
         return response

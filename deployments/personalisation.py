@@ -1,19 +1,24 @@
-"""A per-user (or per-tenant) transition prior learned from recorded outcomes, blended into the
-ranker's calibrated scores.
+"""A per-user (or per-tenant) transition prior learned from recorded outcomes: a feature of the
+ranker, and optionally a blend after it.
 
 For a user, on a spec, after a call ``a`` (the operation of their last event; ``<start>`` for a
-cold start), the prior is how often each operation ``b`` followed ``a`` in that user's recorded
-outcomes: ``q(b) = n(a→b) / n(a)``. The served score is the mixture
+cold start), the prior counts how often each operation ``b`` followed ``a`` in that user's
+recorded outcomes, ``n(a→b)``, of ``n(a)``.
 
-    p'(b) = (1 - λ) · p(b) + λ · q(b),   λ = weight · n(a) / (n(a) + shrink)
+As a feature (``personal_prior_feature``, on by default): those counts go down the graph with the
+request (:class:`ranker.features.UserTransitions`, only the context of this request's last call)
+and become the ranker's ``user_p_next = n(a→b)/n(a)``, ``user_n_context = n(a)`` and
+``user_count_next = n(a→b)`` (zeros for a cold user); the model, trained with simulated
+returning users (:mod:`ranker.personal`), decides how far to trust them. They are stored with the
+prediction, so retraining rebuilds exactly the features that were served.
 
-so the prior speaks up only as the user's own history of ``a`` grows, and never when there is
-none. Both terms are probabilities of "b is the next call", so the mixture is too.
+As a blend after the model (``personal_prior_weight`` > 0; 0 by default), the served score is
+the mixture
 
-This is a prior on top of the model rather than a model feature: a feature would need the model
-to be retrained with it (``ranker/NOTES-from-feedback.md`` asks for that). Whether it helps is
-measured by ``python -m benchmarks.personalisation``; it is off unless
-``personal_prior_weight`` > 0.
+    p'(b) = (1 - λ) · p(b) + λ · q(b),   q(b) = n(a→b) / n(a),   λ = weight · n(a) / (n(a) + shrink)
+
+so the prior speaks up only as the user's own history of ``a`` grows. Both are measured by
+``python -m benchmarks.personalisation``.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from typing import Any, Literal
 import numpy as np
 
 from deployments.spec.index import Call, SpecIndex
+from ranker.features import COLD, UserTransitions
 
 __all__ = ["TransitionPrior", "PriorFeed", "START", "previous_key", "personalise", "annotate",
-           "start_prior_feed"]
+           "start_prior_feed", "user_transitions", "previous_of"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +54,8 @@ def previous_key(spec: SpecIndex, events: Sequence[Any]) -> str:
     return call.operation.key if call.operation is not None else UNKNOWN
 
 
-def _previous_of(history: Sequence[Call]) -> str:
+def previous_of(history: Sequence[Call]) -> str:
+    """:func:`previous_key` of an already resolved history."""
     if not history:
         return START
     return history[-1].operation.key if history[-1].operation is not None else UNKNOWN
@@ -87,6 +94,12 @@ class TransitionPrior:
             if len(self._counts) > self.max_contexts:
                 self._counts.popitem(last=False)
             self.observed += 1
+
+    def transitions(self, user_id: str, spec_hash: str, prev: str) -> UserTransitions:
+        """What the user did after ``prev`` so far (a copy; empty when nothing is recorded)."""
+        with self._lock:
+            counts = self._counts.get(self._key(user_id, spec_hash, prev))
+            return UserTransitions(dict(counts)) if counts else COLD
 
     def blend(
         self, user_id: str, spec_hash: str, prev: str, keys: Sequence[str], probs: np.ndarray
@@ -172,13 +185,22 @@ class PriorFeed:
         return {**self.prior.status(), "cursor": self.cursor, "last_error": self.last_error}
 
 
+def user_transitions(
+    prior: TransitionPrior | None, *, user_id: str, spec: SpecIndex, events: Sequence[Any]
+) -> UserTransitions | None:
+    """The feature input of one request: the user's transitions after its last event's call."""
+    if prior is None:
+        return None
+    return prior.transitions(user_id, spec.spec_hash, previous_key(spec, events))
+
+
 def personalise(
     prior: TransitionPrior, *, user_id: str, spec: SpecIndex, history: Sequence[Call],
     candidate_indexes: Sequence[int], probs: np.ndarray,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """(blended probabilities, the prior's share of each candidate's score by operation key)."""
     keys = [spec.operations[i].key for i in candidate_indexes]
-    blended, part = prior.mix(user_id, spec.spec_hash, _previous_of(history), keys, probs)
+    blended, part = prior.mix(user_id, spec.spec_hash, previous_of(history), keys, probs)
     if part is None:
         return probs, {}
     shares = {k: float(s / b) for k, s, b in zip(keys, part, blended, strict=True) if b > 0 and s > 0}
@@ -193,9 +215,9 @@ def annotate(predictions: Sequence[Any], shares: dict[str, float], *, threshold:
 
 
 def start_prior_feed(settings: Any, store: Any) -> PriorFeed | None:
-    """The serving replica's prior, following the feedback store; None when switched off
-    (``personal_prior_weight`` 0) or when no outcomes are recorded."""
-    if store is None or settings.personal_prior_weight <= 0:
+    """The serving replica's prior, following the feedback store; None when switched off (no
+    ``personal_prior_feature`` and ``personal_prior_weight`` 0) or when no outcomes are recorded."""
+    if store is None or not (settings.personal_prior_feature or settings.personal_prior_weight > 0):
         return None
     prior = TransitionPrior(weight=settings.personal_prior_weight)
     return PriorFeed(prior, store.path).start()

@@ -10,6 +10,7 @@ import time
 
 from deployments.components import Components, build_components
 from deployments.feedback import FeedbackStore, prediction_context
+from deployments.personalisation import TransitionPrior, annotate, personalise, user_transitions
 from deployments.predictions import assemble_predictions, build_response
 from deployments.schemas import PredictRequest, PredictResponse
 from deployments.scoring import expand_rows, score_top_k
@@ -25,10 +26,13 @@ class Pipeline:
         *,
         components: Components | None = None,
         feedback: FeedbackStore | None = None,
+        prior: TransitionPrior | None = None,
     ):
         self.settings = settings or load_settings()
         self.c = components or build_components(self.settings)
         self.feedback = feedback  # when given, every prediction's context is recorded, as served
+        # Users' habits (a PriorFeed's prior follows a store): features and/or blend, as served.
+        self.prior = prior
 
     async def predict(self, request: PredictRequest) -> PredictResponse:
         t0 = time.perf_counter()
@@ -37,12 +41,19 @@ class Pipeline:
         history = spec.resolve_history(request.history())
         cset = await self.c.generator.generate(spec, history, request.prompt, k=request.k)
         t2 = time.perf_counter()
-        features = self.c.extractor.extract(spec, history, request.prompt, cset.candidates)
+        personal = (user_transitions(self.prior, user_id=request.user_id, spec=spec,
+                                     events=request.history())
+                    if self.settings.personal_prior_feature else None)
+        features = self.c.extractor.extract(spec, history, request.prompt, cset.candidates, personal)
         t3 = time.perf_counter()
         # The same work as the Ranker deployment: explanations for the shown rows only.
         [scored] = score_top_k(self.c.ranker, [features], [request.k])
-        probs = scored["probs"]
+        probs, shares = scored["probs"], {}
         contribs = expand_rows(len(features), scored["top"], scored["contribs_top"])
+        if self.prior is not None and self.prior.weight > 0:
+            probs, shares = personalise(self.prior, user_id=request.user_id, spec=spec, history=history,
+                                        candidate_indexes=[c.index for c in cset.candidates], probs=probs)
+            contribs = self.c.ranker.contributions(features)  # rows the blend moved up need reasons
         t4 = time.perf_counter()
         predictions = assemble_predictions(
             spec=spec,
@@ -54,6 +65,7 @@ class Pipeline:
             contribs=contribs,
             k=request.k,
         )
+        annotate(predictions, shares)
         timings = {
             "spec": t1 - t0,
             "candidates": t2 - t1,
@@ -70,7 +82,8 @@ class Pipeline:
         )
         if self.feedback is not None:
             self.feedback.record_prediction(prediction_context(
-                request=request, response=response, spec=spec, candidates=cset.to_wire()["candidates"]))
+                request=request, response=response, spec=spec, candidates=cset.to_wire()["candidates"],
+                personal=personal))
         return response
 
     async def aclose(self) -> None:

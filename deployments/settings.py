@@ -32,9 +32,11 @@ class Settings(BaseModel):
     feedback_enabled: bool = True
     feedback_implicit_window_s: float = Field(3600.0, gt=0)
     feedback_queue_max: int = Field(10_000, gt=0)
-    # Weight of the per-user transition prior learned from outcomes (0 turns it off); measured
-    # by `python -m benchmarks.personalisation` (benchmarks/results/personalisation.md).
-    personal_prior_weight: float = Field(0.5, ge=0, le=1)
+    # The per-user transition prior learned from outcomes (deployments/personalisation.py): as
+    # the ranker's user_* features, and/or blended after the model with this weight (0: off);
+    # measured by `python -m benchmarks.personalisation` (benchmarks/results/personalisation.md).
+    personal_prior_feature: bool = True
+    personal_prior_weight: float = Field(0.0, ge=0, le=1)
 
     spec_max_bytes: int = Field(25 * 1024 * 1024, gt=0)
     spec_fetch_timeout_s: float = Field(10.0, gt=0)

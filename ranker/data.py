@@ -20,13 +20,16 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, unquote
 
 from deployments.errors import SpecInvalid
 from deployments.spec.index import Call, SpecIndex
 from deployments.spec.openapi import parse_spec
 from deployments.spec.operations import path_param_names
+
+if TYPE_CHECKING:
+    from ranker.features import UserTransitions
 
 __all__ = [
     "Step",
@@ -43,7 +46,8 @@ __all__ = [
     "summary",
 ]
 
-Source = Literal["real", "synthetic"]
+# "personal": a simulated returning user's step, with their earlier outcomes (ranker.personal)
+Source = Literal["real", "synthetic", "personal"]
 Split = Literal["train", "valid"]
 
 _STEP_REF = re.compile(r"\$steps\.([^.\s}]+)\.outputs\.([A-Za-z0-9_\-]+)")
@@ -82,6 +86,7 @@ class Example:
     target: str  # operation key of the next call
     source: Source = "real"
     position: int = 0  # index of the target step in its workflow
+    personal: UserTransitions | None = None  # the user's own earlier transitions (None: cold)
 
 
 # -- specs -------------------------------------------------------------------------------------

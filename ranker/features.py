@@ -16,7 +16,9 @@ a particular API. A feature is one of
 * transitions: how likely the candidate's role/method/relation is after the last call's, learned
   on the training APIs (:mod:`ranker.transitions`);
 * repetition and recency, history length, entry points, destructiveness versus intent;
-* the generator's sources and scores, and the candidate's rank in the generator's order.
+* the generator's sources and scores, and the candidate's rank in the generator's order;
+* personal (last, :data:`PERSONAL_FEATURES`): what this user did after the same previous call in
+  their recorded outcomes (:class:`UserTransitions`, handed in per request); 0 for a cold user.
 
 Undefined values (e.g. the relation to a last call when there is none) are ``NaN``: LightGBM
 treats them as missing.
@@ -28,8 +30,8 @@ import math
 import re
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -64,9 +66,12 @@ __all__ = [
     "IdSource",
     "name_key",
     "matching_ids",
+    "PERSONAL_FEATURES",
+    "UserTransitions",
+    "COLD",
 ]
 
-FEATURE_VERSION = "6"
+FEATURE_VERSION = "8"
 
 METHOD_COLUMNS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
@@ -178,6 +183,13 @@ FEATURE_NAMES: tuple[str, ...] = (
         "sem_prompt", "sem_clause_next_score", "soft_clause_next_score",
     )),
 )
+# The user's own habits, from the outcomes recorded for them (a block of its own, kept last).
+PERSONAL_FEATURES: tuple[str, ...] = (
+    "user_p_next",  # share of the user's outcomes after this previous call that were the candidate
+    "user_n_context",  # outcomes recorded for this user after this previous call (0: cold)
+    "user_count_next",  # of which the candidate
+)
+FEATURE_NAMES += PERSONAL_FEATURES
 _SEMANTIC_PROMPT = ("sem_prompt", "sem_prompt_rank", "sem_next_clause", "sem_clause_next_score",
                     "sem_clause_best_delta", "soft_coverage", "soft_new_coverage",
                     "soft_clause_next_score")
@@ -516,7 +528,36 @@ class _TablesCache:
 
 # -- the extractor -------------------------------------------------------------------------------
 
-Request = tuple[SpecIndex, Sequence[Call], "str | None", Sequence[Candidate]]
+
+@dataclass(frozen=True, slots=True)
+class UserTransitions:
+    """What one user did next, in their recorded outcomes, after the same call as this request's
+    last one (on the same spec): operation key → times. Small (the distinct next calls seen), so
+    it travels with the request and is stored with the prediction; empty for a cold user."""
+
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key, n in self.counts.items():
+            if not isinstance(key, str) or isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ValueError(f"UserTransitions counts must be str -> int >= 0, got {key!r}: {n!r}")
+
+    @property
+    def n(self) -> int:
+        return sum(self.counts.values())
+
+    def to_wire(self) -> dict[str, int] | None:
+        return dict(sorted(self.counts.items())) if self.counts else None
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any] | None) -> UserTransitions:
+        return cls({str(k): int(v) for k, v in wire.items()}) if wire else COLD
+
+
+COLD = UserTransitions()
+
+Request = tuple[SpecIndex, Sequence[Call], "str | None", Sequence[Candidate]] | tuple[
+    SpecIndex, Sequence[Call], "str | None", Sequence[Candidate], "UserTransitions | None"]
 
 
 class FeatureExtractor:
@@ -556,7 +597,9 @@ class FeatureExtractor:
         history: Sequence[Call],
         prompt: str | None,
         candidates: Sequence[Candidate],
+        personal: UserTransitions | None = None,
     ) -> np.ndarray:
+        """``personal``: the user's own transitions after the last call (None: a cold user)."""
         n_ops = len(spec.operations)
         idx = np.fromiter((c.index for c in candidates), np.int64, count=len(candidates))
         if idx.size and (idx.min() < 0 or idx.max() >= n_ops):
@@ -625,7 +668,20 @@ class FeatureExtractor:
         for name in GROUP_GAPPED:
             v = X[:, col[name]]
             X[:, col[name + "_gap"]] = v - np.nanmax(v) if not np.isnan(v).all() else np.nan
+        self._personal(X, ops, personal)
         return X
+
+    @staticmethod
+    def _personal(X: np.ndarray, ops: list[Operation], personal: UserTransitions | None) -> None:
+        col = _COL
+        n = personal.n if personal is not None else 0
+        X[:, col["user_n_context"]] = n
+        if not n:
+            return  # cold: zeros
+        assert personal is not None
+        counts = np.array([personal.counts.get(op.key, 0) for op in ops], np.float32)
+        X[:, col["user_count_next"]] = counts
+        X[:, col["user_p_next"]] = counts / np.float32(n)
 
     # -- groups of features ---------------------------------------------------------------------
 

@@ -595,6 +595,7 @@ for _reason, _names in {
     "entry": "entry_point cold_start src_entry has_entry",
     "repeat": "times_called called_last steps_since_called rel_same_op",
     "intent": "prompt_destructive",
+    "habit": "user_p_next user_count_next",
 }.items():
     for _n in _names.split():
         _REASON_OF[_n] = _reason
@@ -776,6 +777,9 @@ def explain(
             if called > 0:
                 ago = int(row[_COL["steps_since_called"]])
                 text = "repeats your last call" if ago == 1 else f"you called it {ago} steps ago"
+        elif reason == "habit":
+            if row[_COL["user_count_next"]] > 0:
+                text = "what you usually do next"
         elif reason == "intent":
             if operation.destructive:
                 text = "your request asks to " + (

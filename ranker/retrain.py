@@ -5,16 +5,18 @@ not worse on the held-out APIs; roll back in one command.
     python -m ranker.retrain rollback [--apply ...]
     python -m ranker.retrain list
 
-1. Base data exactly as ``python -m ranker.train`` builds it: real workflows and synthetic
-   sequences, split by whole API (:func:`ranker.data.split_of`).
+1. Base data exactly as ``python -m ranker.train`` builds it (:func:`ranker.train.base_examples`):
+   real workflows, synthetic sequences and simulated returning users, split by whole API
+   (:func:`ranker.data.split_of`).
 2. Feedback: every stored prediction with an outcome that is an operation of its spec. Its
    features are rebuilt from the stored context (spec, events, prompt, the candidates the
-   generator returned then) with today's :class:`FeatureExtractor`. The latest
+   generator returned then, and the user's transitions the features were served with) with
+   today's :class:`FeatureExtractor`. The latest
    ``--holdout-fraction`` of them (by time) are held out for evaluation only, and so is feedback
    on a spec of a held-out API (the gate must stay a measure on APIs never trained on).
-3. LightGBM lambdarank with the parameters of ``ranker.train``, on the training APIs plus the
-   feedback groups (weight ``--feedback-weight`` each), early stopping on real validation APIs;
-   calibration on the validation APIs.
+3. :func:`ranker.train.fit_ranker` (LightGBM lambdarank, its parameters) on the training APIs
+   plus the feedback groups (weight ``--feedback-weight`` each), early stopping on real
+   validation APIs; calibration on the validation APIs.
 4. The validation table: the model in service (the baseline) and the retrained one, on the same
    held-out APIs and held-out feedback. The gate: hit@1 and MRR on the real workflows of
    held-out APIs must not drop by more than ``--tolerance``.
@@ -48,7 +50,7 @@ from deployments.candidates.types import Candidate
 from deployments.feedback import FeedbackReader, StoredPrediction
 from deployments.progress import track
 from deployments.spec.index import SpecIndex
-from ranker.data import examples, load_spec, load_workflows, split_of
+from ranker.data import load_spec, load_workflows, split_of
 from ranker.evaluate import (
     MISS,
     Groups,
@@ -58,7 +60,7 @@ from ranker.evaluate import (
     ranking_metrics,
     ranks_from_scores,
 )
-from ranker.features import FEATURE_NAMES, FEATURE_VERSION, FeatureExtractor
+from ranker.features import FEATURE_NAMES, FEATURE_VERSION, FeatureExtractor, UserTransitions
 from ranker.model import CARD_FILE, MODEL_FILE, ModelCard, RankerModel, default_model_path, file_sha256
 from ranker.registry import ModelRegistry, RegistryError
 from ranker.train import (
@@ -66,15 +68,16 @@ from ranker.train import (
     DEFAULT_PARAMS,
     DEFAULT_ROUNDS,
     EARLY_STOPPING,
+    PERSONAL_USERS_PER_API,
     SYNTHETIC_WEIGHT,
+    base_examples,
     calibrate,
-    synthetic_examples,
+    fit_ranker,
 )
 from ranker.transitions import DEFAULT_PATH as TRANSITIONS_PATH
 from ranker.transitions import load_transitions
 
-__all__ = ["FeedbackGroups", "feedback_groups", "concat_groups", "fit_weighted", "gate", "main",
-           "spec_fingerprint"]
+__all__ = ["FeedbackGroups", "feedback_groups", "concat_groups", "gate", "main", "spec_fingerprint"]
 
 EXIT_REFUSED = 3
 FEEDBACK_WEIGHT = 1.0
@@ -140,7 +143,8 @@ def feedback_groups(
             continue
         cands = [Candidate.from_wire(c) for c in s.candidates if 0 <= c[0] < len(spec.operations)]
         history = spec.resolve_history(s.history)
-        x = extractor.extract(spec, history, s.prompt, cands) if cands else np.zeros((0, len(FEATURE_NAMES)))
+        x = (extractor.extract(spec, history, s.prompt, cands, UserTransitions.from_wire(s.personal))
+             if cands else np.zeros((0, len(FEATURE_NAMES))))
         y = np.array([spec.operations[c.index].key == s.actual_key for c in cands], np.float32)
         hit = np.flatnonzero(y)
         if not hit.size:
@@ -180,47 +184,6 @@ def concat_groups(*parts: Groups) -> Groups:
 
 
 # -- fitting -------------------------------------------------------------------------------------
-
-
-def fit_weighted(
-    train: Groups,
-    valid: Groups,
-    *,
-    group_weight: np.ndarray,
-    params: dict[str, Any] | None = None,
-    num_boost_round: int = DEFAULT_ROUNDS,
-    early_stopping_rounds: int = EARLY_STOPPING,
-    log_period: int = 50,
-    seed: int = 0,
-) -> Any:
-    """``ranker.train.fit_ranker`` with one weight per group (feedback weighs differently from
-    workflows); same parameters, early stopping and evaluation logging."""
-    import lightgbm as lgb
-
-    group_weight = np.asarray(group_weight, np.float64)
-    if group_weight.shape != train.sizes.shape:
-        raise ValueError(f"{len(group_weight)} group weights for {len(train.sizes)} groups")
-    if (group_weight < 0).any():
-        raise ValueError("group weights must be >= 0")
-    for name, groups in (("train", train), ("valid", valid)):
-        if not len(groups):
-            raise ValueError(f"no {name} groups to fit on")
-        if not groups.has_target.all():
-            raise ValueError(f"{name} groups must all contain their target (select has_target)")
-    params = {**DEFAULT_PARAMS, **(params or {}), "seed": seed}
-    train_set = lgb.Dataset(
-        train.X, label=train.labels, group=train.sizes, weight=np.repeat(group_weight, train.sizes),
-        feature_name=list(FEATURE_NAMES), free_raw_data=False,
-    )
-    valid_set = lgb.Dataset(valid.X, label=valid.labels, group=valid.sizes, reference=train_set)
-    return lgb.train(
-        params, train_set, num_boost_round=num_boost_round, valid_sets=[valid_set],
-        valid_names=["valid"],
-        callbacks=[
-            lgb.early_stopping(early_stopping_rounds, first_metric_only=True, verbose=False),
-            lgb.log_evaluation(period=log_period),
-        ],
-    )
 
 
 def gate(baseline: dict[str, float] | None, candidate: dict[str, float], *,
@@ -280,10 +243,11 @@ def retrain(args: argparse.Namespace) -> int:
 
     _log(f"[1/7] base data from {jentic_dir}")
     workflows = load_workflows(jentic_dir, progress=True)
-    real = list(examples(workflows))
-    synthetic = synthetic_examples(workflows, per_api=args.synthetic_per_api, seed=args.seed)
+    real, synthetic, personal = base_examples(
+        workflows, synthetic_per_api=args.synthetic_per_api,
+        personal_users_per_api=args.personal_users_per_api, seed=args.seed)
     _log(f"      {len({w.api for w in workflows})} APIs, {len(real)} real + {len(synthetic)} "
-         "synthetic groups")
+         f"synthetic + {len(personal)} returning-user groups")
 
     _log(f"[2/7] feedback from {args.feedback}")
     if args.feedback.is_file():
@@ -295,8 +259,8 @@ def retrain(args: argparse.Namespace) -> int:
         reader, stored = None, []
 
     _log(f"[3/7] candidates and features ({len(FEATURE_NAMES)}, version {FEATURE_VERSION})")
-    base_examples = [*real, *synthetic]
-    base = build_groups(track(base_examples, "base features", total=len(base_examples)),
+    base_list = [*real, *synthetic, *personal]
+    base = build_groups(track(base_list, "base features", total=len(base_list)),
                         generator=generator, extractor=extractor, limit=CANDIDATES)
     held_out_specs = {spec_fingerprint(load_spec(w.spec_path))
                       for w in workflows if split_of(w.api) == "valid"}
@@ -314,16 +278,16 @@ def retrain(args: argparse.Namespace) -> int:
     stop_on = base.select(is_valid & is_real & base.has_target)
     train = concat_groups(base_train, fb_train)
     weight = np.concatenate([
-        np.where(base_train.source == "real", 1.0, args.synthetic_weight),
+        np.where(base_train.source == "synthetic", args.synthetic_weight, 1.0),
         np.full(len(fb_train), args.feedback_weight),
     ])
 
     _log(f"[4/7] LightGBM lambdarank on {len(base_train)} base + {len(fb_train)} feedback groups "
          f"(feedback weight {args.feedback_weight})")
     with contextlib.redirect_stdout(sys.stderr):  # LightGBM's evaluation log is progress, not result
-        booster = fit_weighted(train, stop_on, group_weight=weight, num_boost_round=args.num_boost_round,
-                               early_stopping_rounds=args.early_stopping, log_period=args.log_period,
-                               seed=args.seed)
+        booster = fit_ranker(train, stop_on, group_weight=weight, num_boost_round=args.num_boost_round,
+                             early_stopping_rounds=args.early_stopping, log_period=args.log_period,
+                             seed=args.seed)
     best = booster.best_iteration or booster.current_iteration()
     _log(f"      best iteration {best}")
 
@@ -348,7 +312,8 @@ def retrain(args: argparse.Namespace) -> int:
         rows[f"{name}: retrained"] = ranking_metrics(ranks_from_scores(part, scores))
 
     evaluate("real, held-out APIs", valid_real)
-    evaluate("synthetic, held-out APIs", base.select(is_valid & ~is_real))
+    evaluate("synthetic, held-out APIs", base.select(is_valid & (base.source == "synthetic")))
+    evaluate("returning users, held-out APIs", base.select(is_valid & (base.source == "personal")))
     evaluate("feedback, held out (latest)", fb.groups.select(fb_hold_mask), fb.served_ranks[fb_hold_mask])
     evaluate("feedback on held-out APIs", fb.groups.select(fb_api_mask), fb.served_ranks[fb_api_mask])
     trained_mask = fb.groups.split == "train"
@@ -382,7 +347,7 @@ def retrain(args: argparse.Namespace) -> int:
         card = ModelCard(
             version=version, feature_names=list(FEATURE_NAMES), feature_version=FEATURE_VERSION,
             training_data_hash=hashlib.sha256(
-                (examples_hash(e for e in base_examples if split_of(e.api) == "train") + fb_hash).encode()
+                (examples_hash(e for e in base_list if split_of(e.api) == "train") + fb_hash).encode()
             ).hexdigest(),
             calibration={"temperature": calibration.temperature, "a": calibration.a, "b": calibration.b},
             metrics={"validation": rows, "calibration": cal_report, "gate": {"passed": ok, "reason": why}},
@@ -503,6 +468,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="write the version but keep the current one in service")
     parser.add_argument("--synthetic-per-api", type=int, default=20)
     parser.add_argument("--synthetic-weight", type=float, default=SYNTHETIC_WEIGHT)
+    parser.add_argument("--personal-users-per-api", type=int, default=PERSONAL_USERS_PER_API)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--transitions", type=Path, default=TRANSITIONS_PATH)
     parser.add_argument("--num-boost-round", type=int, default=DEFAULT_ROUNDS)

@@ -1,7 +1,9 @@
 """Train the LightGBM lambdarank ranker: ``python -m ranker.train [options]``.
 
 1. Real workflows of ``--jentic-dir`` give one ranking group per step; synthetic sequences
-   (:mod:`ranker.synth`) add ``--synthetic-per-api`` sequences per API.
+   (:mod:`ranker.synth`) add ``--synthetic-per-api`` sequences per API; simulated returning
+   users (:mod:`ranker.personal`, ``--personal-users-per-api``) add groups whose personal
+   features are not zero, so the model learns what a user's own habits are worth.
 2. Candidates come from the embedded :class:`RetrievalGenerator` (limit 30) and features from
    :class:`FeatureExtractor` — exactly the serving code. A group whose target the generator
    missed cannot teach anything (no positive label) but counts as a miss in evaluation.
@@ -53,7 +55,7 @@ from ranker.model import (
 from ranker.transitions import DEFAULT_PATH as TRANSITIONS_PATH
 from ranker.transitions import Transitions, load_transitions
 
-__all__ = ["DEFAULT_PARAMS", "fit_ranker", "calibrate", "main"]
+__all__ = ["DEFAULT_PARAMS", "fit_ranker", "calibrate", "main", "base_examples"]
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "lambdarank",
@@ -76,6 +78,8 @@ DEFAULT_ROUNDS = 2000
 # easier than real ones: they count less (on training APIs, 2-fold CV, weights 0/0.3/1 were
 # within noise of each other on real workflows).
 SYNTHETIC_WEIGHT = 0.3
+# Simulated returning users per API, of each kind (ranker.personal); their groups weigh 1.0.
+PERSONAL_USERS_PER_API = 1
 EARLY_STOPPING = 100
 CANDIDATES = 30
 
@@ -98,8 +102,8 @@ def fit_ranker(
 ) -> Any:
     """LightGBM lambdarank with ``group=``, early stopping on ``valid`` and evaluation logging.
 
-    Synthetic groups weigh ``synthetic_weight`` against real ones, unless ``group_weight`` (one
-    non-negative weight per training group) says otherwise."""
+    Synthetic groups weigh ``synthetic_weight`` against the others (real, personal, feedback:
+    1.0), unless ``group_weight`` (one non-negative weight per training group) says otherwise."""
     import lightgbm as lgb
 
     for name, groups in (("train", train), ("valid", valid)):
@@ -111,7 +115,7 @@ def fit_ranker(
         raise ValueError(f"synthetic_weight must be in [0, 1], got {synthetic_weight}")
     params = {**DEFAULT_PARAMS, **(params or {}), "seed": seed}
     if group_weight is None:
-        group_weight = np.where(train.source == "real", 1.0, synthetic_weight)
+        group_weight = np.where(train.source == "synthetic", synthetic_weight, 1.0)
     group_weight = np.asarray(group_weight, np.float64)
     if group_weight.shape != (len(train),):
         raise ValueError(f"group_weight must have one weight per training group ({len(train)}), "
@@ -199,6 +203,23 @@ def synthetic_examples(
     return list(examples(synthesize_for_apis(workflows, seed=seed, per_api=per_api)))
 
 
+def base_examples(
+    workflows: Sequence[Workflow], *, synthetic_per_api: int, personal_users_per_api: int, seed: int
+) -> tuple[list[Example], list[Example], list[Example]]:
+    """(real, synthetic, personal) examples: what ``ranker.train`` and ``ranker.retrain`` train on.
+    Returning users replay the real and synthetic routines of their API."""
+    real = list(examples(workflows))
+    synthetic = synthetic_examples(workflows, per_api=synthetic_per_api, seed=seed)
+    personal: list[Example] = []
+    if personal_users_per_api > 0:
+        from ranker.personal import personal_examples
+        from ranker.synth import synthesize_for_apis
+
+        routines = [*workflows, *synthesize_for_apis(workflows, seed=seed + 1, per_api=6)]
+        personal = list(personal_examples(routines, seed=seed, users_per_api=personal_users_per_api))
+    return real, synthetic, personal
+
+
 def main(argv: list[str] | None = None) -> int:
     from deployments.settings import load_settings
 
@@ -210,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "models")
     parser.add_argument("--synthetic-per-api", type=int, default=20)
     parser.add_argument("--synthetic-weight", type=float, default=SYNTHETIC_WEIGHT)
+    parser.add_argument("--personal-users-per-api", type=int, default=PERSONAL_USERS_PER_API,
+                        help="simulated returning users per API and kind (habits, wandering); 0: none")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--transitions", type=Path, default=TRANSITIONS_PATH)
     parser.add_argument("--word-vectors", type=Path, default=WORD_VECTORS_PATH,
@@ -227,10 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"[1/6] workflows from {jentic_dir}")
     workflows = _subset(load_workflows(jentic_dir, progress=True), args.max_apis)
     transitions: Transitions = load_transitions(args.transitions)
-    real = list(examples(workflows))
-    synthetic = synthetic_examples(workflows, per_api=args.synthetic_per_api, seed=args.seed)
+    real, synthetic, personal = base_examples(
+        workflows, synthetic_per_api=args.synthetic_per_api,
+        personal_users_per_api=args.personal_users_per_api, seed=args.seed)
     _log(f"      {len({w.api for w in workflows})} APIs, {len(workflows)} workflows, "
-         f"{len(real)} real + {len(synthetic)} synthetic groups")
+         f"{len(real)} real + {len(synthetic)} synthetic + {len(personal)} returning-user groups")
 
     _log(f"[2/6] candidates (retrieval, limit {CANDIDATES}) and features "
          f"({len(FEATURE_NAMES)}, version {FEATURE_VERSION})")
@@ -238,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     generator = RetrievalGenerator(transitions=transitions, word_vectors=word_vectors)
     extractor = FeatureExtractor(transitions=transitions, word_vectors=word_vectors)
     groups = build_groups(
-        [*real, *synthetic], generator=generator, extractor=extractor, limit=CANDIDATES,
+        [*real, *synthetic, *personal], generator=generator, extractor=extractor, limit=CANDIDATES,
         progress="features",
     )
     is_train, is_valid = groups.split == "train", groups.split == "valid"
@@ -266,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     _log("[5/6] validation (held-out APIs; a target the generator missed is a miss)")
     metrics: dict[str, Any] = {}
     rows: dict[str, dict[str, float]] = {}
-    for source in ("real", "synthetic"):
+    for source in ("real", "synthetic", "personal"):
         part = groups.select(is_valid & (groups.source == source))
         if not len(part):
             continue
@@ -294,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         feature_names=list(FEATURE_NAMES),
         feature_version=FEATURE_VERSION,
         training_data_hash=examples_hash(
-            e for e in [*real, *synthetic] if split_of(e.api) == "train"
+            e for e in [*real, *synthetic, *personal] if split_of(e.api) == "train"
         ),
         calibration={"temperature": calibration.temperature, "a": calibration.a, "b": calibration.b},
         metrics={"validation": metrics, "calibration": cal_report},
@@ -308,8 +332,10 @@ def main(argv: list[str] | None = None) -> int:
             "apis": {"train": len(set(groups.api[is_train])), "valid": len(set(groups.api[is_valid]))},
             "groups": {"train": len(train), "early_stopping": len(stop_on),
                        "valid_real": int((is_valid & is_real).sum()),
-                       "valid_synthetic": int((is_valid & ~is_real).sum())},
+                       "valid_synthetic": int((is_valid & (groups.source == "synthetic")).sum()),
+                       "valid_personal": int((is_valid & (groups.source == "personal")).sum())},
             "synthetic_per_api": args.synthetic_per_api,
+            "personal_users_per_api": args.personal_users_per_api,
             "synthetic_weight": args.synthetic_weight,
             "max_apis": args.max_apis,
             "candidates": CANDIDATES,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -20,7 +21,9 @@ from ranker.evaluate import build_groups
 from ranker.features import (
     FEATURE_NAMES,
     FEATURE_VERSION,
+    PERSONAL_FEATURES,
     FeatureExtractor,
+    UserTransitions,
     param_entity,
     prompt_stems,
     stem,
@@ -130,6 +133,13 @@ def test_training_and_serving_paths_compute_identical_features(jentic_dir, trans
     workflows = parse_workflow_document(doc, api=api, root=jentic_dir)
     assert workflows, f"{api}: no workflow resolved"
     exs = list(examples(workflows))[:12]
+    # every other example is a returning user's: their transitions after the last call (the
+    # target among them, and another operation of the spec)
+    def other(ex):
+        return next(op.key for op in ex.spec.operations if op.key != ex.target)
+
+    exs = [dataclasses.replace(ex, personal=UserTransitions({ex.target: 2, other(ex): 1})) if g % 2
+           else ex for g, ex in enumerate(exs)]
 
     # training: ranker.evaluate.build_groups, as ranker.train runs it
     train_gen = RetrievalGenerator(transitions=transitions)
@@ -147,9 +157,14 @@ def test_training_and_serving_paths_compute_identical_features(jentic_dir, trans
         events = [(concrete_endpoint(spec, s), dict(s.params)) for s in steps]
         history = spec.resolve_history(events)
         cset = asyncio.run(generator.generate(spec, history, ex.prompt))
-        served = serving_extractor.extract(spec, history, ex.prompt, cset.candidates)
+        # the ingress sends the user's transitions down the graph as their wire form
+        wire = ex.personal.to_wire() if ex.personal is not None else None
+        served = serving_extractor.extract(spec, history, ex.prompt, cset.candidates,
+                                           UserTransitions.from_wire(wire))
         np.testing.assert_array_equal(served, groups.X[b[g]: b[g + 1]], err_msg=f"group {g} of {api}")
     assert split_of(api) in ("train", "valid")
+    personal = groups.X[:, [COL[n] for n in PERSONAL_FEATURES]]
+    assert (personal[: b[1]] == 0).all() and personal[:, 0].max() == pytest.approx(2 / 3)
 
 
 def test_identical_in_every_process(extractor, spec) -> None:
