@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -30,16 +31,26 @@ class Downstream:
         return [i * 10 for i in items]
 
 
+# Past the configurable maximum (0.1 s), so that "it did not wait" can't be mistaken for a slow
+# machine's scheduling delay.
+LONG_WAIT_S = 3.0
+
+
+def _long_wait(**fields: Any) -> CoalescerConfig:
+    return CoalescerConfig.model_construct(**{**CoalescerConfig().model_dump(), **fields,
+                                              "batch_wait_timeout_s": LONG_WAIT_S})
+
+
 def test_an_idle_request_leaves_at_once_alone() -> None:
     async def main() -> float:
         down = Downstream(delay_s=0.0)
-        co = Coalescer(down, CoalescerConfig(max_batch_size=16, batch_wait_timeout_s=0.1))
+        co = Coalescer(down, _long_wait(max_batch_size=16))
         start = time.perf_counter()
         assert await co(7) == 70
         assert down.batches == [[7]]
         return time.perf_counter() - start
 
-    assert asyncio.run(main()) < 0.05  # not the 100 ms wait: nothing else was in flight
+    assert asyncio.run(main()) < LONG_WAIT_S / 2  # not the wait: nothing else was in flight
 
 
 def test_batches_grow_with_load_and_results_go_to_their_callers() -> None:
@@ -180,13 +191,11 @@ def test_receiver_config_refuses_bad_values() -> None:
 
 def test_a_full_batch_does_not_wait_out_the_timer() -> None:
     async def send(items: list[int]) -> list[int]:
-        await asyncio.sleep(0.3 if items == [0] else 0.0)  # the first batch stays out
+        await asyncio.sleep(LONG_WAIT_S if items == [0] else 0.0)  # the first batch stays out
         return items
 
     async def main() -> float:
-        co: Coalescer[int, int] = Coalescer(
-            send, CoalescerConfig(max_batch_size=4, batch_wait_timeout_s=0.1, max_in_flight=2)
-        )
+        co: Coalescer[int, int] = Coalescer(send, _long_wait(max_batch_size=4, max_in_flight=2))
         first = asyncio.create_task(co(0))
         await asyncio.sleep(0.01)
         start = time.perf_counter()
@@ -195,4 +204,4 @@ def test_a_full_batch_does_not_wait_out_the_timer() -> None:
         await first
         return took
 
-    assert asyncio.run(main()) < 0.08  # full at once: it leaves without the 100 ms wait
+    assert asyncio.run(main()) < LONG_WAIT_S / 2  # full at once: it leaves without the wait
