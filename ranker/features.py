@@ -66,7 +66,7 @@ __all__ = [
     "matching_ids",
 ]
 
-FEATURE_VERSION = "6"
+FEATURE_VERSION = "7"
 
 METHOD_COLUMNS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
