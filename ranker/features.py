@@ -71,7 +71,7 @@ __all__ = [
     "COLD",
 ]
 
-FEATURE_VERSION = "8"
+FEATURE_VERSION = "9"
 
 METHOD_COLUMNS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 

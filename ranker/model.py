@@ -593,6 +593,8 @@ for _reason, _names in {
     "transition": "p_role role_lift p_method p_relation relation_lift src_transition "
     "has_transition role_lift_grank relation_lift_grank",
     "entry": "entry_point cold_start src_entry has_entry",
+    "setup": "src_setup has_setup",
+    "status": "src_status has_status",
     "repeat": "times_called called_last steps_since_called rel_same_op",
     "intent": "prompt_destructive",
     "habit": "user_p_next user_count_next",
@@ -772,6 +774,12 @@ def explain(
         elif reason == "entry":
             if not history and not operation.path_params:
                 text = "a starting point that needs no ids"
+        elif reason == "setup":
+            if not operation.path_params:
+                text = "a call sessions usually make first"
+        elif reason == "status":
+            if last is not None:
+                text = f"checks on what {_doing(last)} started"
         elif reason == "repeat":
             called = row[_COL["times_called"]]
             if called > 0:

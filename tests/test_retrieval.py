@@ -210,3 +210,89 @@ def test_version_segments_and_rfc6570_path_parameters() -> None:
     })
     call = spec.resolve("GET /v2/accounts%2Fpub-1/adcode")
     assert call.operation is not None and call.path_params == {"name": "accounts/pub-1"}
+
+
+def _reports_op(k: int) -> dict[str, Any]:
+    op = _op(f"salesReport{k}", f"Sales report number {k}")
+    op["parameters"] = [{"name": "access_token", "in": "query", "required": True,
+                         "schema": {"type": "string"}}]
+    return op
+
+
+# A spec whose prompt-matching operations outnumber the candidate limit, with the calls a session
+# makes first that no prompt names: who the user is, and getting the token everything requires.
+SETUP_SPEC = parse_spec({
+    "openapi": "3.0.0",
+    "info": {"title": "Reports", "version": "1"},
+    "paths": {
+        "/me": {"get": _op("getMe", "Who is signed in")},
+        "/oauth/token": {"post": _op("createToken", "Create a token", returns=("access_token",))},
+        "/settings": {"get": _op("getSettings", "Account settings")},
+        **{f"/reports/sales_{k}": {"get": _reports_op(k)} for k in range(12)},
+    },
+})
+
+
+def test_setup_calls_the_prompt_never_names_keep_a_place() -> None:
+    generator = RetrievalGenerator(transitions=load_transitions())
+    index = generator.index_for(SETUP_SPEC)
+    setup = {SETUP_SPEC.operations[i].key: float(v) for i, v in enumerate(index.setup)}
+    # named for who the user is; the token by the id twelve operations require; nothing else
+    assert setup["GET /me"] > 0 and setup["POST /oauth/token"] > 0
+    assert setup["GET /settings"] == 0 and setup["GET /reports/sales_0"] == 0
+
+    candidates = generator.generate(SETUP_SPEC, [], "show the sales report", limit=5)
+    keys = _keys(SETUP_SPEC, candidates)
+    assert len(keys) == len(set(keys)) == 5
+    assert all(k.startswith("GET /reports/") for k in keys[:3])  # the prompt's order on top
+    by_key = dict(zip(keys, candidates, strict=True))
+    assert "setup" in by_key["GET /me"].sources and "setup" in by_key["POST /oauth/token"].sources
+
+    # made once, not proposed again; and not at all once the session is under way
+    me = [SETUP_SPEC.resolve("GET /me")]
+    scores = generator.scores(SETUP_SPEC, me, "show the sales report")["setup"]
+    assert scores[SETUP_SPEC.by_key["GET /me"]] == 0 and scores[SETUP_SPEC.by_key["POST /oauth/token"]] > 0
+    long = [SETUP_SPEC.resolve("GET /settings")] * 4
+    assert not generator.scores(SETUP_SPEC, long, "show the sales report")["setup"].any()
+
+
+STATUS_SPEC = parse_spec({
+    "openapi": "3.0.0",
+    "info": {"title": "Cloud", "version": "1"},
+    "paths": {
+        "/servers": {"post": _op("createServer", "Create a server", returns=("id",)),
+                     "get": _op("listServers", "List servers", returns=("id",))},
+        "/servers/{id}": {"get": _op("getServer", "Get a server", params=("id",))},
+        **{f"/servers/{{id}}/actions/{verb}": {
+            "post": _op(f"{verb}Server", f"{verb.capitalize()} a server", params=("id",))}
+           for verb in ("poweron", "poweroff", "reboot", "rebuild", "resize")},
+        "/actions": {"get": _op("listActions", "List all actions")},
+        "/actions/{id}": {"get": _op("getAction", "Get an action", params=("id",))},
+        "/servers/actions/{id}": {"get": _op("getServerAction", "Get a server action",
+                                             params=("id",))},
+        "/certificates/actions/{id}": {"get": _op("getCertAction", "Get a certificate action",
+                                                  params=("id",))},
+        "/volumes/{id}/actions/{action_id}": {"get": _op(
+            "getVolumeAction", "Get a volume action", params=("id", "action_id"))},
+    },
+})
+
+
+def test_after_a_write_the_status_check_of_what_it_started_keeps_a_place() -> None:
+    generator = RetrievalGenerator(transitions=load_transitions())
+    history = [STATUS_SPEC.resolve("POST /servers")]
+    prompt = "create a server, power it on, reboot, rebuild and resize the server"
+    status = generator.scores(STATUS_SPEC, history, prompt)["status"]
+    of = {STATUS_SPEC.operations[i].key: float(v) for i, v in enumerate(status)}
+    # the API's global check and the written resource's, by the id the write returned, first;
+    # then the list; the checks of other resources last
+    assert of["GET /actions/{id}"] == of["GET /servers/actions/{id}"] == 1.0
+    assert of["GET /actions/{id}"] > of["GET /actions"] > of["GET /certificates/actions/{id}"] > 0
+    assert of["GET /servers/{id}"] == 0
+    candidates = generator.generate(STATUS_SPEC, history, prompt, limit=4)
+    keys = _keys(STATUS_SPEC, candidates)
+    assert "GET /actions/{id}" in keys and len(keys) == len(set(keys)) == 4
+    assert "status" in candidates[keys.index("GET /actions/{id}")].sources
+    # a read started nothing
+    read = [STATUS_SPEC.resolve("GET /servers/s_1")]
+    assert not generator.scores(STATUS_SPEC, read, prompt)["status"].any()

@@ -1,6 +1,6 @@
 """The embedded candidate generator: no network, deterministic, a few milliseconds per request.
 
-Six sources each score every operation of the spec, vectorised over a per-spec index:
+Eight sources each score every operation of the spec, vectorised over a per-spec index:
 
 - ``bm25``: the prompt (and, weighted lower, the last call's words) against each operation's path
   words, summary, description, operationId and tags, with light stemming and compound path words
@@ -18,13 +18,22 @@ Six sources each score every operation of the spec, vectorised over a per-spec i
 - ``neighbour``: same resource, sub-resources and parent collection of the last one or two calls;
 - ``transition``: roles and path relations that usually follow the last call's role
   (``ranker/models/transitions.json``, learned from workflow data, API-agnostic), and status
-  checks (``GET /actions/{id}``) after a write;
-- ``entry``: for a short history, operations without path parameters, ranked by the prompt.
+  checks after a write (as ``status`` below);
+- ``entry``: for a short history, operations without path parameters, ranked by the prompt;
+- ``setup``: for a short history, the calls a session makes before its real work whatever the
+  prompt says, and which the prompt therefore never names: who the user is (``GET /me``,
+  ``GetMembershipsForCurrentUser``), signing in or exchanging a token, and operations that need
+  no ids and hand over an id much of the spec requires (``access_token``); not once made;
+- ``status``: after a write, the status checks of what it started (``GET /actions/{id}``,
+  ``/jobs/{id}/status``): the API's global one or the written resource's, the one whose id the
+  user has before the list.
 
 An operation is a candidate when at least one source proposes it; it carries the score of every
 source that did. Candidates come back ordered by a weighted sum of the source scores, operations
-already called scaled down. Destructive operations are proposed only when the prompt asks for
-one, and are flagged.
+already called scaled down. The prompt's words dominate that order, so the best proposals of
+``setup`` and ``status`` keep a few of the last places (``RESERVED_SLOTS``) when the order left
+them out. Destructive operations are proposed only when the prompt asks for one, and are
+flagged.
 """
 
 from __future__ import annotations
@@ -65,7 +74,7 @@ __all__ = [
 # How much each source counts in the generator's own order (each score is in [0, 1]).
 SOURCE_WEIGHTS = {
     "bm25": 2.5, "semantic": 0.5, "dataflow": 0.6, "neighbour": 0.35, "transition": 0.25,
-    "entry": 0.6,
+    "entry": 0.6, "setup": 0.3, "status": 0.3,
 }
 # Field weights of the BM25 document: the path and summary say most about an operation.
 FIELD_WEIGHTS = {"path": 2.0, "operation_id": 1.0, "summary": 2.0, "description": 0.5, "tags": 1.0}
@@ -78,6 +87,14 @@ BODY_DATAFLOW = 0.15  # an id the user has fits a required body/query parameter 
 PREREQUISITE_TOP = 8  # prompt-relevant operations whose missing ids are looked for
 PREREQUISITE_WEIGHT = 0.6  # a provider of such an id, relative to a fully fillable operation
 STATUS_DATAFLOW = 0.8  # a status check right after a write
+STATUS_UNRELATED = 0.3  # a status check of another resource than the write's, relative
+STATUS_VAGUE = 0.8  # a list of actions or jobs, or one whose id the user hasn't got, relative
+SETUP_HISTORY = 4  # the setup source speaks while the history is shorter than this
+SETUP_AUTH = 0.6  # signing in / exchanging a token, relative to asking who the user is
+SETUP_HUB_SHARE = 0.05  # an id needed by this share of the spec's operations makes a hub
+# Slots of the ``limit`` kept for the best proposals of sources that the prompt's words can't
+# find (setup calls, status checks): the weighted order would push them out behind prompt matches.
+RESERVED_SLOTS = {"setup": 2, "status": 2}
 REPEAT_FACTOR = 0.4  # combined score kept by an operation already called (repeats are rare)
 BM25_K1, BM25_B = 1.2, 0.75
 SEMANTIC_QUANTILE = 0.75  # the semantic source proposes operations above this cosine quantile
@@ -87,6 +104,13 @@ DEFAULT_INDEX_CACHE = 64
 # What an asynchronous write hands back to check on: GET /actions/{id}, /jobs/{id}/status ...
 _STATUS_NOUNS = frozenset(
     "action operation job task request status state progress result execution".split()
+)
+# Asking who the user is: GET /me, /users/@me, /self, GetMembershipsForCurrentUser.
+_SELF_WORDS = frozenset("me self whoami myself my".split())
+_CURRENT_OF = frozenset("user account member profile identity".split())
+_AUTH_WORDS = frozenset(
+    "auth authenticate authentication authorize authorization login logon signin token oauth "
+    "oauth2 session".split()
 )
 _ID_WORDS = frozenset("id uuid guid key slug code number sid token name ref".split())
 _REFERENCE_WORDS = _ID_WORDS - {"name", "code", "number", "token"}  # in a body: surely an id
@@ -239,9 +263,21 @@ class RetrievalIndex:
         self.has_path_params = np.array([bool(op.path_params) for op in ops], dtype=bool)
         self.role = np.array([ROLES.index(op.role) for op in ops], dtype=np.int8)
         self.status_check = np.array([_is_status_check(op) for op in ops], dtype=np.float32)
+        # /actions/{id}, /jobs/{id}: the API's own status endpoint, good after any write
+        self.status_global = self.status_check.astype(bool) & np.array(
+            [bool(op.literal_segments) and singular(op.literal_segments[0].lower()) in _STATUS_NOUNS
+             for op in ops], dtype=bool,
+        )
+        # GET /actions, /jobs: all of them, not the one a write started (/status is one state)
+        self.status_list = self.status_check.astype(bool) & np.array(
+            [bool(op.segments) and "{" not in op.segments[-1]
+             and singular(op.segments[-1].lower()) != op.segments[-1].lower() for op in ops],
+            dtype=bool,
+        )
         self._build_bm25(ops)
         self._build_structure(ops)
         self._build_dataflow(ops)
+        self._build_setup(ops)
         self.word_vectors = word_vectors
         self.op_vectors: np.ndarray | None = None
         if word_vectors is not None:
@@ -461,6 +497,40 @@ class RetrievalIndex:
                 for e in related:
                     found |= provided.get(e, set())
             self.providers.append(np.fromiter(sorted(found), dtype=np.int32, count=len(found)))
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def _build_setup(self, ops: Sequence[Operation]) -> None:
+        """How much each operation looks like a call a session makes before its real work: who
+        the user is (GET /me), signing in or exchanging a token, or handing over an id that much
+        of the spec requires (a hub); 0 for operations that need ids or destroy something."""
+        consumers: dict[str, int] = {}
+        for op in ops:
+            needed = {_name_key(p.name) for p in op.params
+                      if (p.required or p.location == "path") and p.location != "header"}
+            for key in needed:
+                consumers[key] = consumers.get(key, 0) + 1
+        setup = np.zeros(len(ops), dtype=np.float32)
+        for i, op in enumerate(ops):
+            if op.path_params or op.destructive or op.role == "delete":
+                continue
+            words = set(tokenize(" ".join(op.literal_segments) + " " + (op.operation_id or ""),
+                                 keep_stopwords=True))
+            if words & _SELF_WORDS or ("current" in words and words & _CURRENT_OF):
+                named = 1.0
+            elif words & _AUTH_WORDS:
+                named = SETUP_AUTH
+            else:
+                named = 0.0
+            needed_by = max(
+                (consumers.get(name, 0) for name, _ in self.returns[i] if name not in _ID_WORDS),
+                default=0,
+            ) / max(len(ops), 1)
+            hub = 0.0
+            if needed_by >= SETUP_HUB_SHARE:
+                hub = min(1.0, needed_by / (4 * SETUP_HUB_SHARE))
+            setup[i] = (named + hub) / 2
+        self.setup = np.minimum(setup, 1.0)
 
 
 def _prerequisites(index: RetrievalIndex, relevance: np.ndarray, have: np.ndarray) -> np.ndarray:
@@ -703,6 +773,7 @@ class RetrievalGenerator:
 
         # dataflow: path parameters fillable from ids the user has; fresh ids count double.
         dataflow = np.zeros(n, dtype=np.float32)
+        fillable = ~index.has_path_params  # every path id known
         if len(index.pair_op):
             known = _known_ids(index, history)
             ent_w = np.zeros(len(index.entities) + 1, dtype=np.float32)
@@ -726,6 +797,7 @@ class RetrievalGenerator:
             n_matched = np.bincount(index.pair_op[path & matched], minlength=n)
             w_sum = np.bincount(index.pair_op[path], weights=pw[path], minlength=n)
             all_filled = (index.n_path > 0) & (n_matched == index.n_path)
+            fillable = fillable | all_filled
             mean_w = np.divide(w_sum, np.maximum(index.n_path, 1))
             fresh_use = np.bincount(
                 index.pair_op[fresh[index.pair_entity] & matched], minlength=n
@@ -769,11 +841,30 @@ class RetrievalGenerator:
                 lift = lift * rel_lift
             transition = (lift / max(float(lift.max()), 1e-6)).astype(np.float32)
             transition[transition < 0.25] = 0.0
+        # status: after a write, users check on what it started (GET /actions/{id},
+        # /jobs/{id}): the write handed over the id of that action or job.
+        status = np.zeros(n, dtype=np.float32)
         if history and history[-1].method not in ("GET", "HEAD"):
-            # After a write, users check on what it started (GET /actions/{id}, /jobs/{id}):
-            # the write handed over the id of that action or job.
-            transition = np.maximum(transition, index.status_check)
-            dataflow = np.maximum(dataflow, STATUS_DATAFLOW * index.status_check)
+            # The one action or job the write started (its id known), rather than the list.
+            status = index.status_check * np.where(
+                fillable & ~index.status_list, 1.0, STATUS_VAGUE
+            )
+            if last is not None:
+                # the write's own resource, or the API's global status endpoint; not the status
+                # checks of every other resource (/certificates/actions after POST /servers)
+                related = index.status_global | (index.first_id == index.first_id[last])
+                status = np.where(related, status, STATUS_UNRELATED * status)
+            status = status.astype(np.float32)
+            transition = np.maximum(transition, status)
+            dataflow = np.maximum(dataflow, STATUS_DATAFLOW * status)
+
+        # setup: with little history, calls a session makes first whatever it is about (GET /me,
+        # sign in, exchange a token), ranked by the prompt; not once they were made.
+        setup = np.zeros(n, dtype=np.float32)
+        if len(history) < SETUP_HISTORY:
+            setup = (index.setup * (0.5 + 0.5 * relevance)).astype(np.float32)
+            called = [index.by_key.get(c.operation.key) for c in history if c.operation]
+            setup[[i for i in called if i is not None]] = 0.0
 
         # entry: with little history, operations that need no ids, ranked by the prompt.
         entry = np.zeros(n, dtype=np.float32)
@@ -788,8 +879,8 @@ class RetrievalGenerator:
             entry = entry.astype(np.float32)
         return {
             "bm25": bm25.astype(np.float32), "semantic": semantic, "dataflow": dataflow,
-            "neighbour": neighbour,
-            "transition": transition, "entry": entry,
+            "neighbour": neighbour, "transition": transition, "entry": entry, "setup": setup,
+            "status": status,
         }
 
     def combined(
@@ -828,7 +919,8 @@ class RetrievalGenerator:
             proposed &= ~index.destructive
         candidates_idx = np.flatnonzero(proposed)
         # Stable order: combined score, then spec order, so the output is deterministic.
-        order = candidates_idx[np.lexsort((candidates_idx, -combined[candidates_idx]))][:limit]
+        ranked = candidates_idx[np.lexsort((candidates_idx, -combined[candidates_idx]))]
+        order = _with_reserved(ranked, per_source, combined, limit=limit)
         out = []
         for i in order.tolist():
             sources = {
@@ -836,6 +928,36 @@ class RetrievalGenerator:
             }
             out.append(Candidate(index=i, sources=sources, destructive=bool(index.destructive[i])))
         return out
+
+
+def _with_reserved(
+    ranked: np.ndarray, per_source: dict[str, np.ndarray], combined: np.ndarray, *, limit: int
+) -> np.ndarray:
+    """The first ``limit`` of ``ranked``, except that the best proposals of each source of
+    ``RESERVED_SLOTS`` (by that source's score, then the combined one) take the last places if
+    the combined order left them out; still in the combined order."""
+    head = ranked[:limit]
+    if len(ranked) <= limit:
+        return head
+    allowed = np.zeros(len(combined), dtype=bool)
+    allowed[ranked] = True
+    extra: list[int] = []
+    for source, slots in RESERVED_SLOTS.items():
+        values = per_source.get(source)
+        if values is None or slots < 1:
+            continue
+        mine = np.flatnonzero(allowed & (values > 0))
+        if not len(mine):
+            continue
+        best = mine[np.lexsort((mine, -combined[mine], -values[mine]))][:slots]
+        extra += [i for i in best.tolist() if i not in extra]
+    in_head = set(head.tolist())
+    extra = [i for i in extra if i not in in_head][:limit]
+    if not extra:
+        return head
+    # Everything left out scores below the head: the reserved ones go last, in their order.
+    chosen = np.array([*head[: limit - len(extra)].tolist(), *extra], dtype=np.int64)
+    return chosen[np.lexsort((chosen, -combined[chosen]))]
 
 
 def _fallback_key(spec: SpecIndex) -> str:

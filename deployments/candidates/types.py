@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 __all__ = ["Candidate", "SOURCES"]
 
 # Every way a candidate can be proposed; each is a feature column for the ranker.
-SOURCES = ("bm25", "semantic", "dataflow", "neighbour", "transition", "entry", "llm")
+SOURCES = (
+    "bm25", "semantic", "dataflow", "neighbour", "transition", "entry", "setup", "status", "llm",
+)
 
 
 @dataclass(slots=True)
