@@ -23,11 +23,13 @@ install: $(STAMP)
 # small object store, no dashboard: `python -m deployments.resources`), then the app from
 # serve_config.yaml on :8000. Ctrl-C stops both; other Ray clusters are left alone. Serve's
 # settings are read by the processes the head starts (proxy, controller, replicas), so they go in
-# the head's environment: throughput-optimised Serve, HAProxy in place of the Python proxy, and
-# user code off the replica's own loop (so an overloaded replica still refuses at once: 503).
+# the head's environment: throughput-optimised Serve, HAProxy in place of the Python proxy with
+# admission control (past 16 requests per Ingress replica HAProxy answers 503 + Retry-After
+# itself: `python -m deployments.admission`), and user code off the replica's own loop.
 RAY_PORT ?= 6390
 run: $(STAMP)
 	@RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=1 \
+	    RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER="$$($(PY) -m deployments.admission)" \
 	    $(VENV)/bin/ray start --head --block --port $(RAY_PORT) $$($(PY) -m deployments.resources) & ray_pid=$$!; \
 	trap 'kill $$ray_pid 2>/dev/null; wait $$ray_pid 2>/dev/null' EXIT INT TERM; \
 	for i in $$(seq 60); do \
@@ -46,12 +48,13 @@ bench: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not serve and not slow"
 
-# Faults and hostile input (RELIABILITY.md), ~6 min; also part of `make test`. The measured
-# numbers go to var/faults.jsonl (one JSON line per fault).
+# Faults, overload and hostile input (RELIABILITY.md), ~10 min; also part of `make test`. The
+# measured numbers go to var/faults.jsonl (one JSON line per fault).
 test-faults: $(STAMP)
 	mkdir -p var && rm -f var/faults.jsonl
 	FAULTS_REPORT=var/faults.jsonl $(PY) -m pytest -q -s tests/test_hostile_properties.py \
-	    tests/test_faults_cluster.py tests/test_faults_model.py tests/test_hostile_http.py
+	    tests/test_faults_cluster.py tests/test_faults_model.py tests/test_hostile_http.py \
+	    tests/test_overload.py
 
 # Rebuilds the shipped model (ranker/models) from ../shared/data/jentic; prints the validation table.
 train: $(STAMP)

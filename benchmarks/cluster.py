@@ -27,13 +27,37 @@ from typing import Any
 
 import yaml
 
-from benchmarks.loadgen import process_tree
+from deployments.admission import ENV_VAR as ADMISSION_ENV_VAR
+from deployments.admission import haproxy_health_check_inter
+from deployments.loadgen import process_tree
 from deployments.resources import NODE
 
-__all__ = ["free_port", "SpecServer", "spec_server", "RayHead", "ServeApp", "write_config", "wait_http"]
+__all__ = [
+    "free_port",
+    "SpecServer",
+    "spec_server",
+    "RayHead",
+    "ServeApp",
+    "write_config",
+    "wait_http",
+    "make_run_env",
+    "replica_failures",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+
+
+def make_run_env() -> dict[str, str]:
+    """The Serve settings ``make run`` (and the image) put in the Ray head's environment:
+    throughput-optimised Serve, HAProxy in place of the Python proxy with admission control
+    (:mod:`deployments.admission`), user code off the replica's own loop."""
+    return {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1",
+        ADMISSION_ENV_VAR: haproxy_health_check_inter(),
+    }
 
 
 def free_port() -> int:
@@ -143,10 +167,18 @@ class RayHead:
         # parent (HAProxy): stop() ends exactly the processes that carry it. HAProxy's own ports
         # are fixed by default (8404, 9101); a head of our own takes free ones.
         self.marker = f"OS5_BENCH_HEAD={self.temp_dir}"
+        # Its config, admin socket and state files default to /tmp/haproxy-serve, shared by every
+        # Ray cluster on the machine: each head gets its own.
+        haproxy_dir = Path(self.temp_dir) / "haproxy"
         self.env = {
             **os.environ,
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy_dir / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy_dir / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy_dir),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy_dir / "server-state"),
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(haproxy_dir / "metrics.sock"),
             **(env or {}),
             "OS5_BENCH_HEAD": self.temp_dir,
         }
@@ -203,6 +235,10 @@ class RayHead:
                     continue
         return mine
 
+    @property
+    def logs(self) -> Path:
+        return Path(self.temp_dir) / "session_latest" / "logs"
+
     def stop(self, *, keep_logs: bool = False) -> None:
         if self.proc is not None:
             _stop(self.proc, signal.SIGTERM, 20)
@@ -219,6 +255,33 @@ class RayHead:
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         self.stop(keep_logs=exc_type is not None)
+
+
+# What the Serve controller logs (ray/serve/_private/deployment_state.py, ActorReplicaWrapper
+# .check_health) when a replica crashed (its actor died: a crash, the OOM killer, Ray's memory
+# monitor) or stopped answering its health checks. A replica the controller stops on purpose
+# (autoscaling down, a redeploy) goes through a graceful stop and logs neither.
+_REPLICA_FAILED = (
+    "crashed, marking it unhealthy immediately",
+    "times in a row, marking it unhealthy",
+    "died before controller could recover it",
+)
+
+
+def replica_failures(head: RayHead) -> list[str]:
+    """The Serve controller's log lines saying a replica crashed or failed its health checks.
+
+    Unlike comparing replica pids before and after, this tells a crash from the autoscaler adding
+    or removing replicas. Raises if the controller's log cannot be found (no silent pass)."""
+    logs = sorted((head.logs / "serve").glob("controller_*.log"))
+    if not logs:
+        raise FileNotFoundError(f"no Serve controller log under {head.logs / 'serve'}")
+    return [
+        line.strip()
+        for log in logs
+        for line in log.read_text(errors="replace").splitlines()
+        if any(marker in line for marker in _REPLICA_FAILED)
+    ]
 
 
 def write_config(

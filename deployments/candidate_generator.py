@@ -8,6 +8,7 @@ from typing import Any
 
 from ray import serve
 
+from deployments.admission import lower_priority
 from deployments.autoscaling import LatencyWindow
 from deployments.components import build_generator
 from deployments.errors import PredictorError
@@ -21,6 +22,7 @@ __all__ = ["CandidateGeneratorDeployment"]
 @serve.deployment(name="CandidateGenerator", **deployment_options("CandidateGenerator"))
 class CandidateGeneratorDeployment:
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        lower_priority()  # HAProxy and the proxy get the CPU first: refusals stay fast
         self.settings = load_settings(**(settings or {}))
         self.store = SpecStore(self.settings)
         self.generator = build_generator(self.settings)

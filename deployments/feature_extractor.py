@@ -8,6 +8,7 @@ from typing import Any
 
 from ray import serve
 
+from deployments.admission import lower_priority
 from deployments.autoscaling import LatencyWindow
 from deployments.batching import AdaptiveWait, BatchConfig, BatchStats, apply_batch_config
 from deployments.candidates.generator import CandidateSet
@@ -24,6 +25,7 @@ __all__ = ["FeatureExtractorDeployment"]
 @serve.deployment(name="FeatureExtractor", **deployment_options("FeatureExtractor"))
 class FeatureExtractorDeployment:
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        lower_priority()  # HAProxy and the proxy get the CPU first: refusals stay fast
         self.settings = load_settings(**(settings or {}))
         self.store = SpecStore(self.settings)
         self.extractor = build_extractor(self.settings)

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.admission import lower_priority
 from deployments.autoscaling import LatencyWindow
 from deployments.batching import Coalescer, IngressConfig
 from deployments.candidates.generator import CandidateSet
@@ -80,6 +81,7 @@ class Ingress:
         ranker: DeploymentHandle,
         settings: dict[str, Any] | None = None,
     ) -> None:
+        lower_priority()  # HAProxy and the proxy get the CPU first: refusals stay fast
         self.settings = load_settings(**(settings or {}))
         self.store = SpecStore(self.settings)
         self.generator = generator

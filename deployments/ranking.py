@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from deployments.admission import lower_priority
 from deployments.autoscaling import LatencyWindow
 from deployments.batching import AdaptiveWait, BatchConfig, BatchStats, apply_batch_config
 from deployments.model_swap import RankerSlot, split_model_config
@@ -22,6 +23,7 @@ __all__ = ["RankerDeployment"]
 @serve.deployment(name="Ranker", **deployment_options("Ranker"))
 class RankerDeployment:
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        lower_priority()  # HAProxy and the proxy get the CPU first: refusals stay fast
         self.settings = load_settings(**(settings or {}))
         self.slot = RankerSlot(self.settings)  # the model in use; swapped by reconfigure
         self.batch_stats = BatchStats()

@@ -1,0 +1,133 @@
+"""The admission-control lines reach HAProxy's config through Ray 2.60's own template, and HAProxy
+accepts the result (deployments/admission.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployments.admission import (
+    ENV_VAR,
+    MAX_CONCURRENT_PER_INGRESS,
+    haproxy_health_check_inter,
+)
+
+haproxy = pytest.importorskip("ray.serve._private.haproxy")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _render(tmp_path: Path, inter: str) -> str:
+    """Ray's HAProxy config for an app with two Ingress replicas and the head's proxy as fallback."""
+    cfg = haproxy.HAProxyConfig(
+        socket_path=str(tmp_path / "admin.sock"),
+        server_state_base=str(tmp_path),
+        server_state_file=str(tmp_path / "server-state"),
+        health_check_inter=inter,
+    )
+    backend = haproxy.BackendConfig(
+        name="opensesame",
+        path_prefix="/",
+        app_name="opensesame",
+        servers=[
+            haproxy.ServerConfig(name="r1", host="127.0.0.1", port=30001),
+            haproxy.ServerConfig(name="r2", host="127.0.0.1", port=30002),
+        ],
+        fallback_server=haproxy.ServerConfig(name="fallback", host="127.0.0.1", port=8000),
+    )
+    api = haproxy.HAProxyApi(cfg, {"opensesame": backend}, config_file_path=str(tmp_path / "haproxy.cfg"))
+    api._generate_config_file_internal()
+    return (tmp_path / "haproxy.cfg").read_text()
+
+
+def _backend(text: str) -> list[str]:
+    lines = text.splitlines()
+    start = lines.index("backend opensesame")
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith(" "))
+    return [line.strip() for line in lines[start:end]]
+
+
+def test_the_value_is_what_ray_reads_and_the_module_prints() -> None:
+    printed = subprocess.run(
+        [sys.executable, "-m", "deployments.admission"], capture_output=True, text=True, check=True
+    ).stdout
+    assert printed.rstrip("\n") == haproxy_health_check_inter()
+    assert ENV_VAR == "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER"
+    assert ENV_VAR in Path(haproxy.__file__).with_name("constants.py").read_text()
+
+
+def test_ray_template_gets_the_limit_the_refusal_and_keeps_health_checks(tmp_path: Path) -> None:
+    backend = _backend(_render(tmp_path, haproxy_health_check_inter()))
+    default_server = [line for line in backend if line.startswith("default-server")]
+    assert default_server == [
+        f"default-server fastinter 250ms downinter 250ms fall 2 rise 2 inter 5s "
+        f"maxconn {MAX_CONCURRENT_PER_INGRESS} check"
+    ]
+    [refusal] = [line for line in backend if line.startswith("http-request return status 503")]
+    assert "content-type application/json" in refusal and "hdr Retry-After 1" in refusal
+    assert "hdr X-Refused-By admission" in refusal
+    assert refusal.endswith("if { queue gt 0 }")
+    assert """'{"error":{"status":503,"message":"the service is overloaded; retry shortly"}}'""" in refusal
+    # What Ray appends after the value is commented out, not glued to the rule.
+    assert "# check" in backend
+    # Every server is still health-checked (the per-server `check` is Ray's own).
+    servers = [line for line in backend if line.startswith("server ")]
+    assert len(servers) == 3 and all(" check" in s for s in servers)
+    assert servers[-1].endswith("check backup")
+
+
+def test_haproxy_accepts_the_config(tmp_path: Path) -> None:
+    text = _render(tmp_path, haproxy_health_check_inter(max_concurrent=4))
+    assert "maxconn 4 check" in text
+    done = subprocess.run(
+        [haproxy.get_haproxy_binary(), "-c", "-f", str(tmp_path / "haproxy.cfg")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_without_the_value_ray_writes_no_limit(tmp_path: Path) -> None:
+    backend = _backend(_render(tmp_path, "5s"))
+    assert not [line for line in backend if "maxconn" in line or "queue gt" in line]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_concurrent": 0}, "max_concurrent must be at least 1"),
+        ({"retry_after_s": -1}, "retry_after_s must not be negative"),
+        ({"inter": "5s maxconn 1"}, "inter must be one HAProxy time"),
+        ({"inter": ""}, "inter must be one HAProxy time"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        haproxy_health_check_inter(**kwargs)
+
+
+def test_lower_priority_lowers_every_thread_once() -> None:
+    # Linux niceness is per thread: a thread started before the call must be lowered too.
+    code = (
+        "import os, threading, time; from deployments.admission import lower_priority as f\n"
+        "ev = threading.Event(); t = threading.Thread(target=ev.wait); t.start()\n"
+        "b = os.getpriority(os.PRIO_PROCESS, 0); a = f(3); c = f(3)\n"
+        "other = os.getpriority(os.PRIO_PROCESS, t.native_id); ev.set(); t.join()\n"
+        "print(b, a, c, other)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after, again, other = map(int, done.stdout.split())
+    assert after == min(19, before + 3) and again == after and other == after
+
+
+def test_the_kuberay_manifest_sets_the_same_value() -> None:
+    manifest = yaml.safe_load((ROOT / "configs" / "rayservice.yaml").read_text())
+    cluster = manifest["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for pod in pods:
+        env = {e["name"]: e.get("value") for e in pod["template"]["spec"]["containers"][0]["env"]}
+        assert env[ENV_VAR] == haproxy_health_check_inter()
