@@ -45,6 +45,12 @@ def test_swagger2_body_and_base_path() -> None:
     assert spec.operations[spec.by_key["GET /pets"]].returns_ids == ("id", "name")
 
 
+@pytest.mark.parametrize("base_path", [{"a": 1}, True, 3, None])
+def test_a_base_path_that_is_not_a_string_names_none(base_path) -> None:
+    doc = {**petstore_swagger2(), "basePath": base_path}
+    assert parse_spec(doc).base_paths == ()
+
+
 def test_yaml_3_1_with_type_lists() -> None:
     spec = parse_spec(PETSTORE_YAML)
     assert set(spec.by_key) == {"GET /pets", "GET /pets/{pet_id}"}

@@ -128,7 +128,8 @@ class _Refs:
 
 def _base_paths(doc: dict[str, Any], *, swagger2: bool) -> tuple[str, ...]:
     if swagger2:
-        urls = [doc.get("basePath") or ""]
+        base = doc.get("basePath")
+        urls = [base] if isinstance(base, str) else []  # anything else names no base path
     else:
         servers = doc.get("servers") if isinstance(doc.get("servers"), list) else []
         urls = []
