@@ -73,7 +73,6 @@ from ranker.train import (
     base_examples,
     calibrate,
     fit_ranker,
-    source_weights,
 )
 from ranker.transitions import DEFAULT_PATH as TRANSITIONS_PATH
 from ranker.transitions import load_transitions
@@ -279,7 +278,7 @@ def retrain(args: argparse.Namespace) -> int:
     stop_on = base.select(is_valid & is_real & base.has_target)
     train = concat_groups(base_train, fb_train)
     weight = np.concatenate([
-        source_weights(base_train, args.synthetic_weight),
+        np.where(base_train.source == "synthetic", args.synthetic_weight, 1.0),
         np.full(len(fb_train), args.feedback_weight),
     ])
 
