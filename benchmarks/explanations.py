@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     med = {name: statistics.median(t) for name, t in times.items()}
     results = {
-        "command": "python -m benchmarks.explanations " + " ".join(argv or sys.argv[1:]),
+        "command": " ".join(["python -m benchmarks.explanations", *(argv or sys.argv[1:])]),
         "model_version": model.version,
         "steps": len(steps),
         "rows_explained": rows,

@@ -37,7 +37,7 @@ from deployments.schemas import (
     PredictResponse,
     StoredPredictionResponse,
 )
-from deployments.scoring import expand_rows, top_rows
+from deployments.scoring import expand_rows, unexplained_rows
 from deployments.settings import load_settings
 from deployments.spec.store import SpecStore
 
@@ -93,7 +93,9 @@ class Ingress:
         # Each user's habits, learned from those outcomes: the ranker's user_* features (and,
         # with personal_prior_weight > 0, blended into the scores after the model).
         self.prior_feed = start_prior_feed(self.settings, self.outcomes)
-        self.prior_as_feature = self.prior_feed is not None and self.settings.personal_prior_feature
+        self.feature_prior = (self.prior_feed.prior
+                              if self.prior_feed is not None and self.settings.personal_prior_feature
+                              else None)
         # Concurrent requests go down the graph together: one handle call per stage per batch.
         self.graph: Coalescer[dict[str, Any], dict[str, Any]] = Coalescer(self._down_the_graph)
         self.latency = LatencyWindow()
@@ -116,9 +118,8 @@ class Ingress:
         spec = await self.store.resolve(spec_url=body.spec_url, spec=body.spec)
         spec_ms = (time.perf_counter() - t0) * 1000
         request = {"spec_hash": spec.spec_hash, "history": body.history(), "prompt": body.prompt, "k": body.k}
-        personal = (user_transitions(self.prior_feed.prior, user_id=body.user_id, spec=spec,
-                                     events=request["history"])
-                    if self.prior_as_feature and self.prior_feed is not None else None)
+        personal = user_transitions(self.feature_prior, user_id=body.user_id, spec=spec,
+                                    events=request["history"])
         if personal is not None and personal.counts:
             request["personal"] = personal.to_wire()
         if not self.store.is_shared(spec.spec_hash):  # the node's L2 failed: send the index along
@@ -138,8 +139,7 @@ class Ingress:
         features = ranked["features"]
         contribs = expand_rows(n, ranked["top"], ranked["contribs_top"])
         # The Ranker explained its own top k; a row the personal prior moved up needs explaining.
-        explained = set(ranked["top"].tolist())
-        missing = [int(r) for r in top_rows(probs, body.k) if int(r) not in explained]
+        missing = unexplained_rows(probs, body.k, ranked["top"])
         if missing:
             asked = time.perf_counter()
             contribs[missing] = await self.ranker.explain_rows.remote(features[missing])

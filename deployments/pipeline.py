@@ -13,7 +13,7 @@ from deployments.feedback import FeedbackStore, prediction_context
 from deployments.personalisation import TransitionPrior, annotate, personalise, user_transitions
 from deployments.predictions import assemble_predictions, build_response
 from deployments.schemas import PredictRequest, PredictResponse
-from deployments.scoring import expand_rows, score_top_k
+from deployments.scoring import expand_rows, score_top_k, unexplained_rows
 from deployments.settings import Settings, load_settings
 
 __all__ = ["Pipeline"]
@@ -41,9 +41,8 @@ class Pipeline:
         history = spec.resolve_history(request.history())
         cset = await self.c.generator.generate(spec, history, request.prompt, k=request.k)
         t2 = time.perf_counter()
-        personal = (user_transitions(self.prior, user_id=request.user_id, spec=spec,
-                                     events=request.history())
-                    if self.settings.personal_prior_feature else None)
+        personal = user_transitions(self.prior if self.settings.personal_prior_feature else None,
+                                    user_id=request.user_id, spec=spec, events=request.history())
         features = self.c.extractor.extract(spec, history, request.prompt, cset.candidates, personal)
         t3 = time.perf_counter()
         # The same work as the Ranker deployment: explanations for the shown rows only.
@@ -53,7 +52,9 @@ class Pipeline:
         if self.prior is not None and self.prior.weight > 0:
             probs, shares = personalise(self.prior, user_id=request.user_id, spec=spec, history=history,
                                         candidate_indexes=[c.index for c in cset.candidates], probs=probs)
-            contribs = self.c.ranker.contributions(features)  # rows the blend moved up need reasons
+            missing = unexplained_rows(probs, request.k, scored["top"])  # moved up: need reasons
+            if missing:
+                contribs[missing] = self.c.ranker.contributions(features[missing])
         t4 = time.perf_counter()
         predictions = assemble_predictions(
             spec=spec,

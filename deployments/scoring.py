@@ -2,8 +2,8 @@
 
 The ranker's per-feature contributions cost more than its predict (TreeSHAP ~1.3 ms a row; the
 leaf table of :mod:`ranker.saabas` that replaced it, ~0.05 ms); a response shows at most ``k``
-candidates, so only those ``k`` rows of each group are explained (benchmarks/SERVING.md). Rows are stacked across the groups of a batch: one predict call
-and one contributions call per batch. The Ranker deployment and the in-process pipeline both use
+candidates, so only those ``k`` rows of each group are explained (benchmarks/SERVING.md). Rows
+are stacked across the groups of a batch: one predict call and one contributions call per batch. The Ranker deployment and the in-process pipeline both use
 this, so they do the same work.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["Scorer", "top_rows", "score_top_k", "expand_rows"]
+__all__ = ["Scorer", "top_rows", "unexplained_rows", "score_top_k", "expand_rows"]
 
 
 class Scorer(Protocol):
@@ -28,6 +28,13 @@ class Scorer(Protocol):
 def top_rows(probs: np.ndarray, k: int) -> np.ndarray:
     """The rows a response shows, best first: the same order as ``assemble_predictions``."""
     return np.argsort(-np.asarray(probs, dtype=np.float64), kind="stable")[:k]
+
+
+def unexplained_rows(probs: np.ndarray, k: int, explained: np.ndarray) -> list[int]:
+    """The rows a response shows under ``probs`` that are not among ``explained`` (the model's
+    own top ``k``, already explained): those a blend after the model moved up."""
+    done = set(np.asarray(explained).tolist())
+    return [int(r) for r in top_rows(probs, k) if int(r) not in done]
 
 
 def score_top_k(ranker: Scorer, groups: Sequence[np.ndarray], ks: Sequence[int]) -> list[dict[str, Any]]:

@@ -73,6 +73,7 @@ from ranker.train import (
     base_examples,
     calibrate,
     fit_ranker,
+    source_weights,
 )
 from ranker.transitions import DEFAULT_PATH as TRANSITIONS_PATH
 from ranker.transitions import load_transitions
@@ -278,7 +279,7 @@ def retrain(args: argparse.Namespace) -> int:
     stop_on = base.select(is_valid & is_real & base.has_target)
     train = concat_groups(base_train, fb_train)
     weight = np.concatenate([
-        np.where(base_train.source == "synthetic", args.synthetic_weight, 1.0),
+        source_weights(base_train, args.synthetic_weight),
         np.full(len(fb_train), args.feedback_weight),
     ])
 

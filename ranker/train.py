@@ -55,7 +55,7 @@ from ranker.model import (
 from ranker.transitions import DEFAULT_PATH as TRANSITIONS_PATH
 from ranker.transitions import Transitions, load_transitions
 
-__all__ = ["DEFAULT_PARAMS", "fit_ranker", "calibrate", "main", "base_examples"]
+__all__ = ["DEFAULT_PARAMS", "fit_ranker", "source_weights", "calibrate", "main", "base_examples"]
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "lambdarank",
@@ -88,6 +88,12 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def source_weights(groups: Groups, synthetic_weight: float) -> np.ndarray:
+    """One weight per group: ``synthetic_weight`` for synthetic sequences, 1.0 for the others
+    (real workflows, returning users, feedback)."""
+    return np.where(groups.source == "synthetic", synthetic_weight, 1.0)
+
+
 def fit_ranker(
     train: Groups,
     valid: Groups,
@@ -115,7 +121,7 @@ def fit_ranker(
         raise ValueError(f"synthetic_weight must be in [0, 1], got {synthetic_weight}")
     params = {**DEFAULT_PARAMS, **(params or {}), "seed": seed}
     if group_weight is None:
-        group_weight = np.where(train.source == "synthetic", synthetic_weight, 1.0)
+        group_weight = source_weights(train, synthetic_weight)
     group_weight = np.asarray(group_weight, np.float64)
     if group_weight.shape != (len(train),):
         raise ValueError(f"group_weight must have one weight per training group ({len(train)}), "

@@ -9,6 +9,7 @@ import asyncio
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -247,6 +248,54 @@ def test_a_users_habit_ranks_their_usual_next_call_higher(tmp_path) -> None:
         store.flush()
         last = list(store.predictions(with_outcome=False, user_id="habitual"))[-1]
         assert last.personal == {habit: 4}  # what the features were computed with
+    finally:
+        feed.stop()
+        store.close()
+
+
+def test_the_blend_after_the_model_explains_the_rows_it_moves_up(tmp_path) -> None:
+    """With the prior blended after the model (the older way, kept as an option), a habit from
+    outside the model's top k is shown, said to be the user's habit, and explained: only that
+    row's contributions are computed on top of the model's own top k."""
+    from deployments.pipeline import Pipeline
+    from deployments.schemas import PredictRequest
+    from deployments.settings import load_settings
+
+    settings = load_settings(data_dir=str(tmp_path), personal_prior_feature=False,
+                             personal_prior_weight=0.9)
+    store = FeedbackStore(settings.feedback_db_path)
+    feed = PriorFeed(TransitionPrior(weight=0.9, shrink=1.0), settings.feedback_db_path)
+    pipeline = Pipeline(settings, feedback=store, prior=feed.prior)
+    explained: list[int] = []
+    contributions = pipeline.c.ranker.contributions
+
+    def counting(X: np.ndarray) -> np.ndarray:
+        explained.append(len(X))
+        return contributions(X)
+
+    pipeline.c.ranker.contributions = counting  # type: ignore[method-assign]
+
+    def request(user: str, k: int) -> PredictRequest:
+        return PredictRequest(user_id=user, spec=billing_spec(), events=[{"endpoint": "GET /v1/invoices"}],
+                              k=k)
+
+    async def scenario() -> tuple[str, list[Any]]:
+        try:
+            habit = (await pipeline.predict(request("cold", 10))).predictions[4].endpoint
+            for _ in range(6):
+                answer = await pipeline.predict(request("habitual", 3))
+                await store.arecord_outcome(answer.prediction_id, actual_endpoint=habit)
+            assert feed.poll_once() == 6
+            explained.clear()
+            return habit, (await pipeline.predict(request("habitual", 3))).predictions
+        finally:
+            await pipeline.aclose()
+
+    try:
+        habit, shown = asyncio.run(scenario())
+        mine = next(p for p in shown if p.endpoint == habit)
+        assert mine.why.startswith("what you usually do next; ") and len(mine.why) > 26, mine.why
+        assert explained == [3, 1]  # the model's top 3, then the row the blend moved up
     finally:
         feed.stop()
         store.close()
