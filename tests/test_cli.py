@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.cluster import wait_http
 from deployments.cli import main, parse_event
 from deployments.settings import PROJECT_ROOT
 from tests.specs import billing_spec
@@ -102,6 +103,8 @@ def service(serve_cluster, tmp_path_factory) -> Iterator[str]:
 
     data_dir = tmp_path_factory.mktemp("cli-serve")
     serve.run(build_app({"settings": {"data_dir": str(data_dir)}}), name="opensesame", route_prefix="/")
+    # serve.run returns when the replicas are ready; the proxy may take a moment to route to them.
+    wait_http(serve_cluster + "/predict", timeout_s=60, data=REQUEST.read_bytes())
     try:
         yield serve_cluster
     finally:
@@ -111,7 +114,7 @@ def service(serve_cluster, tmp_path_factory) -> Iterator[str]:
 @pytest.mark.serve
 def test_predict_feedback_and_bench_over_http(capsys, service) -> None:
     code, out, err = _run(capsys, "predict", "--url", service, "--request", str(REQUEST), "--json")
-    assert code == 0, err
+    assert code == 0, (out, err)
     answer = json.loads(out)
     code, out, _ = _run(capsys, "feedback", answer["prediction_id"], "--accepted", "--url", service, "--json")
     assert code == 0 and json.loads(out)["rank"] == 1
