@@ -39,7 +39,7 @@ from deployments.schemas import (
 )
 from deployments.scoring import expand_rows, unexplained_rows
 from deployments.settings import load_settings
-from deployments.spec.store import SpecStore
+from deployments.spec.store import SpecStore, send_with_spec
 
 __all__ = ["Ingress", "api"]
 
@@ -125,7 +125,7 @@ class Ingress:
         if not self.store.is_shared(spec.spec_hash):  # the node's L2 failed: send the index along
             request["spec_index"] = spec.to_bytes()
         sent = time.perf_counter()
-        ranked = await self.graph(request)
+        ranked = await send_with_spec(self.graph, request, spec)
         graph_s = time.perf_counter() - sent
         history = spec.resolve_history(request["history"])
         cset = CandidateSet.from_wire(ranked)

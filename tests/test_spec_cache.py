@@ -25,7 +25,7 @@ from deployments.settings import PROJECT_ROOT, Settings, load_settings
 from deployments.spec.cache import SpecCacheDB, SpecL1Cache
 from deployments.spec.index import SpecIndex
 from deployments.spec.openapi import parse_spec
-from deployments.spec.store import SpecStore
+from deployments.spec.store import SpecStore, send_with_spec
 from tests.spec_server import SpecServer, spec_server
 from tests.specs import billing_spec, petstore_swagger2
 
@@ -293,6 +293,53 @@ def test_inline_spec_is_parsed_once_and_shared_with_other_replicas(settings: Set
         assert parse_b.calls == 0
         await ingress.aclose()
         await other.aclose()
+
+    run(scenario())
+
+
+def test_a_replica_on_another_node_gets_the_index_shipped(settings: Settings, tmp_path: Path) -> None:
+    """The Ingress's L2 holds the spec, the downstream's (another node's file) does not: the
+    request is sent once more with the index, and the downstream keeps it in L1 after."""
+
+    async def scenario() -> None:
+        ingress = _store(settings)
+        other_node = load_settings(environ={}, data_dir=tmp_path / "other-node")
+        downstream = _store(other_node, db=SpecCacheDB.from_settings(other_node))
+        index = await ingress.resolve(spec=billing_spec())
+        assert ingress.is_shared(index.spec_hash)  # as far as the Ingress can tell
+        sent: list[dict[str, Any]] = []
+
+        async def send(request: dict[str, Any]) -> SpecIndex:
+            sent.append(request)
+            return await downstream.by_hash(request["spec_hash"], shipped=request.get("spec_index"))
+
+        request = {"spec_hash": index.spec_hash}
+        got = await send_with_spec(send, request, index)
+        assert got.operations == index.operations
+        assert [("spec_index" in r) for r in sent] == [False, True]
+        assert "spec_index" not in request  # the caller's request is left as it was
+        sent.clear()
+        assert (await send_with_spec(send, request, index)).spec_hash == index.spec_hash
+        assert [("spec_index" in r) for r in sent] == [False]  # from the downstream's L1 now
+        await ingress.aclose()
+        await downstream.aclose()
+
+    run(scenario())
+
+
+def test_a_shipped_index_that_still_fails_is_not_sent_again(settings: Settings) -> None:
+    async def scenario() -> None:
+        index = parse_spec(billing_spec())
+        calls = 0
+
+        async def send(request: dict[str, Any]) -> None:
+            nonlocal calls
+            calls += 1
+            raise SpecNotCached("gone")
+
+        with pytest.raises(SpecNotCached):
+            await send_with_spec(send, {"spec_hash": index.spec_hash}, index)
+        assert calls == 2
 
     run(scenario())
 

@@ -20,7 +20,7 @@ from deployments.spec.fetch import SpecFetcher
 from deployments.spec.index import SpecIndex
 from deployments.spec.openapi import parse_spec, spec_hash_of
 
-__all__ = ["SpecStore", "ParseSpec"]
+__all__ = ["SpecStore", "ParseSpec", "send_with_spec"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,6 +30,25 @@ class ParseSpec(Protocol):
     def __call__(
         self, document: bytes | dict[str, Any], *, content_type: str | None = None
     ) -> SpecIndex: ...
+
+
+async def send_with_spec(
+    send: Callable[[dict[str, Any]], Awaitable[T]], request: dict[str, Any], index: SpecIndex
+) -> T:
+    """``send(request)``, once more with the index shipped if a downstream replica lacks the spec.
+
+    The sender judged the node's L2 shared (:meth:`SpecStore.is_shared`), but a receiver may not
+    read it: it runs on another node (one L2 file per node), or its own L2 is bypassed (e.g. the
+    file was locked while replicas started together). Shipping costs one more round trip for a
+    spec's first request on that replica; it keeps the index in L1 after.
+    """
+    try:
+        return await send(request)
+    except SpecNotCached:
+        if "spec_index" in request:
+            raise
+        log.info("a downstream replica lacks spec %s; shipping its index", index.spec_hash[:12])
+        return await send({**request, "spec_index": index.to_bytes()})
 
 
 class SpecStore:
