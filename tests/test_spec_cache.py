@@ -244,6 +244,21 @@ def test_lock_held_too_long_is_a_miss_then_a_bypass(tmp_path: Path) -> None:
     assert db.healthy and db.get_index("abc") == b"x"
 
 
+def test_a_new_file_locked_while_replicas_start_is_waited_for(tmp_path: Path) -> None:
+    # A fresh deploy: another replica holds the new file's write lock while it creates the schema.
+    path = tmp_path / "c.sqlite"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, lambda: (other.execute("ROLLBACK"), other.close()))
+    release.start()
+    try:
+        db = _db(path, busy_timeout_ms=20, first_open_wait_s=5.0)
+    finally:
+        release.join()
+    assert db.status()["state"] == "ok"  # not bypassed for retry_after_s from the start
+    assert db.put_index("abc", b"x") and db.get_index("abc") == b"x"
+
+
 def test_full_disk_fails_the_write_not_the_caller(tmp_path: Path) -> None:
     db = _db(tmp_path / "c.sqlite")
     conn = db._connection()  # this thread's connection; max_page_count stands in for a full disk

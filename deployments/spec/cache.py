@@ -134,6 +134,7 @@ class SpecCacheDB:
         url_ttl_s: float,
         index_ttl_s: float = 7 * 24 * 3600.0,
         busy_timeout_ms: int = 1000,
+        first_open_wait_s: float = 10.0,
         retry_after_s: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -157,7 +158,10 @@ class SpecCacheDB:
         self._rebuilds = 0
         self._last_error: str | None = None
         with self._lock:
-            self._open_file()
+            # The replicas of a fresh deploy open a new file together, and SQLite answers "locked"
+            # at once (no busy wait) to one switching it to WAL while another holds it. The
+            # constructor can wait for that, where a request could not.
+            self._open_file(wait_s=first_open_wait_s)
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> SpecCacheDB:
@@ -355,13 +359,16 @@ class SpecCacheDB:
                 self._connections.remove(conn)
         conn.close()
 
-    def _open_file(self) -> bool:
+    def _open_file(self, wait_s: float = 0.0) -> bool:
         """Start a new generation on the file at ``path``; False (and bypassed) if unusable.
+        ``wait_s``: how long to keep trying while another process holds the file locked.
 
         Called with ``self._lock`` held.
         """
         self._generation += 1
-        for attempt in (1, 2):
+        deadline = time.monotonic() + wait_s
+        attempt = 1
+        while True:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file_id = _file_id(self.path)  # the file _move_aside may move
@@ -372,14 +379,17 @@ class SpecCacheDB:
                 finally:
                     self._forget(conn)
             except (sqlite3.Error, _CorruptFile, OSError) as exc:
+                if getattr(exc, "sqlite_errorname", "") == "SQLITE_BUSY" and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
                 if attempt == 1 and _is_corruption(exc) and self._move_aside(exc):
+                    attempt = 2
                     continue
                 self._bypass(f"cannot open {self.path}: {_describe(exc)}")
                 return False
             self._bypassed_until = None
             self._failures = 0
             return True
-        return False
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
