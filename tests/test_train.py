@@ -1,4 +1,5 @@
-"""``python -m ranker.train`` end to end on a tiny slice of the data, into a temporary folder."""
+"""``python -m ranker.train`` end to end on a tiny slice of the data, into a temporary folder; the
+CV and error benchmarks of the ranker on the same slice."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from deployments.settings import PROJECT_ROOT
 from ranker.data import split_of
@@ -68,3 +71,32 @@ def test_train_entry_point_end_to_end(jentic_dir, tmp_path) -> None:
     assert 0 <= card["metrics"]["validation"]["real"]["ranker"]["hit@1"] <= 1
     assert model.card.calibration["temperature"] > 0
     assert (out / MODEL_FILE).stat().st_size < 5_000_000
+
+
+@pytest.mark.slow
+def test_ranking_cv_reads_training_apis_only(jentic_dir, tmp_path, capsys) -> None:
+    """The CV benchmark scores every real step of the training APIs from a model that did not
+    train on its API, and never reads a validation API."""
+    from benchmarks import ranking_cv
+
+    apis = _tiny_jentic(jentic_dir, tmp_path / "jentic")
+    assert ranking_cv.main(["--jentic-dir", str(tmp_path / "jentic"), "--folds", "3",
+                            "--synthetic-per-api", "2", "--personal-users-per-api", "0"]) == 0
+    out = capsys.readouterr().out
+    train_apis = sum(split_of(a) == "train" for a in apis)
+    assert f"3-fold CV over {train_apis} training APIs" in out
+    n = int(out.split("| ranker | ")[1].split(" |")[0])
+    assert n > 0  # held-out folds were scored
+
+
+def test_ranking_errors_counts_first_and_later_steps(jentic_dir, tmp_path, capsys) -> None:
+    from benchmarks import ranking_errors
+
+    _tiny_jentic(jentic_dir, tmp_path / "jentic")
+    assert ranking_errors.main(["--jentic-dir", str(tmp_path / "jentic"), "--examples", "1"]) == 0
+    out = capsys.readouterr().out
+    counts = {line[7:]: int(line[:5]) for line in out.splitlines() if line[:5].strip().isdigit()}
+    for kind in ("first", "later"):
+        steps = counts[f"{kind}: steps"]
+        assert steps == sum(counts.get(f"{kind}: {what}", 0)
+                            for what in ("right", "wrong", "generator missed the target"))

@@ -1,0 +1,80 @@
+"""Where the shipped ranker goes wrong on the validation APIs' real workflows.
+
+    python -m benchmarks.ranking_errors [--model ranker/models/ranker.txt] [--examples 10] [--top 12]
+
+Counts, for first steps (empty history) and later steps apart: right at rank 1, missed by the
+generator, and wrong; each wrong step by what the top candidate was against the target (the
+roles of both; for later steps, their relation to the last call). Then a few wrong steps with
+their prompt, history, target and the model's pick. For reading, not for tuning: compare
+settings with ``benchmarks.ranking_cv`` on the training APIs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from deployments.candidates.retrieval import RetrievalGenerator
+from deployments.settings import load_settings
+from ranker.data import examples, load_workflows, split_of
+from ranker.features import FeatureExtractor
+from ranker.model import RankerModel, default_model_path
+from ranker.transitions import load_transitions, normalized_segments, relation_of_segments
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ranking_errors",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--jentic-dir", type=Path, default=None)
+    parser.add_argument("--model", type=Path, default=default_model_path())
+    parser.add_argument("--examples", type=int, default=10, help="wrong steps to print")
+    parser.add_argument("--top", type=int, default=12, help="kinds of error to list per kind of step")
+    args = parser.parse_args(argv)
+    workflows = [w for w in load_workflows(args.jentic_dir or load_settings().jentic_dir,
+                                           progress=False) if split_of(w.api) == "valid"]
+    transitions = load_transitions()
+    generator = RetrievalGenerator(transitions=transitions)
+    extractor = FeatureExtractor(transitions=transitions)
+    model = RankerModel.load(args.model)
+    counts: Counter[str] = Counter()
+    wrong: list[str] = []
+    for ex in examples(workflows):
+        kind = "later" if ex.history else "first"
+        counts[f"{kind}: steps"] += 1
+        candidates = generator.generate(ex.spec, ex.history, ex.prompt, limit=30)
+        ops = [ex.spec.operations[c.index] for c in candidates]
+        keys = [op.key for op in ops]
+        if ex.target not in keys:
+            counts[f"{kind}: generator missed the target"] += 1
+            continue
+        scores = model.raw_scores(extractor.extract(ex.spec, ex.history, ex.prompt, candidates))
+        top = ops[int(np.argsort(-scores, kind="stable")[0])]
+        target = ops[keys.index(ex.target)]
+        if top is target:
+            counts[f"{kind}: right"] += 1
+            continue
+        counts[f"{kind}: wrong"] += 1
+        counts[f"{kind}: wrong, target {target.role} / picked {top.role}"] += 1
+        last = ex.history[-1].operation if ex.history else None
+        if last is not None:
+            rel = [relation_of_segments(normalized_segments(last), normalized_segments(op))
+                   for op in (target, top)]
+            counts[f"{kind}: wrong, to the last call: target {rel[0]} / picked {rel[1]}"] += 1
+        wrong.append(f"- {ex.prompt[:200]}\n  history: {[c.key for c in ex.history]}\n"
+                     f"  target: {target.key}\n  picked: {top.key}")
+    for kind in ("first", "later"):
+        lines = sorted(((n, name) for name, n in counts.items() if name.startswith(kind)),
+                       key=lambda x: ("wrong," in x[1], -x[0]))
+        for n, name in lines[: 4 + args.top]:  # the totals, then the commonest kinds of error
+            print(f"{n:5d}  {name}")
+    for line in random.Random(0).sample(wrong, min(args.examples, len(wrong))):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
