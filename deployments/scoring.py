@@ -3,8 +3,8 @@
 The ranker's per-feature contributions cost more than its predict (TreeSHAP ~1.3 ms a row; the
 leaf table of :mod:`ranker.saabas` that replaced it, ~0.05 ms); a response shows at most ``k``
 candidates, so only those ``k`` rows of each group are explained (benchmarks/SERVING.md). Rows
-are stacked across the groups of a batch: one predict call and one contributions call per batch. The Ranker deployment and the in-process pipeline both use
-this, so they do the same work.
+are stacked across the groups of a batch: one predict call and one contributions call per batch.
+The Ranker deployment and the in-process pipeline both use this, so they do the same work.
 """
 
 from __future__ import annotations
