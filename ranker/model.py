@@ -603,7 +603,7 @@ for _reason, _names in {
         _REASON_OF[_n] = _reason
 _COL = {n: i for i, n in enumerate(FEATURE_NAMES)}
 # (column, reason) of the features that speak for a reason, in column order: explain() sums
-# them in that order, so its totals are those of a loop over every column, at a third the cost.
+# them in that order, so its totals are bit-identical to a loop over every column, and cheaper.
 _REASON_COLS = [(i, _REASON_OF[n]) for i, n in enumerate(FEATURE_NAMES) if n in _REASON_OF]
 
 
