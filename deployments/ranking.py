@@ -72,8 +72,9 @@ class RankerDeployment:
         out: list[Any] = list(featured)  # requests that failed upstream keep their error
         rows = [i for i, f in enumerate(featured) if not isinstance(f, BaseException)]
         # Explanations only for the k rows each response shows (deployments/scoring.py).
-        scored = await asyncio.to_thread(
-            score_top_k, ranker, [featured[i]["features"] for i in rows], [featured[i]["k"] for i in rows]
+        # Inline, not asyncio.to_thread: see FeatureExtractorDeployment._extract.
+        scored = score_top_k(
+            ranker, [featured[i]["features"] for i in rows], [featured[i]["k"] for i in rows]
         ) if rows else []
         ms = (time.perf_counter() - start) * 1000
         for i, s in zip(rows, scored, strict=True):

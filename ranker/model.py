@@ -602,6 +602,16 @@ for _reason, _names in {
     for _n in _names.split():
         _REASON_OF[_n] = _reason
 _COL = {n: i for i, n in enumerate(FEATURE_NAMES)}
+# (column, reason) of the features that speak for a reason, in column order: explain() sums
+# them in that order, so its totals are bit-identical to a loop over every column, and cheaper.
+_REASON_COLS = [(i, _REASON_OF[n]) for i, n in enumerate(FEATURE_NAMES) if n in _REASON_OF]
+
+
+def _nan_to_zero(x: np.ndarray) -> np.ndarray:
+    """``np.nan_to_num(x, nan=0.0)``, skipped when every value is finite (almost always; the
+    call costs ~20 µs and explain() runs per shown row on the request path)."""
+    a = np.asarray(x, np.float64)
+    return a if np.isfinite(a).all() else np.nan_to_num(a, nan=0.0)
 
 
 def _plural(noun: str) -> str:
@@ -739,13 +749,13 @@ def explain(
 ) -> str:
     """A one-line reason from what drove this candidate's score: the features with the largest
     positive contributions, grouped into reasons and said in the user's terms."""
-    row = np.nan_to_num(np.asarray(features_row, np.float64), nan=0.0)
-    contrib = np.nan_to_num(np.asarray(contrib_row, np.float64)[: len(FEATURE_NAMES)], nan=0.0)
+    row = _nan_to_zero(features_row)
+    contrib = _nan_to_zero(np.asarray(contrib_row, np.float64)[: len(FEATURE_NAMES)]).tolist()
+    if len(contrib) != len(FEATURE_NAMES):
+        raise ValueError(f"{len(contrib)} contributions for {len(FEATURE_NAMES)} features")
     totals: dict[str, float] = {}
-    for name, value in zip(FEATURE_NAMES, contrib, strict=True):
-        reason = _REASON_OF.get(name)
-        if reason:
-            totals[reason] = totals.get(reason, 0.0) + float(value)
+    for col, reason in _REASON_COLS:
+        totals[reason] = totals.get(reason, 0.0) + contrib[col]
     ordered = [r for r, v in sorted(totals.items(), key=lambda kv: -kv[1]) if v > 0]
     last = history[-1].operation if history else None
     phrases: list[str] = []
