@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -60,10 +61,22 @@ def make_run_env() -> dict[str, str]:
     }
 
 
+# Ports handed out here lie below the kernel's ephemeral range (32768+, where port-0 binds and
+# outgoing connections land) and above Ray's worker ports (10002-19999): a port chosen now and
+# bound by a server tens of seconds later (HAProxy's, once the head is up) cannot be taken
+# meanwhile by one of the sockets Ray opens. A random port from the ephemeral range once was.
+_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for port in random.sample(_PORTS, 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))  # every address: HAProxy binds 0.0.0.0
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 class SpecServer:

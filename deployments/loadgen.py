@@ -46,11 +46,16 @@ __all__ = [
     "probe",
     "summarize",
     "percentile",
+    "CLIENT_OVERFLOW",
     "process_tree",
     "tree_memory_mb",
     "LoadResult",
     "run_load",
 ]
+
+
+# A request the load generator itself dropped: more than max_connections already in flight.
+CLIENT_OVERFLOW = "client: max_connections in flight"
 
 
 @dataclass(slots=True)
@@ -59,7 +64,7 @@ class Sample:
     latency_s: float
     status: int  # 0: no HTTP answer (connection error, timeout)
     retry_after: float = 0.0  # the answer's Retry-After, seconds (0: none)
-    who: str = ""  # for 5xx: who answered (an X-Refused-By header, else the start of the body)
+    who: str = ""  # 5xx: who answered (an X-Refused-By header, else the start of the body); 0: why
 
 
 @dataclass
@@ -115,6 +120,7 @@ def summarize(samples: Sequence[Sample], duration_s: float) -> dict[str, Any]:
         "error_rate": round(len(errors) / n, 4) if n else 0.0,
         "error_statuses": sorted({s.status for s in errors}),
         "503_from": dict(Counter(s.who for s in shed)),
+        "errors_from": dict(Counter(s.who or str(s.status) for s in errors)),
     }
 
 
@@ -202,9 +208,10 @@ async def _one(conn: _Connection, raw: bytes, t0: float, timeout_s: float) -> Sa
     start = time.perf_counter()
     try:
         status, retry_after, body = await asyncio.wait_for(conn.request(raw), timeout_s)
-    except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
         conn.close()
-        status, retry_after, body = 0, 0.0, b""
+        return Sample(sent=start - t0, latency_s=time.perf_counter() - start, status=0,
+                      who=f"no answer: {type(exc).__name__}")
     end = time.perf_counter()
     who = ""
     if status >= 500:
@@ -303,7 +310,7 @@ async def open_loop(
             await asyncio.sleep(delay)
         if in_flight >= max_connections:
             if due >= warmup_s:
-                samples.append(Sample(sent=due, latency_s=0.0, status=0))
+                samples.append(Sample(sent=due, latency_s=0.0, status=0, who=CLIENT_OVERFLOW))
             continue
         task = asyncio.create_task(send(raws[rng.randrange(len(raws))], due))
         tasks.add(task)

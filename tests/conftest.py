@@ -1,12 +1,12 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from benchmarks.cluster import free_port
 from deployments.settings import load_settings
 
 # Local clusters in tests run without Ray's token auth (ray-serve-2.60-notes.md).
@@ -19,12 +19,6 @@ def jentic_dir() -> Path:
     if not path.is_dir():
         pytest.fail(f"jentic data not found at {path}; set OPENSESAME_JENTIC_DIR")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
