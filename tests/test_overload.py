@@ -31,7 +31,16 @@ from benchmarks.cluster import spec_server, wait_http, write_config
 from benchmarks.serving import replica_counts
 from benchmarks.workload import build_workload
 from deployments.admission import MAX_CONCURRENT_PER_INGRESS, REFUSED_BY
-from deployments.loadgen import NodeSampler, RunResult, Sample, closed_loop, open_loop, percentile, probe
+from deployments.loadgen import (
+    CLIENT_OVERFLOW,
+    NodeSampler,
+    RunResult,
+    Sample,
+    closed_loop,
+    open_loop,
+    percentile,
+    probe,
+)
 from tests.faults import record
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow, pytest.mark.faults]
@@ -129,7 +138,10 @@ def _numbers(result: RunResult, **extra: Any) -> dict[str, Any]:
         "503_over_50ms_at_s": slow[:30],
         "p50_200_ms": s["p50_ms"],
         "p99_200_ms": s["p99_ms"],
-        "other_errors": round(s["error_rate"] * n),
+        # Requests the load generator did not send (512 already in flight) are its own limit,
+        # not the service's answer: counted apart.
+        "client_overflow": s["errors_from"].get(CLIENT_OVERFLOW, 0),
+        "other_errors": round(s["error_rate"] * n) - s["errors_from"].get(CLIENT_OVERFLOW, 0),
         "error_statuses": s["error_statuses"],
         "errors_from": s["errors_from"],
         "node_peak_rss_mb": s["node_peak_rss_mb"],
@@ -188,14 +200,12 @@ def test_overload_2x_and_5x_for_a_minute_fast_503s_and_full_recovery(service: di
     record("overload recovery", **recovery)
 
     for factor, p in phases.items():
-        # Answers and refusals only: no 500/502/504, no 4xx, no client-side error or timeout. One
-        # exception: at 5x (600+ req/s from this one loopback client, sharing 2 CPUs with the
-        # service) a handful of requests got no HTTP answer at all in one full run of ~7 (64 of
-        # 37,764); `errors_from` now records why (the client's own max_connections, or the
-        # connection error). Up to 0.5% of those are reported there, not failed.
-        assert [s for s in p["error_statuses"] if s != 0] == [], (factor, p)
-        assert p["other_errors"] == 0 or (factor == 5 and p["other_errors"] <= 0.005 * p["requests"]), (
-            factor, p)
+        # Answers and refusals only: no 500/502/504, no 4xx, no connection error or timeout.
+        assert p["other_errors"] == 0, (factor, p)
+        # At 5x this one loopback client, sharing 2 CPUs with the service, sometimes has 512
+        # requests in flight and skips a few (0.2% and 1.2% in two full runs): the offered load
+        # stays within 5% of the nominal one.
+        assert p["client_overflow"] <= 0.05 * p["requests"], (factor, p)
         # What is accepted is served (all of it 200, above), and not kept waiting without bound.
         assert p["served_rps"] > 0 and p["p99_200_ms"] < 10_000, (factor, p)
         assert p["node_peak_rss_mb"] < NODE_MB, (factor, p)
