@@ -119,6 +119,9 @@ async def _with_floor(
 def _numbers(result: RunResult, **extra: Any) -> dict[str, Any]:
     s = result.summary()
     n = s["requests"] or 1
+    # Requests the load generator did not send (512 already in flight) are its own limit, not the
+    # service's answer: counted apart.
+    overflow = s["errors_from"].get(CLIENT_OVERFLOW, 0)
     shed = [x.latency_s * 1000 for x in result.samples if x.status == 503]
     by_haproxy = [x.latency_s * 1000 for x in result.samples if x.status == 503 and x.who == ADMISSION]
     slow = sorted({int(x.sent) for x in result.samples if x.status == 503 and x.latency_s > 0.05})
@@ -138,10 +141,8 @@ def _numbers(result: RunResult, **extra: Any) -> dict[str, Any]:
         "503_over_50ms_at_s": slow[:30],
         "p50_200_ms": s["p50_ms"],
         "p99_200_ms": s["p99_ms"],
-        # Requests the load generator did not send (512 already in flight) are its own limit,
-        # not the service's answer: counted apart.
-        "client_overflow": s["errors_from"].get(CLIENT_OVERFLOW, 0),
-        "other_errors": round(s["error_rate"] * n) - s["errors_from"].get(CLIENT_OVERFLOW, 0),
+        "client_overflow": overflow,
+        "other_errors": round(s["error_rate"] * n) - overflow,
         "error_statuses": s["error_statuses"],
         "errors_from": s["errors_from"],
         "node_peak_rss_mb": s["node_peak_rss_mb"],
