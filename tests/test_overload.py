@@ -118,7 +118,6 @@ async def _with_floor(
 
 def _numbers(result: RunResult, **extra: Any) -> dict[str, Any]:
     s = result.summary()
-    n = s["requests"] or 1
     # Requests the load generator did not send (512 already in flight) are its own limit, not the
     # service's answer: counted apart.
     overflow = s["errors_from"].get(CLIENT_OVERFLOW, 0)
@@ -142,7 +141,7 @@ def _numbers(result: RunResult, **extra: Any) -> dict[str, Any]:
         "p50_200_ms": s["p50_ms"],
         "p99_200_ms": s["p99_ms"],
         "client_overflow": overflow,
-        "other_errors": round(s["error_rate"] * n) - overflow,
+        "other_errors": sum(s["errors_from"].values()) - overflow,  # exact: error_rate is rounded
         "error_statuses": s["error_statuses"],
         "errors_from": s["errors_from"],
         "node_peak_rss_mb": s["node_peak_rss_mb"],
