@@ -56,7 +56,7 @@ def app(serve_cluster, tmp_path_factory) -> Iterator[dict[str, Any]]:
     }
     started = time.time()
     # The key as production passes it: in the environment, which build_app hands to the replicas
-    # (runtime_env): it must not surface in Ray's or Serve's logs either.
+    # (constructor arguments): it must not surface in Ray's or Serve's logs either.
     os.environ["OPENSESAME_LLM_API_KEY"] = SECRET
     try:
         serve.run(build_app({"settings": settings}), name=APP, route_prefix="/hostile")

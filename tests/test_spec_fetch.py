@@ -24,7 +24,11 @@ from deployments.settings import Settings, load_settings
 from deployments.spec.fetch import HostPolicy, SpecFetcher, refusal_reason
 
 MAX_BYTES = 64 * 1024
-TIMEOUT_S = 0.5
+TIMEOUT_S = 0.5  # the fetch timeout of the tests that make it fire
+# Every other fetch gets a timeout a loaded CI machine cannot reach by accident (a 0.5 s one did,
+# once: test_fetches_body_and_content_type timed out while the overload test's load wound down).
+OK_TIMEOUT_S = 10.0
+STALL_S = 5.0  # how long the stalling routes hold back; "did not wait for it" means well under
 GOOD = json.dumps(
     {"openapi": "3.0.0", "info": {"title": "t", "version": "1"},
      "paths": {"/pets": {"get": {"operationId": "listPets", "responses": {"200": {}}}}}}
@@ -73,7 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, b"openapi: 3.0.0\n", Content_Type="application/yaml")
 
     def _slow(self) -> None:  # no headers until long after the fetch timeout
-        self.server.release.wait(5)
+        self.server.release.wait(STALL_S)
         self._send(200, GOOD)
 
     def _trickle(self) -> None:  # every read is quick, the whole body is not
@@ -90,7 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(MAX_BYTES + 1))
         self.end_headers()
-        self.server.release.wait(5)
+        self.server.release.wait(STALL_S)
 
     def _huge_undeclared(self) -> None:  # no Content-Length: body ends when the connection closes
         self.send_response(200)
@@ -166,7 +170,7 @@ def _settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "allow_private_spec_hosts": True,  # the test server is on loopback
         "spec_max_bytes": MAX_BYTES,
-        "spec_fetch_timeout_s": TIMEOUT_S,
+        "spec_fetch_timeout_s": OK_TIMEOUT_S,
         "spec_max_redirects": 5,
     }
     values.update(overrides)
@@ -212,7 +216,8 @@ def test_one_fetcher_keeps_working_after_failures(server: _SpecServer) -> None:
     """The replica's single client must not be left broken by a refusal, timeout or size cap."""
 
     async def run() -> None:
-        fetcher = SpecFetcher(_settings(allow_private_spec_hosts=False),
+        fetcher = SpecFetcher(_settings(allow_private_spec_hosts=False,
+                                        spec_fetch_timeout_s=TIMEOUT_S),
                               trusted_networks=["127.0.0.1/32"])
         try:
             for path, error in [("/to-private", SpecHostRefused), ("/slow", SpecFetchTimeout),
@@ -298,16 +303,16 @@ def test_upstream_error_status(server: _SpecServer, path: str, status: str) -> N
 def test_timeouts(server: _SpecServer, path: str) -> None:
     started = time.monotonic()
     with pytest.raises(SpecFetchTimeout) as info:
-        _fetch(server.url(path))
+        _fetch(server.url(path), _settings(spec_fetch_timeout_s=TIMEOUT_S))
     assert info.value.status == 504
-    assert time.monotonic() - started < TIMEOUT_S + 0.5
+    assert time.monotonic() - started < STALL_S / 2  # the timeout ended it, not the server
 
 
 def test_declared_size_over_cap_fails_without_reading(server: _SpecServer) -> None:
     started = time.monotonic()
     with pytest.raises(SpecTooLarge, match=f"{MAX_BYTES + 1} bytes"):
         _fetch(server.url("/huge-declared"))
-    assert time.monotonic() - started < TIMEOUT_S / 2  # did not wait for the stalled body
+    assert time.monotonic() - started < STALL_S / 2  # did not wait for the stalled body
 
 
 def test_undeclared_size_over_cap_stops_reading(server: _SpecServer) -> None:
