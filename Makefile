@@ -25,10 +25,11 @@ install: $(STAMP)
 # settings are read by the processes the head starts (proxy, controller, replicas), so they go in
 # the head's environment: throughput-optimised Serve, HAProxy in place of the Python proxy with
 # admission control (past 16 requests per Ingress replica HAProxy answers 503 + Retry-After
-# itself: `python -m deployments.admission`), and user code off the replica's own loop.
+# itself: `python -m deployments.admission`), and user code on the replica's own loop (no thread
+# hand-off per call: benchmarks/SERVING.md; HAProxy, not the replica, refuses the excess).
 RAY_PORT ?= 6390
 run: $(STAMP)
-	@RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=1 \
+	@RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 \
 	    RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER="$$($(PY) -m deployments.admission)" \
 	    $(VENV)/bin/ray start --head --block --port $(RAY_PORT) $$($(PY) -m deployments.resources) & ray_pid=$$!; \
 	trap 'kill $$ray_pid 2>/dev/null; wait $$ray_pid 2>/dev/null' EXIT INT TERM; \

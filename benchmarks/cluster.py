@@ -40,6 +40,7 @@ __all__ = [
     "RayHead",
     "ServeApp",
     "write_config",
+    "merged",
     "wait_http",
     "make_run_env",
     "replica_failures",
@@ -52,11 +53,11 @@ VENV_BIN = Path(sys.executable).parent
 def make_run_env() -> dict[str, str]:
     """The Serve settings ``make run`` (and the image) put in the Ray head's environment:
     throughput-optimised Serve, HAProxy in place of the Python proxy with admission control
-    (:mod:`deployments.admission`), user code off the replica's own loop."""
+    (:mod:`deployments.admission`), user code on the replica's own loop."""
     return {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1",
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
         ADMISSION_ENV_VAR: haproxy_health_check_inter(),
     }
 
@@ -172,7 +173,12 @@ def _stop(proc: subprocess.Popen[bytes], first: signal.Signals, grace_s: float) 
 class RayHead:
     """A capped Ray head node: the same ``ray start`` arguments as ``make run`` and the image."""
 
-    def __init__(self, *, env: Mapping[str, str] | None = None, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, *, env: Mapping[str, str] | None = None, extra_args: tuple[str, ...] = (),
+                 root: Path = ROOT) -> None:
+        """``root``: the checkout whose code (and ``.venv``) the head and its apps run; another
+        one than this lets an A/B compare two versions of the code side by side."""
+        self.root = root
+        self.bin = VENV_BIN if root == ROOT else root / ".venv" / "bin"
         # Short path: Ray's unix sockets live under it and must stay under ~107 characters.
         self.temp_dir = tempfile.mkdtemp(prefix="os5-", dir="/tmp")
         self.port = free_port()
@@ -205,7 +211,7 @@ class RayHead:
 
     def start(self, timeout_s: float = 60) -> RayHead:
         cmd = [
-            str(VENV_BIN / "ray"),
+            str(self.bin / "ray"),
             "start",
             "--head",
             "--block",
@@ -304,18 +310,25 @@ def write_config(
     base: Path = ROOT / "serve_config.yaml",
     deployments: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
-    """``serve_config.yaml`` on another port, with per-deployment overrides merged in."""
+    """``serve_config.yaml`` on another port, with per-deployment overrides merged in (nested
+    mappings key by key)."""
     doc = yaml.safe_load(base.read_text())
     doc["http_options"]["port"] = port
     doc["http_options"]["host"] = "127.0.0.1"
-    for d in doc["applications"][0]["deployments"]:
-        for key, value in (deployments or {}).get(d["name"], {}).items():
-            if isinstance(value, dict) and isinstance(d.get(key), dict):
-                d[key] = {**d[key], **value}
-            else:
-                d[key] = value
+    doc["applications"][0]["deployments"] = [
+        merged(d, (deployments or {}).get(d["name"], {})) for d in doc["applications"][0]["deployments"]
+    ]
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, nested mappings key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        both = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = merged(out[key], value) if both else value
+    return out
 
 
 class ServeApp:
@@ -334,7 +347,7 @@ class ServeApp:
         with open(self.log_path, "wb") as log:
             done = subprocess.run(
                 [
-                    str(VENV_BIN / "serve"),
+                    str(self.head.bin / "serve"),
                     "run",
                     "--non-blocking",
                     "--address",
@@ -344,10 +357,11 @@ class ServeApp:
                 env=self.head.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=ROOT,
+                cwd=self.head.root,
                 timeout=timeout_s,
             )
         if done.returncode:
-            raise RuntimeError(f"serve run exited {done.returncode}; see {self.log_path}")
+            tail = self.log_path.read_text(errors="replace")[-1500:]
+            raise RuntimeError(f"serve run exited {done.returncode} ({self.log_path}):\n{tail}")
         wait_http(self.url + "/predict", timeout_s=timeout_s, data=probe_body)
         return self

@@ -82,8 +82,9 @@ class FeatureExtractorDeployment:
             jobs.append((spec, spec.resolve_history(request["history"]), request["prompt"], cset.candidates,
                          UserTransitions.from_wire(request.get("personal"))))
             rows.append(i)
-        # On the replica's user-code loop, not in a worker thread: Serve already runs user code
-        # off its own loop, and a thread hop per batch cost ~0.5 ms (benchmarks/SERVING.md).
+        # Inline, not in a worker thread: a thread hop per batch cost ~0.5 ms, and the few ms of
+        # a batch hold up nothing (calls arriving meanwhile join the next batch; HAProxy, not
+        # this replica, refuses the excess). benchmarks/SERVING.md.
         matrices = self.extractor.extract_batch(jobs) if jobs else []
         ms = (time.perf_counter() - start) * 1000
         for i, x in zip(rows, matrices, strict=True):
