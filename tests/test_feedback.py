@@ -177,6 +177,39 @@ def test_an_acknowledged_outcome_survives_a_crash(tmp_path) -> None:
     assert stored is not None and stored.actual_key == "POST /invoices/{invoice_id}/pay"
 
 
+def test_contexts_share_a_commit_and_an_outcome_does_not_wait(tmp_path) -> None:
+    """Prediction contexts wait up to linger_s for company (one commit for many, not fsynced);
+    an outcome ends the wait at once and is committed with a full sync."""
+    store = FeedbackStore(tmp_path / "f.sqlite", linger_s=2.0)
+    try:
+        commits = store.stats["commits"]
+        for i in range(5):
+            store.record_prediction(_ctx(f"p{i}"))
+        time.sleep(0.1)  # well inside the linger: nothing committed yet
+        assert store.stats["commits"] == commits
+        assert store.prediction("p0") is None
+        started = time.monotonic()
+        result = store.record_outcome("p4", accepted=True)
+        assert time.monotonic() - started < 1.5  # did not sit out the rest of the linger
+        assert result.recorded and result.rank == 1
+        assert store.stats["commits"] == commits + 1  # the five contexts and the outcome, together
+        assert all(store.prediction(f"p{i}") is not None for i in range(5))
+        assert store._synchronous == "FULL"
+        store.record_prediction(_ctx("p5"))
+        store.flush()  # a flush does not wait either, and commits it
+        assert store.prediction("p5") is not None
+        store.record_prediction(_ctx("p6"))
+        deadline = time.monotonic() + 10
+        while store.prediction("p6") is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.prediction("p6") is not None  # committed once its linger ran out
+        assert store._synchronous == "NORMAL"  # contexts alone: not fsynced
+    finally:
+        store.close()
+    with pytest.raises(ValueError, match="linger_s"):
+        FeedbackStore(tmp_path / "g.sqlite", linger_s=-1)
+
+
 def test_a_full_queue_drops_predictions_without_blocking(tmp_path) -> None:
     path = tmp_path / "f.sqlite"
     store = FeedbackStore(path, max_queue=4)
