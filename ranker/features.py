@@ -424,6 +424,18 @@ class SpecTables:
         self.long_words = [tuple(w for w in sorted(v) if len(w) >= 4 and "<" not in w)
                            for v in self.vocab]
         self._fuzzy_idf: dict[str, float] = {}
+        # The same questions for every operation at once (match_column): inverted indexes of the
+        # vocabularies, descriptions, roles and long words, and every joined vocabulary in one
+        # string (a prompt word has no separator in it, so a hit never spans two operations).
+        self._word_ops = _inverted(self.vocab)
+        self._desc_ops = _inverted(self.desc_words)
+        self._long_word_ops = _inverted(self.long_words)
+        self._role_ops = {r: np.flatnonzero(self.role[:, k]) for k, r in enumerate(ROLES)}
+        self._all_joined = "\n".join(self.joined)
+        self._joined_starts = np.cumsum([0] + [len(j) + 1 for j in self.joined[:-1]])
+        self._fuzzy_ops: dict[str, np.ndarray] = {}
+        self._columns: dict[str, np.ndarray] = {}
+        self._max_columns = max(64, _COLUMN_BUDGET // max(n, 1))
         self.word_vectors = word_vectors
         if word_vectors is not None:
             self._build_semantic(word_vectors, ops)
@@ -452,6 +464,43 @@ class SpecTables:
             word in self.joined[i] or any(v in word for v in self.long_words[i])
         )
 
+    def fuzzy_ops(self, word: str) -> np.ndarray:
+        """The operations ``i`` with ``fuzzy(i, word)``, found without visiting every one."""
+        found = self._fuzzy_ops.get(word)
+        if found is not None:
+            return found
+        hits: set[int] = set()
+        if len(word) >= 4:
+            at = self._all_joined.find(word)
+            while at >= 0:
+                hits.add(int(np.searchsorted(self._joined_starts, at, side="right")) - 1)
+                at = self._all_joined.find(word, at + 1)
+            n = len(word)
+            for a in range(n - 3):
+                for b in range(a + 4, n + 1):
+                    hits.update(self._long_word_ops.get(word[a:b], ()))
+        found = np.array(sorted(hits), np.int64)
+        if len(self._fuzzy_ops) < 10_000:
+            self._fuzzy_ops[word] = found
+        return found
+
+    def match_column(self, word: str) -> np.ndarray:
+        """How well each operation matches one prompt stem: 1 for the word itself or a verb of
+        its role, else 0.6 inside one of its compound words, else 0.3 in its description only."""
+        column = self._columns.get(word)
+        if column is not None:
+            return column
+        column = np.zeros(self.n, np.float32)
+        column[self._desc_ops.get(word, _NONE)] = DESCRIPTION_WEIGHT  # not (): that is every row
+        column[self.fuzzy_ops(word)] = FUZZY_WEIGHT
+        column[self._word_ops.get(word, _NONE)] = 1.0
+        for role in _ROLE_VERBS.get(word, ()):
+            column[self._role_ops[role]] = 1.0
+        if len(self._columns) >= self._max_columns:
+            self._columns.clear()  # bounded: a few MB per spec
+        self._columns[word] = column
+        return column
+
     def word_idf(self, word: str) -> float:
         """How distinctive a prompt word is in this spec; a word no operation has exactly is
         weighed by the operations it matches inside compounds (0 when none)."""
@@ -460,11 +509,24 @@ class SpecTables:
             return idf
         found = self._fuzzy_idf.get(word)
         if found is None:
-            df = sum(self.fuzzy(i, word) for i in range(self.n)) if len(word) >= 4 else 0
+            df = len(self.fuzzy_ops(word))
             found = math.log((self.n + 1) / (df + 0.5)) if df else 0.0
             if len(self._fuzzy_idf) < 10_000:
                 self._fuzzy_idf[word] = found
         return found
+
+
+_COLUMN_BUDGET = 500_000  # match columns kept per spec, in floats (2 MB)
+_NONE = np.zeros(0, np.int64)
+
+
+def _inverted(word_sets: Sequence[Iterable[str]]) -> dict[str, np.ndarray]:
+    """word -> the indices of the sets that hold it."""
+    index: dict[str, list[int]] = {}
+    for i, words in enumerate(word_sets):
+        for w in set(words):
+            index.setdefault(w, []).append(i)
+    return {w: np.array(ids, np.int64) for w, ids in index.items()}
 
 
 class _BM25:
@@ -734,18 +796,10 @@ class FeatureExtractor:
         clause_total = _per_clause(weights[None, :], clause_onehot)[0]
         clause_total[clause_total == 0] = 1.0
 
+        columns = np.stack([t.match_column(w) for w in pt.stems], axis=1)  # (operations, stems)
+
         def match(rows: Sequence[int]) -> np.ndarray:
-            m = np.zeros((len(rows), len(pt.stems)), np.float32)
-            for r, i in enumerate(rows):
-                vocab, role = t.vocab[i], t.role_name[i]
-                for p, (w, roles) in enumerate(zip(pt.stems, roles_at, strict=True)):
-                    if w in vocab or role in roles:
-                        m[r, p] = 1.0
-                    elif t.fuzzy(i, w):
-                        m[r, p] = FUZZY_WEIGHT
-                    elif w in t.desc_words[i]:
-                        m[r, p] = DESCRIPTION_WEIGHT
-            return m * weights
+            return columns[np.asarray(rows, np.int64)] * weights
 
         # What the calls already made explain of the prompt, and how far along it they got:
         # each call is placed at the clause it matches best.

@@ -167,6 +167,27 @@ def test_training_and_serving_paths_compute_identical_features(jentic_dir, trans
     assert (personal[: b[1]] == 0).all() and personal[:, 0].max() == pytest.approx(2 / 3)
 
 
+def test_match_columns_are_the_per_operation_definition(spec) -> None:
+    """The lexical match of a prompt stem, computed for every operation at once from inverted
+    indexes, is exactly its per-operation definition (word or role verb, compound, description)."""
+    from ranker.features import _ROLE_VERBS, DESCRIPTION_WEIGHT, FUZZY_WEIGHT, SpecTables
+
+    t = SpecTables(spec)
+    words = {w for v in t.vocab for w in v} | {w for v in t.desc_words for w in v}
+    words |= {w[:k] for w in list(words) for k in range(3, len(w))}  # pieces: inside compounds
+    words |= {w + "s" + x for w in list(words)[:200] for x in ("", "et", "board")}  # wrappers
+    words |= {stem(w) for w in "create list get invoices paying statuses overdue xyzzy".split()}
+    for w in sorted(words):
+        roles = _ROLE_VERBS.get(w, frozenset())
+        expected = np.array([
+            1.0 if w in t.vocab[i] or t.role_name[i] in roles
+            else FUZZY_WEIGHT if t.fuzzy(i, w)
+            else DESCRIPTION_WEIGHT if w in t.desc_words[i] else 0.0
+            for i in range(t.n)], np.float32)
+        assert np.array_equal(t.match_column(w), expected), w
+        assert t.fuzzy_ops(w).tolist() == [i for i in range(t.n) if t.fuzzy(i, w)], w
+
+
 def test_identical_in_every_process(extractor, spec) -> None:
     """Serving runs the extractor in other processes (other hash seeds): same bits there."""
     import os

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 __all__ = [
     "Param",
@@ -61,8 +62,22 @@ STOPWORDS = frozenset(
 
 def tokenize(text: str, *, keep_stopwords: bool = False) -> list[str]:
     """Lower-case word tokens, camelCase and snake_case split, plurals folded to singular."""
+    if len(text) <= _CACHED_TEXT_LEN:  # prompts, names and paths come back request after request
+        return list(_tokens(text, keep_stopwords))
+    return _tokenize(text, keep_stopwords)
+
+
+_CACHED_TEXT_LEN = 512
+
+
+def _tokenize(text: str, keep_stopwords: bool) -> list[str]:
     words = _NON_WORD.sub(" ", _CAMEL.sub(" ", text)).lower().split()
     return [singular(w) for w in words if keep_stopwords or (w not in STOPWORDS and len(w) > 1)]
+
+
+@lru_cache(maxsize=32768)
+def _tokens(text: str, keep_stopwords: bool) -> tuple[str, ...]:
+    return tuple(_tokenize(text, keep_stopwords))
 
 
 def singular(word: str) -> str:
