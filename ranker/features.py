@@ -497,7 +497,7 @@ class SpecTables:
         for role in _ROLE_VERBS.get(word, ()):
             column[self._role_ops[role]] = 1.0
         if len(self._columns) >= self._max_columns:
-            self._columns.clear()  # bounded: a few MB per spec
+            self._columns.clear()  # bounded: 1 MB per spec
         self._columns[word] = column
         return column
 
@@ -516,7 +516,7 @@ class SpecTables:
         return found
 
 
-_COLUMN_BUDGET = 500_000  # match columns kept per spec, in floats (2 MB)
+_COLUMN_BUDGET = 250_000  # match columns kept per spec, in floats (1 MB; 64 specs are cached)
 _NONE = np.zeros(0, np.int64)
 
 
