@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from benchmarks.cluster import ROOT, RayHead, ServeApp, free_port, merged, spec_server, write_config
-from benchmarks.serving import SERVE_ENV, Bench, log, post
+from benchmarks.serving import SERVE_ENV, Bench, log, post, settle
 from benchmarks.workload import build_workload
 from deployments.settings import load_settings
 
@@ -74,7 +74,7 @@ class Variant:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
     workload = build_workload(settings.jentic_dir)
-    bench = Bench(duration_s=args.duration, out=args.out)
+    bench = Bench(duration_s=args.duration, out=args.out, settle_s=args.settle)
     levels = [int(x) for x in args.levels.split(",")]
     with spec_server(workload.specs) as specs:
         bodies = workload.with_base_url(specs.base_url)
@@ -90,6 +90,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     app = ServeApp(head, config).start(json.dumps(bodies[0]).encode())
                     for body in bodies:  # warm: every spec in every replica's cache
                         post(app.url + "/predict", body)
+                    await settle(bench, app.url + "/predict", bodies)
                     log(f"round {r}: {v.name} up ({v.root}, env {v.env or 'as make run'}, "
                         f"config {v.config or 'as is'})")
                     for level in levels:
@@ -97,7 +98,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                             roots=head.pids, concurrency=level)
     return {"variants": {v.name: {"root": str(v.root), "env": v.env, "config": v.config}
                          for v in args.variant},
-            "levels": levels, "rounds": args.rounds, "duration_s": args.duration,
+            "levels": levels, "rounds": args.rounds, "duration_s": args.duration, "settle_s": args.settle,
             "pinned": not args.autoscale, "runs": bench.results["runs"],
             "medians": medians(bench.results["runs"], [v.name for v in args.variant], levels)}
 
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=8.0, help="seconds per measured point")
     p.add_argument("--levels", default="1,4,16", help="closed-loop client counts")
+    p.add_argument("--settle", type=float, default=30.0,
+                   help="seconds of unrecorded load on each fresh deploy (benchmarks.serving.settle)")
     p.add_argument("--autoscale", action="store_true", help="keep serve_config.yaml's autoscaling")
     p.add_argument("--data-dir", default=f"/tmp/serving-ab-{int(time.time())}")
     p.add_argument("--out", type=Path, default=RESULTS)
