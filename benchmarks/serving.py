@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import statistics
@@ -84,6 +85,21 @@ def get(url: str) -> dict[str, Any]:
         return json.loads(r.read())
 
 
+def calibration_ms() -> float:
+    """How fast this machine is right now: the best of three runs of a fixed pure-Python loop,
+    in ms. The shared host's speed moves by half from one minute to the next (the kernel shows no
+    steal time for it), and every run records this beside its numbers so that they can be read
+    against it."""
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(200_000):
+            total += i * i
+        best = min(best, time.perf_counter() - t0)
+    return round(best * 1000, 2)
+
+
 class Bench:
     def __init__(self, *, duration_s: float, out: Path, settle_s: float = 0.0) -> None:
         self.duration_s = duration_s
@@ -106,6 +122,7 @@ class Bench:
         duration_s: float | None = None,
     ) -> dict[str, Any]:
         duration = duration_s or self.duration_s
+        speed = calibration_ms()
         replicas = self.replicas if label.startswith("serve") else None
         before = replicas() if replicas else None
         async with NodeSampler(roots) as sampler:
@@ -115,7 +132,7 @@ class Bench:
                 assert rate is not None
                 run = await open_loop(url, bodies, rate=rate, duration_s=duration)
         run.node = sampler.result()
-        summary = {"setup": label, **run.summary()}
+        summary = {"setup": label, **run.summary(), "calibration_ms": speed}
         if replicas:
             summary["replicas"] = {"start": before, "end": replicas()}
         self.results["runs"].append(summary)
@@ -484,7 +501,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 _MEDIAN_KEYS = ("throughput_rps", "p50_ms", "p95_ms", "p99_ms", "max_ms", "service_cpu_ms_per_request",
-                "node_cpu_pct", "node_peak_rss_mb")
+                "calibration_ms", "node_cpu_pct", "node_peak_rss_mb")
 
 
 def summaries(r: dict[str, Any]) -> list[dict[str, Any]]:

@@ -110,7 +110,8 @@ def medians(runs: list[dict[str, Any]], names: list[str], levels: list[int]) -> 
             mine = [r for r in runs if r["setup"].rsplit(" r", 1)[0] == name and r["level"] == level]
             out.setdefault(name, {})[f"{level} clients"] = {
                 key: round(statistics.median(r[key] for r in mine), 2)
-                for key in ("throughput_rps", "p50_ms", "p99_ms", "service_cpu_ms_per_request")
+                for key in ("throughput_rps", "p50_ms", "p99_ms", "service_cpu_ms_per_request",
+                            "calibration_ms")
                 if all(r.get(key) is not None for r in mine)
             }
     return out

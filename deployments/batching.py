@@ -50,7 +50,7 @@ class BatchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_batch_size: int = Field(16, ge=1, le=256)
-    batch_wait_timeout_s: float = Field(0.002, ge=0.0, le=0.1)
+    batch_wait_timeout_s: float = Field(0.0, ge=0.0, le=0.1)
 
 
 class CoalescerConfig(BaseModel):
