@@ -365,14 +365,14 @@ class NodeSampler:
         self.peak_rss_mb = 0.0
         self.peak_pss_mb = 0.0
         self._cpu0: tuple[int, int] | None = None
-        self._tree_cpu0 = 0.0
+        self._tree_cpu0: dict[int, int] = {}
         self._proc: Any = None
         self._stop: Any = None
         self._peaks: Any = None
 
     async def __aenter__(self) -> NodeSampler:
         self._cpu0 = _cpu_times()
-        self._tree_cpu0 = tree_cpu_s(list(self.roots()))
+        self._tree_cpu0 = tree_cpu_ticks(list(self.roots()))
         ctx = multiprocessing.get_context("fork")
         self._stop = ctx.Event()
         self._peaks = ctx.Array("d", 2)
@@ -407,7 +407,7 @@ class NodeSampler:
             # The service's own CPU (its process trees), unlike node_cpu_pct not polluted by
             # whatever else runs on the machine: the cost per request is this over the requests.
             "service_cpu_pct": round(
-                100 * (tree_cpu_s(list(self.roots())) - self._tree_cpu0) / max(seconds, 1e-9), 1
+                100 * _cpu_since(self._tree_cpu0, tree_cpu_ticks(list(self.roots()))) / max(seconds, 1e-9), 1
             ),
             "node_peak_rss_mb": round(self.peak_rss_mb, 1),
             "node_peak_pss_mb": round(self.peak_pss_mb, 1),
@@ -426,17 +426,24 @@ def _sample_peaks(roots: Callable[[], Iterable[int]], interval_s: float, peaks: 
             return
 
 
-def tree_cpu_s(roots: Sequence[int]) -> float:
-    """User + system CPU seconds of every live process under ``roots``."""
-    ticks = 0
+def tree_cpu_ticks(roots: Sequence[int]) -> dict[int, int]:
+    """User + system CPU clock ticks of every live process under ``roots``, by pid."""
+    ticks: dict[int, int] = {}
     for pid in process_tree(roots):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
+            ticks[pid] = int(fields[11]) + int(fields[12])
         except (OSError, ValueError, IndexError):
             continue
-    return ticks / _TICKS
+    return ticks
+
+
+def _cpu_since(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU seconds the processes alive at the end spent since ``before``, per pid: a replica
+    that stops during the run (autoscaled down) takes its whole CPU time out of a plain sum,
+    which made the service's CPU negative; its time in the run is lost instead (an undercount)."""
+    return sum(t - before.get(pid, 0) for pid, t in after.items()) / _TICKS
 
 
 def _cpu_times() -> tuple[int, int]:
