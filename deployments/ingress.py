@@ -25,7 +25,7 @@ from deployments.feedback import (
     stored_response,
 )
 from deployments.http_errors import BodySizeLimit, install_error_handlers
-from deployments.personalisation import annotate, personalise, start_prior_feed, user_transitions
+from deployments.personalisation import start_prior_feed, user_transitions
 from deployments.predictions import assemble_predictions, build_response
 from deployments.resources import deployment_options
 from deployments.schemas import (
@@ -37,7 +37,7 @@ from deployments.schemas import (
     PredictResponse,
     StoredPredictionResponse,
 )
-from deployments.scoring import expand_rows, unexplained_rows
+from deployments.scoring import after_model, annotate, expand_rows, unexplained_rows
 from deployments.settings import load_settings
 from deployments.spec.store import SpecStore, send_with_spec
 
@@ -130,15 +130,13 @@ class Ingress:
         history = spec.resolve_history(request["history"])
         cset = CandidateSet.from_wire(ranked)
         n = len(cset.candidates)
-        probs, prior_shares = ranked["probs"], {}
-        if self.prior_feed is not None and self.prior_feed.prior.weight > 0:
-            probs, prior_shares = personalise(
-                self.prior_feed.prior, user_id=body.user_id, spec=spec, history=history,
-                candidate_indexes=[c.index for c in cset.candidates], probs=probs,
-            )
+        prior = self.prior_feed.prior if self.prior_feed is not None else None
+        probs, notes = after_model(
+            ranked["probs"], spec=spec, history=history, candidates=cset.candidates,
+            user_id=body.user_id, prior=prior, llm_weight=self.settings.llm_weight)
         features = ranked["features"]
         contribs = expand_rows(n, ranked["top"], ranked["contribs_top"])
-        # The Ranker explained its own top k; a row the personal prior moved up needs explaining.
+        # The Ranker explained its own top k; a row a blend moved up needs explaining.
         missing = unexplained_rows(probs, body.k, ranked["top"])
         if missing:
             asked = time.perf_counter()
@@ -154,7 +152,7 @@ class Ingress:
             contribs=contribs,
             k=body.k,
         )
-        annotate(predictions, prior_shares)
+        annotate(predictions, notes)
         timings = {"spec": spec_ms, **ranked["ms"], "total": (time.perf_counter() - t0) * 1000}
         response = build_response(
             predictions=predictions,

@@ -36,7 +36,7 @@ import numpy as np
 from deployments.spec.index import Call, SpecIndex
 from ranker.features import COLD, UserTransitions
 
-__all__ = ["TransitionPrior", "PriorFeed", "START", "previous_key", "personalise", "annotate",
+__all__ = ["TransitionPrior", "PriorFeed", "START", "previous_key", "personalise",
            "start_prior_feed", "user_transitions", "previous_of"]
 
 log = logging.getLogger(__name__)
@@ -205,13 +205,6 @@ def personalise(
         return probs, {}
     shares = {k: float(s / b) for k, s, b in zip(keys, part, blended, strict=True) if b > 0 and s > 0}
     return blended, shares
-
-
-def annotate(predictions: Sequence[Any], shares: dict[str, float], *, threshold: float = 0.5) -> None:
-    """Say so in ``why`` when the user's own history is most of a prediction's score."""
-    for p in predictions:
-        if shares.get(p.endpoint, 0.0) >= threshold:
-            p.why = "what you usually do next; " + p.why
 
 
 def start_prior_feed(settings: Any, store: Any) -> PriorFeed | None:

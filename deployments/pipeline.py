@@ -10,10 +10,10 @@ import time
 
 from deployments.components import Components, build_components
 from deployments.feedback import FeedbackStore, prediction_context
-from deployments.personalisation import TransitionPrior, annotate, personalise, user_transitions
+from deployments.personalisation import TransitionPrior, user_transitions
 from deployments.predictions import assemble_predictions, build_response
 from deployments.schemas import PredictRequest, PredictResponse
-from deployments.scoring import expand_rows, score_top_k, unexplained_rows
+from deployments.scoring import after_model, annotate, expand_rows, score_top_k, unexplained_rows
 from deployments.settings import Settings, load_settings
 
 __all__ = ["Pipeline"]
@@ -47,14 +47,13 @@ class Pipeline:
         t3 = time.perf_counter()
         # The same work as the Ranker deployment: explanations for the shown rows only.
         [scored] = score_top_k(self.c.ranker, [features], [request.k])
-        probs, shares = scored["probs"], {}
+        probs, notes = after_model(
+            scored["probs"], spec=spec, history=history, candidates=cset.candidates,
+            user_id=request.user_id, prior=self.prior, llm_weight=self.settings.llm_weight)
         contribs = expand_rows(len(features), scored["top"], scored["contribs_top"])
-        if self.prior is not None and self.prior.weight > 0:
-            probs, shares = personalise(self.prior, user_id=request.user_id, spec=spec, history=history,
-                                        candidate_indexes=[c.index for c in cset.candidates], probs=probs)
-            missing = unexplained_rows(probs, request.k, scored["top"])  # moved up: need reasons
-            if missing:
-                contribs[missing] = self.c.ranker.contributions(features[missing])
+        missing = unexplained_rows(probs, request.k, scored["top"])  # moved up: need reasons
+        if missing:
+            contribs[missing] = self.c.ranker.contributions(features[missing])
         t4 = time.perf_counter()
         predictions = assemble_predictions(
             spec=spec,
@@ -66,7 +65,7 @@ class Pipeline:
             contribs=contribs,
             k=request.k,
         )
-        annotate(predictions, shares)
+        annotate(predictions, notes)
         timings = {
             "spec": t1 - t0,
             "candidates": t2 - t1,

@@ -5,6 +5,9 @@ leaf table of :mod:`ranker.saabas` that replaced it, ~0.05 ms); a response shows
 candidates, so only those ``k`` rows of each group are explained (benchmarks/SERVING.md). Rows
 are stacked across the groups of a batch: one predict call and one contributions call per batch.
 The Ranker deployment and the in-process pipeline both use this, so they do the same work.
+
+After the model, :func:`after_model` blends in what the model was not trained on (the LLM's
+proposals, a user's habits), as the Ingress and the in-process pipeline both serve it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["Scorer", "top_rows", "unexplained_rows", "score_top_k", "expand_rows"]
+from deployments.personalisation import TransitionPrior, personalise
+from deployments.spec.index import Call, SpecIndex
+
+__all__ = ["Scorer", "top_rows", "unexplained_rows", "score_top_k", "expand_rows", "blend_llm",
+           "after_model", "annotate"]
 
 
 class Scorer(Protocol):
@@ -67,3 +74,55 @@ def expand_rows(n_rows: int, top: np.ndarray, values_top: np.ndarray) -> np.ndar
     if len(top):
         full[np.asarray(top)] = values_top
     return full
+
+
+def blend_llm(
+    probs: np.ndarray, candidates: Sequence[Any], weight: float
+) -> tuple[np.ndarray, dict[int, float]]:
+    """The LLM's say after the model: ``p' = (1 - w)·p + w·q``, ``q`` the LLM's confidences over
+    the candidates it proposed, normalised to sum to 1. Returns (scores, the LLM's share of each
+    proposed row's score, by row).
+
+    After the model, because the model never saw an LLM candidate (its ``src_llm`` feature is 0
+    in every training group) and the LLM's worth depends on which LLM it is: ``weight`` is the
+    operator's setting (``llm_weight``), chosen with ``python -m benchmarks.llm_path``. Without
+    proposals, or at weight 0, ``probs`` is returned unchanged.
+    """
+    conf = np.array([c.sources.get("llm", 0.0) for c in candidates], np.float64)
+    total = float(conf.sum())
+    if weight <= 0 or total <= 0:
+        return probs, {}
+    part = weight * conf / total
+    blended = (1 - weight) * np.asarray(probs, np.float64) + part
+    return blended, {r: float(part[r] / blended[r]) for r in np.flatnonzero(part > 0)}
+
+
+# Said in a prediction's ``why`` when a blend after the model gave most of its score.
+LLM_NOTE = "suggested by the language model"
+PRIOR_NOTE = "what you usually do next"
+
+
+def after_model(
+    probs: np.ndarray, *, spec: SpecIndex, history: Sequence[Call], candidates: Sequence[Any],
+    user_id: str, prior: TransitionPrior | None, llm_weight: float, threshold: float = 0.5,
+) -> tuple[np.ndarray, dict[str, str]]:
+    """The blends after the model, as the Ingress and the in-process pipeline both serve them:
+    the LLM's proposals, then the user's own habits (``prior`` with a weight > 0). Returns (the
+    scores, a note by endpoint for each prediction a blend gave at least ``threshold`` of)."""
+    notes: dict[str, str] = {}
+    probs, llm_shares = blend_llm(probs, candidates, llm_weight)
+    for row, share in llm_shares.items():
+        if share >= threshold:
+            notes[spec.operations[candidates[row].index].key] = LLM_NOTE
+    if prior is not None and prior.weight > 0:
+        probs, shares = personalise(prior, user_id=user_id, spec=spec, history=history,
+                                    candidate_indexes=[c.index for c in candidates], probs=probs)
+        notes.update({key: PRIOR_NOTE for key, share in shares.items() if share >= threshold})
+    return probs, notes
+
+
+def annotate(predictions: Sequence[Any], notes: dict[str, str]) -> None:
+    """Lead a prediction's ``why`` with what gave it most of its score, when that was a blend."""
+    for p in predictions:
+        if p.endpoint in notes:
+            p.why = f"{notes[p.endpoint]}; {p.why}"

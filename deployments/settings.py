@@ -59,6 +59,9 @@ class Settings(BaseModel):
     llm_cache_ttl_s: float = Field(3600.0, gt=0)
     llm_breaker_failures: int = Field(3, gt=0)
     llm_breaker_reset_s: float = Field(30.0, gt=0)
+    # How much the LLM's proposals count after the model (deployments/scoring.py blend_llm; 0: they
+    # only widen the candidates). Choose it for your LLM with `python -m benchmarks.llm_path`.
+    llm_weight: float = Field(0.3, ge=0, le=1)
 
     @field_validator("llm_base_url")
     @classmethod

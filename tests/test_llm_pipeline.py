@@ -111,3 +111,54 @@ def test_api_key_never_in_response_or_logs(llm, tmp_path, caplog) -> None:
     assert API_KEY not in response.model_dump_json()
     assert API_KEY not in caplog.text
     assert llm.requests[0].headers.get("authorization") == f"Bearer {API_KEY}"  # it was sent
+
+
+def test_proposals_keep_retrievals_order_and_widen_it(llm, tmp_path) -> None:
+    """The ranker's generator features were learned on retrieval's order: the LLM may add a
+    candidate from further down its shortlist, never reorder the others."""
+    from deployments.candidates.generator import CandidateGenerator
+    from deployments.candidates.llm import LLMGenerator
+    from deployments.candidates.retrieval import RetrievalGenerator
+    from deployments.spec.openapi import parse_spec
+
+    spec = parse_spec(billing_spec())
+    settings = load_settings({}, data_dir=str(tmp_path), llm_base_url=llm.base_url, llm_model="m",
+                             llm_budget_s=0.5)
+    retrieval = RetrievalGenerator()
+    history = spec.resolve_history([("GET /v1/invoices", {})])
+    alone = [spec.operations[c.index].key for c in retrieval.generate(spec, history, None, limit=40)]
+    assert len(alone) > 3
+    far, near = alone[-1], alone[1]  # the last of the shortlist, and retrieval's second
+    llm.script(Reply.predictions([{"endpoint": far, "confidence": 0.8},
+                                  {"endpoint": near, "confidence": 0.2}]))
+
+    async def run():
+        llm_gen = LLMGenerator(settings)
+        try:
+            return await CandidateGenerator(retrieval=retrieval, llm=llm_gen, limit=3).generate(
+                spec, history, None, k=5)
+        finally:
+            await llm_gen.aclose()
+
+    cset = asyncio.run(run())
+    keys = [spec.operations[c.index].key for c in cset.candidates]
+    assert cset.generator == "llm"
+    assert keys == [*alone[:3], far]  # retrieval's first three in its order, then the proposal
+    conf = {spec.operations[c.index].key: c.sources.get("llm") for c in cset.candidates}
+    assert conf[far] == 0.8 and conf[near] == 0.2 and conf[alone[0]] is None
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.9])
+def test_the_llm_counts_after_the_model_by_its_weight(llm, tmp_path, weight) -> None:
+    """At weight 0 the LLM's proposal is one candidate among others; at a high weight it leads,
+    and its ``why`` says where that came from."""
+    status = "PUT /invoices/{invoice_id}/status"
+    llm.script(Reply.predictions([{"endpoint": status, "confidence": 0.9, "reason": "mark it"}]))
+    response = _predict(llm.base_url, tmp_path, llm_weight=weight)
+    endpoints = _valid(response)
+    top = response.predictions[0]
+    if weight:
+        assert top.endpoint == status and top.why.startswith("suggested by the language model; ")
+    else:
+        assert endpoints[0] != status  # "get this invoice paid": the model itself prefers paying
+        assert not any(p.why.startswith("suggested by") for p in response.predictions)

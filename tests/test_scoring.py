@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from deployments.scoring import expand_rows, score_top_k, top_rows
+from deployments.scoring import blend_llm, expand_rows, score_top_k, top_rows
 
 
 class LinearScorer:
@@ -49,3 +49,21 @@ def test_top_rows_is_a_stable_descending_order() -> None:
 def test_k_must_match_the_groups() -> None:
     with pytest.raises(ValueError, match="values of k"):
         score_top_k(LinearScorer(), [np.zeros((2, 4))], [1, 2])
+
+
+class _Cand:
+    def __init__(self, **sources: float) -> None:
+        self.sources = sources
+
+
+def test_blend_llm_mixes_the_llms_confidences_after_the_model() -> None:
+    probs = np.array([0.6, 0.3, 0.1])
+    cands = [_Cand(), _Cand(llm=0.9), _Cand(llm=0.3)]
+    blended, shares = blend_llm(probs, cands, 0.5)
+    # q = confidences normalised over the proposals: 0, 0.75, 0.25
+    assert np.allclose(blended, [0.3, 0.15 + 0.375, 0.05 + 0.125])
+    assert np.isclose(blended.sum(), probs.sum())  # still a distribution over the candidates
+    assert set(shares) == {1, 2} and np.isclose(shares[1], 0.375 / 0.525)
+    for weight, cs in ((0.0, cands), (0.5, [_Cand(), _Cand()])):  # off, or nothing proposed
+        same, none = blend_llm(probs, cs, weight)
+        assert same is probs and none == {}
