@@ -81,9 +81,10 @@ class CandidateGenerator:
         the shortlist; a proposed candidate carries the LLM's confidence as its ``llm`` source.
 
         The order stays retrieval's because the ranker's generator features (gen_rank) were
-        learned on it: with the LLM's proposals moved first, an LLM that is never right cut the
-        shipped model's hit@1 on held-out APIs from 0.55 to 0.38 (benchmarks/llm_path.py). What
-        the LLM says counts after the model, in :func:`deployments.scoring.blend_llm`.
+        learned on it: with the LLM's proposals moved first (as this did before), an LLM that is
+        never right cut the shipped model's hit@1 on held-out APIs from 0.55 to 0.38, in the
+        simulation of benchmarks/llm_path.py. What the LLM says counts after the model, in
+        :func:`deployments.scoring.blend_llm`.
         """
         confidence: dict[int, float] = {}
         destructive_ok = wants_destructive(prompt)
