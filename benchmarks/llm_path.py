@@ -80,11 +80,10 @@ class SimulatedLLM:
         return httpx.Response(200, json={"choices": [{"message": {"content": content}}]})
 
 
-def llm_order_rank(candidates: list[Any], spec: Any, target: str) -> int:
-    """The target's rank when the LLM's proposals come first (by confidence), then retrieval's."""
-    order = sorted(range(len(candidates)), key=lambda r: -candidates[r].sources.get("llm", -1.0))
-    keys = [spec.operations[candidates[r].index].key for r in order]
-    return keys.index(target) if target in keys else MISS
+def rank_of(target: str, keys: list[str], scores: np.ndarray) -> int:
+    """The target's 0-based rank after a stable sort by score (ties keep the generator's order)."""
+    order = [keys[r] for r in np.argsort(-np.asarray(scores, np.float64), kind="stable")]
+    return order.index(target) if target in order else MISS
 
 
 async def evaluate(
@@ -103,13 +102,14 @@ async def evaluate(
         if cset.fallback_reason:
             fallbacks[cset.fallback_reason] += 1
         keys = [ex.spec.operations[c.index].key for c in cset.candidates]
-        ranks[ORDER].append(llm_order_rank(cset.candidates, ex.spec, ex.target))
+        # the LLM's own ranking: its proposals by confidence, then retrieval's order
+        llm_scores = [c.sources.get("llm", -1.0) for c in cset.candidates]
+        ranks[ORDER].append(rank_of(ex.target, keys, np.array(llm_scores)))
         X = extractor.extract(ex.spec, ex.history, ex.prompt, cset.candidates)
         [(probs, _)] = model.score_groups([X], contributions=False)
         for w in weights:
             scores, _ = blend_llm(probs, cset.candidates, w)
-            order = [keys[r] for r in np.argsort(-np.asarray(scores), kind="stable")]
-            ranks[f"ranker, llm_weight {w:g}"].append(order.index(ex.target) if ex.target in order else MISS)
+            ranks[f"ranker, llm_weight {w:g}"].append(rank_of(ex.target, keys, scores))
         if n % 200 == 0 or n == len(items):
             print(f"  {label}: {n}/{len(items)} steps, {time.perf_counter() - started:.0f}s",
                   file=sys.stderr, flush=True)

@@ -36,7 +36,7 @@ import numpy as np
 from deployments.spec.index import Call, SpecIndex
 from ranker.features import COLD, UserTransitions
 
-__all__ = ["TransitionPrior", "PriorFeed", "START", "previous_key", "personalise",
+__all__ = ["TransitionPrior", "PriorFeed", "START", "previous_key",
            "start_prior_feed", "user_transitions", "previous_of"]
 
 log = logging.getLogger(__name__)
@@ -192,19 +192,6 @@ def user_transitions(
     if prior is None:
         return None
     return prior.transitions(user_id, spec.spec_hash, previous_key(spec, events))
-
-
-def personalise(
-    prior: TransitionPrior, *, user_id: str, spec: SpecIndex, history: Sequence[Call],
-    candidate_indexes: Sequence[int], probs: np.ndarray,
-) -> tuple[np.ndarray, dict[str, float]]:
-    """(blended probabilities, the prior's share of each candidate's score by operation key)."""
-    keys = [spec.operations[i].key for i in candidate_indexes]
-    blended, part = prior.mix(user_id, spec.spec_hash, previous_of(history), keys, probs)
-    if part is None:
-        return probs, {}
-    shares = {k: float(s / b) for k, s, b in zip(keys, part, blended, strict=True) if b > 0 and s > 0}
-    return blended, shares
 
 
 def start_prior_feed(settings: Any, store: Any) -> PriorFeed | None:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from deployments.personalisation import TransitionPrior, personalise
+from deployments.personalisation import TransitionPrior, previous_of
 from deployments.spec.index import Call, SpecIndex
 
 __all__ = ["Scorer", "top_rows", "unexplained_rows", "score_top_k", "expand_rows", "blend_llm",
@@ -78,23 +78,22 @@ def expand_rows(n_rows: int, top: np.ndarray, values_top: np.ndarray) -> np.ndar
 
 def blend_llm(
     probs: np.ndarray, candidates: Sequence[Any], weight: float
-) -> tuple[np.ndarray, dict[int, float]]:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The LLM's say after the model: ``p' = (1 - w)·p + w·q``, ``q`` the LLM's confidences over
-    the candidates it proposed, normalised to sum to 1. Returns (scores, the LLM's share of each
-    proposed row's score, by row).
+    the candidates it proposed, normalised to sum to 1. Returns (the blend, the LLM's part
+    ``w·q`` of it), as :meth:`TransitionPrior.mix` does; (``probs``, None) at weight 0 or without
+    proposals.
 
     After the model, because the model never saw an LLM candidate (its ``src_llm`` feature is 0
     in every training group) and the LLM's worth depends on which LLM it is: ``weight`` is the
-    operator's setting (``llm_weight``), chosen with ``python -m benchmarks.llm_path``. Without
-    proposals, or at weight 0, ``probs`` is returned unchanged.
+    operator's setting (``llm_weight``), chosen with ``python -m benchmarks.llm_path``.
     """
     conf = np.array([c.sources.get("llm", 0.0) for c in candidates], np.float64)
     total = float(conf.sum())
     if weight <= 0 or total <= 0:
-        return probs, {}
+        return probs, None
     part = weight * conf / total
-    blended = (1 - weight) * np.asarray(probs, np.float64) + part
-    return blended, {r: float(part[r] / blended[r]) for r in np.flatnonzero(part > 0)}
+    return (1 - weight) * np.asarray(probs, np.float64) + part, part
 
 
 # Said in a prediction's ``why`` when a blend after the model gave most of its score.
@@ -107,17 +106,21 @@ def after_model(
     user_id: str, prior: TransitionPrior | None, llm_weight: float, threshold: float = 0.5,
 ) -> tuple[np.ndarray, dict[str, str]]:
     """The blends after the model, as the Ingress and the in-process pipeline both serve them:
-    the LLM's proposals, then the user's own habits (``prior`` with a weight > 0). Returns (the
+    the LLM's proposals, then the user's own habits (``prior``; off at its weight 0). Returns (the
     scores, a note by endpoint for each prediction a blend gave at least ``threshold`` of)."""
+    keys = [spec.operations[c.index].key for c in candidates]
     notes: dict[str, str] = {}
-    probs, llm_shares = blend_llm(probs, candidates, llm_weight)
-    for row, share in llm_shares.items():
-        if share >= threshold:
-            notes[spec.operations[candidates[row].index].key] = LLM_NOTE
-    if prior is not None and prior.weight > 0:
-        probs, shares = personalise(prior, user_id=user_id, spec=spec, history=history,
-                                    candidate_indexes=[c.index for c in candidates], probs=probs)
-        notes.update({key: PRIOR_NOTE for key, share in shares.items() if share >= threshold})
+
+    def note(blended: np.ndarray, part: np.ndarray | None, text: str) -> None:
+        if part is not None:
+            notes.update({key: text for key, s, b in zip(keys, part, blended, strict=True)
+                          if s > 0 and s >= threshold * b})
+
+    probs, part = blend_llm(probs, candidates, llm_weight)
+    note(probs, part, LLM_NOTE)
+    if prior is not None:
+        probs, part = prior.mix(user_id, spec.spec_hash, previous_of(history), keys, probs)
+        note(probs, part, PRIOR_NOTE)
     return probs, notes
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from deployments.candidates.types import Candidate
 from deployments.scoring import blend_llm, expand_rows, score_top_k, top_rows
 
 
@@ -51,19 +52,14 @@ def test_k_must_match_the_groups() -> None:
         score_top_k(LinearScorer(), [np.zeros((2, 4))], [1, 2])
 
 
-class _Cand:
-    def __init__(self, **sources: float) -> None:
-        self.sources = sources
-
-
 def test_blend_llm_mixes_the_llms_confidences_after_the_model() -> None:
     probs = np.array([0.6, 0.3, 0.1])
-    cands = [_Cand(), _Cand(llm=0.9), _Cand(llm=0.3)]
-    blended, shares = blend_llm(probs, cands, 0.5)
+    cands = [Candidate(0), Candidate(1, {"llm": 0.9, "bm25": 2.0}), Candidate(2, {"llm": 0.3})]
+    blended, part = blend_llm(probs, cands, 0.5)
     # q = confidences normalised over the proposals: 0, 0.75, 0.25
     assert np.allclose(blended, [0.3, 0.15 + 0.375, 0.05 + 0.125])
     assert np.isclose(blended.sum(), probs.sum())  # still a distribution over the candidates
-    assert set(shares) == {1, 2} and np.isclose(shares[1], 0.375 / 0.525)
-    for weight, cs in ((0.0, cands), (0.5, [_Cand(), _Cand()])):  # off, or nothing proposed
-        same, none = blend_llm(probs, cs, weight)
-        assert same is probs and none == {}
+    assert np.allclose(part, [0.0, 0.375, 0.125])  # the LLM's part of each row's score
+    for weight, cs in ((0.0, cands), (0.5, [Candidate(0), Candidate(1, {"bm25": 1.0})])):
+        same, none = blend_llm(probs, cs, weight)  # off, or nothing proposed
+        assert same is probs and none is None

@@ -96,8 +96,9 @@ class CandidateGenerator:
                 continue  # the same rule as retrieval: destructive only when asked
             confidence[i] = float(p.confidence)
         merged = [c for n, c in enumerate(retrieved) if n < self.limit or c.index in confidence]
+        kept = {c.index for c in merged}
         merged += [Candidate(index=i, destructive=spec.operations[i].destructive)
-                   for i in confidence if i not in {c.index for c in merged}]
+                   for i in confidence if i not in kept]
         for c in merged:
             if c.index in confidence:
                 c.sources["llm"] = confidence[c.index]
