@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import itertools
 import json
 import math
@@ -28,7 +30,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,9 @@ class Sample:
     status: int  # 0: no HTTP answer (connection error, timeout)
     retry_after: float = 0.0  # the answer's Retry-After, seconds (0: none)
     who: str = ""  # 5xx: who answered (an X-Refused-By header, else the start of the body); 0: why
+    # Open loop: how far behind its schedule this client sent it (its event loop was held up, or
+    # catching up on what came due meanwhile); such a request's latency is partly the client's.
+    late_s: float = 0.0
 
 
 @dataclass
@@ -122,6 +127,53 @@ def summarize(samples: Sequence[Sample], duration_s: float) -> dict[str, Any]:
         "503_from": dict(Counter(s.who for s in shed)),
         "errors_from": dict(Counter(s.who or str(s.status) for s in errors)),
     }
+
+
+# -- the client's own pauses --------------------------------------------------------------------
+
+
+class _Collections:
+    """While runs measure, the objects that existed before them are left out of the garbage
+    collector's full collections (``gc.freeze``), and the collections that still happen are timed.
+
+    By the overload test of a full ``make test`` the pytest process holds ~380,000 objects, and a
+    full collection of them takes ~0.3 s on a busy machine: the event loop stops that long, and
+    then sends at once what came due meanwhile (see ``Sample.late_s``). A run's own objects are
+    still collected (up to ~40 ms at 2x overload). Runs side by side (a load and its floor probe)
+    share one freeze."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []  # seconds, every collection since the first run began
+        self._began = 0.0
+        self._runs = 0
+
+    def _timed(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.pauses.append(time.perf_counter() - self._began)
+
+    @contextlib.contextmanager
+    def frozen(self, extra: dict[str, Any] | None = None) -> Iterator[None]:
+        """``extra["client_gc_max_ms"]``: the longest this client stopped to collect meanwhile."""
+        if self._runs == 0:
+            gc.freeze()
+            gc.callbacks.append(self._timed)
+        self._runs += 1
+        first = len(self.pauses)
+        try:
+            yield
+        finally:
+            if extra is not None:
+                extra["client_gc_max_ms"] = round(max(self.pauses[first:], default=0.0) * 1000, 1)
+            self._runs -= 1
+            if self._runs == 0:
+                gc.callbacks.remove(self._timed)
+                gc.unfreeze()
+                self.pauses.clear()
+
+
+_COLLECTIONS = _Collections()
 
 
 # -- a minimal HTTP/1.1 client -------------------------------------------------------------------
@@ -262,8 +314,10 @@ async def closed_loop(
         finally:
             conn.close()
 
-    await asyncio.gather(*(client(i) for i in range(concurrency)))
-    return RunResult("closed", concurrency, duration_s, samples)
+    extra: dict[str, Any] = {}
+    with _COLLECTIONS.frozen(extra):
+        await asyncio.gather(*(client(i) for i in range(concurrency)))
+    return RunResult("closed", concurrency, duration_s, samples, extra=extra)
 
 
 async def open_loop(
@@ -297,31 +351,33 @@ async def open_loop(
             s = await _one(conn, raw, t0, timeout_s)
         finally:
             in_flight -= 1
-        s.sent = due
+        s.sent, s.late_s = due, max(0.0, s.sent - due)
         if due >= warmup_s:
             samples.append(s)
         idle.append(conn)
 
+    extra: dict[str, Any] = {}
     due = 0.0
-    while due < end:
-        due += rng.expovariate(rate)
-        delay = t0 + due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if in_flight >= max_connections:
-            if due >= warmup_s:
-                samples.append(Sample(sent=due, latency_s=0.0, status=0, who=CLIENT_OVERFLOW))
-            continue
-        task = asyncio.create_task(send(raws[rng.randrange(len(raws))], due))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    if tasks:
-        await asyncio.wait(tasks, timeout=timeout_s + 1)
+    with _COLLECTIONS.frozen(extra):
+        while due < end:
+            due += rng.expovariate(rate)
+            delay = t0 + due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if in_flight >= max_connections:
+                if due >= warmup_s:
+                    samples.append(Sample(sent=due, latency_s=0.0, status=0, who=CLIENT_OVERFLOW))
+                continue
+            task = asyncio.create_task(send(raws[rng.randrange(len(raws))], due))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s + 1)
     for t in list(tasks):
         t.cancel()
     for conn in idle:
         conn.close()
-    return RunResult("open", rate, duration_s, samples)
+    return RunResult("open", rate, duration_s, samples, extra=extra)
 
 
 async def probe(
@@ -336,14 +392,12 @@ async def probe(
     conn = _Connection(host, port)
     samples: list[Sample] = []
     t0 = time.perf_counter()
-    try:
+    with contextlib.closing(conn), _COLLECTIONS.frozen():
         while (now := time.perf_counter() - t0) < warmup_s + duration_s:
             s = await _one(conn, raw, t0, timeout_s)
             if now >= warmup_s:
                 samples.append(s)
             await asyncio.sleep(max(0.0, interval_s - s.latency_s))
-    finally:
-        conn.close()
     return samples
 
 

@@ -1,14 +1,21 @@
-"""The load generator's node sampler on real processes (no cluster needed)."""
+"""The load generator on real processes and a real HTTP server on loopback (no cluster needed):
+the node sampler, and what a run says of the client's own stops."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from deployments.loadgen import NodeSampler, tree_cpu_ticks
+import pytest
+
+from deployments.loadgen import NodeSampler, open_loop, probe, tree_cpu_ticks
 
 BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
 
@@ -43,3 +50,85 @@ def test_a_process_that_stops_during_a_run_does_not_make_the_service_cpu_negativ
 
 def _cpu_s(pid: int) -> float:
     return tree_cpu_ticks([pid])[pid] / os.sysconf("SC_CLK_TCK")
+
+
+class _Refuses(BaseHTTPRequestHandler):
+    """Answers every POST at once as HAProxy's admission control does: 503, Retry-After."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as the load generator's connections expect
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(503)
+        self.send_header("Retry-After", "1")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # what came due during a stop connects at once
+
+
+@pytest.fixture(scope="module")
+def refusing_url() -> Iterator[str]:
+    httpd = _Server(("127.0.0.1", 0), _Refuses)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/predict"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_requests_that_came_due_while_the_client_stopped_are_marked_late(refusing_url: str) -> None:
+    stall_s = 0.3
+
+    async def run() -> tuple[list, float, float]:
+        async def stop_the_loop() -> tuple[float, float]:
+            await asyncio.sleep(0.6)
+            began = time.perf_counter()
+            time.sleep(stall_s)  # blocks the event loop, as a long collection or a lost CPU does
+            return began, time.perf_counter()
+
+        t_start = time.perf_counter()
+        load, (began, ended) = await asyncio.gather(
+            open_loop(refusing_url, [{"q": 1}], rate=200, duration_s=1.0, warmup_s=0.1), stop_the_loop()
+        )
+        return load.samples, began - t_start, ended - t_start
+
+    samples, began, ended = asyncio.run(run())
+    assert samples and all(s.status == 503 for s in samples)
+    # Due in the first half of the stop: none could be sent before it ended, half of it later.
+    during = [s for s in samples if began < s.sent < began + stall_s / 2]
+    assert during and all(s.late_s > ended - began - stall_s / 2 - 0.01 for s in during), during[:3]
+
+
+def test_runs_side_by_side_share_one_freeze_of_the_heap_and_time_the_collections(refusing_url: str) -> None:
+    async def run() -> tuple[dict, list, int]:
+        async def collect_midway() -> int:
+            await asyncio.sleep(0.3)
+            frozen = gc.get_freeze_count()  # the objects of before the run: out of collections
+            gc.collect()
+            return frozen
+
+        load, floor, frozen = await asyncio.gather(
+            open_loop(refusing_url, [{"q": 1}], rate=50, duration_s=0.5, warmup_s=0.1),
+            probe(refusing_url, interval_s=0.05, duration_s=0.8, warmup_s=0.1),
+            collect_midway(),
+        )
+        return load.extra, floor, frozen
+
+    extra, floor, frozen = asyncio.run(run())
+    assert frozen > 1000 and floor
+    assert extra["client_gc_max_ms"] > 0  # the collection in the middle of the load, timed
+    # The load ended first; the heap stayed frozen for the probe, and is thawed when both are done.
+    assert gc.get_freeze_count() == 0 and not any("_timed" in repr(cb) for cb in gc.callbacks)
