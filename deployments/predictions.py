@@ -33,7 +33,8 @@ def assemble_predictions(
     for row in order:
         cand = candidates.candidates[row]
         op = spec.operations[cand.index]
-        params, missing = fill_params(op, history)
+        params, missing = fill_params(op, history, proposed=candidates.llm_params.get(cand.index),
+                                      prompt=prompt)
         predictions.append(
             Prediction(
                 endpoint=op.key,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -354,11 +355,6 @@ class _Scorer:
     ) -> str:
         return explain(operation, features_row, contrib_row, history=history, prompt=prompt)
 
-    def fill_params(
-        self, operation: Operation, history: Sequence[Call]
-    ) -> tuple[dict[str, Any], list[str]]:
-        return fill_params(operation, history)
-
 
 class RankerModel(_Scorer):
     """The trained LightGBM ranker. The card is read and checked at construction; the trees are
@@ -533,7 +529,11 @@ def _param_sources(
 
 
 def fill_params(
-    operation: Operation, history: Sequence[Call]
+    operation: Operation,
+    history: Sequence[Call],
+    *,
+    proposed: Mapping[str, str] | None = None,
+    prompt: str | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Path parameters filled with ids from the history where names and types match (the newest
     fitting id wins), and the required parameters that could not be filled.
@@ -541,6 +541,11 @@ def fill_params(
     ``{invoice_id}`` takes an ``invoice_id`` the user passed, or the id in the path of an earlier
     call on invoices (``/invoices/{id}``); a bare ``{id}`` takes an id of its own resource only.
     An id the last call returns but whose value the history doesn't show stays missing.
+
+    ``proposed``: the values an LLM proposed for this operation. What the history leaves unfilled
+    takes one when the operation declares the parameter, the value fits its type, and it is
+    grounded: written in the prompt, or a value of the history. An LLM's value found nowhere the
+    user gave it is a guess, and a parameter filled by a guess is worse than one shown missing.
     """
     params: dict[str, Any] = {}
     missing: list[str] = []
@@ -565,7 +570,35 @@ def fill_params(
             missing.append(p.name)
         else:
             params[p.name] = value
+    if proposed:
+        _fill_proposed(operation, proposed, params, missing, history, prompt)
     return params, missing
+
+
+def _fill_proposed(
+    operation: Operation,
+    proposed: Mapping[str, str],
+    params: dict[str, Any],
+    missing: list[str],
+    history: Sequence[Call],
+    prompt: str | None,
+) -> None:
+    seen = {str(v) for c in history for v in (*c.path_params.values(), *c.params.values())}
+    for p in operation.params:
+        value = str(proposed.get(p.name, "")).strip()
+        if not value or p.name in params or p.location == "header" or not _type_fits(value, p.type):
+            continue
+        if value in seen or _written_in(value, prompt):
+            params[p.name] = value
+            if p.name in missing:
+                missing.remove(p.name)
+
+
+def _written_in(value: str, prompt: str | None) -> bool:
+    """``value`` appears in the prompt as a whole token (``INV-42`` in "resend INV-42.", not ``42``)."""
+    if not prompt:
+        return False
+    return re.search(rf"(?<![\w-]){re.escape(value)}(?![\w-])", prompt) is not None
 
 
 # -- explanations --------------------------------------------------------------------------------

@@ -249,6 +249,15 @@ def test_the_llm_key_is_sent_to_the_llm_only(client: httpx.Client, llm: dict[str
     assert sent and all(r.headers["authorization"] == f"Bearer {SECRET}" for r in sent)
 
 
+def test_the_llms_params_reach_the_answer_through_the_graph(client: httpx.Client) -> None:
+    # Only the prompt names the invoice; the LLM (its good reply) proposes it for PAY.
+    answer = client.post("/predict", json=_body(prompt=f"pay invoice in_9 #{next(_n)}",
+                                                events=[{"endpoint": "GET /v1/invoices"}]))
+    assert answer.status_code == 200, answer.text
+    [pay] = [p for p in answer.json()["predictions"] if p["endpoint"] == PAY]
+    assert pay["params"] == {"invoice_id": "in_9"} and pay["missing_params"] == []
+
+
 # -- the spec host -------------------------------------------------------------------------------
 
 

@@ -25,14 +25,18 @@ def llm() -> Iterator[FakeLLMServer]:
         yield server
 
 
-def _predict(base_url: str, tmp_path, **overrides) -> PredictResponse:
+HISTORY = ("GET /v1/invoices", "GET /v1/invoices/in_9")
+
+
+def _predict(base_url: str, tmp_path, *, prompt: str = "get this invoice paid",
+             history: tuple[str, ...] = HISTORY, **overrides) -> PredictResponse:
     settings = load_settings(
         {}, data_dir=str(tmp_path), llm_base_url=base_url, llm_model="m", llm_api_key=API_KEY,
         llm_budget_s=0.5, **overrides,
     )
     request = PredictRequest.model_validate({
-        "user_id": "u", "spec": billing_spec(), "prompt": "get this invoice paid", "k": 5,
-        "events": [{"endpoint": "GET /v1/invoices"}, {"endpoint": "GET /v1/invoices/in_9"}],
+        "user_id": "u", "spec": billing_spec(), "prompt": prompt, "k": 5,
+        "events": [{"endpoint": e} for e in history],
     })
 
     async def run() -> PredictResponse:
@@ -63,6 +67,19 @@ def test_good_answer_is_merged_and_reported(llm, tmp_path) -> None:
     assert response.metadata.generator == "llm" and response.metadata.fallback_reason is None
     # Retrieval candidates are still there beside the LLM's one.
     assert len(response.predictions) > 1
+
+
+def test_the_llms_params_fill_what_the_history_cannot_when_the_user_wrote_them(llm, tmp_path) -> None:
+    get = "GET /invoices/{invoice_id}"
+    llm.script(Reply.predictions([
+        {"endpoint": PAY, "params": {"invoice_id": "in_77"}, "confidence": 0.9, "reason": "asked"},
+        {"endpoint": get, "params": {"invoice_id": "in_55"}, "confidence": 0.5, "reason": "a guess"},
+    ]))
+    response = _predict(llm.base_url, tmp_path, prompt="pay invoice in_77 now", history=("GET /v1/invoices",))
+    by_endpoint = {p.endpoint: p for p in response.predictions}
+    assert response.metadata.generator == "llm" and {PAY, get} <= set(by_endpoint)
+    assert by_endpoint[PAY].params == {"invoice_id": "in_77"} and by_endpoint[PAY].missing_params == []
+    assert by_endpoint[get].params == {} and by_endpoint[get].missing_params == ["invoice_id"]
 
 
 def test_invented_endpoint_is_dropped(llm, tmp_path) -> None:

@@ -292,6 +292,26 @@ def test_fill_params_from_history_by_name_and_resource(spec) -> None:
     assert fill_params(user, [spec.resolve("GET /v1/invoices/in_1")]) == ({}, ["user_id"])
 
 
+def test_fill_params_takes_the_llms_values_only_where_the_user_gave_them(spec) -> None:
+    pay = spec.operations[spec.by_key["POST /invoices/{invoice_id}/pay"]]
+    prompt = "pay invoice in_42 today."
+    # In the prompt, as a whole token: filled, no longer missing.
+    filled = fill_params(pay, [], proposed={"invoice_id": "in_42"}, prompt=prompt)
+    assert filled == ({"invoice_id": "in_42"}, [])
+    # A guess (nowhere in the prompt or the history), or a part of a token, is left missing.
+    for guess in ("in_43", "42", "in"):
+        assert fill_params(pay, [], proposed={"invoice_id": guess}, prompt=prompt) == ({}, ["invoice_id"])
+    # A parameter the operation does not declare is ignored; the history wins over the LLM.
+    assert fill_params(pay, [], proposed={"amount": "42"}, prompt="pay 42") == ({}, ["invoice_id"])
+    history = [spec.resolve("GET /v1/invoices/in_1"), spec.resolve("GET /v1/invoices/in_7")]
+    params, _ = fill_params(pay, history, proposed={"invoice_id": "in_1"}, prompt=prompt)
+    assert params == {"invoice_id": "in_7"}
+    # A value of the history is grounded too (here one the history could not place by name).
+    create = spec.operations[spec.by_key["POST /invoices"]]
+    after_user = [spec.resolve("GET /v1/users/cu_9")]
+    assert fill_params(create, after_user, proposed={"customer_id": "cu_9"}) == ({"customer_id": "cu_9"}, [])
+
+
 def test_why_comes_from_contributions_in_user_words(model, pipeline, spec) -> None:
     _, extractor = pipeline
     history = [spec.resolve("GET /v1/invoices"), spec.resolve("GET /v1/invoices/in_123")]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from deployments.candidates.llm import LLMGenerator, LLMUnavailable
 from deployments.candidates.retrieval import RetrievalGenerator, wants_destructive
@@ -27,12 +27,16 @@ class CandidateSet:
     candidates: list[Candidate]
     generator: str  # "retrieval" | "llm"
     fallback_reason: str | None = None
+    # The parameter values the LLM proposed, by operation index (ranker.model.fill_params uses
+    # those found in what the user gave).
+    llm_params: dict[int, dict[str, str]] = field(default_factory=dict)
 
     def to_wire(self) -> dict:
         return {
             "candidates": [c.to_wire() for c in self.candidates],
             "generator": self.generator,
             "fallback_reason": self.fallback_reason,
+            "llm_params": self.llm_params,
         }
 
     @classmethod
@@ -41,6 +45,7 @@ class CandidateSet:
             candidates=[Candidate.from_wire(c) for c in wire["candidates"]],
             generator=wire["generator"],
             fallback_reason=wire["fallback_reason"],
+            llm_params=wire.get("llm_params", {}),
         )
 
 
@@ -72,11 +77,12 @@ class CandidateGenerator:
             self.fallbacks[exc.reason] += 1
             log.info("LLM generator unavailable (%s); using retrieval", exc.reason)
             return CandidateSet(retrieved[: self.limit], "retrieval", fallback_reason=exc.reason)
-        return CandidateSet(self._merge(spec, retrieved, proposals, prompt), "llm")
+        merged, params = self._merge(spec, retrieved, proposals, prompt)
+        return CandidateSet(merged, "llm", llm_params=params)
 
     def _merge(
         self, spec: SpecIndex, retrieved: list[Candidate], proposals: list, prompt: str | None
-    ) -> list[Candidate]:
+    ) -> tuple[list[Candidate], dict[int, dict[str, str]]]:
         """Retrieval's candidates in retrieval's order, widened by the proposals from further down
         the shortlist; a proposed candidate carries the LLM's confidence as its ``llm`` source.
 
@@ -84,9 +90,10 @@ class CandidateGenerator:
         learned on it: with the LLM's proposals moved first (as this did before), an LLM that is
         never right cut the shipped model's hit@1 on held-out APIs from 0.55 to 0.38, in the
         simulation of benchmarks/llm_path.py. What the LLM says counts after the model, in
-        :func:`deployments.scoring.blend_llm`.
+        :func:`deployments.scoring.blend_llm`. Also the params of each proposal kept.
         """
         confidence: dict[int, float] = {}
+        params: dict[int, dict[str, str]] = {}
         destructive_ok = wants_destructive(prompt)
         for p in proposals:
             i = spec.by_key.get(p.endpoint)
@@ -95,6 +102,8 @@ class CandidateGenerator:
             if spec.operations[i].destructive and not destructive_ok:
                 continue  # the same rule as retrieval: destructive only when asked
             confidence[i] = float(p.confidence)
+            if p.params:
+                params[i] = dict(p.params)
         merged = [c for n, c in enumerate(retrieved) if n < self.limit or c.index in confidence]
         kept = {c.index for c in merged}
         merged += [Candidate(index=i, destructive=spec.operations[i].destructive)
@@ -102,7 +111,7 @@ class CandidateGenerator:
         for c in merged:
             if c.index in confidence:
                 c.sources["llm"] = confidence[c.index]
-        return merged
+        return merged, params
 
     def status(self) -> dict:
         return {
