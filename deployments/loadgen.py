@@ -137,10 +137,10 @@ class _Collections:
     collector's full collections (``gc.freeze``), and the collections that still happen are timed.
 
     By the overload test of a full ``make test`` the pytest process holds ~380,000 objects, and a
-    full collection of them takes ~0.3 s on a busy machine: the event loop stops that long, and
-    then sends at once what came due meanwhile (see ``Sample.late_s``). A run's own objects are
-    still collected (up to ~40 ms at 2x overload). Runs side by side (a load and its floor probe)
-    share one freeze."""
+    full collection of them took ~0.3 s (measured once, RELIABILITY.md "Overload"): the event
+    loop stops that long, then sends at once what came due meanwhile (see ``Sample.late_s``). A
+    run's own objects are still collected (up to ~40 ms at 2x overload). Runs side by side (a load
+    and its floor probe) share one freeze."""
 
     def __init__(self) -> None:
         self.pauses: list[float] = []  # seconds, every collection since the first run began
