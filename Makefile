@@ -20,18 +20,18 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # A Ray head of its own on RAY_PORT, capped to the node (2 CPUs, what 4 GB leaves for replicas,
-# small object store, no dashboard: `python -m deployments.resources`), then the app from
+# small object store, no dashboard: `python -m deployments.serving.resources`), then the app from
 # serve_config.yaml on :8000. Ctrl-C stops both; other Ray clusters are left alone. Serve's
 # settings are read by the processes the head starts (proxy, controller, replicas), so they go in
 # the head's environment: throughput-optimised Serve, HAProxy in place of the Python proxy with
 # admission control (past 16 requests per Ingress replica HAProxy answers 503 + Retry-After
-# itself: `python -m deployments.admission`), and user code on the replica's own loop (no thread
+# itself: `python -m deployments.serving.admission`), and user code on the replica's own loop (no thread
 # hand-off per call: benchmarks/SERVING.md; HAProxy, not the replica, refuses the excess).
 RAY_PORT ?= 6390
 run: $(STAMP)
 	@RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 \
-	    RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER="$$($(PY) -m deployments.admission)" \
-	    $(VENV)/bin/ray start --head --block --port $(RAY_PORT) $$($(PY) -m deployments.resources) & ray_pid=$$!; \
+	    RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER="$$($(PY) -m deployments.serving.admission)" \
+	    $(VENV)/bin/ray start --head --block --port $(RAY_PORT) $$($(PY) -m deployments.serving.resources) & ray_pid=$$!; \
 	trap 'kill $$ray_pid 2>/dev/null; wait $$ray_pid 2>/dev/null' EXIT INT TERM; \
 	for i in $$(seq 60); do \
 	    $(VENV)/bin/ray status --address 127.0.0.1:$(RAY_PORT) >/dev/null 2>&1 && break; sleep 1; \

@@ -13,11 +13,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
+from core.settings import ENV_PREFIX, load_settings
 from deployments.candidate_generator import CandidateGeneratorDeployment
 from deployments.feature_extractor import FeatureExtractorDeployment
 from deployments.ingress import Ingress
 from deployments.ranking import RankerDeployment
-from deployments.settings import ENV_PREFIX, load_settings
 
 __all__ = ["AppArgs", "build_app", "app"]
 
@@ -25,7 +25,7 @@ __all__ = ["AppArgs", "build_app", "app"]
 class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # Overrides of deployments.settings.Settings fields, on top of OPENSESAME_* variables.
+    # Overrides of core.settings.Settings fields, on top of OPENSESAME_* variables.
     settings: dict[str, Any] = Field(default_factory=dict)
 
 

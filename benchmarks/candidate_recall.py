@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from deployments.candidates.retrieval import RetrievalGenerator
-from deployments.settings import load_settings
-from deployments.spec.index import SpecIndex
-from deployments.spec.operations import tokenize
+from core.candidates.retrieval import RetrievalGenerator
+from core.priors.transitions import DEFAULT_PATH, load_transitions
+from core.settings import load_settings
+from core.spec.index import SpecIndex
+from core.spec.operations import tokenize
 from ranker.data import Example, examples, load_spec, load_workflows, split_of, summary
 from ranker.synth import synthesize_for_apis
-from ranker.transitions import DEFAULT_PATH, load_transitions
 
 RESULTS = Path(__file__).resolve().parent / "results" / "candidate_recall.json"
 SIZES = (10, 100, 1000)

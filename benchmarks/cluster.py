@@ -1,6 +1,6 @@
 """Run the service the way ``make run`` does, on ports of its own, and take it down again.
 
-``ray start --head --block`` (the node's caps from :mod:`deployments.resources`) and
+``ray start --head --block`` (the node's caps from :mod:`deployments.serving.resources`) and
 ``serve run <config>`` are child processes of the benchmark: stopping them stops every Ray process
 they started, and only those (never ``ray stop``, which would stop every Ray cluster on the
 machine). Processes are ended by pid.
@@ -28,10 +28,10 @@ from typing import Any
 
 import yaml
 
-from deployments.admission import ENV_VAR as ADMISSION_ENV_VAR
-from deployments.admission import haproxy_health_check_inter
-from deployments.loadgen import process_tree
-from deployments.resources import NODE
+from deployments.serving.admission import ENV_VAR as ADMISSION_ENV_VAR
+from deployments.serving.admission import haproxy_health_check_inter
+from deployments.serving.resources import NODE
+from tools.loadgen import process_tree
 
 __all__ = [
     "free_port",
@@ -53,7 +53,7 @@ VENV_BIN = Path(sys.executable).parent
 def make_run_env() -> dict[str, str]:
     """The Serve settings ``make run`` (and the image) put in the Ray head's environment:
     throughput-optimised Serve, HAProxy in place of the Python proxy with admission control
-    (:mod:`deployments.admission`), user code on the replica's own loop."""
+    (:mod:`deployments.serving.admission`), user code on the replica's own loop."""
     return {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",

@@ -1,4 +1,4 @@
-"""What ``why`` costs and says: the leaf table (:mod:`ranker.saabas`) against LightGBM's TreeSHAP.
+"""What ``why`` costs and says: the leaf table (:mod:`core.saabas`) against LightGBM's TreeSHAP.
 
     python -m benchmarks.explanations [--groups 400] [--k 5]
 
@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from deployments.candidates.retrieval import RetrievalGenerator
-from deployments.settings import load_settings
+from core.candidates.retrieval import RetrievalGenerator
+from core.explain import explain
+from core.features import FEATURE_NAMES, FeatureExtractor
+from core.priors.transitions import load_transitions
+from core.scorer import RankerModel, default_model_path
+from core.settings import load_settings
 from ranker.data import examples, load_workflows, split_of
-from ranker.features import FEATURE_NAMES, FeatureExtractor
-from ranker.model import RankerModel, default_model_path, explain
-from ranker.transitions import load_transitions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from deployments.feedback import FeedbackStore, prediction_context
-from deployments.pipeline import Pipeline
-from deployments.schemas import PredictRequest
-from deployments.settings import PROJECT_ROOT, load_settings
+from core.settings import PROJECT_ROOT, load_settings
+from deployments.serving.feedback import FeedbackStore, prediction_context
+from deployments.serving.pipeline import Pipeline
+from deployments.serving.schemas import PredictRequest
 
 
 async def run(directory: Path, predictions: int, outcomes: int) -> dict[str, float]:

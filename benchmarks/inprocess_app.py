@@ -2,7 +2,7 @@
 
     OPENSESAME_ALLOW_PRIVATE_SPEC_HOSTS=1 python -m uvicorn benchmarks.inprocess_app:app --port 8100
 
-The same plain classes as the graph (deployments/pipeline.py), the same request and response
+The same plain classes as the graph (deployments/serving/pipeline.py), the same request and response
 models, no Ray: what one Python process does with a CPU.
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from deployments.http_errors import install_error_handlers
-from deployments.pipeline import Pipeline
-from deployments.schemas import PredictRequest, PredictResponse
+from deployments.serving.http_errors import install_error_handlers
+from deployments.serving.pipeline import Pipeline
+from deployments.serving.schemas import PredictRequest, PredictResponse
 
 __all__ = ["app"]
 

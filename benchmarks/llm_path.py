@@ -5,7 +5,7 @@
 
 For every step of the VALIDATION APIs' real workflows, the serving code runs: the
 CandidateGenerator with an :class:`LLMGenerator` over HTTP, the FeatureExtractor, the shipped
-ranker, and :func:`deployments.scoring.blend_llm` at each ``--weights`` value (``llm_weight``).
+ranker, and :func:`core.scoring.blend_llm` at each ``--weights`` value (``llm_weight``).
 Rows: the generator's order with the LLM's proposals first (best first, then retrieval's: the LLM's
 own ranking), and the ranker with the LLM blended in at each weight (0: the LLM only widens the
 candidates); first, the ranker without an LLM.
@@ -40,17 +40,17 @@ from typing import Any
 import httpx
 import numpy as np
 
-from deployments.candidates.generator import CandidateGenerator
-from deployments.candidates.llm import LLMGenerator
-from deployments.candidates.retrieval import RetrievalGenerator
-from deployments.scoring import blend_llm
-from deployments.settings import Settings, load_settings
+from core.candidates.generator import CandidateGenerator
+from core.candidates.retrieval import RetrievalGenerator
+from core.features import FeatureExtractor
+from core.priors.transitions import load_transitions
+from core.scorer import RankerModel, default_model_path
+from core.scoring import blend_llm
+from core.settings import Settings, load_settings
+from deployments.serving.llm import LLMGenerator
 from ranker.data import Example, examples, load_workflows, split_of
 from ranker.evaluate import MISS, metrics_table, ranking_metrics
-from ranker.features import FeatureExtractor
-from ranker.model import RankerModel, default_model_path
 from ranker.train import _subset
-from ranker.transitions import load_transitions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIDENCES = (0.9, 0.5, 0.3, 0.2, 0.1)

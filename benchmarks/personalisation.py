@@ -1,4 +1,4 @@
-"""Does the per-user transition prior (:mod:`deployments.personalisation`) improve hit@1?
+"""Does the per-user transition prior (:mod:`core.priors.personal`) improve hit@1?
 
     python -m benchmarks.personalisation                      # simulate users, record, replay
     python -m benchmarks.personalisation --feedback var/feedback.sqlite   # replay a real store
@@ -21,7 +21,7 @@ store, exactly as serving records them:
 
 Each with and without the prompt (users of a product rarely type one for every call). The model
 learned its personal features from users simulated the same way on the training APIs
-(:mod:`ranker.personal`), so read the gains as "on users like these". Writes
+(:mod:`ranker.returning_users`), so read the gains as "on users like these". Writes
 ``benchmarks/results/personalisation.{json,md}``.
 """
 
@@ -41,16 +41,16 @@ from typing import Any
 
 import numpy as np
 
-from deployments.candidates.types import Candidate
-from deployments.feedback import FeedbackReader, FeedbackStore
-from deployments.personalisation import TransitionPrior, previous_key
-from deployments.progress import Progress, track
-from deployments.settings import load_settings
+from core.candidates.types import Candidate
+from core.features import FeatureExtractor
+from core.priors.personal import TransitionPrior, previous_key
+from core.priors.transitions import load_transitions
+from core.progress import Progress, track
+from core.scorer import RankerModel
+from core.settings import load_settings
+from deployments.serving.feedback import FeedbackReader, FeedbackStore
 from ranker.data import Workflow, concrete_endpoint, load_spec, load_workflows, split_of
 from ranker.evaluate import MISS, metrics_table, ranking_metrics
-from ranker.features import FeatureExtractor
-from ranker.model import RankerModel
-from ranker.transitions import load_transitions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -104,8 +104,8 @@ def _spec_document(path: Path) -> dict[str, Any]:
 async def record_sessions(sessions: list[tuple[str, Workflow]], db: Path, *, with_prompt: bool) -> int:
     """Run every step of every session through the in-process pipeline with a feedback store,
     and record what the user did next as an explicit outcome. Returns predictions made."""
-    from deployments.pipeline import Pipeline
-    from deployments.schemas import PredictRequest
+    from deployments.serving.pipeline import Pipeline
+    from deployments.serving.schemas import PredictRequest
 
     settings = load_settings(data_dir=str(db.parent), feedback_path=str(db))
     store = FeedbackStore(db)

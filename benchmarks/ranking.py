@@ -25,15 +25,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deployments.candidates.retrieval import RetrievalGenerator
-from deployments.settings import load_settings
-from deployments.spec.operations import tokenize
+from core.candidates.retrieval import RetrievalGenerator
+from core.features import FeatureExtractor
+from core.priors.transitions import load_transitions
+from core.scorer import HeuristicRanker, RankerModel, default_model_path
+from core.settings import load_settings
+from core.spec.operations import tokenize
 from ranker.data import Example, examples, load_workflows, split_of
 from ranker.evaluate import MISS, build_groups, metrics_table, ranking_metrics, ranks_from_scores
-from ranker.features import FeatureExtractor
-from ranker.model import HeuristicRanker, RankerModel, default_model_path
 from ranker.synth import synthesize_for_apis
-from ranker.transitions import load_transitions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"hit@1": 0.60, "hit@3": 0.85, "mrr": 0.70, "hit@1 vs bm25": 2.0}

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from deployments.candidates.retrieval import RetrievalGenerator
-from deployments.settings import load_settings
+from core.candidates.retrieval import RetrievalGenerator
+from core.features import FeatureExtractor
+from core.priors.transitions import load_transitions
+from core.priors.word_vectors import load_word_vectors
+from core.settings import load_settings
 from ranker.data import load_workflows, split_of
-from ranker.embeddings import load_word_vectors
 from ranker.evaluate import Groups, build_groups, metrics_table, ranking_metrics, ranks_from_scores
-from ranker.features import FeatureExtractor
 from ranker.train import (
     CANDIDATES,
     PERSONAL_USERS_PER_API,
@@ -38,7 +39,6 @@ from ranker.train import (
     base_examples,
     fit_ranker,
 )
-from ranker.transitions import load_transitions
 
 
 def fold_of(api: str, folds: int) -> int:

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from deployments.candidates.retrieval import RetrievalGenerator
-from deployments.settings import load_settings
+from core.candidates.retrieval import RetrievalGenerator
+from core.features import FEATURE_NAMES, FeatureExtractor
+from core.priors.transitions import load_transitions, normalized_segments, relation_of_segments
+from core.scorer import RankerModel, default_model_path
+from core.settings import load_settings
 from ranker.data import examples, load_workflows, split_of
-from ranker.features import FEATURE_NAMES, FeatureExtractor
-from ranker.model import RankerModel, default_model_path
-from ranker.transitions import load_transitions, normalized_segments, relation_of_segments
-
 
 _FIRST_BEST = FEATURE_NAMES.index("clause_first_best")  # 1: best match of the next clause
 _BEST_DELTA = FEATURE_NAMES.index("clause_best_delta")  # its best clause, from the history's

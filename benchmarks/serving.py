@@ -8,7 +8,7 @@ shared, noisy 2-CPU node (absolute numbers move with the neighbours; ratios much
 
 1. the workload: real workflows of APIs held out from training (benchmarks/workload.py), specs
    by URL from a loopback server, fetched once (warm spec cache), embedded candidate generator;
-2. the in-process pipeline (deployments/pipeline.py) called directly, with per-step timings, and
+2. the in-process pipeline (deployments/serving/pipeline.py) called directly, with per-step timings, and
    behind one uvicorn process (benchmarks/inprocess_app.py) for the same HTTP load;
 3. a Ray head with the node's caps and `serve run serve_config.yaml` (what `make run` does),
    settled by 45 s of unrecorded load (``--settle``; a fresh deploy is slower for its first
@@ -51,9 +51,9 @@ from benchmarks.cluster import (
     write_config,
 )
 from benchmarks.workload import Workload, build_workload
-from deployments.loadgen import NodeSampler, RunResult, closed_loop, open_loop, percentile, process_tree
-from deployments.resources import NODE
-from deployments.settings import load_settings
+from core.settings import load_settings
+from deployments.serving.resources import NODE
+from tools.loadgen import NodeSampler, RunResult, closed_loop, open_loop, percentile, process_tree
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # What `make run` and the image put in the head's environment.
@@ -151,8 +151,8 @@ class Bench:
 
 def profile_in_process(bodies: list[dict[str, Any]], data_dir: str, seconds: float) -> dict[str, Any]:
     """Direct calls of Pipeline.predict in this process: throughput and the median of each step."""
-    from deployments.pipeline import Pipeline
-    from deployments.schemas import PredictRequest
+    from deployments.serving.pipeline import Pipeline
+    from deployments.serving.schemas import PredictRequest
 
     pipeline = Pipeline(load_settings(allow_private_spec_hosts=True, data_dir=data_dir))
 

@@ -31,7 +31,7 @@ import yaml
 from benchmarks.cluster import ROOT, RayHead, ServeApp, free_port, merged, spec_server, write_config
 from benchmarks.serving import SERVE_ENV, Bench, log, post, settle
 from benchmarks.workload import build_workload
-from deployments.settings import load_settings
+from core.settings import load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving_ab.json"
 PINNED = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}

@@ -8,13 +8,13 @@ from typing import Any
 
 from ray import serve
 
-from deployments.admission import lower_priority
-from deployments.autoscaling import LatencyWindow
-from deployments.components import build_generator
-from deployments.errors import PredictorError
-from deployments.resources import deployment_options
-from deployments.settings import load_settings
-from deployments.spec.store import SpecStore
+from core.errors import PredictorError
+from core.settings import load_settings
+from deployments.serving.admission import lower_priority
+from deployments.serving.autoscaling import LatencyWindow
+from deployments.serving.components import build_generator
+from deployments.serving.resources import deployment_options
+from deployments.serving.spec_store import SpecStore
 
 __all__ = ["CandidateGeneratorDeployment"]
 

@@ -1,4 +1,4 @@
-"""Serve deployment around :class:`ranker.features.FeatureExtractor`, batched."""
+"""Serve deployment around :class:`core.features.FeatureExtractor`, batched."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from typing import Any
 
 from ray import serve
 
-from deployments.admission import lower_priority
-from deployments.autoscaling import LatencyWindow
-from deployments.batching import AdaptiveWait, BatchConfig, BatchStats, apply_batch_config
-from deployments.candidates.generator import CandidateSet
-from deployments.components import build_extractor
-from deployments.errors import PredictorError
-from deployments.resources import deployment_options
-from deployments.settings import load_settings
-from deployments.spec.store import SpecStore
-from ranker.features import UserTransitions
+from core.candidates.generator import CandidateSet
+from core.errors import PredictorError
+from core.features import UserTransitions
+from core.settings import load_settings
+from deployments.serving.admission import lower_priority
+from deployments.serving.autoscaling import LatencyWindow
+from deployments.serving.batching import AdaptiveWait, BatchConfig, BatchStats, apply_batch_config
+from deployments.serving.components import build_extractor
+from deployments.serving.resources import deployment_options
+from deployments.serving.spec_store import SpecStore
 
 __all__ = ["FeatureExtractorDeployment"]
 

@@ -12,11 +12,14 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.admission import lower_priority
-from deployments.autoscaling import LatencyWindow
-from deployments.batching import Coalescer, IngressConfig
-from deployments.candidates.generator import CandidateSet
-from deployments.feedback import (
+from core.candidates.generator import CandidateSet
+from core.priors.personal import user_transitions
+from core.scoring import after_model, annotate, expand_rows, unexplained_rows
+from core.settings import load_settings
+from deployments.serving.admission import lower_priority
+from deployments.serving.autoscaling import LatencyWindow
+from deployments.serving.batching import Coalescer, IngressConfig
+from deployments.serving.feedback import (
     FeedbackUnavailable,
     UnknownPrediction,
     feedback_response,
@@ -24,11 +27,11 @@ from deployments.feedback import (
     prediction_context,
     stored_response,
 )
-from deployments.http_errors import BodySizeLimit, install_error_handlers
-from deployments.personalisation import start_prior_feed, user_transitions
-from deployments.predictions import assemble_predictions, build_response
-from deployments.resources import deployment_options
-from deployments.schemas import (
+from deployments.serving.http_errors import BodySizeLimit, install_error_handlers
+from deployments.serving.prior_feed import start_prior_feed
+from deployments.serving.resources import deployment_options
+from deployments.serving.respond import assemble_predictions, build_response
+from deployments.serving.schemas import (
     ErrorBody,
     FeedbackRequest,
     FeedbackResponse,
@@ -37,9 +40,7 @@ from deployments.schemas import (
     PredictResponse,
     StoredPredictionResponse,
 )
-from deployments.scoring import after_model, annotate, expand_rows, unexplained_rows
-from deployments.settings import load_settings
-from deployments.spec.store import SpecStore, send_with_spec
+from deployments.serving.spec_store import SpecStore, send_with_spec
 
 __all__ = ["Ingress", "api"]
 
@@ -88,7 +89,7 @@ class Ingress:
         self.extractor = extractor
         self.ranker = ranker
         _body_limit.max_bytes = self.settings.spec_max_bytes + 1024 * 1024
-        # Outcomes of predictions (deployments/feedback.py); None: predictions still served.
+        # Outcomes of predictions (deployments/serving/feedback.py); None: predictions still served.
         self.outcomes, self.outcomes_off_reason = open_store(self.settings)
         # Each user's habits, learned from those outcomes: the ranker's user_* features (and,
         # with personal_prior_weight > 0, blended into the scores after the model).

@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments.admission import lower_priority
-from deployments.autoscaling import LatencyWindow
-from deployments.batching import AdaptiveWait, BatchConfig, BatchStats, apply_batch_config
-from deployments.model_swap import RankerSlot, split_model_config
-from deployments.resources import deployment_options
-from deployments.scoring import score_top_k
-from deployments.settings import load_settings
+from core.scoring import score_top_k
+from core.settings import load_settings
+from deployments.serving.admission import lower_priority
+from deployments.serving.autoscaling import LatencyWindow
+from deployments.serving.batching import AdaptiveWait, BatchConfig, BatchStats, apply_batch_config
+from deployments.serving.model_swap import RankerSlot, split_model_config
+from deployments.serving.resources import deployment_options
 
 __all__ = ["RankerDeployment"]
 
@@ -71,7 +71,7 @@ class RankerDeployment:
         ranker = self.slot.ranker  # one model for the whole batch, even if a swap lands now
         out: list[Any] = list(featured)  # requests that failed upstream keep their error
         rows = [i for i, f in enumerate(featured) if not isinstance(f, BaseException)]
-        # Explanations only for the k rows each response shows (deployments/scoring.py).
+        # Explanations only for the k rows each response shows (core/scoring.py).
         # Inline, not asyncio.to_thread: see FeatureExtractorDeployment._extract.
         scored = score_top_k(
             ranker, [featured[i]["features"] for i in rows], [featured[i]["k"] for i in rows]

@@ -31,7 +31,7 @@ from pathlib import Path
 import ray
 from ray import serve
 
-from deployments.schemas import FeedbackRequest, FeedbackResponse, PredictRequest, PredictResponse
+from deployments.serving.schemas import FeedbackRequest, FeedbackResponse, PredictRequest, PredictResponse
 
 APP_NAME = "opensesame"
 

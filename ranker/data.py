@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, unquote
 
-from deployments.errors import SpecInvalid
-from deployments.spec.index import Call, SpecIndex
-from deployments.spec.openapi import parse_spec
-from deployments.spec.operations import path_param_names
+from core.errors import SpecInvalid
+from core.spec.index import Call, SpecIndex
+from core.spec.openapi import parse_spec
+from core.spec.operations import path_param_names
 
 if TYPE_CHECKING:
-    from ranker.features import UserTransitions
+    from core.features import UserTransitions
 
 __all__ = [
     "Step",
@@ -46,7 +46,7 @@ __all__ = [
     "summary",
 ]
 
-# "personal": a simulated returning user's step, with their earlier outcomes (ranker.personal)
+# "personal": a simulated returning user's step, with their earlier outcomes (ranker.returning_users)
 Source = Literal["real", "synthetic", "personal"]
 Split = Literal["train", "valid"]
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deployments.candidates.retrieval import RetrievalGenerator
-from deployments.candidates.types import Candidate
+from core.candidates.retrieval import RetrievalGenerator
+from core.candidates.types import Candidate
+from core.features import FEATURE_NAMES, FeatureExtractor
 from ranker.data import Example, split_of
-from ranker.features import FEATURE_NAMES, FeatureExtractor
 
 __all__ = [
     "Groups",

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ranker.model import CARD_FILE, MODEL_FILE, ModelCard
+from core.scorer import CARD_FILE, MODEL_FILE, ModelCard
 
 __all__ = ["ModelRegistry", "RegistryError"]
 

@@ -22,7 +22,7 @@ not worse on the held-out APIs; roll back in one command.
    held-out APIs must not drop by more than ``--tolerance``.
 5. Passed: the model is added to the registry as a new version (``<models-dir>/<version>``),
    promoted (unless ``--no-promote``) and, with ``--apply``, rolled out to the running app with
-   a ``user_config`` change (:mod:`deployments.rollout`). Refused: nothing is written; exit 3.
+   a ``user_config`` change (:mod:`tools.rollout`). Refused: nothing is written; exit 3.
 
 Exit codes: 0 new version written, 3 refused by the gate, 2 bad arguments.
 """
@@ -45,11 +45,15 @@ from typing import Any
 
 import numpy as np
 
-from deployments.candidates.retrieval import RetrievalGenerator
-from deployments.candidates.types import Candidate
-from deployments.feedback import FeedbackReader, StoredPrediction
-from deployments.progress import track
-from deployments.spec.index import SpecIndex
+from core.candidates.retrieval import RetrievalGenerator
+from core.candidates.types import Candidate
+from core.features import FEATURE_NAMES, FEATURE_VERSION, FeatureExtractor, UserTransitions
+from core.priors.transitions import DEFAULT_PATH as TRANSITIONS_PATH
+from core.priors.transitions import load_transitions
+from core.progress import track
+from core.scorer import CARD_FILE, MODEL_FILE, ModelCard, RankerModel, default_model_path, file_sha256
+from core.spec.index import SpecIndex
+from deployments.serving.feedback import FeedbackReader, StoredPrediction
 from ranker.data import load_spec, load_workflows, split_of
 from ranker.evaluate import (
     MISS,
@@ -60,8 +64,6 @@ from ranker.evaluate import (
     ranking_metrics,
     ranks_from_scores,
 )
-from ranker.features import FEATURE_NAMES, FEATURE_VERSION, FeatureExtractor, UserTransitions
-from ranker.model import CARD_FILE, MODEL_FILE, ModelCard, RankerModel, default_model_path, file_sha256
 from ranker.registry import ModelRegistry, RegistryError
 from ranker.train import (
     CANDIDATES,
@@ -75,8 +77,6 @@ from ranker.train import (
     fit_ranker,
     source_weights,
 )
-from ranker.transitions import DEFAULT_PATH as TRANSITIONS_PATH
-from ranker.transitions import load_transitions
 
 __all__ = ["FeedbackGroups", "feedback_groups", "concat_groups", "gate", "main", "spec_fingerprint"]
 
@@ -207,7 +207,7 @@ def gate(baseline: dict[str, float] | None, candidate: dict[str, float], *,
 def _baseline(registry: ModelRegistry, explicit: Path | None) -> tuple[RankerModel | None, str]:
     path = explicit or registry.current_path()
     if path is None:
-        from deployments.settings import load_settings
+        from core.settings import load_settings
 
         path = load_settings().model_path or default_model_path()
     try:
@@ -218,7 +218,7 @@ def _baseline(registry: ModelRegistry, explicit: Path | None) -> tuple[RankerMod
 
 
 def _rollout(args: argparse.Namespace, model_dir: Path | None, version: str | None) -> None:
-    from deployments.rollout import apply_config, wait_for_model, write_live_config
+    from tools.rollout import apply_config, wait_for_model, write_live_config
 
     if not args.address:
         raise SystemExit("--apply needs --address (or RAY_ADDRESS): the running Ray cluster")
@@ -232,7 +232,7 @@ def _rollout(args: argparse.Namespace, model_dir: Path | None, version: str | No
 
 
 def retrain(args: argparse.Namespace) -> int:
-    from deployments.settings import load_settings
+    from core.settings import load_settings
 
     started = time.perf_counter()
     settings = load_settings()
@@ -402,7 +402,7 @@ def rollback(args: argparse.Namespace) -> int:
     if args.apply:
         version = now
         if version is None:
-            from deployments.settings import load_settings
+            from core.settings import load_settings
 
             version = RankerModel.load(load_settings().model_path or default_model_path()).version
         _rollout(args, target, version)
@@ -434,7 +434,7 @@ def list_versions(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from deployments.settings import PROJECT_ROOT, load_settings
+    from core.settings import PROJECT_ROOT, load_settings
 
     settings = load_settings()
     common = argparse.ArgumentParser(add_help=False)

@@ -20,8 +20,8 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from deployments.spec.index import SpecIndex
-from deployments.spec.operations import Operation, path_param_names, tokenize
+from core.spec.index import SpecIndex
+from core.spec.operations import Operation, path_param_names, tokenize
 from ranker.data import Step, Workflow, load_spec, synthetic_id
 
 __all__ = ["synthesize", "synthesize_for_apis", "PATTERNS"]

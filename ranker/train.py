@@ -2,7 +2,7 @@
 
 1. Real workflows of ``--jentic-dir`` give one ranking group per step; synthetic sequences
    (:mod:`ranker.synth`) add ``--synthetic-per-api`` sequences per API; simulated returning
-   users (:mod:`ranker.personal`, ``--personal-users-per-api``) add groups whose personal
+   users (:mod:`ranker.returning_users`, ``--personal-users-per-api``) add groups whose personal
    features are not zero, so the model learns what a user's own habits are worth.
 2. Candidates come from the embedded :class:`RetrievalGenerator` (limit 30) and features from
    :class:`FeatureExtractor` — exactly the serving code. A group whose target the generator
@@ -31,10 +31,22 @@ from typing import Any
 
 import numpy as np
 
-from deployments.candidates.retrieval import RetrievalGenerator
+from core.candidates.retrieval import RetrievalGenerator
+from core.features import FEATURE_NAMES, FEATURE_VERSION, FeatureExtractor
+from core.priors.transitions import DEFAULT_PATH as TRANSITIONS_PATH
+from core.priors.transitions import Transitions, load_transitions
+from core.priors.word_vectors import DEFAULT_PATH as WORD_VECTORS_PATH
+from core.priors.word_vectors import load_word_vectors
+from core.scorer import (
+    CARD_FILE,
+    MODEL_FILE,
+    Calibration,
+    ModelCard,
+    expected_calibration_error,
+    file_sha256,
+)
+from core.settings import SHIPPED_MODELS_DIR
 from ranker.data import Example, Workflow, examples, load_workflows, split_of
-from ranker.embeddings import DEFAULT_PATH as WORD_VECTORS_PATH
-from ranker.embeddings import load_word_vectors
 from ranker.evaluate import (
     Groups,
     build_groups,
@@ -43,17 +55,6 @@ from ranker.evaluate import (
     ranking_metrics,
     ranks_from_scores,
 )
-from ranker.features import FEATURE_NAMES, FEATURE_VERSION, FeatureExtractor
-from ranker.model import (
-    CARD_FILE,
-    MODEL_FILE,
-    Calibration,
-    ModelCard,
-    expected_calibration_error,
-    file_sha256,
-)
-from ranker.transitions import DEFAULT_PATH as TRANSITIONS_PATH
-from ranker.transitions import Transitions, load_transitions
 
 __all__ = ["DEFAULT_PARAMS", "fit_ranker", "source_weights", "calibrate", "main", "base_examples"]
 
@@ -78,7 +79,7 @@ DEFAULT_ROUNDS = 2000
 # easier than real ones: they count less (on training APIs, 2-fold CV, weights 0/0.3/1 were
 # within noise of each other on real workflows).
 SYNTHETIC_WEIGHT = 0.3
-# Simulated returning users per API, of each kind (ranker.personal); their groups weigh 1.0.
+# Simulated returning users per API, of each kind (ranker.returning_users); their groups weigh 1.0.
 PERSONAL_USERS_PER_API = 1
 EARLY_STOPPING = 100
 CANDIDATES = 30
@@ -218,7 +219,7 @@ def base_examples(
     synthetic = synthetic_examples(workflows, per_api=synthetic_per_api, seed=seed)
     personal: list[Example] = []
     if personal_users_per_api > 0:
-        from ranker.personal import personal_examples
+        from ranker.returning_users import personal_examples
         from ranker.synth import synthesize_for_apis
 
         routines = [*workflows, *synthesize_for_apis(workflows, seed=seed + 1, per_api=6)]
@@ -227,14 +228,14 @@ def base_examples(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from deployments.settings import load_settings
+    from core.settings import load_settings
 
     parser = argparse.ArgumentParser(
         prog="python -m ranker.train", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--jentic-dir", type=Path, default=None,
                         help="workflows + specs (default: settings.jentic_dir)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "models")
+    parser.add_argument("--out", type=Path, default=SHIPPED_MODELS_DIR)
     parser.add_argument("--synthetic-per-api", type=int, default=20)
     parser.add_argument("--synthetic-weight", type=float, default=SYNTHETIC_WEIGHT)
     parser.add_argument("--personal-users-per-api", type=int, default=PERSONAL_USERS_PER_API,
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transitions", type=Path, default=TRANSITIONS_PATH)
     parser.add_argument("--word-vectors", type=Path, default=WORD_VECTORS_PATH,
                         help="word vectors of the semantic source and features "
-                             "(`python -m ranker.embeddings build`)")
+                             "(`python -m core.priors.word_vectors build`)")
     parser.add_argument("--max-apis", type=int, default=None,
                         help="train on a deterministic subset of this many APIs (smoke runs)")
     parser.add_argument("--num-boost-round", type=int, default=DEFAULT_ROUNDS)

@@ -8,7 +8,7 @@ import time
 from ray import serve
 from ray.serve import Application
 
-from deployments.autoscaling import LatencyWindow
+from deployments.serving.autoscaling import LatencyWindow
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1, "memory": 100 * 1024 * 1024}, max_ongoing_requests=4)
@@ -36,7 +36,7 @@ def build(*, work_s: float, target_p95_ms: float) -> Application:
         "upscale_delay_s": 0.5,
         "downscale_delay_s": 2.0,
         "policy": {
-            "policy_function": "deployments.autoscaling:LatencyPolicy",
+            "policy_function": "deployments.serving.autoscaling:LatencyPolicy",
             "policy_kwargs": {"target_p95_ms": target_p95_ms},
         },
     }

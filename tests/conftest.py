@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.cluster import free_port
-from deployments.settings import load_settings
+from core.settings import load_settings
 
 # Local clusters in tests run without Ray's token auth (ray-serve-2.60-notes.md).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -1,5 +1,5 @@
 """The admission-control lines reach HAProxy's config through Ray 2.60's own template, and HAProxy
-accepts the result (deployments/admission.py)."""
+accepts the result (deployments/serving/admission.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.admission import (
+from deployments.serving.admission import (
     ENV_VAR,
     MAX_CONCURRENT_PER_INGRESS,
     haproxy_health_check_inter,
@@ -52,7 +52,7 @@ def _backend(text: str) -> list[str]:
 
 def test_the_value_is_what_ray_reads_and_the_module_prints() -> None:
     printed = subprocess.run(
-        [sys.executable, "-m", "deployments.admission"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "deployments.serving.admission"], capture_output=True, text=True, check=True
     ).stdout
     assert printed.rstrip("\n") == haproxy_health_check_inter()
     assert ENV_VAR == "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER"
@@ -113,7 +113,7 @@ def test_bad_arguments_are_refused(kwargs: dict, match: str) -> None:
 def test_lower_priority_lowers_every_thread_once() -> None:
     # Linux niceness is per thread: a thread started before the call must be lowered too.
     code = (
-        "import os, threading, time; from deployments.admission import lower_priority as f\n"
+        "import os, threading, time; from deployments.serving.admission import lower_priority as f\n"
         "ev = threading.Event(); t = threading.Thread(target=ev.wait); t.start()\n"
         "b = os.getpriority(os.PRIO_PROCESS, 0); a = f(3); c = f(3)\n"
         "other = os.getpriority(os.PRIO_PROCESS, t.native_id); ev.set(); t.join()\n"

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from deployments.autoscaling import METRIC, LatencyPolicy, LatencyWindow
+from deployments.serving.autoscaling import METRIC, LatencyPolicy, LatencyWindow
 
 # -- the policy on plain inputs -------------------------------------------------------------------
 
@@ -89,7 +89,7 @@ def test_latency_window_forgets() -> None:
 
 # -- on a real cluster -------------------------------------------------------------------------
 
-POLICY = "deployments.autoscaling:LatencyPolicy"
+POLICY = "deployments.serving.autoscaling:LatencyPolicy"
 
 
 def _replicas(app: str, deployment: str) -> int:

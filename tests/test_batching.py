@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from deployments.batching import (
+from deployments.serving.batching import (
     AdaptiveWait,
     BatchConfig,
     Coalescer,

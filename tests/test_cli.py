@@ -1,4 +1,4 @@
-"""The command line, run the way users run it: ``python -m deployments.cli`` in a subprocess for the
+"""The command line, run the way users run it: ``python -m tools.cli`` in a subprocess for the
 entry point, ``main([...])`` in-process for the rest (same code, no interpreter start-up each);
 against the real service over HTTP, in-process, and on a tiny slice of the data."""
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks.cluster import wait_http
-from deployments.cli import main, parse_event
-from deployments.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT
 from tests.specs import billing_spec
 from tests.test_train import _tiny_jentic
+from tools.cli import main, parse_event
 
 REQUEST = PROJECT_ROOT / "examples" / "request.json"
 COMMANDS = ("predict", "feedback", "evaluate", "bench", "train", "retrain", "rollback", "models")
@@ -29,7 +29,7 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_entry_point_help() -> None:
-    run = subprocess.run([sys.executable, "-m", "deployments.cli", "--help"], cwd=PROJECT_ROOT,
+    run = subprocess.run([sys.executable, "-m", "tools.cli", "--help"], cwd=PROJECT_ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert all(c in run.stdout for c in COMMANDS)

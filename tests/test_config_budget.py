@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from deployments.autoscaling import LatencyPolicy
-from deployments.batching import BatchConfig, IngressConfig
-from deployments.resources import DEPLOYMENT_OPTIONS, MB, NODE, NodeBudget
+from deployments.serving.autoscaling import LatencyPolicy
+from deployments.serving.batching import BatchConfig, IngressConfig
+from deployments.serving.resources import DEPLOYMENT_OPTIONS, MB, NODE, NodeBudget
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAPH = ("Ingress", "CandidateGenerator", "FeatureExtractor", "Ranker")
@@ -66,8 +66,8 @@ def test_make_run_and_the_image_start_the_head_with_these_caps() -> None:
     makefile = (ROOT / "Makefile").read_text()
     dockerfile = (ROOT / "Dockerfile").read_text()
     run = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
-    assert re.search(r"ray start --head .*-m deployments\.resources", run.replace("\\\n", " "))
-    assert re.search(r"ray start --head .*-m deployments\.resources", dockerfile)
+    assert re.search(r"ray start --head .*-m deployments\.serving\.resources", run.replace("\\\n", " "))
+    assert re.search(r"ray start --head .*-m deployments\.serving\.resources", dockerfile)
     for text in (run, dockerfile):
         assert "RAY_SERVE_THROUGHPUT_OPTIMIZED=1" in text
         assert "RAY_SERVE_ENABLE_HA_PROXY=1" in text
@@ -93,7 +93,7 @@ def test_batching_user_config_is_valid_and_fits_max_ongoing(deployments) -> None
 def test_latency_policy_is_in_every_autoscaling_config(deployments) -> None:
     for name, d in deployments.items():
         auto = d["autoscaling_config"]
-        assert auto["policy"]["policy_function"] == "deployments.autoscaling:LatencyPolicy", name
+        assert auto["policy"]["policy_function"] == "deployments.serving.autoscaling:LatencyPolicy", name
         LatencyPolicy(**auto["policy"]["policy_kwargs"])  # the kwargs are valid
         assert auto["look_back_period_s"] > auto["metrics_interval_s"], name
         assert 1 <= auto["min_replicas"] <= auto["max_replicas"], name

@@ -194,7 +194,7 @@ def test_synthetic_sequences_follow_dataflow_and_are_deterministic(jentic_dir: P
 
 
 def test_real_jentic_workflows_load() -> None:
-    from deployments.settings import load_settings
+    from core.settings import load_settings
 
     root = load_settings().jentic_dir
     if not (root / "workflows").is_dir():

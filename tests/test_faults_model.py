@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ranker.model import default_model_path
+from core.scorer import default_model_path
 from tests.faults import record, wait_for
 from tests.specs import billing_spec
 

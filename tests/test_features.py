@@ -11,14 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deployments.candidates.generator import CandidateGenerator
-from deployments.candidates.retrieval import RetrievalGenerator
-from deployments.candidates.types import Candidate
-from deployments.spec.index import SpecIndex
-from deployments.spec.openapi import parse_spec
-from ranker.data import concrete_endpoint, examples, parse_workflow_document, split_of
-from ranker.evaluate import build_groups
-from ranker.features import (
+from core.candidates.generator import CandidateGenerator
+from core.candidates.retrieval import RetrievalGenerator
+from core.candidates.types import Candidate
+from core.features import (
     FEATURE_NAMES,
     FEATURE_VERSION,
     PERSONAL_FEATURES,
@@ -28,7 +24,11 @@ from ranker.features import (
     prompt_stems,
     stem,
 )
-from ranker.transitions import load_transitions
+from core.priors.transitions import load_transitions
+from core.spec.index import SpecIndex
+from core.spec.openapi import parse_spec
+from ranker.data import concrete_endpoint, examples, parse_workflow_document, split_of
+from ranker.evaluate import build_groups
 from tests.specs import billing_spec
 
 COL = {n: i for i, n in enumerate(FEATURE_NAMES)}
@@ -170,7 +170,7 @@ def test_training_and_serving_paths_compute_identical_features(jentic_dir, trans
 def test_match_columns_are_the_per_operation_definition(spec) -> None:
     """The lexical match of a prompt stem, computed for every operation at once from inverted
     indexes, is exactly its per-operation definition (word or role verb, compound, description)."""
-    from ranker.features import _ROLE_VERBS, DESCRIPTION_WEIGHT, FUZZY_WEIGHT, SpecTables
+    from core.features import _ROLE_VERBS, DESCRIPTION_WEIGHT, FUZZY_WEIGHT, SpecTables
 
     t = SpecTables(spec)
     words = {w for v in t.vocab for w in v} | {w for v in t.desc_words for w in v}
@@ -194,12 +194,12 @@ def test_identical_in_every_process(extractor, spec) -> None:
     import subprocess
     import sys
 
-    from deployments.settings import PROJECT_ROOT
+    from core.settings import PROJECT_ROOT
 
     code = (
-        "import hashlib; from deployments.spec.openapi import parse_spec; "
-        "from deployments.candidates.types import Candidate; "
-        "from ranker.features import FeatureExtractor; from ranker.transitions import load_transitions; "
+        "import hashlib; from core.spec.openapi import parse_spec; "
+        "from core.candidates.types import Candidate; "
+        "from core.features import FeatureExtractor; from core.priors.transitions import load_transitions; "
         "from tests.specs import billing_spec; s = parse_spec(billing_spec()); "
         "h = [s.resolve('GET /v1/invoices'), s.resolve('GET /v1/invoices/in_1')]; "
         "X = FeatureExtractor(transitions=load_transitions()).extract(s, h, "

@@ -16,8 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deployments.errors import InvalidRequest
-from deployments.feedback import (
+from core.errors import InvalidRequest
+from core.settings import PROJECT_ROOT
+from core.spec.openapi import parse_spec
+from deployments.serving.feedback import (
     FeedbackReader,
     FeedbackStore,
     OutcomeConflict,
@@ -26,8 +28,6 @@ from deployments.feedback import (
     follow_up_index,
     resolve_operation,
 )
-from deployments.settings import PROJECT_ROOT
-from deployments.spec.openapi import parse_spec
 from tests.specs import billing_spec
 
 SPEC = parse_spec(billing_spec())
@@ -158,7 +158,7 @@ _CRASHER = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 from tests.test_feedback import _ctx
-from deployments.feedback import FeedbackStore
+from deployments.serving.feedback import FeedbackStore
 store = FeedbackStore({path!r})
 store.record_prediction(_ctx("crash-1"))
 result = store.record_outcome("crash-1", actual_endpoint="POST /v1/invoices/in_1/pay")
@@ -394,7 +394,7 @@ def test_outcomes_survive_a_crash_and_a_redeploy(client, app) -> None:
 def test_prior_blend_and_shrinkage() -> None:
     import numpy as np
 
-    from deployments.personalisation import START, TransitionPrior
+    from core.priors.personal import START, TransitionPrior
 
     prior = TransitionPrior(weight=0.5, shrink=3.0)
     keys, probs = ["a", "b", "c"], np.array([0.7, 0.2, 0.1])
@@ -412,7 +412,8 @@ def test_prior_blend_and_shrinkage() -> None:
 
 
 def test_prior_feed_follows_every_writer(tmp_path) -> None:
-    from deployments.personalisation import PriorFeed, TransitionPrior
+    from core.priors.personal import TransitionPrior
+    from deployments.serving.prior_feed import PriorFeed
 
     path = tmp_path / "f.sqlite"
     one, two = FeedbackStore(path), FeedbackStore(path)  # two replicas, one file

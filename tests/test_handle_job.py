@@ -26,10 +26,10 @@ import pytest
 import yaml
 
 from benchmarks.cluster import wait_http
-from deployments.rollout import apply_config
-from deployments.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT
 from tests.conftest import free_port
 from tests.specs import billing_spec
+from tools.rollout import apply_config
 
 pytestmark = pytest.mark.serve
 ray = pytest.importorskip("ray")
@@ -98,7 +98,7 @@ def test_another_job_gets_the_same_answer_as_http(app, tmp_path) -> None:
     assert via_handle["prediction_id"] != over_http.json()["prediction_id"]
     # the CLI's --address mode is the same kind of separate job
     cli = subprocess.run(
-        [sys.executable, "-m", "deployments.cli", "predict", "--address", address, "--request",
+        [sys.executable, "-m", "tools.cli", "predict", "--address", address, "--request",
          str(request_path), "--json"],
         cwd=PROJECT_ROOT, env=_clean_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True,
         timeout=180,

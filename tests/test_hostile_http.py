@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
-from deployments.schemas import PredictResponse
+from deployments.serving.schemas import PredictResponse
 from tests.llm_server import FakeLLMServer, Reply
 from tests.spec_server import SpecServer, spec_server
 from tests.specs import billing_spec

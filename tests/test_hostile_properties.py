@@ -20,13 +20,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from deployments.candidates.llm import LLMGenerator, LLMUnavailable
-from deployments.errors import SpecInvalid
-from deployments.schemas import MAX_EVENTS, MAX_PROMPT_CHARS, FeedbackRequest, PredictRequest
-from deployments.settings import load_settings
-from deployments.spec.index import SpecIndex, parse_endpoint
-from deployments.spec.matching import split_path
-from deployments.spec.openapi import parse_spec
+from core.errors import SpecInvalid
+from core.settings import load_settings
+from core.spec.index import SpecIndex, parse_endpoint
+from core.spec.matching import split_path
+from core.spec.openapi import parse_spec
+from deployments.serving.llm import LLMGenerator, LLMUnavailable
+from deployments.serving.schemas import MAX_EVENTS, MAX_PROMPT_CHARS, FeedbackRequest, PredictRequest
 
 FAST = settings(max_examples=100, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
 

@@ -19,15 +19,15 @@ import pytest
 import yaml
 
 from benchmarks.cluster import wait_http
-from deployments.loadgen import run_load
-from deployments.model_swap import ModelConfig, RankerSlot, split_model_config
-from deployments.rollout import apply_config, live_config, write_live_config
-from deployments.settings import PROJECT_ROOT, load_settings
-from ranker.features import FEATURE_NAMES
-from ranker.model import CARD_FILE, MODEL_FILE, RankerModel, default_model_path
+from core.features import FEATURE_NAMES
+from core.scorer import CARD_FILE, MODEL_FILE, RankerModel, default_model_path
+from core.settings import PROJECT_ROOT, load_settings
+from deployments.serving.model_swap import ModelConfig, RankerSlot, split_model_config
 from ranker.registry import ModelRegistry, RegistryError
 from tests.specs import billing_spec
 from tests.test_train import _tiny_jentic
+from tools.loadgen import run_load
+from tools.rollout import apply_config, live_config, write_live_config
 
 
 def _copy_model(dst: Path, version: str) -> Path:

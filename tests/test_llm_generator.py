@@ -14,15 +14,15 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from deployments.candidates.llm import (
+from core.settings import Settings
+from core.spec.operations import Operation
+from deployments.serving.llm import (
     CircuitBreaker,
     LLMAnswerCache,
     LLMGenerator,
     LLMProposal,
     LLMUnavailable,
 )
-from deployments.settings import Settings
-from deployments.spec.operations import Operation
 from tests.llm_server import FakeLLMServer, Reply, dead_port
 
 T = TypeVar("T")
@@ -475,7 +475,7 @@ def test_broken_cache_is_bypassed_with_a_warning(server, make_settings, tmp_path
         data_dir.write_text("a file where the data directory should be")
     settings = make_settings(server.base_url, data_dir=data_dir)
     server.default = Reply.predictions(GOOD)
-    caplog.set_level(logging.WARNING, logger="deployments.candidates.llm")
+    caplog.set_level(logging.WARNING, logger="deployments.serving.llm")
 
     async def scenario() -> LLMGenerator:
         gen = LLMGenerator(settings)

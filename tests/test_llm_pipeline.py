@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from deployments.pipeline import Pipeline
-from deployments.schemas import PredictRequest, PredictResponse
-from deployments.settings import load_settings
+from core.settings import load_settings
+from deployments.serving.pipeline import Pipeline
+from deployments.serving.schemas import PredictRequest, PredictResponse
 from tests.llm_server import FakeLLMServer, Reply, dead_port
 from tests.specs import billing_spec
 
@@ -133,10 +133,10 @@ def test_api_key_never_in_response_or_logs(llm, tmp_path, caplog) -> None:
 def test_proposals_keep_retrievals_order_and_widen_it(llm, tmp_path) -> None:
     """The ranker's generator features were learned on retrieval's order: the LLM may add a
     candidate from further down its shortlist, never reorder the others."""
-    from deployments.candidates.generator import CandidateGenerator
-    from deployments.candidates.llm import LLMGenerator
-    from deployments.candidates.retrieval import RetrievalGenerator
-    from deployments.spec.openapi import parse_spec
+    from core.candidates.generator import CandidateGenerator
+    from core.candidates.retrieval import RetrievalGenerator
+    from core.spec.openapi import parse_spec
+    from deployments.serving.llm import LLMGenerator
 
     spec = parse_spec(billing_spec())
     settings = load_settings({}, data_dir=str(tmp_path), llm_base_url=llm.base_url, llm_model="m",

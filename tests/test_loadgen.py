@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from deployments.loadgen import NodeSampler, open_loop, probe, tree_cpu_ticks
+from tools.loadgen import NodeSampler, open_loop, probe, tree_cpu_ticks
 
 BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.spec.index import parse_endpoint
-from deployments.spec.openapi import parse_spec
+from core.spec.index import parse_endpoint
+from core.spec.openapi import parse_spec
 from tests.specs import billing_spec, petstore_swagger2
 
 

@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deployments.candidates.retrieval import RetrievalGenerator
-from deployments.candidates.types import Candidate
-from deployments.spec.index import SpecIndex
-from deployments.spec.openapi import parse_spec
-from ranker.data import examples, parse_workflow_document, split_of
-from ranker.evaluate import build_groups, ranking_metrics, ranks_from_scores
-from ranker.features import FEATURE_NAMES, FeatureExtractor
-from ranker.model import (
+from core.candidates.retrieval import RetrievalGenerator
+from core.candidates.types import Candidate
+from core.explain import explain
+from core.features import FEATURE_NAMES, FeatureExtractor
+from core.params import fill_params
+from core.priors.transitions import load_transitions
+from core.scorer import (
     CARD_FILE,
     MODEL_FILE,
     Calibration,
@@ -27,10 +26,11 @@ from ranker.model import (
     RankerModel,
     default_model_path,
     expected_calibration_error,
-    explain,
-    fill_params,
 )
-from ranker.transitions import load_transitions
+from core.spec.index import SpecIndex
+from core.spec.openapi import parse_spec
+from ranker.data import examples, parse_workflow_document, split_of
+from ranker.evaluate import build_groups, ranking_metrics, ranks_from_scores
 from tests.specs import billing_spec
 
 VALID_SAMPLE_APIS = 16
@@ -163,7 +163,7 @@ def test_scores_are_probabilities_non_increasing_with_rank(model, pipeline, spec
     assert ((probs >= 0) & (probs <= 1)).all()
     order = np.argsort(-raw, kind="stable")
     assert (np.diff(probs[order]) <= 1e-12).all()
-    # contributions add up to the raw score (ranker.saabas)
+    # contributions add up to the raw score (core.saabas)
     np.testing.assert_allclose(contribs.sum(1), raw, rtol=1e-5, atol=1e-5)
     # only the best rows are explained (contributions are the costly part)
     [(probs2, partial)] = model.score_groups([X], explain_top=2)
@@ -255,8 +255,8 @@ def test_heuristic_fallback_ranks_sensibly(pipeline, spec) -> None:
     assert int(np.argmax(probs)) == 2
     assert ((probs >= 0) & (probs <= 1)).all()
     np.testing.assert_allclose(contribs.sum(1), fallback.raw_scores(X))
-    why = fallback.explain(spec.operations[spec.by_key["GET /invoices/{invoice_id}"]], X[2],
-                           contribs[2], history, "finish billing")
+    why = explain(spec.operations[spec.by_key["GET /invoices/{invoice_id}"]], X[2], contribs[2],
+                  history=history, prompt="finish billing")
     assert "invoice" in why
 
 
@@ -317,8 +317,8 @@ def test_why_comes_from_contributions_in_user_words(model, pipeline, spec) -> No
     history = [spec.resolve("GET /v1/invoices"), spec.resolve("GET /v1/invoices/in_123")]
     keys = ["POST /invoices/{invoice_id}/pay", "GET /users/me"]
     X, probs, contribs = _rank(model, extractor, spec, history, "get this invoice paid", keys)
-    why = model.explain(spec.operations[spec.by_key[keys[0]]], X[0], contribs[0], history,
-                        "get this invoice paid")
+    why = explain(spec.operations[spec.by_key[keys[0]]], X[0], contribs[0], history=history,
+                  prompt="get this invoice paid")
     assert why and ("in_123" in why or "'paid'" in why or "invoice" in why), why
     # a reason follows the contributions: only the prompt contributes → a prompt reason
     only_prompt = np.zeros(len(FEATURE_NAMES) + 1)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from deployments.errors import SpecInvalid
-from deployments.spec.index import SpecIndex
-from deployments.spec.openapi import MAX_YAML_ALIASES, parse_spec
+from core.errors import SpecInvalid
+from core.spec.index import SpecIndex
+from core.spec.openapi import MAX_YAML_ALIASES, parse_spec
 from tests.specs import PETSTORE_YAML, billing_spec, petstore_swagger2
 
 

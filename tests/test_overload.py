@@ -1,7 +1,7 @@
 """Overload at 2x and 5x capacity for a minute each, on the service as ``make run`` deploys it
 (issues 5 and 7): a capped Ray head with HAProxy and its admission control
-(:mod:`deployments.admission`), ``serve_config.yaml``, the benchmark's workload (real specs by URL,
-warm spec cache), and an open-loop load generator on loopback (:mod:`deployments.loadgen`).
+(:mod:`deployments.serving.admission`), ``serve_config.yaml``, the benchmark's workload (real specs by URL,
+warm spec cache), and an open-loop load generator on loopback (:mod:`tools.loadgen`).
 
 Promised, and asserted: no 5xx other than 503 and no client error (refused, reset, timed out); every
 503 carries ``Retry-After``; 503s in under 50 ms at p99 at 2x (on a quiet machine, those the client
@@ -26,12 +26,21 @@ from typing import Any
 
 import pytest
 
-from benchmarks.cluster import RayHead, ServeApp, free_port, make_run_env, replica_failures
-from benchmarks.cluster import spec_server, wait_http, write_config
+from benchmarks.cluster import (
+    RayHead,
+    ServeApp,
+    free_port,
+    make_run_env,
+    replica_failures,
+    spec_server,
+    wait_http,
+    write_config,
+)
 from benchmarks.serving import replica_counts
 from benchmarks.workload import build_workload
-from deployments.admission import MAX_CONCURRENT_PER_INGRESS, REFUSED_BY
-from deployments.loadgen import (
+from deployments.serving.admission import MAX_CONCURRENT_PER_INGRESS, REFUSED_BY
+from tests.faults import record
+from tools.loadgen import (
     CLIENT_OVERFLOW,
     NodeSampler,
     RunResult,
@@ -41,7 +50,6 @@ from deployments.loadgen import (
     percentile,
     probe,
 )
-from tests.faults import record
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow, pytest.mark.faults]
 
@@ -50,7 +58,7 @@ CAPACITY_WARMUP_S = 10.0
 CAPACITY_S = 15.0
 RECOVERY_S = 10.0
 NODE_MB = 4000
-ADMISSION = f"refused-by:{REFUSED_BY}"  # how deployments.loadgen labels HAProxy's refusals
+ADMISSION = f"refused-by:{REFUSED_BY}"  # how tools.loadgen labels HAProxy's refusals
 # An open-loop request sent later than this after it came due was held up by this client (its
 # event loop stopped, or was catching up on what came due meanwhile), and its latency is then
 # partly the client's. Measured at 2x and 5x: late_s p50 0.6 ms, p99 ~15 ms (~3% over 5 ms).

@@ -14,14 +14,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deployments.candidates.types import Candidate
-from deployments.feedback import SCHEMA_VERSION, FeedbackReader, FeedbackStore, PredictionContext
-from deployments.personalisation import START, PriorFeed, TransitionPrior, user_transitions
-from deployments.spec.openapi import parse_spec
+from core.candidates.types import Candidate
+from core.features import COLD, FEATURE_NAMES, PERSONAL_FEATURES, FeatureExtractor, UserTransitions
+from core.priors.personal import START, TransitionPrior, user_transitions
+from core.priors.transitions import load_transitions
+from core.spec.openapi import parse_spec
+from deployments.serving.feedback import SCHEMA_VERSION, FeedbackReader, FeedbackStore, PredictionContext
+from deployments.serving.prior_feed import PriorFeed
 from ranker.data import Step, Workflow
-from ranker.features import COLD, FEATURE_NAMES, PERSONAL_FEATURES, FeatureExtractor, UserTransitions
-from ranker.personal import personal_examples
-from ranker.transitions import load_transitions
+from ranker.returning_users import personal_examples
 from tests.specs import billing_spec
 
 SPEC = parse_spec(billing_spec())
@@ -176,7 +177,7 @@ def test_a_schema_1_store_is_migrated_in_place(tmp_path) -> None:
 
 
 def test_a_newer_schema_is_refused(tmp_path) -> None:
-    from deployments.feedback import FeedbackUnavailable
+    from deployments.serving.feedback import FeedbackUnavailable
 
     path = tmp_path / "f.sqlite"
     FeedbackStore(path).close()
@@ -213,9 +214,9 @@ def test_retraining_rebuilds_the_served_features(tmp_path, extractor) -> None:
 def test_a_users_habit_ranks_their_usual_next_call_higher(tmp_path) -> None:
     """A user who always goes from the list of invoices to C (not what a cold user is offered
     first) gets C ranked higher after a few outcomes than a cold user does."""
-    from deployments.pipeline import Pipeline
-    from deployments.schemas import PredictRequest
-    from deployments.settings import load_settings
+    from core.settings import load_settings
+    from deployments.serving.pipeline import Pipeline
+    from deployments.serving.schemas import PredictRequest
 
     settings = load_settings(data_dir=str(tmp_path), personal_prior_weight=0.0)
     assert settings.personal_prior_feature  # the default
@@ -257,9 +258,9 @@ def test_the_blend_after_the_model_explains_the_rows_it_moves_up(tmp_path) -> No
     """With the prior blended after the model (the older way, kept as an option), a habit from
     outside the model's top k is shown, said to be the user's habit, and explained: only that
     row's contributions are computed on top of the model's own top k."""
-    from deployments.pipeline import Pipeline
-    from deployments.schemas import PredictRequest
-    from deployments.settings import load_settings
+    from core.settings import load_settings
+    from deployments.serving.pipeline import Pipeline
+    from deployments.serving.schemas import PredictRequest
 
     settings = load_settings(data_dir=str(tmp_path), personal_prior_feature=False,
                              personal_prior_weight=0.9)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from deployments.feedback import FeedbackStore
-from deployments.pipeline import Pipeline
-from deployments.schemas import PredictRequest
-from deployments.settings import PROJECT_ROOT, load_settings
+from core.settings import PROJECT_ROOT, load_settings
+from deployments.serving.feedback import FeedbackStore
+from deployments.serving.pipeline import Pipeline
+from deployments.serving.schemas import PredictRequest
 from ranker.registry import ModelRegistry
 from ranker.retrain import gate
 from tests.specs import billing_spec

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from deployments.candidates.retrieval import RetrievalGenerator, stem, wants_destructive
-from deployments.spec.index import SpecIndex
-from deployments.spec.openapi import parse_spec
-from ranker.transitions import load_transitions
+from core.candidates.retrieval import RetrievalGenerator, stem, wants_destructive
+from core.priors.transitions import load_transitions
+from core.spec.index import SpecIndex
+from core.spec.openapi import parse_spec
 
 
 def _op(op_id: str, summary: str, *, params: tuple[str, ...] = (), returns: tuple[str, ...] = (),
@@ -71,7 +71,7 @@ def generator() -> RetrievalGenerator:
 
 def test_bm25_ranks_the_obviously_matching_operation_first(generator: RetrievalGenerator) -> None:
     index = generator.index_for(SPEC)
-    from deployments.spec.operations import tokenize
+    from core.spec.operations import tokenize
 
     scores = index.bm25(tokenize("which movies are popular right now?"))
     assert SPEC.operations[int(scores.argmax())].key == "GET /movies/popular"
@@ -155,7 +155,7 @@ def test_stemming_meets_word_forms() -> None:
 
 
 def test_a_real_workflow_target_is_among_the_candidates() -> None:
-    from deployments.settings import load_settings
+    from core.settings import load_settings
     from ranker.data import examples, parse_workflow_document
 
     root = load_settings().jentic_dir
@@ -197,7 +197,7 @@ def test_destructive_intent_phrases() -> None:
 
 
 def test_version_segments_and_rfc6570_path_parameters() -> None:
-    from deployments.spec.operations import Operation, path_param_names
+    from core.spec.operations import Operation, path_param_names
 
     op = Operation("GET", "/v1beta1/{+name}/instances/{instanceId}")
     assert op.path_params == ("name", "instanceId")

@@ -6,7 +6,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from ranker.saabas import LeafContributions
+from core.saabas import LeafContributions
 
 
 @pytest.fixture(scope="module")

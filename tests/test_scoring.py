@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from deployments.candidates.types import Candidate
-from deployments.scoring import blend_llm, expand_rows, score_top_k, top_rows
+from core.candidates.types import Candidate
+from core.scoring import blend_llm, expand_rows, score_top_k, top_rows
 
 
 class LinearScorer:

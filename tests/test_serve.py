@@ -224,7 +224,7 @@ def test_health(client) -> None:
 
 
 def test_python_handle_gives_the_same_answer_as_http(client, specs) -> None:
-    from deployments.schemas import PredictRequest
+    from deployments.serving.schemas import PredictRequest
 
     url = specs.add("/billing-handle.json", json.dumps(billing_spec()).encode())
     body = _request(url)

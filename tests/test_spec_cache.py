@@ -20,12 +20,12 @@ from typing import Any, TypeVar
 
 import pytest
 
-from deployments.errors import InvalidRequest, SpecFetchFailed, SpecNotCached
-from deployments.settings import PROJECT_ROOT, Settings, load_settings
-from deployments.spec.cache import SpecCacheDB, SpecL1Cache
-from deployments.spec.index import SpecIndex
-from deployments.spec.openapi import parse_spec
-from deployments.spec.store import SpecStore, send_with_spec
+from core.errors import InvalidRequest, SpecFetchFailed, SpecNotCached
+from core.settings import PROJECT_ROOT, Settings, load_settings
+from core.spec.index import SpecIndex
+from core.spec.openapi import parse_spec
+from deployments.serving.spec_cache import SpecCacheDB, SpecL1Cache
+from deployments.serving.spec_store import SpecStore, send_with_spec
 from tests.spec_server import SpecServer, spec_server
 from tests.specs import billing_spec, petstore_swagger2
 
@@ -152,7 +152,7 @@ def test_l2_is_shared_with_other_processes(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite"
     db = _db(path)  # open before the other process writes, like a running replica
     code = (
-        "import sys; from deployments.spec.cache import SpecCacheDB; "
+        "import sys; from deployments.serving.spec_cache import SpecCacheDB; "
         "db = SpecCacheDB(sys.argv[1], url_ttl_s=100); "
         "assert db.put_index('from-child', b'payload'); assert db.put_url('u', 'from-child')"
     )

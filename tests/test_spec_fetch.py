@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from deployments.errors import (
+from core.errors import (
     SpecFetchFailed,
     SpecFetchTimeout,
     SpecHostRefused,
     SpecTooLarge,
 )
-from deployments.settings import Settings, load_settings
-from deployments.spec.fetch import HostPolicy, SpecFetcher, refusal_reason
+from core.settings import Settings, load_settings
+from deployments.serving.spec_fetch import HostPolicy, SpecFetcher, refusal_reason
 
 MAX_BYTES = 64 * 1024
 TIMEOUT_S = 0.5  # the fetch timeout of the tests that make it fire

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from deployments.settings import PROJECT_ROOT
+from core.features import FEATURE_NAMES
+from core.scorer import CARD_FILE, MODEL_FILE, RankerModel
+from core.settings import PROJECT_ROOT
 from ranker.data import split_of
-from ranker.features import FEATURE_NAMES
-from ranker.model import CARD_FILE, MODEL_FILE, RankerModel
 
 
 def _tiny_jentic(jentic_dir: Path, root: Path, *, train: int = 4, valid: int = 2) -> list[str]:

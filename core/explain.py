@@ -1,0 +1,272 @@
+"""The ``why`` of a prediction: the features that drove its score, grouped into reasons and said in
+the user's terms."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from core.features import FEATURE_NAMES, param_entity, prompt_stems, stem
+from core.params import param_sources
+from core.priors.word_vectors import load_word_vectors
+from core.spec.index import Call
+from core.spec.operations import Operation, tokenize
+
+__all__ = ["explain"]
+
+
+# Which reason each feature speaks for. Features not listed (e.g. the generator's rank) say
+# nothing a user can act on: they still count towards the score but never make a sentence.
+_REASON_OF: dict[str, str] = {}
+for _reason, _names in {
+    "prompt": "bm25 bm25_norm bm25_rank overlap_path overlap_summary overlap_description "
+    "prompt_coverage prompt_resource prompt_role_verb prompt_new_coverage prompt_ahead "
+    "prompt_next_clause clause_next_score clause_first_best src_bm25 has_bm25 bm25_grank "
+    "prompt_coverage_grank prompt_new_coverage_grank overlap_path_grank overlap_summary_grank "
+    "clause_next_score_grank prompt_ahead_grank sem_prompt sem_prompt_rank sem_next_clause "
+    "sem_clause_next_score soft_coverage soft_new_coverage soft_clause_next_score src_semantic "
+    "has_semantic sem_prompt_grank sem_clause_next_score_grank soft_coverage_grank "
+    "soft_clause_next_score_grank sem_prompt_gap sem_clause_next_score_gap "
+    "soft_clause_next_score_gap",
+    "order": "prompt_pos prompt_pos_delta clause_best_delta sem_clause_best_delta",
+    "dataflow": "params_from_history params_from_last_call params_from_last_returns "
+    "params_from_last_resource params_all_filled params_newest_age consumes_last_output "
+    "required_from_history src_dataflow has_dataflow params_unfilled",
+    "structure": "rel_same rel_child rel_parent rel_sibling rel_same_resource shared_prefix "
+    "depth_delta rel2_same rel2_child rel2_parent rel2_same_resource resource_seen src_neighbour "
+    "has_neighbour sem_last_call sem_last_call_grank sem_history_max",
+    "transition": "p_role role_lift p_method p_relation relation_lift src_transition "
+    "has_transition role_lift_grank relation_lift_grank",
+    "entry": "entry_point cold_start src_entry has_entry",
+    "setup": "src_setup has_setup",
+    "status": "src_status has_status",
+    "repeat": "times_called called_last steps_since_called rel_same_op",
+    "intent": "prompt_destructive",
+    "habit": "user_p_next user_count_next",
+}.items():
+    for _n in _names.split():
+        _REASON_OF[_n] = _reason
+_COL = {n: i for i, n in enumerate(FEATURE_NAMES)}
+# (column, reason) of the features that speak for a reason, in column order: explain() sums
+# them in that order, so its totals are bit-identical to a loop over every column, and cheaper.
+_REASON_COLS = [(i, _REASON_OF[n]) for i, n in enumerate(FEATURE_NAMES) if n in _REASON_OF]
+
+
+def _nan_to_zero(x: np.ndarray) -> np.ndarray:
+    """``np.nan_to_num(x, nan=0.0)``, skipped when every value is finite (almost always; the
+    call costs ~20 µs and explain() runs per shown row on the request path)."""
+    a = np.asarray(x, np.float64)
+    return a if np.isfinite(a).all() else np.nan_to_num(a, nan=0.0)
+
+
+def _plural(noun: str) -> str:
+    noun = noun.replace("_", " ")
+    if not noun:
+        return "items"
+    if noun.endswith("y") and noun[-2:-1] not in "aeiou":
+        return noun[:-1] + "ies"
+    return noun if noun.endswith("s") else noun + ("es" if noun.endswith(("x", "ch", "sh")) else "s")
+
+
+def _noun(op: Operation) -> str:
+    return op.resource.replace("_", " ") or "item"
+
+
+def _doing(op: Operation) -> str:
+    """The last call as a user would describe it: 'a list of invoices', 'creating an invoice'."""
+    noun = _noun(op)
+    article = "an" if noun[:1] in "aeiou" else "a"
+    return {
+        "list": f"a list of {_plural(noun)}",
+        "search": f"a search for {_plural(noun)}",
+        "get": f"looking up {article} {noun}",
+        "create": f"creating {article} {noun}",
+        "update": f"updating {article} {noun}",
+        "delete": f"deleting {article} {noun}",
+    }.get(op.role, f"{(op.segments[-1] if op.segments else 'an action').strip('{}')} on {article} {noun}")
+
+
+def _matched_words(operation: Operation, prompt: str | None, limit: int = 3) -> list[str]:
+    """The user's own words (as typed) that this operation matches, most distinctive first."""
+    pt = prompt_stems(prompt)
+    if pt.empty:
+        return []
+    vocab = {stem(w) for w in tokenize(
+        " ".join((" ".join(operation.literal_segments), operation.operation_id or "",
+                  operation.summary, " ".join(operation.tags)))
+    )}
+    words: list[str] = []
+    seen: set[str] = set()
+    for s, raw in zip(pt.stems, pt.raw, strict=True):
+        if s in vocab and s not in seen and len(s) > 2:  # 'Uploads' and 'upload' say it once
+            seen.add(s)
+            words.append(raw)
+    words.sort(key=len, reverse=True)  # longer words tend to be the telling ones
+    return words[:limit]
+
+
+MEANING_COSINE = 0.6  # a prompt word this close to one of the operation's words means it
+
+
+def _meaning_words(operation: Operation, prompt: str | None, limit: int = 2) -> list[str]:
+    """The user's words (as typed) that none of the operation's words match exactly but one
+    of them means ('paid' for /invoices/{id}/pay), closest first; by the shipped word vectors."""
+    pt = prompt_stems(prompt)
+    if pt.empty:
+        return []
+    try:
+        wv = load_word_vectors()
+    except FileNotFoundError:
+        return []
+    op_tokens = sorted(set(tokenize(" ".join((" ".join(operation.literal_segments),
+                                              operation.operation_id or "", operation.summary)))))
+    if not op_tokens:
+        return []
+    op_vecs, op_w = wv.token_vectors(op_tokens)
+    known = op_w > 0
+    if not known.any():
+        return []
+    op_vecs = op_vecs[known] / np.linalg.norm(op_vecs[known], axis=1, keepdims=True)
+    exact = {stem(t) for t in op_tokens}
+    best: dict[str, float] = {}
+    for token, s, raw in zip(pt.tokens, pt.stems, pt.raw, strict=True):
+        if s in exact or len(token) < 3 or raw in best:
+            continue
+        v = wv.embed([token])
+        if not v.any():
+            continue
+        cos = float((op_vecs @ v).max())
+        if cos >= MEANING_COSINE:
+            best[raw] = cos
+    return sorted(best, key=lambda w: -best[w])[:limit]
+
+
+def _age_phrase(age: int) -> str:
+    return "your last call" if age == 0 else (
+        "the call before it" if age == 1 else f"a call {age + 1} steps back")
+
+
+def _dataflow_phrase(operation: Operation, history: Sequence[Call]) -> str | None:
+    best: tuple[int, str] | None = None
+    for name, (src, known) in param_sources(operation, history).items():
+        if src is None:
+            continue
+        entity = (param_entity(name, operation) or src.entity or "").replace("_", " ")
+        what = f"the {entity} id" if entity else f"the {name}"
+        if known:
+            text = f"uses {what} {src.value} from {_age_phrase(src.age)}"
+        else:
+            text = f"uses {what} your last call returns"
+        rank = src.age * 2 + (0 if known else 1)
+        if best is None or rank < best[0]:
+            best = (rank, text)
+    return best[1] if best else None
+
+
+def _structure_phrase(operation: Operation, row: np.ndarray, history: Sequence[Call]) -> str | None:
+    last = next((c.operation for c in reversed(history) if c.operation is not None), None)
+    if last is None:
+        return None
+    noun, last_noun = _noun(operation), _noun(last)
+    if row[_COL["rel_same_op"]] > 0:
+        return "repeats your last call"
+    if row[_COL["rel_child"]] > 0:
+        return f"goes into the {last_noun} from your last call ({_plural(noun)})"
+    if row[_COL["rel_same"]] > 0 or row[_COL["rel_same_resource"]] > 0:
+        return f"works on the same {_plural(noun)} as your last call"
+    if row[_COL["rel_parent"]] > 0:
+        return f"goes back up to the {_plural(noun)}"
+    if row[_COL["rel_sibling"]] > 0:
+        return f"next to the {_plural(last_noun)} you just used"
+    return None
+
+
+def explain(
+    operation: Operation,
+    features_row: np.ndarray,
+    contrib_row: np.ndarray,
+    *,
+    history: Sequence[Call],
+    prompt: str | None,
+    max_reasons: int = 2,
+) -> str:
+    """A one-line reason from what drove this candidate's score: the features with the largest
+    positive contributions, grouped into reasons and said in the user's terms."""
+    row = _nan_to_zero(features_row)
+    contrib = _nan_to_zero(np.asarray(contrib_row, np.float64)[: len(FEATURE_NAMES)]).tolist()
+    if len(contrib) != len(FEATURE_NAMES):
+        raise ValueError(f"{len(contrib)} contributions for {len(FEATURE_NAMES)} features")
+    totals: dict[str, float] = {}
+    for col, reason in _REASON_COLS:
+        totals[reason] = totals.get(reason, 0.0) + contrib[col]
+    ordered = [r for r, v in sorted(totals.items(), key=lambda kv: -kv[1]) if v > 0]
+    last = history[-1].operation if history else None
+    phrases: list[str] = []
+    for reason in ordered:
+        text: str | None = None
+        if reason == "prompt":
+            words = _matched_words(operation, prompt)
+            if words:
+                text = "matches " + " and ".join(f"'{w}'" for w in words[:2]) + " in your request"
+            else:
+                near = _meaning_words(operation, prompt)
+                if near:
+                    text = "means " + " and ".join(f"'{w}'" for w in near[:2]) + " in your request"
+        elif reason == "order":
+            if prompt and history:
+                text = "the next step your request describes"
+        elif reason == "dataflow":
+            text = _dataflow_phrase(operation, history)
+        elif reason == "structure":
+            text = _structure_phrase(operation, row, history)
+        elif reason == "transition":
+            if last is not None:
+                text = f"usually follows {_doing(last)}"
+            elif not history:
+                text = "a usual first call"
+        elif reason == "entry":
+            if not history and not operation.path_params:
+                text = "a starting point that needs no ids"
+        elif reason == "setup":
+            if not operation.path_params:
+                text = "a call sessions usually make first"
+        elif reason == "status":
+            if last is not None:
+                text = f"checks on what {_doing(last)} started"
+        elif reason == "repeat":
+            called = row[_COL["times_called"]]
+            if called > 0:
+                ago = int(row[_COL["steps_since_called"]])
+                text = "repeats your last call" if ago == 1 else f"you called it {ago} steps ago"
+        elif reason == "habit":
+            if row[_COL["user_count_next"]] > 0:
+                text = "what you usually do next"
+        elif reason == "intent":
+            if operation.destructive:
+                text = "your request asks to " + (
+                    next((w for w in (prompt or "").split() if stem(w.lower().strip(".,;:!?"))
+                          in _DESTRUCTIVE_HINT), "remove") .lower().strip(".,;:!?")
+                )
+        if text and text not in phrases:
+            phrases.append(text)
+        if len(phrases) >= max_reasons:
+            break
+    if not phrases:
+        words = _matched_words(operation, prompt)
+        if words:
+            phrases.append("matches " + " and ".join(f"'{w}'" for w in words[:2]) + " in your request")
+        elif last is not None:
+            phrases.append(f"often comes after {_doing(last)}")
+        else:
+            phrases.append("a common first call for this API")
+    text = "; ".join(phrases)
+    if operation.destructive:
+        text += " (destructive)"
+    return text
+
+
+_DESTRUCTIVE_HINT = frozenset(
+    stem(w) for w in "delete remove destroy purge cancel void refund revoke terminate wipe erase "
+    "drop deactivate disable unsubscribe reject discard detach unlink".split()
+)

@@ -1,0 +1,114 @@
+"""One settings object, read from ``OPENSESAME_*`` environment variables when asked for.
+
+Nothing is read at import time: replicas call :func:`load_settings` in their constructors, so a
+test or a driver can set the environment first.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+__all__ = ["Settings", "load_settings", "PROJECT_ROOT", "SHIPPED_MODELS_DIR"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The model, word vectors and transition statistics that training writes and serving ships with.
+SHIPPED_MODELS_DIR = PROJECT_ROOT / "ranker" / "models"
+ENV_PREFIX = "OPENSESAME_"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data_dir: Path = PROJECT_ROOT / "var"
+    cache_path: Path | None = None  # default: data_dir / "spec_cache.sqlite"
+    jentic_dir: Path = PROJECT_ROOT.parent / "shared" / "data" / "jentic"
+    model_path: Path | None = None  # default: the model shipped in ranker/models
+    models_dir: Path | None = None  # retrained versions; default: data_dir / "models"
+
+    # Outcomes of predictions (deployments/serving/feedback.py); default: data_dir / "feedback.sqlite"
+    feedback_path: Path | None = None
+    feedback_enabled: bool = True
+    feedback_implicit_window_s: float = Field(3600.0, gt=0)
+    feedback_queue_max: int = Field(10_000, gt=0)
+    # The per-user transition prior learned from outcomes (core/priors/personal.py): as
+    # the ranker's user_* features, and/or blended after the model with this weight (0: off);
+    # measured by `python -m benchmarks.personalisation` (benchmarks/results/personalisation.md).
+    personal_prior_feature: bool = True
+    personal_prior_weight: float = Field(0.0, ge=0, le=1)
+
+    spec_max_bytes: int = Field(25 * 1024 * 1024, gt=0)
+    spec_fetch_timeout_s: float = Field(10.0, gt=0)
+    spec_max_redirects: int = Field(5, ge=0)
+    allow_private_spec_hosts: bool = False
+    spec_l1_ttl_s: float = Field(300.0, gt=0)
+    spec_l1_max_entries: int = Field(64, gt=0)
+    spec_l2_ttl_s: float = Field(3600.0, gt=0)
+    # An unusable L2 (locked, full, unwritable) is bypassed this long before it is tried again.
+    spec_l2_retry_s: float = Field(60.0, gt=0)
+
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_budget_s: float = Field(0.8, gt=0)
+    llm_connect_timeout_s: float = Field(0.3, gt=0)
+    llm_max_connections: int = Field(20, gt=0)
+    llm_keepalive_s: float = Field(30.0, gt=0)
+    llm_shortlist: int = Field(40, gt=0, le=200)
+    llm_cache_ttl_s: float = Field(3600.0, gt=0)
+    llm_breaker_failures: int = Field(3, gt=0)
+    llm_breaker_reset_s: float = Field(30.0, gt=0)
+    # How much the LLM's proposals count after the model (core/scoring.py blend_llm; 0: they
+    # only widen the candidates). Choose it for your LLM with `python -m benchmarks.llm_path`.
+    llm_weight: float = Field(0.3, ge=0, le=1)
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _http_only(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/") if v else None
+
+    @property
+    def spec_cache_path(self) -> Path:
+        return self.cache_path or self.data_dir / "spec_cache.sqlite"
+
+    @property
+    def feedback_db_path(self) -> Path:
+        return self.feedback_path or self.data_dir / "feedback.sqlite"
+
+    @property
+    def model_registry_dir(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def llm_enabled(self) -> bool:
+        return bool(self.llm_base_url and self.llm_model)
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from ``OPENSESAME_<FIELD>`` variables, then keyword overrides.
+
+    An unknown or malformed variable raises ``ValueError`` naming it, rather than being ignored.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in Settings.model_fields:
+            raise ValueError(f"unknown setting {key}; known: {', '.join(_env_names())}")
+        values[name] = raw
+    values.update(overrides)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise ValueError(f"invalid OPENSESAME_* settings: {exc}") from None
+
+
+def _env_names() -> list[str]:
+    return [ENV_PREFIX + n.upper() for n in Settings.model_fields]

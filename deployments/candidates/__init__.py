@@ -1,1 +1,0 @@
-"""Candidate generation: the operations worth ranking for one request."""

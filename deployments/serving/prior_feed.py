@@ -1,0 +1,83 @@
+"""Keeps a serving replica's :class:`core.priors.personal.TransitionPrior` up to date with the
+feedback store (the outcomes of every replica and process writing to the file)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from core.priors.personal import TransitionPrior, previous_key
+from core.settings import Settings
+from deployments.serving.feedback import FeedbackReader, FeedbackStore
+
+__all__ = ["PriorFeed", "start_prior_feed"]
+
+log = logging.getLogger(__name__)
+
+
+class PriorFeed:
+    """Keeps a :class:`TransitionPrior` up to date with a feedback store: a thread reads the
+    outcomes committed since its last look (by rowid: SQLite commits writes one at a time, so
+    rowids arrive in commit order) — those of every replica and process writing to the file."""
+
+    def __init__(self, prior: TransitionPrior, path: str | Path, *, interval_s: float = 1.0) -> None:
+        self.prior = prior
+        self.reader = FeedbackReader(path, create=True)
+        self.interval_s = interval_s
+        self.cursor = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+
+    def poll_once(self, limit: int = 5000) -> int:
+        rows = self.reader._conn().execute(
+            "SELECT o.rowid, p.user_id, p.spec_hash, p.events, o.actual_key FROM outcomes o "
+            "JOIN predictions p USING (prediction_id) WHERE o.rowid > ? ORDER BY o.rowid LIMIT ?",
+            (self.cursor, limit),
+        ).fetchall()
+        for rowid, user_id, spec_hash, events, actual_key in rows:
+            self.cursor = rowid
+            try:
+                spec = self.reader.spec(spec_hash)
+            except KeyError:
+                continue
+            self.prior.observe(user_id, spec_hash, previous_key(spec, json.loads(events)), actual_key)
+        return len(rows)
+
+    def start(self) -> PriorFeed:
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    while self.poll_once() and not self._stop.is_set():
+                        pass
+                    self.last_error = None
+                except Exception as exc:  # noqa: BLE001 - keep serving; retried next tick
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("personal prior: could not read outcomes: %s", exc)
+                self._stop.wait(self.interval_s)
+
+        self._thread = threading.Thread(target=loop, name="prior-feed", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self.reader.close()
+
+    def status(self) -> dict[str, Any]:
+        return {**self.prior.status(), "cursor": self.cursor, "last_error": self.last_error}
+
+
+
+def start_prior_feed(settings: Settings, store: FeedbackStore | None) -> PriorFeed | None:
+    """The serving replica's prior, following the feedback store; None when switched off (no
+    ``personal_prior_feature`` and ``personal_prior_weight`` 0) or when no outcomes are recorded."""
+    if store is None or not (settings.personal_prior_feature or settings.personal_prior_weight > 0):
+        return None
+    prior = TransitionPrior(weight=settings.personal_prior_weight)
+    return PriorFeed(prior, store.path).start()

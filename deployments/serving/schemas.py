@@ -1,0 +1,156 @@
+"""The public contract of ``/predict`` and ``/health``: pydantic models shared by HTTP and handles."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.spec.index import parse_endpoint
+
+__all__ = [
+    "Event",
+    "PredictRequest",
+    "Prediction",
+    "PredictMetadata",
+    "PredictResponse",
+    "ErrorBody",
+    "HealthResponse",
+    "FeedbackRequest",
+    "FeedbackResponse",
+    "StoredPredictionResponse",
+    "MAX_EVENTS",
+    "MAX_PROMPT_CHARS",
+]
+
+MAX_EVENTS = 200
+MAX_PROMPT_CHARS = 4000
+MAX_PARAMS = 100
+MAX_ENDPOINT_CHARS = 2048
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = Field(max_length=MAX_ENDPOINT_CHARS, examples=["GET /v1/invoices/in_123"])
+    params: dict[str, Any] = Field(default_factory=dict)
+    ts: str | None = Field(default=None, max_length=64)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        parse_endpoint(v)  # ValueError → 422 naming the problem
+        return v.strip()
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if len(v) > MAX_PARAMS:
+            raise ValueError(f"at most {MAX_PARAMS} params per event")
+        return v
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(min_length=1, max_length=256)
+    events: list[Event] = Field(default_factory=list, max_length=MAX_EVENTS)
+    prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    spec_url: str | None = Field(default=None, max_length=2048)
+    spec: dict[str, Any] | None = None
+    k: int = Field(default=5, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _one_spec(self) -> PredictRequest:
+        if (self.spec_url is None) == (self.spec is None):
+            raise ValueError("give exactly one of 'spec_url' or 'spec'")
+        if self.spec_url is not None and not self.spec_url.lower().startswith(("http://", "https://")):
+            raise ValueError("'spec_url' must be an http:// or https:// URL")
+        return self
+
+    def history(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(e.endpoint, e.params) for e in self.events]
+
+
+class Prediction(BaseModel):
+    endpoint: str
+    params: dict[str, Any]
+    score: float = Field(ge=0.0, le=1.0)
+    why: str
+    destructive: bool = False
+    missing_params: list[str] = Field(default_factory=list)
+
+
+class PredictMetadata(BaseModel):
+    model_version: str
+    generator: Literal["retrieval", "llm"]
+    cold_start: bool
+    timings_ms: dict[str, float]
+    fallback_reason: str | None = None
+    unknown_events: int = 0
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+    prediction_id: str
+    metadata: PredictMetadata
+
+
+class ErrorBody(BaseModel):
+    status: int
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "degraded"]
+    model_version: str
+    deployments: dict[str, dict[str, Any]]
+
+
+class FeedbackRequest(BaseModel):
+    """What the user really did after a prediction: the call they made, or that they took the
+    top prediction (``accepted: true``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prediction_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    actual_endpoint: str | None = Field(
+        default=None, max_length=MAX_ENDPOINT_CHARS,
+        examples=["POST /v1/invoices/in_123/pay", "POST /invoices/{invoice_id}/pay"],
+    )
+    accepted: bool | None = None
+
+    @field_validator("actual_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_endpoint(v)
+            return v.strip()
+        return v
+
+    @model_validator(mode="after")
+    def _one_outcome(self) -> FeedbackRequest:
+        if self.accepted is False and self.actual_endpoint is None:
+            raise ValueError("'accepted': false says what the user did not do; give 'actual_endpoint'")
+        if (self.actual_endpoint is None) == (self.accepted is None or self.accepted is False):
+            raise ValueError("give exactly one of 'actual_endpoint' or 'accepted': true")
+        return self
+
+
+class FeedbackResponse(BaseModel):
+    prediction_id: str
+    recorded: bool = Field(description="false when this outcome was already stored (a repeat)")
+    actual_endpoint: str = Field(description="the call as reported")
+    operation: str | None = Field(description="the spec operation it is, or null if none")
+    rank: int | None = Field(description="1-based position among the predictions shown, or null")
+    source: Literal["explicit", "accepted", "implicit"]
+
+
+class StoredPredictionResponse(BaseModel):
+    prediction_id: str
+    user_id: str
+    model_version: str
+    created_at: float
+    predictions: list[dict[str, Any]]
+    outcome: FeedbackResponse | None

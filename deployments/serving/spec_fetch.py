@@ -1,0 +1,320 @@
+"""Fetch a spec document over HTTP(S) without letting a caller point the service at itself.
+
+Every TCP connection the client opens goes through :class:`_GuardedBackend`, which resolves the
+host, refuses the whole host if any address is private/loopback/metadata/..., and connects to the
+address it checked. Checking at connect time (rather than once before the request) covers
+redirect hops and closes the DNS-rebinding window; TLS still verifies the certificate against the
+host name because httpcore passes the original name as SNI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import socket
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TypeAlias
+
+import httpcore
+import httpx
+
+from core.errors import SpecFetchFailed, SpecFetchTimeout, SpecHostRefused, SpecTooLarge
+from core.settings import Settings
+
+__all__ = ["SpecFetcher", "HostPolicy", "refusal_reason"]
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Credentials live behind these: refused even when private hosts are allowed.
+METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, ...
+        "169.254.170.2",  # AWS ECS task credentials
+        "fd00:ec2::254",  # AWS IMDS over IPv6
+        "100.100.100.200",  # Alibaba Cloud
+    )
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_REFUSED_KINDS = (
+    ("is_unspecified", "unspecified"),
+    ("is_loopback", "loopback"),
+    ("is_link_local", "link-local"),
+    ("is_multicast", "multicast"),
+    ("is_reserved", "reserved"),
+    ("is_private", "private"),
+)
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_HEADERS = {
+    "accept": "application/json, application/yaml;q=0.9, text/yaml;q=0.9, */*;q=0.5",
+    "user-agent": "opensesame-predictor (spec fetcher)",
+}
+
+
+def refusal_reason(address: str | IPAddress, *, allow_private: bool = False) -> str | None:
+    """Why connecting to ``address`` is refused (e.g. ``"loopback"``), or None if it is allowed.
+
+    IPv4 addresses embedded in IPv6 (``::ffff:127.0.0.1``, 6to4, NAT64) are judged by the IPv4
+    address they reach, so they cannot smuggle a private address past the check.
+    """
+    addr = ipaddress.ip_address(address) if isinstance(address, str) else address
+    if isinstance(addr, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(addr)
+        if embedded is not None:
+            return refusal_reason(embedded, allow_private=allow_private)
+        addr = ipaddress.IPv6Address(addr.compressed.split("%", 1)[0])  # drop a scope id
+    if addr in METADATA_ADDRESSES:
+        return "cloud metadata"
+    if allow_private:
+        return None
+    for attribute, kind in _REFUSED_KINDS:
+        if getattr(addr, attribute):
+            return kind
+    return None if addr.is_global else "non-global"
+
+
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr in _NAT64:
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class HostPolicy:
+    """Which addresses spec hosts may resolve to.
+
+    ``trusted_networks`` are allowed even when private (e.g. an internal spec registry); cloud
+    metadata addresses are never allowed.
+    """
+
+    allow_private: bool = False
+    trusted_networks: tuple[IPNetwork, ...] = ()
+
+    def refusal(self, address: IPAddress) -> str | None:
+        reason = refusal_reason(address, allow_private=self.allow_private)
+        if reason is None or reason == "cloud metadata":
+            return reason
+        plain = _embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
+        if any((plain or address) in net for net in self.trusted_networks):
+            return None
+        return reason
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """The addresses of ``host``, all checked; raises if any one is refused.
+
+        Decimal, octal and hex IPv4 spellings (``2130706433``, ``0177.0.0.1``) are resolved by
+        the system resolver like any name, so they are caught by checking what comes back.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise SpecFetchFailed(f"cannot resolve spec host {host!r}: {exc.strerror}") from None
+        except UnicodeError:
+            raise SpecHostRefused(f"spec host {host!r} is not a valid host name") from None
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if not addresses:
+            raise SpecFetchFailed(f"spec host {host!r} has no addresses")
+        for raw in addresses:
+            address = ipaddress.ip_address(raw)
+            reason = self.refusal(address)
+            if reason is not None:
+                raise SpecHostRefused(
+                    f"spec host {host!r} resolves to {address}, a {reason} address; "
+                    "specs are only fetched from public hosts"
+                )
+        return addresses
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Connects only to addresses :class:`HostPolicy` accepted, trying each in turn."""
+
+    def __init__(self, *, policy: HostPolicy) -> None:
+        self._policy = policy
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        last_error: Exception | None = None
+        for address in await self._policy.resolve(host, port):
+            try:
+                return await self._inner.connect_tcp(
+                    address, port, timeout=timeout, local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last_error = exc
+        assert last_error is not None  # resolve() returns at least one address
+        raise last_error
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise SpecHostRefused("unix sockets are not spec hosts")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    # Loading the CA bundle costs tens of ms; one context serves every client in the process.
+    return httpx.create_ssl_context(trust_env=False)
+
+
+def _guarded_transport(*, policy: HostPolicy, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
+        raise RuntimeError("this httpx version has no AsyncHTTPTransport._pool to guard")
+    # httpx has no public hook for the network backend, so swap in an equivalent pool using ours.
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=_ssl_context(),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=_GuardedBackend(policy=policy),
+    )
+    return transport
+
+
+class SpecFetcher:
+    """Downloads spec documents; one per replica, sharing one pooled keep-alive client."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        trusted_networks: Iterable[str | IPNetwork] = (),
+        max_connections: int = 20,
+    ) -> None:
+        self._max_bytes = settings.spec_max_bytes
+        self._timeout_s = settings.spec_fetch_timeout_s
+        self._max_redirects = settings.spec_max_redirects
+        self.policy = HostPolicy(
+            allow_private=settings.allow_private_spec_hosts,
+            trusted_networks=tuple(ipaddress.ip_network(n) for n in trusted_networks),
+        )
+        limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections // 2,
+            keepalive_expiry=30.0,
+        )
+        self._client = httpx.AsyncClient(
+            transport=_guarded_transport(policy=self.policy, limits=limits),
+            timeout=httpx.Timeout(self._timeout_s, connect=min(self._timeout_s, 5.0)),
+            follow_redirects=False,  # each hop is followed below, within our own limits
+            trust_env=False,  # an environment proxy would bypass the address checks
+            headers=_HEADERS,
+        )
+
+    async def fetch(self, url: str) -> tuple[bytes, str | None]:
+        """The body and content type at ``url``; raises a ``Spec*`` error saying what went wrong."""
+        target = _http_url(url)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await self._follow(target)
+        except TimeoutError:
+            raise SpecFetchTimeout(
+                f"fetching the spec from {_shown(target)} took more than {self._timeout_s:g}s"
+            ) from None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _follow(self, url: httpx.URL) -> tuple[bytes, str | None]:
+        seen = {str(url)}
+        for _ in range(self._max_redirects + 1):
+            outcome = await self._get(url)
+            if not isinstance(outcome, httpx.URL):
+                return outcome
+            if str(outcome) in seen:
+                raise SpecFetchFailed(f"redirect loop fetching the spec: {_shown(outcome)} again")
+            seen.add(str(outcome))
+            url = outcome
+        raise SpecFetchFailed(
+            f"too many redirects fetching the spec (more than {self._max_redirects})"
+        )
+
+    async def _get(self, url: httpx.URL) -> tuple[bytes, str | None] | httpx.URL:
+        """One request: the body, or the URL a redirect points to."""
+        try:
+            async with self._client.stream("GET", url) as response:
+                if response.status_code in _REDIRECTS:
+                    return _redirect_target(response)
+                if not response.is_success:
+                    raise SpecFetchFailed(
+                        f"spec host answered {response.status_code} {response.reason_phrase} "
+                        f"for {_shown(url)}"
+                    )
+                return await self._read_capped(response, url), response.headers.get("content-type")
+        except httpx.TimeoutException:
+            raise SpecFetchTimeout(f"the spec host {url.host!r} timed out") from None
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            raise SpecHostRefused(f"spec_url is not usable: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise SpecFetchFailed(
+                f"fetching the spec from {_shown(url)} failed: {type(exc).__name__}: {exc}"
+            ) from None
+
+    async def _read_capped(self, response: httpx.Response, url: httpx.URL) -> bytes:
+        limit = self._max_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise SpecTooLarge(
+                f"spec at {_shown(url)} is {int(declared)} bytes; the limit is {limit}"
+            )
+        body = bytearray()
+        # Counts decoded bytes, so a small gzip body that inflates past the cap is caught too.
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise SpecTooLarge(f"spec at {_shown(url)} is larger than the {limit}-byte limit")
+        return bytes(body)
+
+
+def _http_url(url: str | httpx.URL) -> httpx.URL:
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise SpecHostRefused(f"spec_url is not a valid URL: {exc}") from None
+    if parsed.scheme not in ("http", "https"):
+        scheme = parsed.scheme or "relative"
+        raise SpecHostRefused(f"spec_url must be http or https, not {scheme!r}")
+    if not parsed.host:
+        raise SpecHostRefused("spec_url has no host")
+    return parsed
+
+
+def _redirect_target(response: httpx.Response) -> httpx.URL:
+    location = response.headers.get("location")
+    if not location:
+        raise SpecFetchFailed(f"spec host sent a {response.status_code} redirect without Location")
+    try:
+        target = response.url.join(location)
+    except httpx.InvalidURL as exc:
+        raise SpecFetchFailed(f"spec host redirected to an invalid URL: {exc}") from None
+    return _http_url(target)
+
+
+def _shown(url: httpx.URL) -> str:
+    """The URL without credentials or query string, for messages."""
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    port = f":{url.port}" if url.port else ""
+    return f"{url.scheme}://{host}{port}{url.path}"

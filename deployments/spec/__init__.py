@@ -1,1 +1,0 @@
-"""OpenAPI ingestion: parse a spec into an operation index, match concrete calls onto it, cache it."""
