@@ -46,6 +46,18 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m benchmarks.serving
 
+# Lint (ruff), types (mypy) and the layer contract: core/ imports neither deployments/ nor
+# ranker/, ranker/ never imports deployments/ (tests/test_layers.py). CI runs it before `make test`.
+CHECK_STAMP := $(VENV)/.check-stamp
+$(CHECK_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,check]'
+	touch $(CHECK_STAMP)
+
+check: $(CHECK_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_layers.py
+
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not serve and not slow"
 

@@ -34,7 +34,7 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
     load_settings(**args.settings)  # refuse bad settings here, not in four replicas later
     # The builder's OPENSESAME_* variables go to the replicas as constructor arguments: a
     # runtime_env would be replaced wholesale by a config file's ray_actor_options (so
-    # `serve run serve_config.yaml` lost them), and Ray's runtime-env agent logs env_vars in
+    # `serve run serve_config.yaml` would lose them), and Ray's runtime-env agent logs env_vars in
     # clear (runtime_env_agent.log), where the LLM key must not appear. Arguments are pickled
     # and never logged.
     env = {k[len(ENV_PREFIX):].lower(): v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}

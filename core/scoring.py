@@ -1,18 +1,20 @@
 """Score candidate groups, and explain only the rows that will be returned.
 
-The ranker's per-feature contributions cost more than its predict (TreeSHAP ~1.3 ms a row; the
-leaf table of :mod:`core.saabas` that replaced it, ~0.05 ms); a response shows at most ``k``
+The ranker's per-feature contributions cost more than its predict (~0.05 ms a row from the leaf
+table of :mod:`core.saabas`, against ~1.3 ms for TreeSHAP); a response shows at most ``k``
 candidates, so only those ``k`` rows of each group are explained (benchmarks/SERVING.md). Rows
 are stacked across the groups of a batch: one predict call and one contributions call per batch.
 The Ranker deployment and the in-process pipeline both use this, so they do the same work.
 
 After the model, :func:`after_model` blends in what the model was not trained on (the LLM's
-proposals, a user's habits), as the Ingress and the in-process pipeline both serve it.
+proposals, a user's habits); :func:`deployments.serving.respond.respond` calls it for the Ingress
+and the in-process pipeline alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,7 +22,7 @@ import numpy as np
 from core.priors.personal import TransitionPrior, previous_of
 from core.spec.index import Call, SpecIndex
 
-__all__ = ["Scorer", "top_rows", "unexplained_rows", "score_top_k", "expand_rows", "blend_llm",
+__all__ = ["Scorer", "TopK", "top_rows", "unexplained_rows", "score_top_k", "expand_rows", "blend_llm",
            "after_model", "annotate"]
 
 
@@ -44,9 +46,18 @@ def unexplained_rows(probs: np.ndarray, k: int, explained: np.ndarray) -> list[i
     return [int(r) for r in top_rows(probs, k) if int(r) not in done]
 
 
-def score_top_k(ranker: Scorer, groups: Sequence[np.ndarray], ks: Sequence[int]) -> list[dict[str, Any]]:
-    """Per group: ``probs`` (every row), ``top`` (row indices), and ``features_top`` /
-    ``contribs_top`` for those rows only."""
+@dataclass(frozen=True, slots=True)
+class TopK:
+    """One group scored: every row's probability, and the rows a response shows, explained."""
+
+    probs: np.ndarray  # (rows,)
+    top: np.ndarray  # row indices, best first
+    features_top: np.ndarray  # the feature rows of ``top``
+    contribs_top: np.ndarray  # their contributions (features + bias)
+
+
+def score_top_k(ranker: Scorer, groups: Sequence[np.ndarray], ks: Sequence[int]) -> list[TopK]:
+    """Every group scored; contributions for each group's top ``k`` rows only, in one call."""
     if len(groups) != len(ks):
         raise ValueError(f"{len(groups)} groups but {len(ks)} values of k")
     scored = ranker.score_groups(groups, contributions=False)
@@ -59,9 +70,7 @@ def score_top_k(ranker: Scorer, groups: Sequence[np.ndarray], ks: Sequence[int])
         contrib = np.zeros((0, 0))
     out, start = [], 0
     for (probs, _), top, rows, n in zip(scored, tops, picked, counts, strict=True):
-        out.append(
-            {"probs": probs, "top": top, "features_top": rows, "contribs_top": contrib[start: start + n]}
-        )
+        out.append(TopK(probs=probs, top=top, features_top=rows, contribs_top=contrib[start: start + n]))
         start += n
     return out
 

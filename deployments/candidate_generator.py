@@ -9,10 +9,9 @@ from typing import Any
 from ray import serve
 
 from core.errors import PredictorError
-from core.settings import load_settings
-from deployments.serving.admission import lower_priority
-from deployments.serving.autoscaling import LatencyWindow
 from deployments.serving.components import build_generator
+from deployments.serving.messages import Generated, GraphRequest
+from deployments.serving.replica import Replica
 from deployments.serving.resources import deployment_options
 from deployments.serving.spec_store import SpecStore
 
@@ -20,18 +19,13 @@ __all__ = ["CandidateGeneratorDeployment"]
 
 
 @serve.deployment(name="CandidateGenerator", **deployment_options("CandidateGenerator"))
-class CandidateGeneratorDeployment:
+class CandidateGeneratorDeployment(Replica):
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        lower_priority()  # HAProxy and the proxy get the CPU first: refusals stay fast
-        self.settings = load_settings(**(settings or {}))
+        super().__init__(settings)
         self.store = SpecStore(self.settings)
         self.generator = build_generator(self.settings)
-        self.latency = LatencyWindow()
 
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        return self.latency.stats()
-
-    async def generate_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def generate_batch(self, requests: list[GraphRequest]) -> list[Generated | BaseException]:
         """Candidates for a batch of requests (the ingress coalesces them), concurrently. A request
         that fails (e.g. its spec left the node's cache) gets its error in its place."""
         start = time.perf_counter()
@@ -44,14 +38,12 @@ class CandidateGeneratorDeployment:
         finally:
             self.latency.observe(time.perf_counter() - start)
 
-    async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def generate(self, request: GraphRequest) -> Generated:
         start = time.perf_counter()
         spec = await self.store.by_hash(request["spec_hash"], shipped=request.get("spec_index"))
         history = spec.resolve_history(request["history"])
         result = await self.generator.generate(spec, history, request["prompt"], k=request["k"])
-        wire = result.to_wire()
-        wire["ms"] = {"candidates": (time.perf_counter() - start) * 1000}
-        return wire
+        return Generated(**result.to_wire(), ms={"candidates": (time.perf_counter() - start) * 1000})
 
     async def health(self) -> dict[str, Any]:
         return {

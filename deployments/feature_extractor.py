@@ -10,11 +10,10 @@ from ray import serve
 from core.candidates.generator import CandidateSet
 from core.errors import PredictorError
 from core.features import UserTransitions
-from core.settings import load_settings
-from deployments.serving.admission import lower_priority
-from deployments.serving.autoscaling import LatencyWindow
-from deployments.serving.batching import AdaptiveWait, BatchConfig, BatchStats, apply_batch_config
+from deployments.serving.batching import apply_batch_config
 from deployments.serving.components import build_extractor
+from deployments.serving.messages import Featured, Generated, GraphRequest
+from deployments.serving.replica import BatchedReplica, per_call
 from deployments.serving.resources import deployment_options
 from deployments.serving.spec_store import SpecStore
 
@@ -22,26 +21,18 @@ __all__ = ["FeatureExtractorDeployment"]
 
 
 @serve.deployment(name="FeatureExtractor", **deployment_options("FeatureExtractor"))
-class FeatureExtractorDeployment:
+class FeatureExtractorDeployment(BatchedReplica):
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        lower_priority()  # HAProxy and the proxy get the CPU first: refusals stay fast
-        self.settings = load_settings(**(settings or {}))
+        super().__init__(settings)
         self.store = SpecStore(self.settings)
         self.extractor = build_extractor(self.settings)
-        self.batch_stats = BatchStats()
-        self.batch_config = BatchConfig()
-        self.wait = AdaptiveWait()
-        self.latency = LatencyWindow()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.batch_config = apply_batch_config(self._extract_calls, user_config, self.wait)
 
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        return self.latency.stats()
-
     async def extract(
-        self, requests: list[dict[str, Any]], generated: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
+        self, requests: list[GraphRequest], generated: list[Generated | BaseException]
+    ) -> list[Featured | BaseException]:
         """Features for a batch of requests (the ingress coalesces them) and their candidates."""
         start = time.perf_counter()
         self.wait.before_call()
@@ -52,31 +43,28 @@ class FeatureExtractorDeployment:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _extract_calls(
-        self, calls: list[list[dict[str, Any]]], generated_calls: list[list[dict[str, Any]]]
-    ) -> list[list[dict[str, Any]]]:
+        self, calls: list[list[GraphRequest]], generated_calls: list[list[Generated | BaseException]]
+    ) -> list[list[Featured | BaseException]]:
         with self.wait.running():
             flat = await self._extract([r for c in calls for r in c], [g for c in generated_calls for g in c])
-        out, start = [], 0
-        for call in calls:
-            out.append(flat[start: start + len(call)])
-            start += len(call)
-        return out
+        return per_call(calls, flat)
 
     async def _extract(
-        self, requests: list[dict[str, Any]], generated: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
+        self, requests: list[GraphRequest], generated: list[Generated | BaseException]
+    ) -> list[Featured | BaseException]:
         start = time.perf_counter()
         self.batch_stats.record(len(requests))
         # A request that failed upstream, or fails here, fails alone: its error takes its place.
-        out: list[Any] = list(generated)
+        failed: dict[int, BaseException] = {}
         jobs, rows = [], []
         for i, (request, gen) in enumerate(zip(requests, generated, strict=True)):
             if isinstance(gen, BaseException):
+                failed[i] = gen
                 continue
             try:
                 spec = await self.store.by_hash(request["spec_hash"], shipped=request.get("spec_index"))
             except PredictorError as exc:
-                out[i] = exc
+                failed[i] = exc
                 continue
             cset = CandidateSet.from_wire(gen)
             jobs.append((spec, spec.resolve_history(request["history"]), request["prompt"], cset.candidates,
@@ -87,16 +75,20 @@ class FeatureExtractorDeployment:
         # this replica, refuses the excess). benchmarks/SERVING.md.
         matrices = self.extractor.extract_batch(jobs) if jobs else []
         ms = (time.perf_counter() - start) * 1000
+        done: dict[int, Featured] = {}
         for i, x in zip(rows, matrices, strict=True):
             gen = generated[i]
-            out[i] = {**gen, "features": x, "k": requests[i]["k"], "ms": {**gen["ms"], "features": ms}}
-        return out
+            assert not isinstance(gen, BaseException)
+            done[i] = Featured(
+                candidates=gen["candidates"], generator=gen["generator"],
+                fallback_reason=gen["fallback_reason"], llm_params=gen["llm_params"],
+                ms={**gen["ms"], "features": ms}, features=x, k=requests[i]["k"])
+        return [done[i] if i in done else failed[i] for i in range(len(requests))]
 
     async def health(self) -> dict[str, Any]:
         return {
             "ok": True,
-            "batching": self.batch_config.model_dump(),
-            "batch_sizes": self.batch_stats.summary(),
+            **self.batching_status(),
             **self.latency.stats(),
             "spec_cache": self.store.status(),
         }

@@ -8,16 +8,12 @@ import asyncio
 import time
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from core.candidates.generator import CandidateSet
 from core.priors.personal import user_transitions
-from core.scoring import after_model, annotate, expand_rows, unexplained_rows
-from core.settings import load_settings
-from deployments.serving.admission import lower_priority
-from deployments.serving.autoscaling import LatencyWindow
 from deployments.serving.batching import Coalescer, IngressConfig
 from deployments.serving.feedback import (
     FeedbackUnavailable,
@@ -28,9 +24,11 @@ from deployments.serving.feedback import (
     stored_response,
 )
 from deployments.serving.http_errors import BodySizeLimit, install_error_handlers
+from deployments.serving.messages import GraphRequest, Ranked
 from deployments.serving.prior_feed import start_prior_feed
+from deployments.serving.replica import Replica
 from deployments.serving.resources import deployment_options
-from deployments.serving.respond import assemble_predictions, build_response
+from deployments.serving.respond import respond
 from deployments.serving.schemas import (
     ErrorBody,
     FeedbackRequest,
@@ -74,7 +72,7 @@ _body_limit = BodySizeLimit.install(api)
 
 @serve.deployment(name="Ingress", **deployment_options("Ingress"))
 @serve.ingress(api)
-class Ingress:
+class Ingress(Replica):
     def __init__(
         self,
         generator: DeploymentHandle,
@@ -82,8 +80,7 @@ class Ingress:
         ranker: DeploymentHandle,
         settings: dict[str, Any] | None = None,
     ) -> None:
-        lower_priority()  # HAProxy and the proxy get the CPU first: refusals stay fast
-        self.settings = load_settings(**(settings or {}))
+        super().__init__(settings)
         self.store = SpecStore(self.settings)
         self.generator = generator
         self.extractor = extractor
@@ -98,16 +95,12 @@ class Ingress:
                               if self.prior_feed is not None and self.settings.personal_prior_feature
                               else None)
         # Concurrent requests go down the graph together: one handle call per stage per batch.
-        self.graph: Coalescer[dict[str, Any], dict[str, Any]] = Coalescer(self._down_the_graph)
-        self.latency = LatencyWindow()
+        self.graph: Coalescer[GraphRequest, Ranked] = Coalescer(self._down_the_graph)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.graph.configure(IngressConfig.from_user_config(user_config).batching.model_dump())
 
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        return self.latency.stats()
-
-    async def _down_the_graph(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _down_the_graph(self, requests: list[GraphRequest]) -> list[Ranked]:
         # Chained without awaiting in between: each stage's output goes straight to the next.
         generated = self.generator.generate_batch.remote(requests)
         featured = self.extractor.extract.remote(requests, generated)
@@ -118,7 +111,8 @@ class Ingress:
         t0 = time.perf_counter()
         spec = await self.store.resolve(spec_url=body.spec_url, spec=body.spec)
         spec_ms = (time.perf_counter() - t0) * 1000
-        request = {"spec_hash": spec.spec_hash, "history": body.history(), "prompt": body.prompt, "k": body.k}
+        request = GraphRequest(spec_hash=spec.spec_hash, history=body.history(), prompt=body.prompt,
+                               k=body.k)
         personal = user_transitions(self.feature_prior, user_id=body.user_id, spec=spec,
                                     events=request["history"])
         if personal is not None and personal.counts:
@@ -128,47 +122,26 @@ class Ingress:
         sent = time.perf_counter()
         ranked = await send_with_spec(self.graph, request, spec)
         graph_s = time.perf_counter() - sent
-        history = spec.resolve_history(request["history"])
-        cset = CandidateSet.from_wire(ranked)
-        n = len(cset.candidates)
-        prior = self.prior_feed.prior if self.prior_feed is not None else None
-        probs, notes = after_model(
-            ranked["probs"], spec=spec, history=history, candidates=cset.candidates,
-            user_id=body.user_id, prior=prior, llm_weight=self.settings.llm_weight)
-        features = ranked["features"]
-        contribs = expand_rows(n, ranked["top"], ranked["contribs_top"])
-        # The Ranker explained its own top k; a row a blend moved up needs explaining.
-        missing = unexplained_rows(probs, body.k, ranked["top"])
-        if missing:
+
+        async def explain_rows(rows: np.ndarray) -> np.ndarray:
+            nonlocal graph_s
             asked = time.perf_counter()
-            contribs[missing] = await self.ranker.explain_rows.remote(features[missing])
+            contribs: np.ndarray = await self.ranker.explain_rows.remote(rows)
             graph_s += time.perf_counter() - asked
-        predictions = assemble_predictions(
-            spec=spec,
-            history=history,
-            prompt=body.prompt,
-            candidates=cset,
-            features=features,
-            probs=probs,
-            contribs=contribs,
-            k=body.k,
-        )
-        annotate(predictions, notes)
-        timings = {"spec": spec_ms, **ranked["ms"], "total": (time.perf_counter() - t0) * 1000}
-        response = build_response(
-            predictions=predictions,
-            model_version=ranked["model_version"],
-            candidates=cset,
-            history=history,
-            timings_ms=timings,
-        )
+            return contribs
+
+        response = await respond(
+            ranked, request=body, spec=spec,
+            prior=self.prior_feed.prior if self.prior_feed is not None else None,
+            llm_weight=self.settings.llm_weight, explain_rows=explain_rows,
+            timings_ms={"spec": spec_ms, **ranked["ms"]}, started=t0)
         if self.outcomes is not None:  # enqueued only: written off the event loop
             self.outcomes.record_prediction(prediction_context(
                 request=body, response=response, spec=spec, candidates=ranked["candidates"],
                 personal=personal))
         # Own time only: the graph's latency is the other deployments' to report, and fetching
-        # and parsing a spec not cached yet is a cache miss, not load (the first requests of a
-        # fresh deploy made the autoscaler add an Ingress replica that then sat idle).
+        # and parsing a spec not cached yet is a cache miss, not load (a fresh deploy's first
+        # requests would otherwise make the autoscaler add an Ingress replica that then sits idle).
         self.latency.observe(time.perf_counter() - t0 - graph_s - spec_ms / 1000)
         return response
 

@@ -10,26 +10,20 @@ import numpy as np
 from ray import serve
 
 from core.scoring import score_top_k
-from core.settings import load_settings
-from deployments.serving.admission import lower_priority
-from deployments.serving.autoscaling import LatencyWindow
-from deployments.serving.batching import AdaptiveWait, BatchConfig, BatchStats, apply_batch_config
+from deployments.serving.batching import apply_batch_config
+from deployments.serving.messages import Featured, Ranked
 from deployments.serving.model_swap import RankerSlot, split_model_config
+from deployments.serving.replica import BatchedReplica, per_call
 from deployments.serving.resources import deployment_options
 
 __all__ = ["RankerDeployment"]
 
 
 @serve.deployment(name="Ranker", **deployment_options("Ranker"))
-class RankerDeployment:
+class RankerDeployment(BatchedReplica):
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        lower_priority()  # HAProxy and the proxy get the CPU first: refusals stay fast
-        self.settings = load_settings(**(settings or {}))
+        super().__init__(settings)
         self.slot = RankerSlot(self.settings)  # the model in use; swapped by reconfigure
-        self.batch_stats = BatchStats()
-        self.batch_config = BatchConfig()
-        self.wait = AdaptiveWait()
-        self.latency = LatencyWindow()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         # {"model_path": ...} moves to another model (loaded off the event loop, then switched);
@@ -38,10 +32,7 @@ class RankerDeployment:
         self.batch_config = apply_batch_config(self._rank_calls, batching, self.wait)
         await self.slot.apply(model_config)
 
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        return self.latency.stats()
-
-    async def rank(self, featured: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def rank(self, featured: list[Featured | BaseException]) -> list[Ranked | BaseException]:
         """Scores for a batch of requests' features (the ingress coalesces requests)."""
         start = time.perf_counter()
         self.wait.before_call()
@@ -56,35 +47,35 @@ class RankerDeployment:
         return await asyncio.to_thread(self.slot.ranker.contributions, rows)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
-    async def _rank_calls(self, calls: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    async def _rank_calls(
+        self, calls: list[list[Featured | BaseException]]
+    ) -> list[list[Ranked | BaseException]]:
         with self.wait.running():
-            flat = await self._rank([f for c in calls for f in c])
-        out, start = [], 0
-        for call in calls:
-            out.append(flat[start: start + len(call)])
-            start += len(call)
-        return out
+            return per_call(calls, await self._rank([f for c in calls for f in c]))
 
-    async def _rank(self, featured: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _rank(self, featured: list[Featured | BaseException]) -> list[Ranked | BaseException]:
         start = time.perf_counter()
         self.batch_stats.record(len(featured))
         ranker = self.slot.ranker  # one model for the whole batch, even if a swap lands now
-        out: list[Any] = list(featured)  # requests that failed upstream keep their error
-        rows = [i for i, f in enumerate(featured) if not isinstance(f, BaseException)]
+        ok = [f for f in featured if not isinstance(f, BaseException)]
         # Explanations only for the k rows each response shows (core/scoring.py).
         # Inline, not asyncio.to_thread: see FeatureExtractorDeployment._extract.
-        scored = score_top_k(
-            ranker, [featured[i]["features"] for i in rows], [featured[i]["k"] for i in rows]
-        ) if rows else []
+        scored = iter(score_top_k(ranker, [f["features"] for f in ok], [f["k"] for f in ok]) if ok else [])
         ms = (time.perf_counter() - start) * 1000
-        for i, s in zip(rows, scored, strict=True):
-            f = featured[i]
-            out[i] = {
-                **f,  # features included: the Ingress may need rows the ranker did not explain
-                **{key: v for key, v in s.items() if key != "features_top"},
-                "model_version": ranker.version,
-                "ms": {**f["ms"], "rank": ms},
-            }
+        out: list[Ranked | BaseException] = []
+        for f in featured:  # requests that failed upstream keep their error
+            if isinstance(f, BaseException):
+                out.append(f)
+                continue
+            s = next(scored)
+            out.append(Ranked(
+                candidates=f["candidates"], generator=f["generator"],
+                fallback_reason=f["fallback_reason"], llm_params=f["llm_params"],
+                ms={**f["ms"], "rank": ms},
+                features=f["features"],  # the Ingress may need rows the ranker did not explain
+                k=f["k"], probs=s.probs, top=s.top, contribs_top=s.contribs_top,
+                model_version=ranker.version,
+            ))
         return out
 
     async def health(self) -> dict[str, Any]:
@@ -93,7 +84,6 @@ class RankerDeployment:
             **self.slot.status(),
             # A refused swap serves an older model than asked for: that is degraded too.
             "degraded": self.slot.ranker.degraded or self.slot.last_error is not None,
-            "batching": self.batch_config.model_dump(),
-            "batch_sizes": self.batch_stats.summary(),
+            **self.batching_status(),
             **self.latency.stats(),
         }

@@ -35,12 +35,12 @@ def test_only_the_top_k_rows_are_explained_in_one_call() -> None:
     out = score_top_k(scorer, groups, [5, 3, 5])
     assert scorer.explained_rows == 8
     for g, o, k in zip(groups, out, [5, 3, 5], strict=True):
-        assert np.array_equal(o["top"], top_rows(g.sum(axis=1), k))
-        assert np.array_equal(o["features_top"], g[o["top"]])
-        assert np.allclose(o["contribs_top"][:, :4], g[o["top"]])
-        full = expand_rows(len(g), o["top"], o["contribs_top"])
+        assert np.array_equal(o.top, top_rows(g.sum(axis=1), k))
+        assert np.array_equal(o.features_top, g[o.top])
+        assert np.allclose(o.contribs_top[:, :4], g[o.top])
+        full = expand_rows(len(g), o.top, o.contribs_top)
         assert full.shape[0] == len(g)
-        assert np.allclose(full[o["top"]], o["contribs_top"])
+        assert np.allclose(full[o.top], o.contribs_top)
 
 
 def test_top_rows_is_a_stable_descending_order() -> None:

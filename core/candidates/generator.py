@@ -11,14 +11,24 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from core.candidates.retrieval import RetrievalGenerator, wants_destructive
 from core.candidates.types import Candidate, LLMProposal, LLMUnavailable, ProposalSource
 from core.spec.index import Call, SpecIndex
 
-__all__ = ["CandidateGenerator", "CandidateSet"]
+__all__ = ["CandidateGenerator", "CandidateSet", "CandidatesWire"]
 
 log = logging.getLogger(__name__)
+
+
+class CandidatesWire(TypedDict):
+    """A :class:`CandidateSet` as it crosses a process boundary (plain, cheap to pickle)."""
+
+    candidates: list[tuple[int, dict[str, float], bool]]
+    generator: str
+    fallback_reason: str | None
+    llm_params: dict[int, dict[str, str]]
 
 
 @dataclass(slots=True)
@@ -30,7 +40,7 @@ class CandidateSet:
     # those found in what the user gave).
     llm_params: dict[int, dict[str, str]] = field(default_factory=dict)
 
-    def to_wire(self) -> dict:
+    def to_wire(self) -> CandidatesWire:
         return {
             "candidates": [c.to_wire() for c in self.candidates],
             "generator": self.generator,
@@ -39,12 +49,12 @@ class CandidateSet:
         }
 
     @classmethod
-    def from_wire(cls, wire: dict) -> CandidateSet:
+    def from_wire(cls, wire: CandidatesWire) -> CandidateSet:
         return cls(
             candidates=[Candidate.from_wire(c) for c in wire["candidates"]],
             generator=wire["generator"],
             fallback_reason=wire["fallback_reason"],
-            llm_params=wire.get("llm_params", {}),
+            llm_params=wire["llm_params"],
         )
 
 
@@ -86,9 +96,9 @@ class CandidateGenerator:
         the shortlist; a proposed candidate carries the LLM's confidence as its ``llm`` source.
 
         The order stays retrieval's because the ranker's generator features (gen_rank) were
-        learned on it: with the LLM's proposals moved first (as this did before), an LLM that is
-        never right cut the shipped model's hit@1 on held-out APIs from 0.55 to 0.38, in the
-        simulation of benchmarks/llm_path.py. What the LLM says counts after the model, in
+        learned on it: with the LLM's proposals moved first, an LLM that is never right cuts the
+        shipped model's hit@1 on held-out APIs from 0.55 to 0.38 in the simulation of
+        benchmarks/llm_path.py (docs/accuracy.md). What the LLM says counts after the model, in
         :func:`core.scoring.blend_llm`. Also the params of each proposal kept.
         """
         confidence: dict[int, float] = {}

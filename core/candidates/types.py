@@ -56,7 +56,8 @@ class ProposalSource(Protocol):
     """An LLM backend (``deployments.serving.llm.LLMGenerator``): at most ``k`` proposals from the
     first ``shortlist`` operations of retrieval's order; raises :class:`LLMUnavailable`."""
 
-    shortlist: int
+    @property
+    def shortlist(self) -> int: ...
 
     async def propose(
         self, *, shortlist: Sequence[Operation], history: Sequence[str], prompt: str | None,

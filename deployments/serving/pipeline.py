@@ -1,19 +1,23 @@
 """The whole prediction pipeline in one process: the plain classes, no Ray.
 
 Used for development, by the CLI, and as the baseline the Serve graph is benchmarked against.
-The Serve graph runs exactly these steps, one deployment per step.
+The Serve graph runs exactly these steps, one deployment per step, and both answer through
+:func:`deployments.serving.respond.respond`.
 """
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from core.priors.personal import TransitionPrior, user_transitions
-from core.scoring import after_model, annotate, expand_rows, score_top_k, unexplained_rows
+from core.scoring import score_top_k
 from core.settings import Settings, load_settings
 from deployments.serving.components import Components, build_components
 from deployments.serving.feedback import FeedbackStore, prediction_context
-from deployments.serving.respond import assemble_predictions, build_response
+from deployments.serving.messages import Ranked
+from deployments.serving.respond import respond
 from deployments.serving.schemas import PredictRequest, PredictResponse
 
 __all__ = ["Pipeline"]
@@ -47,42 +51,22 @@ class Pipeline:
         t3 = time.perf_counter()
         # The same work as the Ranker deployment: explanations for the shown rows only.
         [scored] = score_top_k(self.c.ranker, [features], [request.k])
-        probs, notes = after_model(
-            scored["probs"], spec=spec, history=history, candidates=cset.candidates,
-            user_id=request.user_id, prior=self.prior, llm_weight=self.settings.llm_weight)
-        contribs = expand_rows(len(features), scored["top"], scored["contribs_top"])
-        missing = unexplained_rows(probs, request.k, scored["top"])  # moved up: need reasons
-        if missing:
-            contribs[missing] = self.c.ranker.contributions(features[missing])
         t4 = time.perf_counter()
-        predictions = assemble_predictions(
-            spec=spec,
-            history=history,
-            prompt=request.prompt,
-            candidates=cset,
-            features=features,
-            probs=probs,
-            contribs=contribs,
-            k=request.k,
-        )
-        annotate(predictions, notes)
-        timings = {
-            "spec": t1 - t0,
-            "candidates": t2 - t1,
-            "features": t3 - t2,
-            "rank": t4 - t3,
-            "total": time.perf_counter() - t0,
-        }
-        response = build_response(
-            predictions=predictions,
-            model_version=self.c.ranker.version,
-            candidates=cset,
-            history=history,
-            timings_ms={k: v * 1000 for k, v in timings.items()},
-        )
+        ms = {"candidates": (t2 - t1) * 1000, "features": (t3 - t2) * 1000, "rank": (t4 - t3) * 1000}
+        wire = cset.to_wire()
+        ranked = Ranked(**wire, ms=ms, features=features, k=request.k, probs=scored.probs,
+                        top=scored.top, contribs_top=scored.contribs_top,
+                        model_version=self.c.ranker.version)
+
+        async def explain_rows(rows: np.ndarray) -> np.ndarray:
+            return self.c.ranker.contributions(rows)
+
+        response = await respond(
+            ranked, request=request, spec=spec, prior=self.prior, llm_weight=self.settings.llm_weight,
+            explain_rows=explain_rows, timings_ms={"spec": (t1 - t0) * 1000, **ms}, started=t0)
         if self.feedback is not None:
             self.feedback.record_prediction(prediction_context(
-                request=request, response=response, spec=spec, candidates=cset.to_wire()["candidates"],
+                request=request, response=response, spec=spec, candidates=wire["candidates"],
                 personal=personal))
         return response
 

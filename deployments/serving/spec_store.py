@@ -17,6 +17,7 @@ from core.errors import InvalidRequest, SpecInvalid, SpecNotCached
 from core.settings import Settings
 from core.spec.index import SpecIndex
 from core.spec.openapi import parse_spec, spec_hash_of
+from deployments.serving.messages import GraphRequest
 from deployments.serving.spec_cache import SpecCacheDB, SpecL1Cache
 from deployments.serving.spec_fetch import SpecFetcher
 
@@ -33,7 +34,7 @@ class ParseSpec(Protocol):
 
 
 async def send_with_spec(
-    send: Callable[[dict[str, Any]], Awaitable[T]], request: dict[str, Any], index: SpecIndex
+    send: Callable[[GraphRequest], Awaitable[T]], request: GraphRequest, index: SpecIndex
 ) -> T:
     """``send(request)``, once more with the index shipped if a downstream replica lacks the spec.
 
@@ -48,7 +49,9 @@ async def send_with_spec(
         if "spec_index" in request:
             raise
         log.info("a downstream replica lacks spec %s; shipping its index", index.spec_hash[:12])
-        return await send({**request, "spec_index": index.to_bytes()})
+        shipped = request.copy()
+        shipped["spec_index"] = index.to_bytes()
+        return await send(shipped)
 
 
 class SpecStore:

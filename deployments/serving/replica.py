@@ -1,0 +1,48 @@
+"""What every deployment of the graph does as a replica: start behind HAProxy in CPU priority,
+read its settings, and report its own latency to the autoscaler."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from core.settings import load_settings
+from deployments.serving.admission import lower_priority
+from deployments.serving.autoscaling import LatencyWindow
+from deployments.serving.batching import AdaptiveWait, BatchConfig, BatchStats
+
+__all__ = ["Replica", "BatchedReplica", "per_call"]
+
+T = TypeVar("T")
+
+
+class Replica:
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        lower_priority()  # HAProxy and the proxy get the CPU first: refusals stay fast
+        self.settings = load_settings(**(settings or {}))
+        self.latency = LatencyWindow()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        return self.latency.stats()
+
+
+class BatchedReplica(Replica):
+    """A replica whose calls ``@serve.batch`` groups, with batching knobs set by ``reconfigure``."""
+
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        self.batch_stats = BatchStats()
+        self.batch_config = BatchConfig()
+        self.wait = AdaptiveWait()
+
+    def batching_status(self) -> dict[str, Any]:
+        return {"batching": self.batch_config.model_dump(), "batch_sizes": self.batch_stats.summary()}
+
+
+def per_call(calls: Sequence[Sequence[Any]], flat: Sequence[T]) -> list[list[T]]:
+    """``flat``, the results of every call's items in order, cut back into one list per call."""
+    out, start = [], 0
+    for call in calls:
+        out.append(list(flat[start: start + len(call)]))
+        start += len(call)
+    return out
