@@ -39,10 +39,12 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
     # and never logged.
     env = {k[len(ENV_PREFIX):].lower(): v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
     s = {**env, **args.settings}
-    generator = CandidateGeneratorDeployment.bind(s)
-    extractor = FeatureExtractorDeployment.bind(s)
-    ranker = RankerDeployment.bind(s)
-    return Ingress.bind(generator, extractor, ranker, s)
+    # @serve.deployment makes each class a Deployment; Ray's stub keeps the class type, hence
+    # the ignores on .bind.
+    generator = CandidateGeneratorDeployment.bind(s)  # type: ignore[attr-defined]
+    extractor = FeatureExtractorDeployment.bind(s)  # type: ignore[attr-defined]
+    ranker = RankerDeployment.bind(s)  # type: ignore[attr-defined]
+    return Ingress.bind(generator, extractor, ranker, s)  # type: ignore[attr-defined]
 
 
 app: Application = build_app()

@@ -53,7 +53,7 @@ CARD_FILE = "model_card.json"
 CARD_FORMAT = 1
 
 # Number of candidates of each request, in the order their rows are stacked.
-GroupSizes = Sequence[int]
+GroupSizes = Sequence[int] | np.ndarray
 
 
 def default_model_path() -> Path:
@@ -403,7 +403,9 @@ class RankerModel(_Scorer):
         X = self._check_X(X)
         if not len(X):
             return np.zeros((0, len(FEATURE_NAMES) + 1))
-        contrib = self.ensure_loaded()._leaves.contributions(self._booster, X)
+        leaves = self.ensure_loaded()._leaves
+        assert leaves is not None  # set by ensure_loaded
+        contrib = leaves.contributions(self._booster, X)
         contrib[:, _DWI] += _policy(X)
         return contrib
 

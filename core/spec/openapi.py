@@ -88,7 +88,7 @@ def parse_spec(document: bytes | dict[str, Any], *, content_type: str | None = N
     operations = list(_operations(paths, refs, swagger2=swagger2))
     if not operations:
         raise SpecInvalid("spec declares no operations")
-    info = doc.get("info") if isinstance(doc.get("info"), dict) else {}
+    info = _dict(doc.get("info"))
     return SpecIndex(
         operations=tuple(operations),
         base_paths=_base_paths(doc, swagger2=swagger2),
@@ -131,7 +131,7 @@ def _base_paths(doc: dict[str, Any], *, swagger2: bool) -> tuple[str, ...]:
         base = doc.get("basePath")
         urls = [base] if isinstance(base, str) else []  # anything else names no base path
     else:
-        servers = doc.get("servers") if isinstance(doc.get("servers"), list) else []
+        servers = _list(doc.get("servers"))
         urls = []
         for server in servers:
             if isinstance(server, dict) and isinstance(server.get("url"), str):
@@ -158,16 +158,16 @@ def _operations(paths: dict[str, Any], refs: _Refs, *, swagger2: bool) -> Iterat
         item = refs.deref(item)
         if not isinstance(path, str) or not path.startswith("/") or not isinstance(item, dict):
             continue
-        shared = item.get("parameters") if isinstance(item.get("parameters"), list) else []
+        shared = _list(item.get("parameters"))
         for method in HTTP_METHODS:
             op = refs.deref(item.get(method))
             if not isinstance(op, dict):
                 continue
-            own = op.get("parameters") if isinstance(op.get("parameters"), list) else []
+            own = _list(op.get("parameters"))
             params = _params([*shared, *own], refs)
             if not swagger2:
                 params.update(_body_params(op.get("requestBody"), refs))
-            tags = op.get("tags") if isinstance(op.get("tags"), list) else []
+            tags = _list(op.get("tags"))
             yield Operation(
                 method=method,
                 path=path,
@@ -182,6 +182,14 @@ def _operations(paths: dict[str, Any], refs: _Refs, *, swagger2: bool) -> Iterat
 
 def _str(value: Any) -> str:
     return " ".join(value.split()) if isinstance(value, str) else ""
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _params(raw: list[Any], refs: _Refs) -> dict[tuple[str, str], Param]:
@@ -270,7 +278,7 @@ def _returned_ids(responses: Any, refs: _Refs, *, swagger2: bool) -> tuple[str, 
         if swagger2:
             schemas = [response.get("schema")]
         else:
-            content = response.get("content") if isinstance(response.get("content"), dict) else {}
+            content = _dict(response.get("content"))
             schemas = [
                 refs.deref(v).get("schema")
                 for k, v in content.items()

@@ -76,7 +76,7 @@ def haproxy_health_check_inter(
     return "\n    ".join(
         [
             f"{inter} maxconn {max_concurrent} check",
-            "# Admission control (deployments/serving/admission.py): refuse while a request waits for a slot.",
+            "# Admission control (deployments/serving/admission.py): refuse while waiting for a slot.",
             "http-request return status 503 content-type application/json"
             f" hdr Retry-After {retry_after_s} hdr {REFUSED_BY_HEADER} {REFUSED_BY}"
             f" string '{body}' if {{ queue gt 0 }}",

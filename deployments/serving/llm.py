@@ -1,8 +1,9 @@
 """LLM candidate backend: ask an OpenAI-compatible chat-completions server for the next calls.
 
-Plain class, no Ray import; it lives with serving for its HTTP client and its SQLite answer cache. The prompt carries a shortlist of operations (never the whole spec),
-the answer is validated against that shortlist, and every failure raises :class:`LLMUnavailable`
-with a short reason code so the caller can fall back to the embedded generator in the same request.
+Plain class, no Ray import; it belongs to serving for its HTTP client and its SQLite answer cache.
+The prompt carries a shortlist of operations (never the whole spec), the answer is validated
+against that shortlist, and every failure raises :class:`LLMUnavailable` with a short reason code
+so the caller can fall back to the embedded generator in the same request.
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ def build_response(
         prediction_id=uuid.uuid4().hex,
         metadata=PredictMetadata(
             model_version=model_version,
-            generator=candidates.generator,  # type: ignore[arg-type]
+            generator=candidates.generator,
             cold_start=not history,
             timings_ms={k: round(float(v), 3) for k, v in timings_ms.items()},
             fallback_reason=candidates.fallback_reason,
