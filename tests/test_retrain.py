@@ -1,4 +1,4 @@
-"""``python -m ranker.retrain`` on a tiny slice of the data plus feedback recorded through the real
+"""``python -m tools.retrain`` on a tiny slice of the data plus feedback recorded through the real
 pipeline and store: the retrained model ranks first what it was taught, a model trained without
 that feedback does not, and the gate refuses a model worse on held-out APIs."""
 
@@ -56,7 +56,7 @@ async def _teach(data_dir: Path, n: int) -> Path:
 
 
 def _retrain(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ranker.retrain", "--synthetic-per-api", "3",
+    return subprocess.run([sys.executable, "-m", "tools.retrain", "--synthetic-per-api", "3",
                            "--num-boost-round", "30", "--early-stopping", "10", "--log-period", "10",
                            "--json", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
 
