@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import math
 import sys
 import tempfile
 import time
@@ -210,8 +211,8 @@ class RetrainConfig(FitConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.feedback_weight >= 0:
-            raise ValueError(f"feedback_weight must be >= 0, got {self.feedback_weight}")
+        if not (math.isfinite(self.feedback_weight) and self.feedback_weight >= 0):
+            raise ValueError(f"feedback_weight must be finite and >= 0, got {self.feedback_weight}")
         if not 0 <= self.holdout_fraction < 1:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if not self.tolerance >= 0:

@@ -1,4 +1,5 @@
-"""Train the LightGBM lambdarank ranker: ``python -m ranker.train [options]``.
+"""Train the LightGBM lambdarank ranker: ``python -m ranker.train [options]``, or from code
+:func:`train` with a :class:`TrainConfig` (the same steps; it returns a :class:`TrainResult`).
 
 1. Real workflows of ``--jentic-dir`` give one ranking group per step; synthetic sequences
    (:mod:`ranker.synth`) add ``--synthetic-per-api`` sequences per API; simulated returning
