@@ -50,7 +50,7 @@ from core.settings import Settings, load_settings
 from deployments.serving.llm import LLMGenerator
 from ranker.data import Example, examples, load_workflows, split_of
 from ranker.evaluate import MISS, metrics_table, ranking_metrics
-from ranker.train import _subset
+from ranker.train import subset_apis
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIDENCES = (0.9, 0.5, 0.3, 0.2, 0.1)
@@ -129,7 +129,7 @@ def run(
     weights: list[float], max_apis: int | None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    workflows = [w for w in _subset(load_workflows(jentic_dir, progress=False), max_apis)
+    workflows = [w for w in subset_apis(load_workflows(jentic_dir, progress=False), max_apis)
                  if split_of(w.api) == "valid"]
     items = list(examples(workflows))
     transitions = load_transitions()

@@ -35,9 +35,9 @@ from ranker.train import (
     CANDIDATES,
     PERSONAL_USERS_PER_API,
     SYNTHETIC_WEIGHT,
-    _subset,
     base_examples,
     fit_ranker,
+    subset_apis,
 )
 
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     jentic_dir = args.jentic_dir or load_settings().jentic_dir
-    workflows = [w for w in _subset(load_workflows(jentic_dir, progress=False), args.max_apis)
+    workflows = [w for w in subset_apis(load_workflows(jentic_dir, progress=False), args.max_apis)
                  if split_of(w.api) == "train"]  # the validation APIs are never read
     real, synthetic, personal = base_examples(
         workflows, synthetic_per_api=args.synthetic_per_api,

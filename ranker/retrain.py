@@ -1,9 +1,10 @@
-"""Retrain the ranker on the base data plus recorded feedback; keep the new model only if it is
-not worse on the held-out APIs; roll back in one command.
+"""Retrain the ranker on the base data plus recorded outcomes; keep the new model only if it is
+not worse on the held-out APIs; roll back.
 
-    python -m ranker.retrain [--feedback var/feedback.sqlite] [--models-dir var/models] [--apply ...]
-    python -m ranker.retrain rollback [--apply ...]
-    python -m ranker.retrain list
+The library: :func:`retrain` (a :class:`RetrainConfig`, and the recorded outcomes as any
+:class:`~core.outcomes.OutcomeLog`), :func:`rollback` and :func:`list_versions`. The command line
+(``python -m tools.retrain``, ``opensesame retrain``) opens the feedback store, prints the results
+and rolls the running app out to them.
 
 1. Base data exactly as ``python -m ranker.train`` builds it (:func:`ranker.train.base_examples`):
    real workflows, synthetic sequences and simulated returning users, split by whole API
@@ -11,35 +12,30 @@ not worse on the held-out APIs; roll back in one command.
 2. Feedback: every stored prediction with an outcome that is an operation of its spec. Its
    features are rebuilt from the stored context (spec, events, prompt, the candidates the
    generator returned then, and the user's transitions the features were served with) with
-   today's :class:`FeatureExtractor`. The latest
-   ``--holdout-fraction`` of them (by time) are held out for evaluation only, and so is feedback
-   on a spec of a held-out API (the gate must stay a measure on APIs never trained on).
+   today's :class:`FeatureExtractor`. The latest ``holdout_fraction`` of them (by time) are held
+   out for evaluation only, and so is feedback on a spec of a held-out API (the gate must stay a
+   measure on APIs never trained on).
 3. :func:`ranker.train.fit_ranker` (LightGBM lambdarank, its parameters) on the training APIs
-   plus the feedback groups (weight ``--feedback-weight`` each), early stopping on real
-   validation APIs; calibration on the validation APIs.
+   plus the feedback groups (weight ``feedback_weight`` each), early stopping on real validation
+   APIs; calibration on the validation APIs.
 4. The validation table: the model in service (the baseline) and the retrained one, on the same
    held-out APIs and held-out feedback. The gate: hit@1 and MRR on the real workflows of
-   held-out APIs must not drop by more than ``--tolerance``.
-5. Passed: the model is added to the registry as a new version (``<models-dir>/<version>``),
-   promoted (unless ``--no-promote``) and, with ``--apply``, rolled out to the running app with
-   a ``user_config`` change (:mod:`tools.rollout`). Refused: nothing is written; exit 3.
-
-Exit codes: 0 new version written, 3 refused by the gate, 2 bad arguments.
+   held-out APIs must not drop by more than ``tolerance``.
+5. Passed: the model is added to the registry as a new version (``<models_dir>/<version>``) and
+   promoted (unless ``promote=False``). Refused: nothing is written.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import hashlib
-import json
-import os
+import math
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +44,11 @@ import numpy as np
 from core.candidates.retrieval import RetrievalGenerator
 from core.candidates.types import Candidate
 from core.features import FEATURE_NAMES, FEATURE_VERSION, FeatureExtractor, UserTransitions
-from core.priors.transitions import DEFAULT_PATH as TRANSITIONS_PATH
+from core.outcomes import OutcomeLog, StoredPrediction
 from core.priors.transitions import load_transitions
 from core.progress import track
 from core.scorer import CARD_FILE, MODEL_FILE, ModelCard, RankerModel, default_model_path, file_sha256
 from core.spec.index import SpecIndex
-from deployments.serving.feedback import FeedbackReader, StoredPrediction
 from ranker.data import load_spec, load_workflows, split_of
 from ranker.evaluate import (
     MISS,
@@ -64,23 +59,23 @@ from ranker.evaluate import (
     ranking_metrics,
     ranks_from_scores,
 )
-from ranker.registry import ModelRegistry, RegistryError
+from ranker.registry import ModelRegistry
 from ranker.train import (
     CANDIDATES,
     DEFAULT_PARAMS,
-    DEFAULT_ROUNDS,
-    EARLY_STOPPING,
-    PERSONAL_USERS_PER_API,
-    SYNTHETIC_WEIGHT,
+    FitConfig,
     base_examples,
     calibrate,
     fit_ranker,
     source_weights,
 )
 
-__all__ = ["FeedbackGroups", "feedback_groups", "concat_groups", "gate", "main", "spec_fingerprint"]
+__all__ = [
+    "RetrainConfig", "RetrainResult", "retrain", "RollbackResult", "rollback", "ModelVersion",
+    "ModelVersions", "list_versions", "FeedbackGroups", "feedback_groups", "concat_groups", "gate",
+    "spec_fingerprint",
+]
 
-EXIT_REFUSED = 3
 FEEDBACK_WEIGHT = 1.0
 TOLERANCE = 0.005
 GATE_METRICS = ("hit@1", "mrr")
@@ -117,7 +112,7 @@ def _empty_groups() -> Groups:
 
 
 def feedback_groups(
-    reader: FeedbackReader,
+    reader: OutcomeLog,
     stored: Sequence[StoredPrediction],
     *,
     extractor: FeatureExtractor,
@@ -204,6 +199,43 @@ def gate(baseline: dict[str, float] | None, candidate: dict[str, float], *,
 # -- commands ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, kw_only=True)
+class RetrainConfig(FitConfig):
+    models_dir: Path  # the registry: versioned models and registry.json
+    feedback_store: str | None = None  # where the outcomes come from: for the log and the model card
+    baseline: Path | None = None  # the model to beat; None: the registry's current one, else the shipped one
+    feedback_weight: float = FEEDBACK_WEIGHT  # of each feedback group (base groups: 1.0, synthetic less)
+    holdout_fraction: float = 0.2  # the latest share of the outcomes, kept out of training
+    tolerance: float = TOLERANCE  # allowed drop of hit@1 and MRR on held-out APIs (absolute)
+    promote: bool = True  # False: write the version but keep the current one in service
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (math.isfinite(self.feedback_weight) and self.feedback_weight >= 0):
+            raise ValueError(f"feedback_weight must be finite and >= 0, got {self.feedback_weight}")
+        if not 0 <= self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if not self.tolerance >= 0:
+            raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetrainResult:
+    passed: bool  # by the gate
+    reason: str  # the gate's
+    baseline_version: str  # "none": no usable baseline
+    baseline_path: str
+    metrics: dict[str, dict[str, float]]  # the validation table's rows
+    table: str  # the validation table
+    feedback_train: int  # feedback groups trained on
+    feedback_holdout: int  # the latest ones, held out
+    skipped: dict[str, int]  # outcomes that could not teach, by why
+    version: str | None = None  # the version written; None: refused
+    path: Path | None = None  # its directory in the registry
+    promoted: bool = False
+    seconds: float = 0.0
+
+
 def _baseline(registry: ModelRegistry, explicit: Path | None) -> tuple[RankerModel | None, str]:
     path = explicit or registry.current_path()
     if path is None:
@@ -217,47 +249,40 @@ def _baseline(registry: ModelRegistry, explicit: Path | None) -> tuple[RankerMod
         return None, str(path)
 
 
-def _rollout(args: argparse.Namespace, model_dir: Path | None, version: str | None) -> None:
-    from tools.rollout import apply_config, wait_for_model, write_live_config
-
-    if not args.address:
-        raise SystemExit("--apply needs --address (or RAY_ADDRESS): the running Ray cluster")
-    live = write_live_config(args.serve_config, args.models_dir / "serve_config.live.yaml",
-                             model_path=model_dir, app_name=args.app_name)
-    _log(f"      applying {live} to {args.address} (Ranker user_config.model_path = {model_dir})")
-    apply_config(live, address=args.address, app_dir=args.app_dir)
-    if args.url and version:
-        health = wait_for_model(args.url, version=version)
-        _log(f"      serving {health['model_version']} (swap took {health.get('last_swap_s')}s)")
-
-
-def retrain(args: argparse.Namespace) -> int:
+def retrain(
+    config: RetrainConfig,
+    *,
+    outcomes: OutcomeLog | None = None,
+    show_table: Callable[[str], None] = _log,
+) -> RetrainResult:
+    """Retrain on the base data plus ``outcomes`` (None: the base data alone), gate, and write
+    (and promote) a new version when the gate passes. Progress goes to stderr; the validation
+    table to ``show_table`` as soon as it is computed, before the gate decides."""
     from core.settings import load_settings
 
     started = time.perf_counter()
     settings = load_settings()
-    registry = ModelRegistry(args.models_dir)
-    jentic_dir = args.jentic_dir or settings.jentic_dir
-    transitions = load_transitions(args.transitions)
+    registry = ModelRegistry(config.models_dir)
+    jentic_dir = config.jentic_dir or settings.jentic_dir
+    transitions = load_transitions(config.transitions)
     generator = RetrievalGenerator(transitions=transitions)
     extractor = FeatureExtractor(transitions=transitions)
 
     _log(f"[1/7] base data from {jentic_dir}")
     workflows = load_workflows(jentic_dir, progress=True)
     real, synthetic, personal = base_examples(
-        workflows, synthetic_per_api=args.synthetic_per_api,
-        personal_users_per_api=args.personal_users_per_api, seed=args.seed)
+        workflows, synthetic_per_api=config.synthetic_per_api,
+        personal_users_per_api=config.personal_users_per_api, seed=config.seed)
     _log(f"      {len({w.api for w in workflows})} APIs, {len(real)} real + {len(synthetic)} "
          f"synthetic + {len(personal)} returning-user groups")
 
-    _log(f"[2/7] feedback from {args.feedback}")
-    if args.feedback.is_file():
-        reader = FeedbackReader(args.feedback)
-        stored = list(reader.predictions(with_outcome=True))
-        _log(f"      {reader.counts()}")
+    _log(f"[2/7] feedback from {config.feedback_store or 'no store'}")
+    if outcomes is not None:
+        stored = list(outcomes.predictions(with_outcome=True))
+        _log(f"      {outcomes.counts()}")
     else:
         _log("      no feedback store there: training on the base data alone")
-        reader, stored = None, []
+        stored = []
 
     _log(f"[3/7] candidates and features ({len(FEATURE_NAMES)}, version {FEATURE_VERSION})")
     base_list = [*real, *synthetic, *personal]
@@ -265,9 +290,9 @@ def retrain(args: argparse.Namespace) -> int:
                         generator=generator, extractor=extractor, limit=CANDIDATES)
     held_out_specs = {spec_fingerprint(load_spec(w.spec_path))
                       for w in workflows if split_of(w.api) == "valid"}
-    fb = (feedback_groups(reader, stored, extractor=extractor, holdout_fraction=args.holdout_fraction,
+    fb = (feedback_groups(outcomes, stored, extractor=extractor, holdout_fraction=config.holdout_fraction,
                           held_out_specs=held_out_specs)
-          if reader is not None else FeedbackGroups(_empty_groups(), np.zeros(0, int), {}, []))
+          if outcomes is not None else FeedbackGroups(_empty_groups(), np.zeros(0, int), {}, []))
     fb_train = fb.groups.select((fb.groups.split == "train") & fb.groups.has_target)
     fb_hold_mask = fb.groups.split == "holdout"
     fb_api_mask = fb.groups.split == "heldout_api"
@@ -279,16 +304,16 @@ def retrain(args: argparse.Namespace) -> int:
     stop_on = base.select(is_valid & is_real & base.has_target)
     train = concat_groups(base_train, fb_train)
     weight = np.concatenate([
-        source_weights(base_train, args.synthetic_weight),
-        np.full(len(fb_train), args.feedback_weight),
+        source_weights(base_train, config.synthetic_weight),
+        np.full(len(fb_train), config.feedback_weight),
     ])
 
     _log(f"[4/7] LightGBM lambdarank on {len(base_train)} base + {len(fb_train)} feedback groups "
-         f"(feedback weight {args.feedback_weight})")
+         f"(feedback weight {config.feedback_weight})")
     with contextlib.redirect_stdout(sys.stderr):  # LightGBM's evaluation log is progress, not result
-        booster = fit_ranker(train, stop_on, group_weight=weight, num_boost_round=args.num_boost_round,
-                             early_stopping_rounds=args.early_stopping, log_period=args.log_period,
-                             seed=args.seed)
+        booster = fit_ranker(train, stop_on, group_weight=weight, num_boost_round=config.num_boost_round,
+                             early_stopping_rounds=config.early_stopping, log_period=config.log_period,
+                             seed=config.seed)
     best = booster.best_iteration or booster.current_iteration()
     _log(f"      best iteration {best}")
 
@@ -297,7 +322,7 @@ def retrain(args: argparse.Namespace) -> int:
     calibration, cal_report = calibrate(booster.predict(valid_real.X, num_iteration=best), valid_real)
 
     _log("[6/7] validation: the model in service vs the retrained one")
-    baseline, baseline_path = _baseline(registry, args.baseline)
+    baseline, baseline_path = _baseline(registry, config.baseline)
     baseline_name = baseline.version if baseline else "none"
     rows: dict[str, dict[str, float]] = {}
 
@@ -320,25 +345,22 @@ def retrain(args: argparse.Namespace) -> int:
     trained_mask = fb.groups.split == "train"
     evaluate("feedback, trained on", fb.groups.select(trained_mask), fb.served_ranks[trained_mask])
     table = metrics_table(rows, title="validation (held-out APIs; a target the generator missed is a miss)")
-    print(table, file=sys.stderr if args.json else sys.stdout, flush=True)
+    show_table(table)
     ok, why = gate(rows.get(f"real, held-out APIs: baseline {baseline_name}"),
-                   rows["real, held-out APIs: retrained"], tolerance=args.tolerance)
+                   rows["real, held-out APIs: retrained"], tolerance=config.tolerance)
     _log(f"      gate: {'PASSED' if ok else 'REFUSED'} — {why}")
 
-    summary: dict[str, Any] = {
-        "passed": ok, "reason": why, "baseline": {"version": baseline_name, "path": baseline_path},
-        "metrics": rows, "feedback": {"train": len(fb_train), "holdout": int(fb_hold_mask.sum()),
-                                      "skipped": fb.skipped},
-        "version": None, "promoted": False, "applied": False,
-    }
+    result = RetrainResult(
+        passed=ok, reason=why, baseline_version=baseline_name, baseline_path=baseline_path,
+        metrics=rows, table=table, feedback_train=len(fb_train), feedback_holdout=int(fb_hold_mask.sum()),
+        skipped=fb.skipped,
+    )
     if not ok:
         _log("[7/7] nothing written: the model in service stays")
-        if args.json:
-            print(json.dumps(summary, indent=1))
-        return EXIT_REFUSED
+        return replace(result, seconds=round(time.perf_counter() - started, 1))
 
-    _log(f"[7/7] writing a new version to {args.models_dir}")
-    with tempfile.TemporaryDirectory(dir=_mkdir(args.models_dir)) as tmp:
+    _log(f"[7/7] writing a new version to {config.models_dir}")
+    with tempfile.TemporaryDirectory(dir=_mkdir(config.models_dir)) as tmp:
         out = Path(tmp)
         booster.save_model(str(out / MODEL_FILE), num_iteration=best)
         created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
@@ -352,14 +374,16 @@ def retrain(args: argparse.Namespace) -> int:
             ).hexdigest(),
             calibration={"temperature": calibration.temperature, "a": calibration.a, "b": calibration.b},
             metrics={"validation": rows, "calibration": cal_report, "gate": {"passed": ok, "reason": why}},
-            params={**DEFAULT_PARAMS, "seed": args.seed}, best_iteration=int(best),
+            params={**DEFAULT_PARAMS, "seed": config.seed}, best_iteration=int(best),
             data={
-                "model_sha256": model_sha, "transitions_sha256": file_sha256(args.transitions),
-                "retrained_from": {"baseline": baseline_name, "feedback_store": str(args.feedback),
-                                   "feedback_groups": len(fb_train), "feedback_weight": args.feedback_weight,
-                                   "feedback_ids_sha256": fb_hash, "skipped": fb.skipped},
+                "model_sha256": model_sha, "transitions_sha256": file_sha256(config.transitions),
+                "retrained_from": {
+                    "baseline": baseline_name, "feedback_store": config.feedback_store,
+                    "feedback_groups": len(fb_train), "feedback_weight": config.feedback_weight,
+                    "feedback_ids_sha256": fb_hash, "skipped": fb.skipped,
+                },
                 "groups": {"train": len(base_train), "early_stopping": len(stop_on)},
-                "synthetic_per_api": args.synthetic_per_api, "synthetic_weight": args.synthetic_weight,
+                "synthetic_per_api": config.synthetic_per_api, "synthetic_weight": config.synthetic_weight,
                 "candidates": CANDIDATES, "seconds": round(time.perf_counter() - started, 1),
             },
             created=created,
@@ -367,20 +391,13 @@ def retrain(args: argparse.Namespace) -> int:
         (out / CARD_FILE).write_text(card.to_json())
         RankerModel.load(out).ensure_loaded()  # it must load as serving loads it
         registry.add(out, version)
-    summary["version"] = version
-    summary["path"] = str(registry.path(version))
-    _log(f"      {registry.path(version)}")
-    if args.promote:
+    path = registry.path(version)
+    _log(f"      {path}")
+    if config.promote:
         registry.promote(version, reason=why)
-        summary["promoted"] = True
-        _log(f"      promoted: {version} is current (roll back: python -m ranker.retrain rollback)")
-        if args.apply:
-            _rollout(args, registry.path(version), version)
-            summary["applied"] = True
-    _log(f"      {time.perf_counter() - started:.0f}s in all")
-    if args.json:
-        print(json.dumps(summary, indent=1))
-    return 0
+        _log(f"      promoted: {version} is current (roll back: python -m tools.retrain rollback)")
+    return replace(result, version=version, path=path, promoted=config.promote,
+                               seconds=round(time.perf_counter() - started, 1))
 
 
 def _mkdir(path: Path) -> Path:
@@ -388,112 +405,44 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def rollback(args: argparse.Namespace) -> int:
-    registry = ModelRegistry(args.models_dir)
+@dataclass(frozen=True, kw_only=True)
+class RollbackResult:
+    retired: str | None  # the version taken out of service
+    current: str | None  # the version now current; None: the shipped model
+    path: Path | None  # its directory in the registry; None: the shipped model
+
+
+def rollback(models_dir: Path, *, reason: str = "manual rollback") -> RollbackResult:
+    """Retire the current version of the registry at ``models_dir``; raises
+    :class:`~ranker.registry.RegistryError` when the shipped model is already current."""
+    registry = ModelRegistry(models_dir)
     before = registry.current()
-    try:
-        now = registry.rollback(reason=args.reason)
-    except RegistryError as exc:
-        _log(f"rollback refused: {exc}")
-        return 2
-    target = registry.path(now) if now else None
-    _log(f"rolled back {before} -> {now or 'the shipped model'}")
-    applied = False
-    if args.apply:
-        version = now
-        if version is None:
-            from core.settings import load_settings
-
-            version = RankerModel.load(load_settings().model_path or default_model_path()).version
-        _rollout(args, target, version)
-        applied = True
-    if args.json:
-        print(json.dumps({"retired": before, "current": now, "path": str(target) if target else None,
-                          "applied": applied}))
-    return 0
+    now = registry.rollback(reason=reason)
+    return RollbackResult(retired=before, current=now, path=registry.path(now) if now else None)
 
 
-def list_versions(args: argparse.Namespace) -> int:
-    registry = ModelRegistry(args.models_dir)
+@dataclass(frozen=True, kw_only=True)
+class ModelVersion:
+    version: str
+    current: bool
+    created: str
+    hit_at_1: float | None  # on the real workflows of held-out APIs, as its retrain measured it
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelVersions:
+    current: str | None  # None: the shipped model
+    versions: list[ModelVersion]  # oldest first
+    events: list[dict[str, Any]]  # every promotion and rollback, with its reason
+
+
+def list_versions(models_dir: Path) -> ModelVersions:
+    """The versions in the registry at ``models_dir`` and which one is current."""
+    registry = ModelRegistry(models_dir)
     current = registry.current()
     rows = []
     for v in registry.versions():
         card = registry.card(v)
         hit1 = card.metrics.get("validation", {}).get("real, held-out APIs: retrained", {}).get("hit@1")
-        rows.append({"version": v, "current": v == current, "created": card.created, "hit@1": hit1})
-    if args.json:
-        events = registry.state()["events"]
-        print(json.dumps({"current": current, "versions": rows, "events": events}, indent=1))
-    else:
-        print(f"current: {current or 'the shipped model'}")
-        for r in rows:
-            mark = "*" if r["current"] else " "
-            h = f"{r['hit@1']:.3f}" if isinstance(r["hit@1"], float) else "-"
-            print(f" {mark} {r['version']}  created {r['created']}  real held-out hit@1 {h}")
-    return 0
-
-
-def _parser() -> argparse.ArgumentParser:
-    from core.settings import PROJECT_ROOT, load_settings
-
-    settings = load_settings()
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--models-dir", type=Path, default=settings.model_registry_dir,
-                        help="versioned models and registry.json (default: %(default)s)")
-    common.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
-    rollout = argparse.ArgumentParser(add_help=False)
-    rollout.add_argument("--apply", action="store_true",
-                         help="move the running app to the result (a user_config change, no restart)")
-    rollout.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                         help="Ray cluster of the running app (default: $RAY_ADDRESS)")
-    rollout.add_argument("--serve-config", type=Path, default=PROJECT_ROOT / "serve_config.yaml",
-                         help="the Serve config the app runs from (default: %(default)s)")
-    rollout.add_argument("--app-name", default="opensesame")
-    rollout.add_argument("--app-dir", type=Path, default=PROJECT_ROOT)
-    rollout.add_argument("--url", default=None,
-                         help="the service's HTTP address: wait until /health shows the new model")
-
-    parser = argparse.ArgumentParser(prog="python -m ranker.retrain", description=__doc__.splitlines()[0],
-                                     parents=[common, rollout])
-    parser.add_argument("--feedback", type=Path, default=settings.feedback_db_path,
-                        help="the feedback store (default: %(default)s)")
-    parser.add_argument("--jentic-dir", type=Path, default=None, help="base workflows + specs")
-    parser.add_argument("--baseline", type=Path, default=None,
-                        help="model to beat (default: the registry's current one, else the shipped one)")
-    parser.add_argument("--feedback-weight", type=float, default=FEEDBACK_WEIGHT)
-    parser.add_argument("--holdout-fraction", type=float, default=0.2,
-                        help="latest share of feedback kept out of training, for evaluation")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
-                        help="allowed drop of hit@1 and MRR on held-out APIs (absolute)")
-    parser.add_argument("--no-promote", dest="promote", action="store_false",
-                        help="write the version but keep the current one in service")
-    parser.add_argument("--synthetic-per-api", type=int, default=20)
-    parser.add_argument("--synthetic-weight", type=float, default=SYNTHETIC_WEIGHT)
-    parser.add_argument("--personal-users-per-api", type=int, default=PERSONAL_USERS_PER_API)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--transitions", type=Path, default=TRANSITIONS_PATH)
-    parser.add_argument("--num-boost-round", type=int, default=DEFAULT_ROUNDS)
-    parser.add_argument("--early-stopping", type=int, default=EARLY_STOPPING)
-    parser.add_argument("--log-period", type=int, default=50)
-    parser.set_defaults(command=retrain)
-
-    sub = parser.add_subparsers(dest="subcommand")
-    rb = sub.add_parser("rollback", parents=[common, rollout], help="retire the current version")
-    rb.add_argument("--reason", default="manual rollback")
-    rb.set_defaults(command=rollback)
-    ls = sub.add_parser("list", parents=[common], help="versions in the registry")
-    ls.set_defaults(command=list_versions)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command is retrain:
-        if args.feedback_weight < 0 or not 0 <= args.holdout_fraction < 1 or args.tolerance < 0:
-            _log("--feedback-weight and --tolerance must be >= 0, --holdout-fraction in [0, 1)")
-            return 2
-    return int(args.command(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        rows.append(ModelVersion(version=v, current=v == current, created=card.created, hit_at_1=hit1))
+    return ModelVersions(current=current, versions=rows, events=registry.state()["events"])

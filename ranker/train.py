@@ -1,4 +1,5 @@
-"""Train the LightGBM lambdarank ranker: ``python -m ranker.train [options]``.
+"""Train the LightGBM lambdarank ranker: ``python -m ranker.train [options]``, or from code
+:func:`train` with a :class:`TrainConfig` (the same steps; it returns a :class:`TrainResult`).
 
 1. Real workflows of ``--jentic-dir`` give one ranking group per step; synthetic sequences
    (:mod:`ranker.synth`) add ``--synthetic-per-api`` sequences per API; simulated returning
@@ -25,7 +26,8 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,10 @@ from ranker.evaluate import (
     ranks_from_scores,
 )
 
-__all__ = ["DEFAULT_PARAMS", "fit_ranker", "source_weights", "calibrate", "main", "base_examples"]
+__all__ = [
+    "DEFAULT_PARAMS", "FitConfig", "TrainConfig", "TrainResult", "train", "fit_ranker", "source_weights",
+    "calibrate", "base_examples", "subset_apis", "main",
+]
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "lambdarank",
@@ -188,7 +193,7 @@ def calibrate(
     return cal, report
 
 
-def _subset(workflows: list[Workflow], max_apis: int | None) -> list[Workflow]:
+def subset_apis(workflows: list[Workflow], max_apis: int | None) -> list[Workflow]:
     """A deterministic small subset of whole APIs, with both splits represented."""
     if not max_apis:
         return workflows
@@ -227,45 +232,78 @@ def base_examples(
     return real, synthetic, personal
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True, kw_only=True)
+class FitConfig:
+    """What ``ranker.train`` and ``ranker.retrain`` both train on, and how long."""
+
+    jentic_dir: Path | None = None  # workflows + specs; None: settings.jentic_dir
+    synthetic_per_api: int = 20
+    synthetic_weight: float = SYNTHETIC_WEIGHT
+    personal_users_per_api: int = PERSONAL_USERS_PER_API  # of each kind (habits, wandering); 0: none
+    seed: int = 0
+    transitions: Path = TRANSITIONS_PATH
+    num_boost_round: int = DEFAULT_ROUNDS
+    early_stopping: int = EARLY_STOPPING
+    log_period: int = 50
+
+    def __post_init__(self) -> None:
+        if self.synthetic_per_api < 0:
+            raise ValueError(f"synthetic_per_api must be >= 0, got {self.synthetic_per_api}")
+        if not 0 <= self.synthetic_weight <= 1:
+            raise ValueError(f"synthetic_weight must be in [0, 1], got {self.synthetic_weight}")
+        if self.personal_users_per_api < 0:
+            raise ValueError(f"personal_users_per_api must be >= 0, got {self.personal_users_per_api}")
+        if self.num_boost_round < 1:
+            raise ValueError(f"num_boost_round must be >= 1, got {self.num_boost_round}")
+        if self.early_stopping < 1:
+            raise ValueError(f"early_stopping must be >= 1, got {self.early_stopping}")
+        if self.log_period < 0:
+            raise ValueError(f"log_period must be >= 0, got {self.log_period}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(FitConfig):
+    out: Path = SHIPPED_MODELS_DIR  # ranker.txt and model_card.json go here
+    word_vectors: Path = WORD_VECTORS_PATH  # of the semantic source and features
+    max_apis: int | None = None  # a deterministic subset of this many APIs (smoke runs); None, 0: all
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_apis is not None and self.max_apis < 0:
+            raise ValueError(f"max_apis must be >= 0, got {self.max_apis}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainResult:
+    version: str
+    model_path: Path
+    card_path: Path
+    best_iteration: int
+    metrics: dict[str, Any]  # the card's "validation": by source, the ranker and the generator's order
+    calibration: dict[str, float]
+    table: str  # the validation table
+    seconds: float
+
+
+def train(config: TrainConfig, *, show_table: Callable[[str], None] = _log) -> TrainResult:
+    """Fit, calibrate and validate a ranker on the base data and write it to ``config.out``.
+    Progress goes to stderr; the validation table to ``show_table`` as soon as it is computed."""
     from core.settings import load_settings
 
-    parser = argparse.ArgumentParser(
-        prog="python -m ranker.train", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--jentic-dir", type=Path, default=None,
-                        help="workflows + specs (default: settings.jentic_dir)")
-    parser.add_argument("--out", type=Path, default=SHIPPED_MODELS_DIR)
-    parser.add_argument("--synthetic-per-api", type=int, default=20)
-    parser.add_argument("--synthetic-weight", type=float, default=SYNTHETIC_WEIGHT)
-    parser.add_argument("--personal-users-per-api", type=int, default=PERSONAL_USERS_PER_API,
-                        help="simulated returning users per API and kind (habits, wandering); 0: none")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--transitions", type=Path, default=TRANSITIONS_PATH)
-    parser.add_argument("--word-vectors", type=Path, default=WORD_VECTORS_PATH,
-                        help="word vectors of the semantic source and features "
-                             "(`python -m core.priors.word_vectors build`)")
-    parser.add_argument("--max-apis", type=int, default=None,
-                        help="train on a deterministic subset of this many APIs (smoke runs)")
-    parser.add_argument("--num-boost-round", type=int, default=DEFAULT_ROUNDS)
-    parser.add_argument("--early-stopping", type=int, default=EARLY_STOPPING)
-    parser.add_argument("--log-period", type=int, default=50)
-    args = parser.parse_args(argv)
     started = time.perf_counter()
-
-    jentic_dir = args.jentic_dir or load_settings().jentic_dir
+    jentic_dir = config.jentic_dir or load_settings().jentic_dir
     _log(f"[1/6] workflows from {jentic_dir}")
-    workflows = _subset(load_workflows(jentic_dir, progress=True), args.max_apis)
-    transitions: Transitions = load_transitions(args.transitions)
+    workflows = subset_apis(load_workflows(jentic_dir, progress=True), config.max_apis)
+    transitions: Transitions = load_transitions(config.transitions)
     real, synthetic, personal = base_examples(
-        workflows, synthetic_per_api=args.synthetic_per_api,
-        personal_users_per_api=args.personal_users_per_api, seed=args.seed)
+        workflows, synthetic_per_api=config.synthetic_per_api,
+        personal_users_per_api=config.personal_users_per_api, seed=config.seed)
     _log(f"      {len({w.api for w in workflows})} APIs, {len(workflows)} workflows, "
          f"{len(real)} real + {len(synthetic)} synthetic + {len(personal)} returning-user groups")
 
     _log(f"[2/6] candidates (retrieval, limit {CANDIDATES}) and features "
          f"({len(FEATURE_NAMES)}, version {FEATURE_VERSION})")
-    word_vectors = load_word_vectors(args.word_vectors)
+    word_vectors = load_word_vectors(config.word_vectors)
     generator = RetrievalGenerator(transitions=transitions, word_vectors=word_vectors)
     extractor = FeatureExtractor(transitions=transitions, word_vectors=word_vectors)
     groups = build_groups(
@@ -274,16 +312,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     is_train, is_valid = groups.split == "train", groups.split == "valid"
     is_real = groups.source == "real"
-    train = groups.select(is_train & groups.has_target)
+    train_groups = groups.select(is_train & groups.has_target)
     stop_on = groups.select(is_valid & is_real & groups.has_target)
-    _log(f"      train {len(train)} groups ({int((is_train & ~groups.has_target).sum())} with the "
+    _log(f"      train {len(train_groups)} groups ({int((is_train & ~groups.has_target).sum())} with the "
          f"target missing, dropped), early stopping on {len(stop_on)} real validation groups")
 
     _log("[3/6] LightGBM lambdarank")
     booster = fit_ranker(
-        train, stop_on, num_boost_round=args.num_boost_round,
-        early_stopping_rounds=args.early_stopping, log_period=args.log_period, seed=args.seed,
-        synthetic_weight=args.synthetic_weight,
+        train_groups, stop_on, num_boost_round=config.num_boost_round,
+        early_stopping_rounds=config.early_stopping, log_period=config.log_period, seed=config.seed,
+        synthetic_weight=config.synthetic_weight,
     )
     best = booster.best_iteration or booster.current_iteration()
     _log(f"      best iteration {best}")
@@ -312,11 +350,12 @@ def main(argv: list[str] | None = None) -> int:
             "apis": len(set(part.api)),
         }
     table = metrics_table(rows, title="validation APIs")
-    print(table)
+    show_table(table)
 
-    _log(f"[6/6] writing {args.out}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    model_path = args.out / MODEL_FILE
+    out = config.out
+    _log(f"[6/6] writing {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = out / MODEL_FILE
     booster.save_model(str(model_path), num_iteration=best)
     created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
     model_sha = file_sha256(model_path)
@@ -329,34 +368,68 @@ def main(argv: list[str] | None = None) -> int:
         ),
         calibration={"temperature": calibration.temperature, "a": calibration.a, "b": calibration.b},
         metrics={"validation": metrics, "calibration": cal_report},
-        params={**DEFAULT_PARAMS, "seed": args.seed},
+        params={**DEFAULT_PARAMS, "seed": config.seed},
         best_iteration=int(best),
         data={
             "model_sha256": model_sha,
-            "transitions_sha256": file_sha256(args.transitions),
+            "transitions_sha256": file_sha256(config.transitions),
             "word_vectors_sha256": word_vectors.sha256,
             "word_vectors": {k: word_vectors.meta.get(k) for k in ("model", "dim", "corpus")},
             "apis": {"train": len(set(groups.api[is_train])), "valid": len(set(groups.api[is_valid]))},
-            "groups": {"train": len(train), "early_stopping": len(stop_on),
+            "groups": {"train": len(train_groups), "early_stopping": len(stop_on),
                        "valid_real": int((is_valid & is_real).sum()),
                        "valid_synthetic": int((is_valid & (groups.source == "synthetic")).sum()),
                        "valid_personal": int((is_valid & (groups.source == "personal")).sum())},
-            "synthetic_per_api": args.synthetic_per_api,
-            "personal_users_per_api": args.personal_users_per_api,
-            "synthetic_weight": args.synthetic_weight,
-            "max_apis": args.max_apis,
+            "synthetic_per_api": config.synthetic_per_api,
+            "personal_users_per_api": config.personal_users_per_api,
+            "synthetic_weight": config.synthetic_weight,
+            "max_apis": config.max_apis,
             "candidates": CANDIDATES,
             "seconds": round(time.perf_counter() - started, 1),
         },
         created=created,
     )
-    (args.out / CARD_FILE).write_text(card.to_json())
+    json.dumps(card.metrics)  # the card must stay plain JSON
+    card_path = out / CARD_FILE
+    card_path.write_text(card.to_json())
     size = model_path.stat().st_size
-    _log(f"      {model_path} ({size / 1e6:.2f} MB), {args.out / CARD_FILE}; version {card.version}; "
-         f"{time.perf_counter() - started:.0f}s in all")
+    seconds = time.perf_counter() - started
+    _log(f"      {model_path} ({size / 1e6:.2f} MB), {card_path}; version {card.version}; "
+         f"{seconds:.0f}s in all")
     if size > 5e6:
         _log(f"      warning: model is {size / 1e6:.1f} MB, above the 5 MB target")
-    json.dumps(card.metrics)  # the card must stay plain JSON
+    return TrainResult(version=card.version, model_path=model_path, card_path=card_path,
+                       best_iteration=int(best), metrics=metrics, calibration=cal_report, table=table,
+                       seconds=round(seconds, 1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ranker.train", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--jentic-dir", type=Path, default=None,
+                        help="workflows + specs (default: settings.jentic_dir)")
+    parser.add_argument("--out", type=Path, default=SHIPPED_MODELS_DIR)
+    parser.add_argument("--synthetic-per-api", type=int, default=20)
+    parser.add_argument("--synthetic-weight", type=float, default=SYNTHETIC_WEIGHT)
+    parser.add_argument("--personal-users-per-api", type=int, default=PERSONAL_USERS_PER_API,
+                        help="simulated returning users per API and kind (habits, wandering); 0: none")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--transitions", type=Path, default=TRANSITIONS_PATH)
+    parser.add_argument("--word-vectors", type=Path, default=WORD_VECTORS_PATH,
+                        help="word vectors of the semantic source and features "
+                             "(`python -m core.priors.word_vectors build`)")
+    parser.add_argument("--max-apis", type=int, default=None,
+                        help="train on a deterministic subset of this many APIs (smoke runs)")
+    parser.add_argument("--num-boost-round", type=int, default=DEFAULT_ROUNDS)
+    parser.add_argument("--early-stopping", type=int, default=EARLY_STOPPING)
+    parser.add_argument("--log-period", type=int, default=50)
+    args = parser.parse_args(argv)
+    try:
+        config = TrainConfig(**vars(args))
+    except ValueError as exc:
+        parser.error(str(exc))
+    train(config, show_table=print)
     return 0
 
 

@@ -184,7 +184,7 @@ def test_hot_swap_retrain_bad_model_and_rollback_under_load(declarative_app, jen
         time.sleep(2)
         # 1. one command: retrain (tiny data, so the gate is loosened), promote, roll out, wait
         run = subprocess.run(
-            [sys.executable, "-m", "ranker.retrain", "--jentic-dir", str(tiny), "--models-dir", str(models),
+            [sys.executable, "-m", "tools.retrain", "--jentic-dir", str(tiny), "--models-dir", str(models),
              "--feedback", str(root / "var" / "feedback.sqlite"), "--synthetic-per-api", "3",
              "--num-boost-round", "30", "--early-stopping", "10", "--tolerance", "1", "--json", *rollout],
             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
@@ -211,7 +211,7 @@ def test_hot_swap_retrain_bad_model_and_rollback_under_load(declarative_app, jen
 
         # 3. roll back in one command: the shipped model again
         run = subprocess.run(
-            [sys.executable, "-m", "ranker.retrain", "rollback", "--models-dir", str(models), "--json",
+            [sys.executable, "-m", "tools.retrain", "rollback", "--models-dir", str(models), "--json",
              *rollout],
             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
         )

@@ -1,9 +1,10 @@
-"""``python -m ranker.retrain`` on a tiny slice of the data plus feedback recorded through the real
+"""``python -m tools.retrain`` on a tiny slice of the data plus feedback recorded through the real
 pipeline and store: the retrained model ranks first what it was taught, a model trained without
 that feedback does not, and the gate refuses a model worse on held-out APIs."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import subprocess
@@ -17,7 +18,7 @@ from deployments.serving.feedback import FeedbackStore
 from deployments.serving.pipeline import Pipeline
 from deployments.serving.schemas import PredictRequest
 from ranker.registry import ModelRegistry
-from ranker.retrain import gate
+from ranker.retrain import RetrainConfig, gate
 from tests.specs import billing_spec
 from tests.test_train import _tiny_jentic
 
@@ -56,7 +57,7 @@ async def _teach(data_dir: Path, n: int) -> Path:
 
 
 def _retrain(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ranker.retrain", "--synthetic-per-api", "3",
+    return subprocess.run([sys.executable, "-m", "tools.retrain", "--synthetic-per-api", "3",
                            "--num-boost-round", "30", "--early-stopping", "10", "--log-period", "10",
                            "--json", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
 
@@ -67,6 +68,30 @@ def test_gate() -> None:
     ok, why = gate(base, {"hit@1": 0.58, "mrr": 0.71}, tolerance=0.005)
     assert not ok and "hit@1 0.580 < 0.600" in why
     assert gate(None, {"hit@1": 0.1, "mrr": 0.1})[0]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("feedback_weight", -1.0, "feedback_weight must be finite and >= 0, got -1.0"),
+    ("holdout_fraction", 1.0, "holdout_fraction must be in [0, 1), got 1.0"),
+    ("tolerance", -0.1, "tolerance must be >= 0, got -0.1"),
+    ("synthetic_weight", 2.0, "synthetic_weight must be in [0, 1], got 2.0"),
+])
+def test_config_is_validated_on_construction(tmp_path, field, value, message) -> None:
+    with pytest.raises(ValueError) as exc:
+        RetrainConfig(models_dir=tmp_path, **{field: value})
+    assert str(exc.value) == message
+
+
+def test_ranker_imports_neither_deployments_nor_tools() -> None:
+    """Training is a library of the domain: the feedback store and the rollout are the caller's."""
+    found = []
+    for path in sorted((PROJECT_ROOT / "ranker").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):  # imports inside functions too
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.name}:{node.lineno} {n}" for n in names
+                      if n.split(".")[0] in ("deployments", "tools")]
+    assert found == []
 
 
 @pytest.mark.slow

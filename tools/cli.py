@@ -4,8 +4,8 @@
                handle from another job (--address), or in this process (--in-process)
     feedback   tell the service what the user really did after a prediction
     train      train the ranker from the base data (python -m ranker.train)
-    retrain    retrain on base data + recorded feedback, gate, promote (python -m ranker.retrain)
-    rollback   put the previous model version back (python -m ranker.retrain rollback)
+    retrain    retrain on base data + recorded feedback, gate, promote (python -m tools.retrain)
+    rollback   put the previous model version back (python -m tools.retrain rollback)
     models     the model versions and which one is current
     evaluate   ranking metrics of a model on the held-out APIs (and on recorded feedback)
     bench      a bounded load against a running service (or the in-process pipeline)
@@ -341,9 +341,9 @@ async def _bench_in_process(bodies: list[dict[str, Any]], args: argparse.Namespa
 
 _FORWARDED = {
     "train": ("ranker.train", []),
-    "retrain": ("ranker.retrain", []),
-    "rollback": ("ranker.retrain", ["rollback"]),
-    "models": ("ranker.retrain", ["list"]),
+    "retrain": ("tools.retrain", []),
+    "rollback": ("tools.retrain", ["rollback"]),
+    "models": ("tools.retrain", ["list"]),
 }
 
 

@@ -42,9 +42,10 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from core.errors import InvalidRequest, PredictorError
+from core.outcomes import OutcomeSource, StoredPrediction
 from core.settings import Settings
 from core.spec.index import SpecIndex, parse_endpoint
 from deployments.serving.schemas import (
@@ -74,7 +75,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OutcomeSource = Literal["explicit", "accepted", "implicit"]
 # 1: the first release; 2: predictions.personal (the user's transitions the features were
 # computed with), added to a version-1 file in place (:data:`_MIGRATIONS`).
 SCHEMA_VERSION = 2
@@ -154,30 +154,6 @@ class PredictionContext:
     created_at: float = field(default_factory=time.time)
     # the user's transitions the features were computed with (UserTransitions.to_wire()); None: none
     personal: dict[str, int] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredPrediction:
-    prediction_id: str
-    user_id: str
-    spec_hash: str
-    created_at: float
-    model_version: str
-    prompt: str | None
-    k: int
-    events: list[tuple[str, dict[str, Any], str | None]]
-    candidates: list[tuple[int, dict[str, float], bool]]
-    shown: list[tuple[str, float]]
-    actual_endpoint: str | None = None
-    actual_key: str | None = None
-    rank: int | None = None
-    source: OutcomeSource | None = None
-    recorded_at: float | None = None
-    personal: dict[str, int] | None = None  # as the features used it; None: a cold user (or schema 1)
-
-    @property
-    def history(self) -> list[tuple[str, dict[str, Any]]]:
-        return [(e, p) for e, p, _ in self.events]
 
 
 @dataclass(frozen=True, slots=True)
