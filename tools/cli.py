@@ -112,9 +112,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         finally:
             ray.shutdown()
     else:
-        answer = _post(args, "/predict", request.model_dump(mode="json", exclude_none=True))
-        if isinstance(answer, int):
-            return answer
+        posted = _post(args, "/predict", request.model_dump(mode="json", exclude_none=True))
+        if isinstance(posted, int):
+            return posted
+        answer = posted
     if args.json:
         print(json.dumps(answer))
     else:

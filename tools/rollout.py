@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 __all__ = ["live_config", "write_live_config", "apply_config", "wait_for_model", "RolloutError"]
 
