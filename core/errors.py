@@ -12,6 +12,9 @@ __all__ = [
     "SpecHostRefused",
     "SpecNotCached",
     "Overloaded",
+    "UnknownPrediction",
+    "OutcomeConflict",
+    "FeedbackUnavailable",
 ]
 
 
@@ -60,4 +63,22 @@ class SpecNotCached(PredictorError):
 
 
 class Overloaded(PredictorError):
+    status = 503
+
+
+class UnknownPrediction(PredictorError):
+    """Feedback for a prediction id the store does not hold."""
+
+    status = 404
+
+
+class OutcomeConflict(PredictorError):
+    """An explicit outcome different from the one already recorded for the prediction."""
+
+    status = 409
+
+
+class FeedbackUnavailable(PredictorError):
+    """Outcomes are not recorded by this replica (switched off, or the store failed to open)."""
+
     status = 503

@@ -1,1 +1,3 @@
-"""Serving side of opensesame-predictor: the Serve deployments and the plain classes they wrap."""
+"""Serving: the four Serve deployments of the graph (``ingress``, ``candidate_generator``,
+``feature_extractor``, ``ranking``), thin classes over :mod:`core`; what only serving needs is in
+:mod:`deployments.serving`. Imports :mod:`core`, never :mod:`ranker` or :mod:`tools`."""

@@ -1,5 +1,5 @@
 """Overload at 2x and 5x capacity for a minute each, on the service as ``make run`` deploys it
-(issues 5 and 7): a capped Ray head with HAProxy and its admission control
+(RELIABILITY.md, "Overload"): a capped Ray head with HAProxy and its admission control
 (:mod:`deployments.serving.admission`), ``serve_config.yaml``, the benchmark's workload (real specs by URL,
 warm spec cache), and an open-loop load generator on loopback (:mod:`tools.loadgen`).
 
@@ -53,7 +53,7 @@ from tools.loadgen import (
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow, pytest.mark.faults]
 
-PHASE_S = 60.0  # each overload phase (issue 7: "for a minute")
+PHASE_S = 60.0  # each overload phase lasts a minute
 CAPACITY_WARMUP_S = 10.0
 CAPACITY_S = 15.0
 RECOVERY_S = 10.0
@@ -237,12 +237,11 @@ def test_overload_2x_and_5x_for_a_minute_fast_503s_and_full_recovery(service: di
             # floor, HAProxy's own /-/healthz answered to the same client meanwhile.
             assert p["p50_503_ms"] < 50, (factor, p)
             assert p["p99_503_ms"] < {2: 1000, 5: 2000}[factor], (factor, p)
-    # Issue 5's target, 503s within 50 ms at p99 at 2x, is asserted when the machine is quiet
-    # enough to measure it (the floor's p99 within 5 ms), on the refusals this client sent on
-    # schedule (if 95% were); on a busy machine it is reported. In CI (2026-12-03) 213 refusals
-    # took over 50 ms within two seconds (p99 83 ms, the floor's 4.4 ms); run here, such bursts are
-    # the refusals sent late, when the client's event loop had stopped and then sent what came due
-    # meanwhile at once: they waited for each other in the client, not in HAProxy.
+    # The target, 503s within 50 ms at p99 at 2x, is asserted when the machine is quiet enough to
+    # measure it (the floor's p99 within 5 ms), on the refusals this client sent on schedule (if
+    # 95% were); on a busy machine it is reported. Refusals sent late, after the client's event
+    # loop stopped and then sent what came due meanwhile at once, wait for each other in the
+    # client, not in HAProxy (RELIABILITY.md, "Overload").
     p2 = phases[2]
     refused = sum(p2["503_from"].values())
     if p2["floor"]["p99_ms"] <= 5 and refused and p2["503_sent_late"] <= 0.05 * refused:

@@ -1,7 +1,7 @@
 """Admission control in front of the Ingress replicas: HAProxy refuses what they cannot take.
 
 Past its capacity the service must answer the excess at once with 503 + ``Retry-After`` and
-finish what it accepted (issues 5 and 7). Serve's own ``max_queued_requests`` refuses inside the
+finish what it accepted (RELIABILITY.md, "Overload"). Serve's own ``max_queued_requests`` refuses inside the
 Ingress replica, i.e. only after the request has crossed the proxy and reached a replica that is
 itself short of CPU; at 5x capacity the refusals then queue behind the work. HAProxy (which
 ``make run`` and the image use, ``RAY_SERVE_ENABLE_HA_PROXY=1``) can refuse before any of that.

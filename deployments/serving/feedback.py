@@ -44,7 +44,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import InvalidRequest, PredictorError
+from core.errors import (
+    FeedbackUnavailable,
+    InvalidRequest,
+    OutcomeConflict,
+    PredictorError,
+    UnknownPrediction,
+)
 from core.outcomes import OutcomeSource, StoredPrediction
 from core.settings import Settings
 from core.spec.index import SpecIndex, parse_endpoint
@@ -121,20 +127,6 @@ _IMPLICIT_LOOKBACK = 5
 # How long feedback for an id this replica hasn't seen waits for another replica's commit.
 _UNKNOWN_RETRY_S = (0.05, 0.15, 0.3)
 _MAX_LOST = 10_000
-
-
-class UnknownPrediction(PredictorError):
-    status = 404
-
-
-class OutcomeConflict(PredictorError):
-    """An explicit outcome different from the one already recorded for the prediction."""
-
-    status = 409
-
-
-class FeedbackUnavailable(PredictorError):
-    status = 503
 
 
 @dataclass(slots=True)
