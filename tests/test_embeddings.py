@@ -11,7 +11,7 @@ import pytest
 
 from core.priors.word_vectors import DEFAULT_PATH, WordVectors, load_word_vectors, operation_vectors
 from core.spec.openapi import parse_spec
-from core.spec.operations import tokenize
+from core.vocabulary import tokenize
 from ranker.word_vectors import build_word_vectors, main, surface_words
 from tests.specs import billing_spec
 
