@@ -64,6 +64,7 @@ from core.vocabulary import (
     index_stem,
     path_param_names,
     singular,
+    snake_name,
     tokenize,
     wants_destructive,
 )
@@ -134,10 +135,6 @@ def _split_compound(word: str, vocabulary: set[str], *, max_parts: int = 4) -> l
                 best[end] = [*prefix, piece]
     found = best[n]
     return found if found is not None and len(found) > 1 else None
-
-
-def _name_key(name: str) -> str:
-    return "_".join(tokenize(name, keep_stopwords=True)) or name.lower()
 
 
 def _path_param_entities(op: Operation) -> list[tuple[str, str]]:
@@ -355,7 +352,7 @@ class RetrievalIndex:
             for name, entity in pe:
                 pair_op.append(i)
                 pair_entity.append(self.entities.id(entity))
-                pair_name.append(self.names.id(_name_key(name)))
+                pair_name.append(self.names.id(snake_name(name)))
                 pair_path.append(True)
             path_names = set(op.path_params)
             for p in op.params:
@@ -368,7 +365,7 @@ class RetrievalIndex:
                 ):
                     pair_op.append(i)
                     pair_entity.append(self.entities.id(id_entity(p.name, op.resource)))
-                    pair_name.append(self.names.id(_name_key(p.name)))
+                    pair_name.append(self.names.id(snake_name(p.name)))
                     pair_path.append(False)
         self.pair_op = np.asarray(pair_op, dtype=np.int32)
         self.pair_entity = np.asarray(pair_entity, dtype=np.int32)
@@ -376,7 +373,7 @@ class RetrievalIndex:
         self.pair_path = np.asarray(pair_path, dtype=bool)
         self.n_path = np.bincount(self.pair_op[self.pair_path], minlength=self.size)
         self.returns = [
-            [(_name_key(r), id_entity(r, op.resource)) for r in op.returns_ids] for op in ops
+            [(snake_name(r), id_entity(r, op.resource)) for r in op.returns_ids] for op in ops
         ]
         self.pair_start = np.searchsorted(self.pair_op, np.arange(self.size + 1)).astype(np.int32)
         # Who hands over each entity: operations returning its id, and list/search/create calls
@@ -411,7 +408,7 @@ class RetrievalIndex:
         of the spec requires (a hub); 0 for operations that need ids or destroy something."""
         consumers: dict[str, int] = {}
         for op in ops:
-            needed = {_name_key(p.name) for p in op.params
+            needed = {snake_name(p.name) for p in op.params
                       if (p.required or p.location == "path") and p.location != "header"}
             for key in needed:
                 consumers[key] = consumers.get(key, 0) + 1
@@ -563,14 +560,14 @@ def _known_ids(index: RetrievalIndex, history: Sequence[Call]) -> _Known:
         for pname in call.path_params:
             ent = pe.get(pname) or id_entity(pname, None)
             add(entity, ent, w)
-            add(name, _name_key(pname), w)
+            add(name, snake_name(pname), w)
             used.add(ent)
         resource = call.operation.resource if call.operation else None
         for pname in call.params:
             words = tokenize(pname, keep_stopwords=True)
             if words and words[-1] in ID_WORDS:
                 add(entity, id_entity(pname, resource), w * 0.9)
-                add(name, _name_key(pname), w * 0.9)
+                add(name, snake_name(pname), w * 0.9)
         if op_i is not None:
             for rname, rent in index.returns[op_i]:
                 add(entity, rent, w * (1.0 if age == 0 else 0.7))

@@ -142,7 +142,7 @@ def load_transitions(path: Path | str = DEFAULT_PATH) -> Transitions:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"{path} not found; build it with `python -m core.priors.transitions`"
+            f"{path} not found; build it with `python -m ranker.transitions`"
         ) from None
     if doc.get("version") != FORMAT_VERSION:
         raise ValueError(f"{path}: transitions format {doc.get('version')!r}, expected {FORMAT_VERSION}")

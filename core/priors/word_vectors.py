@@ -120,7 +120,7 @@ class WordVectors:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
-                f"{path} not found; build it with `python -m core.priors.word_vectors build`")
+                f"{path} not found; build it with `python -m ranker.word_vectors build`")
         with np.load(path, allow_pickle=False) as z:
             fmt = int(z["format"])
             if fmt != FORMAT_VERSION:

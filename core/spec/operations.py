@@ -21,6 +21,7 @@ from core.vocabulary import (
     is_id_name,
     path_param_names,
     singular,
+    snake_name,
     tokenize,
 )
 
@@ -108,7 +109,7 @@ def _resource(segments: tuple[str, ...]) -> str:
         earlier = [s for j, s in literals if j < i]
         if earlier:
             last = earlier[-1]
-    return "_".join(tokenize(last, keep_stopwords=True)) or last.lower()
+    return snake_name(last)
 
 
 def _looks_like_verb(segment: str) -> bool:
