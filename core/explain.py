@@ -7,11 +7,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from core.features import FEATURE_NAMES, param_entity, prompt_stems, stem
+from core.features import FEATURE_NAMES, prompt_stems
 from core.params import param_sources
-from core.priors.word_vectors import load_word_vectors
+from core.priors.word_vectors import load_word_vectors, unit_rows
 from core.spec.index import Call
-from core.spec.operations import Operation, tokenize
+from core.spec.operations import Operation
+from core.vocabulary import DESTRUCTIVE_WORDS, feature_stem, param_entity, tokenize
 
 __all__ = ["explain"]
 
@@ -92,7 +93,7 @@ def _matched_words(operation: Operation, prompt: str | None, limit: int = 3) -> 
     pt = prompt_stems(prompt)
     if pt.empty:
         return []
-    vocab = {stem(w) for w in tokenize(
+    vocab = {feature_stem(w) for w in tokenize(
         " ".join((" ".join(operation.literal_segments), operation.operation_id or "",
                   operation.summary, " ".join(operation.tags)))
     )}
@@ -127,8 +128,8 @@ def _meaning_words(operation: Operation, prompt: str | None, limit: int = 2) -> 
     known = op_w > 0
     if not known.any():
         return []
-    op_vecs = op_vecs[known] / np.linalg.norm(op_vecs[known], axis=1, keepdims=True)
-    exact = {stem(t) for t in op_tokens}
+    op_vecs = unit_rows(op_vecs[known])
+    exact = {feature_stem(t) for t in op_tokens}
     best: dict[str, float] = {}
     for token, s, raw in zip(pt.tokens, pt.stems, pt.raw, strict=True):
         if s in exact or len(token) < 3 or raw in best:
@@ -152,7 +153,7 @@ def _dataflow_phrase(operation: Operation, history: Sequence[Call]) -> str | Non
     for name, (src, known) in param_sources(operation, history).items():
         if src is None:
             continue
-        entity = (param_entity(name, operation) or src.entity or "").replace("_", " ")
+        entity = (param_entity(name, operation.segments) or src.entity or "").replace("_", " ")
         what = f"the {entity} id" if entity else f"the {name}"
         if known:
             text = f"uses {what} {src.value} from {_age_phrase(src.age)}"
@@ -245,8 +246,9 @@ def explain(
         elif reason == "intent":
             if operation.destructive:
                 text = "your request asks to " + (
-                    next((w for w in (prompt or "").split() if stem(w.lower().strip(".,;:!?"))
-                          in _DESTRUCTIVE_HINT), "remove") .lower().strip(".,;:!?")
+                    next((w for w in (prompt or "").split()
+                          if feature_stem(w.lower().strip(".,;:!?")) in _DESTRUCTIVE_HINT),
+                         "remove").lower().strip(".,;:!?")
                 )
         if text and text not in phrases:
             phrases.append(text)
@@ -266,7 +268,5 @@ def explain(
     return text
 
 
-_DESTRUCTIVE_HINT = frozenset(
-    stem(w) for w in "delete remove destroy purge cancel void refund revoke terminate wipe erase "
-    "drop deactivate disable unsubscribe reject discard detach unlink".split()
-)
+# The stems of DESTRUCTIVE_WORDS: the prompt word that asked for a destructive operation.
+_DESTRUCTIVE_HINT = frozenset(map(feature_stem, DESTRUCTIVE_WORDS))

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import math
 import re
-import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -38,19 +37,26 @@ from typing import Any
 
 import numpy as np
 
-from core.candidates.retrieval import wants_destructive
 from core.candidates.types import SOURCES, Candidate
+from core.lexical import BM25
 from core.priors.transitions import RELATIONS, Transitions, normalized_segments, relation_of_segments
 from core.priors.word_vectors import DEFAULT_PATH as WORD_VECTORS_PATH
-from core.priors.word_vectors import WordVectors, load_word_vectors, operation_vectors
+from core.priors.word_vectors import WordVectors, load_word_vectors, operation_vectors, unit_rows
 from core.spec.index import Call, SpecIndex
-from core.spec.operations import (
+from core.spec.operations import Operation
+from core.spec_tables import PerSpecCache
+from core.vocabulary import (
+    AUTH_OPERATION_WORDS,
+    FEATURE_CLAUSE_SPLIT,
+    ID_SUFFIXES,
+    PROMPT_ROLE_VERBS,
     ROLES,
-    Operation,
+    feature_stem,
     is_id_name,
-    path_param_names,
-    singular,
+    name_key,
+    param_entity,
     tokenize,
+    wants_destructive,
 )
 
 __all__ = [
@@ -59,12 +65,9 @@ __all__ = [
     "FeatureExtractor",
     "Request",
     "SpecTables",
-    "stem",
     "prompt_stems",
     "id_sources",
-    "param_entity",
     "IdSource",
-    "name_key",
     "matching_ids",
     "PERSONAL_FEATURES",
     "UserTransitions",
@@ -202,63 +205,17 @@ assert len(_COL) == len(FEATURE_NAMES), "duplicate feature name"
 
 # -- words ---------------------------------------------------------------------------------------
 
-_STEM_CACHE: dict[str, str] = {}
-
-
-def stem(word: str) -> str:
-    """A light stem so that 'create', 'creates', 'creating' and 'created' meet ('creat')."""
-    s = _STEM_CACHE.get(word)
-    if s is not None:
-        return s
-    w = singular(word.lower())
-    for suffix in ("ing", "ed"):
-        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
-            w = w[: -len(suffix)]
-            if len(w) > 3 and w[-1] == w[-2] and w[-1] not in "lsz":
-                w = w[:-1]  # getting -> get, stopped -> stop
-            break
-    if len(w) > 3 and w.endswith("e"):
-        w = w[:-1]
-    if len(_STEM_CACHE) < 200_000:
-        _STEM_CACHE[word] = w
-    return w
-
 
 def _stems(text: str) -> list[str]:
-    return [stem(t) for t in tokenize(text)]
+    return [feature_stem(t) for t in tokenize(text)]
 
 
-# Prompt verbs → the roles they ask for (stemmed). A role "mention" is matched like a word.
-_READ = ("get", "list", "search")
-_ROLE_VERBS: dict[str, frozenset[str]] = {}
-for _roles, _words in (
-    (("list",), "list listing browse enumerate all every"),
-    (("search",), "search find query lookup look filter"),
-    (_READ, "retrieve fetch read show view check inspect review see obtain monitor"),
-    (("get",), "get detail details describe download specific single particular given "
-     "individual"),
-    (("create",), "create add new make register generate issue post upload open insert build "
-     "submit setup install provision"),
-    (("update",), "update modify change edit set rename replace patch adjust mark configure "
-     "enable"),
-    (("delete",), "delete remove destroy purge erase clear uninstall"),
-    (("action",), "start stop trigger run execute send"),
-):
-    for _w in _words.split():
-        _ROLE_VERBS[stem(_w)] = _ROLE_VERBS.get(stem(_w), frozenset()) | frozenset(_roles)
-_AUTH_WORDS = frozenset(
-    "auth authenticate authentication authorize authorization login logon signin token oauth "
-    "oauth2 session sessions".split()
-) | {"sign"}
 ROLE_VERB_WEIGHT = 1.0  # weight of a verb that names a role, as a prompt word
-FUZZY_WEIGHT = 0.6
+FUZZY_WEIGHT = 0.6  # a word that only matches inside a compound ("anthro" ~ "anthropometric")
 DESCRIPTION_WEIGHT = 0.3  # a word only the operation's description has
- # a word that only matches inside a compound ("anthro" ~ "anthropometric")
+# A role is matched like a word: a prompt verb of it (PROMPT_ROLE_VERBS) matches every operation
+# of that role, as the token an operation's vocabulary holds for its role.
 _ROLE_TOKEN = {role: f"<{role}>" for role in ROLES}
-_CLAUSE_SPLIT = re.compile(r"[,;:.!?]|\band\b|\bthen\b|\bafter\b|\bbefore\b|\bfinally\b", re.I)
-_ID_SUFFIXES = frozenset(
-    "id ids uuid guid key slug name code number num sid token ref handle".split()
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,11 +239,11 @@ def prompt_stems(prompt: str | None) -> PromptTokens:
     clauses: list[int] = []
     raw: list[str] = []
     tokens: list[str] = []
-    parts = [p for p in _CLAUSE_SPLIT.split(prompt or "") if p and p.strip()]
+    parts = [p for p in FEATURE_CLAUSE_SPLIT.split(prompt or "") if p and p.strip()]
     for c, part in enumerate(parts):
         for word in re.findall(r"[A-Za-z0-9]+", part):
             for tok in tokenize(word):
-                stems.append(stem(tok))
+                stems.append(feature_stem(tok))
                 clauses.append(c)
                 raw.append(word)
                 tokens.append(tok)
@@ -294,36 +251,7 @@ def prompt_stems(prompt: str | None) -> PromptTokens:
                         tuple(tokens))
 
 
-# -- names of ids --------------------------------------------------------------------------------
-
-
-def param_entity(name: str, op: Operation | None = None) -> str:
-    return _param_entity(name, op.segments if op is not None else ())
-
-
-@lru_cache(maxsize=65536)
-def _param_entity(name: str, segments: tuple[str, ...]) -> str:
-    """The thing an id parameter names: ``invoice_id``/``invoiceId`` → 'invoice'; a bare ``{id}``
-    takes the literal segment before it in ``op``'s path (``/invoices/{id}`` → 'invoice')."""
-    words = tokenize(name, keep_stopwords=True)
-    if len(words) > 1 and words[-1] in _ID_SUFFIXES:
-        return "_".join(words[:-1])
-    if segments:
-        for i, seg in enumerate(segments):
-            if name in path_param_names(seg):
-                for prev in reversed(segments[:i]):
-                    if "{" not in prev:
-                        ws = tokenize(prev, keep_stopwords=True)
-                        return "_".join(ws) if ws else ""
-                break
-    if len(words) == 1 and words[0] not in _ID_SUFFIXES:
-        return words[0]  # {username}, {repo}
-    return ""
-
-
-@lru_cache(maxsize=65536)
-def name_key(name: str) -> str:
-    return "".join(tokenize(name, keep_stopwords=True))
+# -- ids the user has -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,8 +275,8 @@ def id_sources(history: Sequence[Call]) -> list[IdSource]:
         op = call.operation
         if op is not None:
             for name in op.path_params:
-                out.append(IdSource(name, param_entity(name, op), call.path_params.get(name),
-                                    age, "path", call.key))
+                out.append(IdSource(name, param_entity(name, op.segments),
+                                    call.path_params.get(name), age, "path", call.key))
         for name, value in call.params.items():
             if isinstance(name, str) and is_id_name(name) and isinstance(value, str | int):
                 entity = param_entity(name) or (op.resource if op is not None else "")
@@ -387,10 +315,12 @@ class SpecTables:
             self.summary_words.append(summary)
             self.desc_words.append(desc)
             self.vocab.append(path | summary | opid | {_ROLE_TOKEN[op.role]})
-            self.resource_words.append(frozenset(stem(w) for w in op.resource.split("_") if w))
+            self.resource_words.append(
+                frozenset(feature_stem(w) for w in op.resource.split("_") if w)
+            )
             self.norm_segments.append(normalized_segments(op))
             self.param_entities.append(
-                tuple((p, name_key(p), param_entity(p, op)) for p in op.path_params)
+                tuple((p, name_key(p), param_entity(p, op.segments)) for p in op.path_params)
             )
             docs.append(_stems(op.text()))
         # document frequency over the short vocabulary, for weighting prompt words
@@ -399,7 +329,7 @@ class SpecTables:
             for w in v:
                 df[w] = df.get(w, 0) + 1
         self.idf = {w: math.log((n + 1) / (c + 0.5)) for w, c in df.items()}
-        self.bm25 = _BM25(docs)
+        self.bm25 = BM25([Counter(d) for d in docs], precision=np.float32)
         self.method = np.zeros((n, len(METHOD_COLUMNS)), np.float32)
         self.role = np.zeros((n, len(ROLES)), np.float32)
         for i, op in enumerate(ops):
@@ -415,7 +345,7 @@ class SpecTables:
         ]
         self.role_name = [op.role for op in ops]
         self.auth = np.array(
-            [bool(_AUTH_WORDS & set(tokenize(" ".join(op.literal_segments) + " "
+            [bool(AUTH_OPERATION_WORDS & set(tokenize(" ".join(op.literal_segments) + " "
                                              + (op.operation_id or ""))))
              for op in ops], np.float32,
         )
@@ -454,7 +384,7 @@ class SpecTables:
                           if wv.lookup(w).rows})
             cols.append(np.array(ids, np.int64))
         vecs, _ = wv.token_vectors(list(words))
-        self.word_matrix = _unit(vecs).astype(np.float64)
+        self.word_matrix = unit_rows(vecs, precision=np.float64).astype(np.float64)
         self.op_word_cols = cols
 
 
@@ -494,7 +424,7 @@ class SpecTables:
         column[self._desc_ops.get(word, _NONE)] = DESCRIPTION_WEIGHT  # not (): that is every row
         column[self.fuzzy_ops(word)] = FUZZY_WEIGHT
         column[self._word_ops.get(word, _NONE)] = 1.0
-        for role in _ROLE_VERBS.get(word, ()):
+        for role in PROMPT_ROLE_VERBS.get(word, ()):
             column[self._role_ops[role]] = 1.0
         if len(self._columns) >= self._max_columns:
             self._columns.clear()  # bounded: 1 MB per spec
@@ -527,65 +457,6 @@ def _inverted(word_sets: Sequence[Iterable[str]]) -> dict[str, np.ndarray]:
         for w in set(words):
             index.setdefault(w, []).append(i)
     return {w: np.array(ids, np.int64) for w, ids in index.items()}
-
-
-class _BM25:
-    """Okapi BM25 over stems of each operation's text; scores every operation at once."""
-
-    def __init__(self, docs: list[list[str]], *, k1: float = 1.2, b: float = 0.75) -> None:
-        n = len(docs)
-        lengths = np.array([len(d) for d in docs], np.float32)
-        avg = float(lengths.mean()) if n and lengths.sum() else 1.0
-        norm = k1 * (1 - b + b * lengths / avg)
-        postings: dict[str, tuple[list[int], list[float]]] = {}
-        for i, doc in enumerate(docs):
-            tf: dict[str, int] = {}
-            for w in doc:
-                tf[w] = tf.get(w, 0) + 1
-            for w, c in tf.items():
-                ids, ws = postings.setdefault(w, ([], []))
-                ids.append(i)
-                ws.append(c * (k1 + 1) / (c + norm[i]))
-        self.n = n
-        self.postings = {
-            w: (np.array(ids, np.int32), np.array(ws, np.float32)
-                * np.float32(math.log(1 + (n - len(ids) + 0.5) / (len(ids) + 0.5))))
-            for w, (ids, ws) in postings.items()
-        }
-
-    def scores(self, query: Iterable[str]) -> np.ndarray:
-        out = np.zeros(self.n, np.float32)
-        for w in sorted(set(query)):  # a fixed order: sums identical in every process
-            hit = self.postings.get(w)
-            if hit is not None:
-                out[hit[0]] += hit[1]
-        return out
-
-
-class _TablesCache:
-    """A small LRU of :class:`SpecTables` keyed by the spec object's identity (checked, so a
-    reused ``id()`` of a collected spec can never return another spec's tables)."""
-
-    def __init__(self, size: int = 64, word_vectors: WordVectors | None = None) -> None:
-        self.size = size
-        self.word_vectors = word_vectors
-        self._items: OrderedDict[int, tuple[SpecIndex, SpecTables]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, spec: SpecIndex) -> SpecTables:
-        key = id(spec)
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is not None and hit[0] is spec:
-                self._items.move_to_end(key)
-                return hit[1]
-        tables = SpecTables(spec, self.word_vectors)
-        with self._lock:
-            self._items[key] = (spec, tables)
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return tables
 
 
 # -- the extractor -------------------------------------------------------------------------------
@@ -645,7 +516,9 @@ class FeatureExtractor:
             word_vectors = load_word_vectors(word_vectors)
         self.transitions = transitions
         self.word_vectors = word_vectors
-        self._tables = _TablesCache(cache_size, word_vectors)
+        self._tables: PerSpecCache[SpecTables] = PerSpecCache(
+            lambda spec: SpecTables(spec, word_vectors), cache_size
+        )
 
     def tables(self, spec: SpecIndex) -> SpecTables:
         return self._tables.get(spec)
@@ -705,7 +578,7 @@ class FeatureExtractor:
         )
 
         # destructiveness versus intent
-        intent = wants_destructive(prompt)  # the generator's own test: one policy
+        intent = wants_destructive(prompt)  # the generator's test too: one policy
         destructive = t.destructive[idx]
         X[:, col["destructive"]] = destructive
         X[:, col["prompt_destructive"]] = intent
@@ -777,7 +650,7 @@ class FeatureExtractor:
             X[r, col["overlap_summary"]] = len(summary & words) / len(summary) if summary else 0.0
             X[r, col["overlap_description"]] = len(desc & words) / len(words) if desc else 0.0
             X[r, col["prompt_resource"]] = bool(t.resource_words[i] & words)
-        roles_at = [_ROLE_VERBS.get(w, frozenset()) for w in pt.stems]
+        roles_at = [PROMPT_ROLE_VERBS.get(w, frozenset()) for w in pt.stems]
         asked_roles = frozenset().union(*roles_at)
         X[:, col["prompt_role_verb"]] = [t.role_name[i] in asked_roles for i in idx]
 
@@ -914,7 +787,7 @@ class FeatureExtractor:
             for name in ("soft_coverage", "soft_new_coverage", "soft_clause_next_score"):
                 X[:, col[name]] = 0.0
             return
-        S = _dot(_unit(vecs), t.word_matrix)  # (prompt words, spec words)
+        S = _dot(unit_rows(vecs, precision=np.float64), t.word_matrix)  # (prompt words, spec words)
 
         def soft(rows: Sequence[int]) -> np.ndarray:
             m = np.zeros((len(rows), len(pt.tokens)), np.float32)
@@ -1077,11 +950,6 @@ def _dot(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return (np.asarray(A, np.float64) @ np.asarray(B, np.float64).T).astype(np.float32)
 
 
-def _unit(M: np.ndarray) -> np.ndarray:
-    norms = np.sqrt((M.astype(np.float64) ** 2).sum(1, keepdims=True))
-    return np.divide(M, norms, out=np.zeros(M.shape, np.float64), where=norms > 0).astype(np.float32)
-
-
 def _per_clause(M: np.ndarray, onehot: np.ndarray) -> np.ndarray:
     """``M @ onehot`` for these tiny matrices, summed elementwise: no BLAS call (whose kernels
     vary by CPU), so the bits are the same on every machine."""
@@ -1109,7 +977,7 @@ def matching_ids(
 ) -> list[IdSource]:
     """Ids the user has that fit a parameter: the same name (a bare ``id`` only for the same
     entity), or an id of the same entity under another name (``{id}`` of /invoices ← invoice_id)."""
-    out = [s for s in by_name.get(key, ()) if key not in _ID_SUFFIXES or s.entity == entity]
+    out = [s for s in by_name.get(key, ()) if key not in ID_SUFFIXES or s.entity == entity]
     if entity:
         out += [s for s in by_entity.get(entity, ()) if s not in out]
     return out

@@ -6,9 +6,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from core.features import IdSource, id_sources, matching_ids, name_key, param_entity
+from core.features import IdSource, id_sources, matching_ids
 from core.spec.index import Call
-from core.spec.operations import Operation, is_id_name
+from core.spec.operations import Operation
+from core.vocabulary import is_id_name, name_key, param_entity
 
 __all__ = ["fill_params", "param_sources"]
 
@@ -40,7 +41,9 @@ def param_sources(
     types = {p.name: p.type for p in operation.params if p.location == "path"}
     out: dict[str, tuple[IdSource | None, bool]] = {}
     for name in operation.path_params:
-        hits = matching_ids(name_key(name), param_entity(name, operation), by_name, by_entity)
+        hits = matching_ids(
+            name_key(name), param_entity(name, operation.segments), by_name, by_entity
+        )
         hits.sort(key=lambda s: (s.age, s.value is None, s.origin != "path"))
         concrete = [s for s in hits if s.value is not None and _type_fits(s.value, types.get(name))]
         if concrete and (not hits or concrete[0].age <= hits[0].age):

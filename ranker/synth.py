@@ -21,7 +21,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from core.spec.index import SpecIndex
-from core.spec.operations import Operation, path_param_names, tokenize
+from core.spec.operations import Operation
+from core.vocabulary import path_param_names, tokenize
 from ranker.data import Step, Workflow, load_spec, synthetic_id
 
 __all__ = ["synthesize", "synthesize_for_apis", "PATTERNS"]

@@ -25,8 +25,6 @@ from typing import Any
 import numpy as np
 
 from core.priors.word_vectors import (
-    _CAMEL,
-    _NON_WORD,
     _WORD,
     DEFAULT_DIM,
     DEFAULT_MIN_APIS,
@@ -35,10 +33,10 @@ from core.priors.word_vectors import (
     SIF_A,
     Encoder,
     WordVectors,
-    _unit_rows,
+    unit_rows,
 )
 from core.settings import load_settings
-from core.spec.operations import STOPWORDS, singular, tokenize
+from core.vocabulary import STOPWORDS, singular, split_words, tokenize
 from ranker.data import load_spec, load_workflows, split_of
 
 __all__ = ["build_word_vectors", "corpus_of", "surface_words", "minilm_encoder", "main"]
@@ -50,8 +48,7 @@ __all__ = ["build_word_vectors", "corpus_of", "surface_words", "minilm_encoder",
 def surface_words(text: str) -> list[tuple[str, str]]:
     """(token, surface word) pairs of a text: ``tokenize``'s tokens and the words they came
     from ('series' for 'sery'), so a word is embedded as people write it."""
-    words = _NON_WORD.sub(" ", _CAMEL.sub(" ", text)).lower().split()
-    return [(singular(w), w) for w in words if w not in STOPWORDS and len(w) > 1]
+    return [(singular(w), w) for w in split_words(text) if w not in STOPWORDS and len(w) > 1]
 
 
 @dataclass
@@ -217,7 +214,7 @@ def main(
 
     if args.command == "neighbours":
         wv = WordVectors.load(args.path)
-        unit = _unit_rows(wv.vectors)
+        unit = unit_rows(wv.vectors)
         for word in args.words:
             v = wv.embed(tokenize(word))
             top = np.argsort(-(unit @ v))[:8]

@@ -11,7 +11,7 @@ import pytest
 
 from core.priors.word_vectors import DEFAULT_PATH, WordVectors, load_word_vectors, operation_vectors
 from core.spec.openapi import parse_spec
-from core.spec.operations import tokenize
+from core.vocabulary import tokenize
 from ranker.word_vectors import build_word_vectors, main, surface_words
 from tests.specs import billing_spec
 
@@ -132,12 +132,12 @@ def test_build_checks_its_arguments() -> None:
         build_word_vectors(CORPUS, base_vocab=BASE, encode=_fake_encoder(), dim=99)
     with pytest.raises(ValueError, match="vectors must be"):
         WordVectors(["a", "b"], np.zeros((3, 2)), np.ones(2))
-    with pytest.raises(FileNotFoundError, match="core.priors.word_vectors build"):
+    with pytest.raises(FileNotFoundError, match="ranker.word_vectors build"):
         WordVectors.load("/nonexistent/word_vectors.npz")
 
 
 def test_build_entry_point_on_a_tiny_jentic(jentic_dir, tmp_path, capsys) -> None:
-    """``python -m core.priors.word_vectors build`` end to end, with the fake encoder in place of
+    """``python -m ranker.word_vectors build`` end to end, with the fake encoder in place of
     MiniLM; then ``neighbours`` on what it wrote."""
     from tests.test_train import _tiny_jentic
 

@@ -20,13 +20,12 @@ from core.features import (
     PERSONAL_FEATURES,
     FeatureExtractor,
     UserTransitions,
-    param_entity,
     prompt_stems,
-    stem,
 )
 from core.priors.transitions import load_transitions
 from core.spec.index import SpecIndex
 from core.spec.openapi import parse_spec
+from core.vocabulary import PROMPT_ROLE_VERBS, feature_stem, param_entity
 from ranker.data import concrete_endpoint, examples, parse_workflow_document, split_of
 from ranker.evaluate import build_groups
 from tests.specs import billing_spec
@@ -99,11 +98,12 @@ def test_dataflow_and_destructive_features(extractor, spec) -> None:
 
 
 def test_words_and_entities() -> None:
-    assert stem("creating") == stem("creates") == stem("created") == stem("create")
-    assert stem("getting") == "get"
+    forms = "creating creates created create".split()
+    assert {feature_stem(w) for w in forms} == {"creat"}
+    assert feature_stem("getting") == "get"
     assert param_entity("invoiceId") == param_entity("invoice_id") == "invoice"
     spec = parse_spec(billing_spec())
-    assert param_entity("invoice_id", spec.operations[2]) == "invoice"
+    assert param_entity("invoice_id", spec.operations[2].segments) == "invoice"
     pt = prompt_stems("List invoices, then pay the first one")
     assert pt.n_clauses == 2 and pt.clauses[0] == 0 and pt.clauses[-1] == 1
 
@@ -170,15 +170,15 @@ def test_training_and_serving_paths_compute_identical_features(jentic_dir, trans
 def test_match_columns_are_the_per_operation_definition(spec) -> None:
     """The lexical match of a prompt stem, computed for every operation at once from inverted
     indexes, is exactly its per-operation definition (word or role verb, compound, description)."""
-    from core.features import _ROLE_VERBS, DESCRIPTION_WEIGHT, FUZZY_WEIGHT, SpecTables
+    from core.features import DESCRIPTION_WEIGHT, FUZZY_WEIGHT, SpecTables
 
     t = SpecTables(spec)
     words = {w for v in t.vocab for w in v} | {w for v in t.desc_words for w in v}
     words |= {w[:k] for w in list(words) for k in range(3, len(w))}  # pieces: inside compounds
     words |= {w + "s" + x for w in list(words)[:200] for x in ("", "et", "board")}  # wrappers
-    words |= {stem(w) for w in "create list get invoices paying statuses overdue xyzzy".split()}
+    words |= {feature_stem(w) for w in "create list get invoices paying statuses overdue xyzzy".split()}
     for w in sorted(words):
-        roles = _ROLE_VERBS.get(w, frozenset())
+        roles = PROMPT_ROLE_VERBS.get(w, frozenset())
         expected = np.array([
             1.0 if w in t.vocab[i] or t.role_name[i] in roles
             else FUZZY_WEIGHT if t.fuzzy(i, w)

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from core.candidates.retrieval import RetrievalGenerator, stem, wants_destructive
+from core.candidates.retrieval import RetrievalGenerator
 from core.priors.transitions import load_transitions
 from core.spec.index import SpecIndex
 from core.spec.openapi import parse_spec
+from core.vocabulary import index_stem, wants_destructive
 
 
 def _op(op_id: str, summary: str, *, params: tuple[str, ...] = (), returns: tuple[str, ...] = (),
@@ -71,7 +72,7 @@ def generator() -> RetrievalGenerator:
 
 def test_bm25_ranks_the_obviously_matching_operation_first(generator: RetrievalGenerator) -> None:
     index = generator.index_for(SPEC)
-    from core.spec.operations import tokenize
+    from core.vocabulary import tokenize
 
     scores = index.bm25(tokenize("which movies are popular right now?"))
     assert SPEC.operations[int(scores.argmax())].key == "GET /movies/popular"
@@ -149,9 +150,9 @@ def test_output_is_deterministic_and_the_index_cache_is_bounded() -> None:
 
 
 def test_stemming_meets_word_forms() -> None:
-    assert stem("creating") == stem("create") == stem("creation")
-    assert stem("assignment") == stem("assign")
-    assert stem("billing") == stem("bill")
+    assert index_stem("creating") == index_stem("create") == index_stem("creation")
+    assert index_stem("assignment") == index_stem("assign")
+    assert index_stem("billing") == index_stem("bill")
 
 
 def test_a_real_workflow_target_is_among_the_candidates() -> None:
@@ -197,7 +198,8 @@ def test_destructive_intent_phrases() -> None:
 
 
 def test_version_segments_and_rfc6570_path_parameters() -> None:
-    from core.spec.operations import Operation, path_param_names
+    from core.spec.operations import Operation
+    from core.vocabulary import path_param_names
 
     op = Operation("GET", "/v1beta1/{+name}/instances/{instanceId}")
     assert op.path_params == ("name", "instanceId")

@@ -38,38 +38,42 @@ flagged.
 
 from __future__ import annotations
 
-import math
-import re
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from core.candidates.types import Candidate
+from core.lexical import BM25, K1, Postings, idf
+from core.priors.transitions import normalized_segments
 from core.priors.word_vectors import DEFAULT_PATH as WORD_VECTORS_PATH
 from core.priors.word_vectors import load_word_vectors
 from core.spec.index import Call, SpecIndex
-from core.spec.operations import (
+from core.spec.operations import Operation
+from core.spec_tables import PerSpecCache
+from core.vocabulary import (
+    AUTH_WORDS,
+    ID_WORDS,
+    PLAN_CLAUSE_BREAK,
+    REFERENCE_WORDS,
     ROLES,
     VERSION_SEGMENT,
-    Operation,
+    id_entity,
+    index_stem,
     path_param_names,
     singular,
+    snake_name,
     tokenize,
+    wants_destructive,
 )
 
 if TYPE_CHECKING:
     from core.priors.transitions import Transitions
     from core.priors.word_vectors import WordVectors
 
-__all__ = [
-    "RetrievalGenerator", "RetrievalIndex", "SOURCE_WEIGHTS", "wants_destructive", "stem", "terms",
-]
+__all__ = ["RetrievalGenerator", "RetrievalIndex", "SOURCE_WEIGHTS", "wants_destructive", "terms"]
 
 # How much each source counts in the generator's own order (each score is in [0, 1]).
 SOURCE_WEIGHTS = {
@@ -96,7 +100,6 @@ SETUP_HUB_SHARE = 0.05  # an id needed by this share of the spec's operations ma
 # find (setup calls, status checks): the weighted order would push them out behind prompt matches.
 RESERVED_SLOTS = {"setup": 2, "status": 2}
 REPEAT_FACTOR = 0.4  # combined score kept by an operation already called (repeats are rare)
-BM25_K1, BM25_B = 1.2, 0.75
 SEMANTIC_QUANTILE = 0.75  # the semantic source proposes operations above this cosine quantile
 SEMANTIC_RELEVANCE = 0.5  # semantic vs bm25 in the prompt relevance of entry and prerequisites
 DEFAULT_INDEX_CACHE = 64
@@ -108,67 +111,11 @@ _STATUS_NOUNS = frozenset(
 # Asking who the user is: GET /me, /users/@me, /self, GetMembershipsForCurrentUser.
 _SELF_WORDS = frozenset("me self whoami myself my".split())
 _CURRENT_OF = frozenset("user account member profile identity".split())
-_AUTH_WORDS = frozenset(
-    "auth authenticate authentication authorize authorization login logon signin token oauth "
-    "oauth2 session".split()
-)
-_ID_WORDS = frozenset("id uuid guid key slug code number sid token name ref".split())
-_REFERENCE_WORDS = _ID_WORDS - {"name", "code", "number", "token"}  # in a body: surely an id
-_VERSION_SEGMENT = VERSION_SEGMENT
-# Stems of words that ask to destroy or undo: "deleting", "removal", "cancellation" ...
-_DESTRUCTIVE_STEMS = (
-    "delet", "remov", "destroy", "purg", "cancel", "void", "refund", "revok", "revoc", "terminat",
-    "wipe", "eras", "deactivat", "disabl", "unsubscrib", "reject", "discard", "detach",
-    "unlink", "clean", "clear", "uninstall", "unregister", "dismiss", "withdraw", "unassign",
-    "unfollow", "unpublish", "unshare", "unmount", "disconnect", "dissolv", "logout", "signout",
-    "teardown",
-)
-# Whole words only: "dropbox", "droplet" and "expiration" ask for nothing.
-_DESTRUCTIVE_EXACT = frozenset("drop drops dropped dropping expire expires".split())
-_UNDO_PHRASES = re.compile(
-    r"\b(?:get(?:ting)? rid|(?:log|sign)(?:s|ged|ging|ed|ing)?(?: \w+){0,2}[ -]?out|"
-    r"tear(?:s|ing)? down)\b", re.I,
-)
-
-
-def wants_destructive(prompt: str | None) -> bool:
-    """Whether the prompt clearly asks to delete, cancel, refund, revoke, expire, log out ...
-    something."""
-    if not prompt:
-        return False
-    if _UNDO_PHRASES.search(prompt):
-        return True
-    return any(
-        w.startswith(_DESTRUCTIVE_STEMS) or w in _DESTRUCTIVE_EXACT
-        for w in tokenize(prompt, keep_stopwords=True)
-    )
-
-
-_STEM_SUFFIXES = ("ments", "ment", "ings", "ing", "ions", "ion", "ed")
-_VOWELS = frozenset("aeiouy")
-
-
-@lru_cache(maxsize=1 << 16)
-def stem(word: str) -> str:
-    """A light, consistent suffix stripper so that 'creating', 'created', 'creation' and 'create'
-    meet, as do 'assignment' and 'assign'. Only consistency matters: both the prompt and the
-    operations go through it."""
-    if len(word) <= 3 or word.isdigit():
-        return word
-    for suffix in _STEM_SUFFIXES:
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            word = word[: -len(suffix)]
-            break
-    if word.endswith("e") and len(word) > 3:
-        word = word[:-1]
-    if len(word) > 3 and word[-1] == word[-2] and word[-1] not in _VOWELS:
-        word = word[:-1]
-    return word
 
 
 def terms(text: str) -> list[str]:
-    """The BM25 terms of a text: ``tokenize`` then :func:`stem`."""
-    return [stem(t) for t in tokenize(text)]
+    """The BM25 terms of a text: ``tokenize`` then :func:`~core.vocabulary.index_stem`."""
+    return [index_stem(t) for t in tokenize(text)]
 
 
 def _split_compound(word: str, vocabulary: set[str], *, max_parts: int = 4) -> list[str] | None:
@@ -190,25 +137,6 @@ def _split_compound(word: str, vocabulary: set[str], *, max_parts: int = 4) -> l
     return found if found is not None and len(found) > 1 else None
 
 
-def _idf(n_docs: int, df: int) -> float:
-    return math.log(1 + (n_docs - df + 0.5) / (df + 0.5))
-
-
-def _entity_of(name: str, previous_literal: str | None) -> str:
-    """The thing an id names: ``person_id`` → person; ``{id}`` after ``/persons`` → person."""
-    words = tokenize(name, keep_stopwords=True)
-    if words and words[-1] in _ID_WORDS:
-        if len(words) > 1:
-            return "_".join(words[:-1])
-        if previous_literal:
-            return "_".join(tokenize(previous_literal, keep_stopwords=True)) or name.lower()
-    return "_".join(words) or name.lower()
-
-
-def _name_key(name: str) -> str:
-    return "_".join(tokenize(name, keep_stopwords=True)) or name.lower()
-
-
 def _path_param_entities(op: Operation) -> list[tuple[str, str]]:
     """(name, entity) of each path parameter, in path order."""
     out = []
@@ -216,11 +144,11 @@ def _path_param_entities(op: Operation) -> list[tuple[str, str]]:
     for seg in op.segments:
         names = path_param_names(seg)
         if not names:
-            if not _VERSION_SEGMENT.match(seg):
+            if not VERSION_SEGMENT.match(seg):
                 previous = seg
             continue
         for name in names:
-            out.append((name, _entity_of(name, previous)))
+            out.append((name, id_entity(name, previous)))
     return out
 
 
@@ -230,24 +158,12 @@ def _is_status_check(op: Operation) -> bool:
     return op.resource in _STATUS_NOUNS or singular(op.literal_segments[-1].lower()) in _STATUS_NOUNS
 
 
-def _normalized(op: Operation) -> tuple[str, ...]:
-    return tuple(
-        "{}" if "{" in s else s.lower() for s in op.segments if not _VERSION_SEGMENT.match(s)
-    )
-
-
 class _Vocab(dict[str, int]):
     def id(self, key: str) -> int:
         found = self.get(key)
         if found is None:
             found = self[key] = len(self)
         return found
-
-
-@dataclass(frozen=True)
-class _Postings:
-    docs: np.ndarray  # int32 operation indices
-    weights: np.ndarray  # float32 BM25 term weights (idf * saturated tf)
 
 
 class RetrievalIndex:
@@ -308,31 +224,17 @@ class RetrievalIndex:
             for field_name, words in d.items():
                 weight = FIELD_WEIGHTS[field_name]
                 for token in words:
-                    term = stem(token)
+                    term = index_stem(token)
                     tf[term] = tf.get(term, 0.0) + weight
                     if len(token) >= 6 and field_name in ("path", "operation_id"):
                         if token not in splits:
                             splits[token] = _split_compound(token, vocabulary - {token})
                         for piece in splits[token] or ():
-                            term = stem(singular(piece))
+                            term = index_stem(singular(piece))
                             tf[term] = tf.get(term, 0.0) + COMPOUND_WEIGHT * weight
             tfs.append(tf)
-        lengths = np.array([sum(tf.values()) for tf in tfs], dtype=np.float64)
-        avg = float(lengths.mean()) if len(lengths) and lengths.mean() > 0 else 1.0
-        norm = BM25_K1 * (1 - BM25_B + BM25_B * lengths / avg)
-        per_term: dict[str, tuple[list[int], list[float]]] = {}
-        for i, tf in enumerate(tfs):
-            for token, f in tf.items():
-                docs, values = per_term.setdefault(token, ([], []))
-                docs.append(i)
-                values.append(f * (BM25_K1 + 1) / (f + norm[i]))
-        n = len(tfs)
-        self.postings: dict[str, _Postings] = {}
-        for token, (docs, values) in per_term.items():
-            self.postings[token] = _Postings(
-                np.asarray(docs, dtype=np.int32),
-                np.asarray(values, dtype=np.float32) * _idf(n, len(docs)),
-            )
+        bm25 = BM25(tfs, precision=np.float64)
+        self.postings = bm25.postings
         # Compound path words ("teamgamelog") by the operations that have them, so that a prompt
         # word found inside one still counts (see _substring_postings).
         compounds: dict[str, set[int]] = {}
@@ -344,17 +246,17 @@ class RetrievalIndex:
             t: np.fromiter(sorted(ds), dtype=np.int32) for t, ds in compounds.items()
         }
         f = COMPOUND_WEIGHT * FIELD_WEIGHTS["path"]
-        self._compound_tf = (f * (BM25_K1 + 1) / (f + norm)).astype(np.float32)
-        self._substring_cache: dict[str, _Postings | None] = {}
+        self._compound_tf = (f * (K1 + 1) / (f + bm25.norm)).astype(np.float32)
+        self._substring_cache: dict[str, Postings | None] = {}
         self.call_words = [
             tokenize(" ".join(op.literal_segments) + " " + (op.operation_id or "")) for op in ops
         ]
         self.call_stems = [
-            {stem(t) for t in (*words, *tokenize(op.summary))}
+            {index_stem(t) for t in (*words, *tokenize(op.summary))}
             for words, op in zip(self.call_words, ops, strict=True)
         ]
 
-    def _substring_postings(self, token: str) -> _Postings | None:
+    def _substring_postings(self, token: str) -> Postings | None:
         found = self._substring_cache.get(token, False)
         if found is not False:
             return found  # type: ignore[return-value]
@@ -363,8 +265,8 @@ class RetrievalIndex:
             hits = [d for word, d in self._compounds.items() if token in word and token != word]
             if hits:
                 docs = np.unique(np.concatenate(hits))
-                weights = self._compound_tf[docs] * _idf(self.size, len(docs))
-                result = _Postings(docs, weights.astype(np.float32))
+                weights = self._compound_tf[docs] * idf(self.size, len(docs))
+                result = Postings(docs, weights.astype(np.float32))
         if len(self._substring_cache) > SUBSTRING_CACHE:
             self._substring_cache.clear()
         self._substring_cache[token] = result
@@ -380,7 +282,7 @@ class RetrievalIndex:
             seen[token] = max(seen.get(token, 0.0), w)
         term_scores = np.zeros(self.size, dtype=np.float32)
         for token, w in seen.items():
-            p = self.postings.get(stem(token))
+            p = self.postings.get(index_stem(token))
             sub = self._substring_postings(token)
             if p is None and sub is None:
                 continue
@@ -396,7 +298,7 @@ class RetrievalIndex:
 
     def _build_structure(self, ops: Sequence[Operation]) -> None:
         prefixes = _Vocab()
-        segs = [_normalized(op) for op in ops]
+        segs = [normalized_segments(op) for op in ops]
         colls = []
         for s in segs:
             c = s
@@ -450,7 +352,7 @@ class RetrievalIndex:
             for name, entity in pe:
                 pair_op.append(i)
                 pair_entity.append(self.entities.id(entity))
-                pair_name.append(self.names.id(_name_key(name)))
+                pair_name.append(self.names.id(snake_name(name)))
                 pair_path.append(True)
             path_names = set(op.path_params)
             for p in op.params:
@@ -459,11 +361,11 @@ class RetrievalIndex:
                 words = tokenize(p.name, keep_stopwords=True)
                 if (
                     p.required and p.name not in path_names and p.location != "header"
-                    and words and words[-1] in _REFERENCE_WORDS
+                    and words and words[-1] in REFERENCE_WORDS
                 ):
                     pair_op.append(i)
-                    pair_entity.append(self.entities.id(_entity_of(p.name, op.resource)))
-                    pair_name.append(self.names.id(_name_key(p.name)))
+                    pair_entity.append(self.entities.id(id_entity(p.name, op.resource)))
+                    pair_name.append(self.names.id(snake_name(p.name)))
                     pair_path.append(False)
         self.pair_op = np.asarray(pair_op, dtype=np.int32)
         self.pair_entity = np.asarray(pair_entity, dtype=np.int32)
@@ -471,7 +373,7 @@ class RetrievalIndex:
         self.pair_path = np.asarray(pair_path, dtype=bool)
         self.n_path = np.bincount(self.pair_op[self.pair_path], minlength=self.size)
         self.returns = [
-            [(_name_key(r), _entity_of(r, op.resource)) for r in op.returns_ids] for op in ops
+            [(snake_name(r), id_entity(r, op.resource)) for r in op.returns_ids] for op in ops
         ]
         self.pair_start = np.searchsorted(self.pair_op, np.arange(self.size + 1)).astype(np.int32)
         # Who hands over each entity: operations returning its id, and list/search/create calls
@@ -480,8 +382,8 @@ class RetrievalIndex:
         for i, op in enumerate(ops):
             entities = {e for _, e in self.returns[i]}
             if op.role in ("list", "search", "create") and op.resource:
-                entities.add(_entity_of("id", op.resource))
-            for e in entities - _ID_WORDS:
+                entities.add(id_entity("id", op.resource))
+            for e in entities - ID_WORDS:
                 provided.setdefault(e, set()).add(i)
         longer: dict[str, list[str]] = {}  # "membership" -> ["destiny_membership", ...]
         for e in provided:
@@ -491,7 +393,7 @@ class RetrievalIndex:
         self.providers: list[np.ndarray] = []
         for entity in self.entities:  # in id order
             found: set[int] = set()
-            if entity not in _ID_WORDS:
+            if entity not in ID_WORDS:
                 parts = entity.split("_")
                 related = ["_".join(parts[k:]) for k in range(len(parts))] + longer.get(entity, [])
                 for e in related:
@@ -506,7 +408,7 @@ class RetrievalIndex:
         of the spec requires (a hub); 0 for operations that need ids or destroy something."""
         consumers: dict[str, int] = {}
         for op in ops:
-            needed = {_name_key(p.name) for p in op.params
+            needed = {snake_name(p.name) for p in op.params
                       if (p.required or p.location == "path") and p.location != "header"}
             for key in needed:
                 consumers[key] = consumers.get(key, 0) + 1
@@ -518,12 +420,12 @@ class RetrievalIndex:
                                  keep_stopwords=True))
             if words & _SELF_WORDS or ("current" in words and words & _CURRENT_OF):
                 named = 1.0
-            elif words & _AUTH_WORDS:
+            elif words & AUTH_WORDS:
                 named = SETUP_AUTH
             else:
                 named = 0.0
             needed_by = max(
-                (consumers.get(name, 0) for name, _ in self.returns[i] if name not in _ID_WORDS),
+                (consumers.get(name, 0) for name, _ in self.returns[i] if name not in ID_WORDS),
                 default=0,
             ) / max(len(ops), 1)
             hub = 0.0
@@ -552,14 +454,12 @@ def _prerequisites(index: RetrievalIndex, relevance: np.ndarray, have: np.ndarra
     return out
 
 
-_CLAUSE_BREAK = re.compile(
-    r"[,;:]|\.(?:\s|$)|\b(?:and then|then|and|finally|after|before|followed by)\b", re.I
-)
 # Weight of a clause by its place relative to the furthest clause the history acted on.
 _CLAUSE_NEXT, _CLAUSE_AFTER_NEXT, _CLAUSE_CURRENT, _CLAUSE_OTHER = 1.0, 0.5, 0.7, 0.1
 
 
-def _unit(scores: np.ndarray) -> np.ndarray:
+def _over_max(scores: np.ndarray) -> np.ndarray:
+    """``scores`` divided by their maximum, so the best is 1; as they are when none is positive."""
     top = float(scores.max()) if len(scores) else 0.0
     return scores / top if top > 0 else scores
 
@@ -569,10 +469,10 @@ def _plan(
 ) -> list[tuple[list[str], float]]:
     """The prompt's clauses (tokens) with a weight each by its place relative to the furthest
     clause the history acted on: the clause right after it weighs most."""
-    clauses = [c for c in (tokenize(part) for part in _CLAUSE_BREAK.split(prompt)) if c]
+    clauses = [c for c in (tokenize(part) for part in PLAN_CLAUSE_BREAK.split(prompt)) if c]
     if not clauses:
         return []
-    stems = [set(map(stem, c)) for c in clauses]
+    stems = [set(map(index_stem, c)) for c in clauses]
     frontier = -1
     for call in history:
         j = index.by_key.get(call.operation.key) if call.operation else None
@@ -658,16 +558,16 @@ def _known_ids(index: RetrievalIndex, history: Sequence[Call]) -> _Known:
         op_i = index.by_key.get(call.operation.key) if call.operation else None
         pe = dict(index.path_entities[op_i]) if op_i is not None else {}
         for pname in call.path_params:
-            ent = pe.get(pname) or _entity_of(pname, None)
+            ent = pe.get(pname) or id_entity(pname, None)
             add(entity, ent, w)
-            add(name, _name_key(pname), w)
+            add(name, snake_name(pname), w)
             used.add(ent)
         resource = call.operation.resource if call.operation else None
         for pname in call.params:
             words = tokenize(pname, keep_stopwords=True)
-            if words and words[-1] in _ID_WORDS:
-                add(entity, _entity_of(pname, resource), w * 0.9)
-                add(name, _name_key(pname), w * 0.9)
+            if words and words[-1] in ID_WORDS:
+                add(entity, id_entity(pname, resource), w * 0.9)
+                add(name, snake_name(pname), w * 0.9)
         if op_i is not None:
             for rname, rent in index.returns[op_i]:
                 add(entity, rent, w * (1.0 if age == 0 else 0.7))
@@ -680,7 +580,7 @@ def _known_ids(index: RetrievalIndex, history: Sequence[Call]) -> _Known:
         # A list/search/create call hands over ids of its own resource even when the response
         # schema doesn't say so.
         if last.role in ("list", "search", "create") and last.resource:
-            own = _entity_of("id", last.resource)
+            own = id_entity("id", last.resource)
             fresh.add(own)
             add(entity, own, 1.0)
         fresh -= used | {""}
@@ -712,25 +612,12 @@ class RetrievalGenerator:
             word_vectors = load_word_vectors(word_vectors)
         self.word_vectors = word_vectors
         self.weights = {**SOURCE_WEIGHTS, **(weights or {})}
-        self._cache: OrderedDict[str, RetrievalIndex] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._cache: PerSpecCache[RetrievalIndex] = PerSpecCache(
+            lambda spec: RetrievalIndex(spec, word_vectors=self.word_vectors), cache_size
+        )
 
     def index_for(self, spec: SpecIndex) -> RetrievalIndex:
-        key = spec.spec_hash or _fallback_key(spec)
-        with self._lock:
-            found = self._cache.get(key)
-            if found is not None:
-                self._cache.move_to_end(key)
-                return found
-        # outside the lock: a big spec takes a while
-        built = RetrievalIndex(spec, word_vectors=self.word_vectors)
-        with self._lock:
-            self._cache[key] = built
-            self._cache.move_to_end(key)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return built
+        return self._cache.get(spec)
 
     def scores(
         self, spec: SpecIndex, history: Sequence[Call], prompt: str | None
@@ -750,21 +637,21 @@ class RetrievalGenerator:
         done: set[str] = set()
         for c in history:
             j = index.by_key.get(c.operation.key) if c.operation else None
-            done.update(map(stem, index.call_words[j] if j is not None else tokenize(c.path)))
-        weights = [DONE_WORD_WEIGHT if stem(t) in done else 1.0 for t in tokens]
+            done.update(map(index_stem, index.call_words[j] if j is not None else tokenize(c.path)))
+        weights = [DONE_WORD_WEIGHT if index_stem(t) in done else 1.0 for t in tokens]
         if history:
             call = history[-1]
             words = index.call_words[last] if last is not None else tokenize(call.path)
             tokens += words
             weights += [LAST_CALL_WEIGHT] * len(words)
-        bm25 = _unit(index.bm25(tokens, weights))
+        bm25 = _over_max(index.bm25(tokens, weights))
         semantic = np.zeros(n, dtype=np.float32)
         relevance = bm25
         if prompt:
             # Workflow prompts read as a plan ("find X, look at its Y, then update Z"): the
             # clause right after the last one the history acted on is where the next call is.
             plan = _plan(index, history, prompt)
-            bm25 = (bm25 + CLAUSE_WEIGHT * _unit(_plan_scores(index, plan))) / (
+            bm25 = (bm25 + CLAUSE_WEIGHT * _over_max(_plan_scores(index, plan))) / (
                 1.0 + CLAUSE_WEIGHT
             )
             # semantic: the same, by meaning rather than by shared words ("paid" ~ pay).
@@ -959,8 +846,3 @@ def _with_reserved(
     chosen = np.array([*head[: limit - len(extra)].tolist(), *extra], dtype=np.int64)
     return chosen[np.lexsort((chosen, -combined[chosen]))]
 
-
-def _fallback_key(spec: SpecIndex) -> str:
-    import hashlib
-
-    return "ops:" + hashlib.sha256("\n".join(op.key for op in spec.operations).encode()).hexdigest()

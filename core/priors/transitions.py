@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from core.settings import SHIPPED_MODELS_DIR
-from core.spec.operations import ROLES, VERSION_SEGMENT, Operation
+from core.spec.operations import Operation
+from core.vocabulary import ROLES, VERSION_SEGMENT
 
 __all__ = [
     "Transitions",
@@ -32,13 +33,12 @@ START = "<start>"  # the "last role" of a cold start
 RELATIONS = ("same", "child", "parent", "sibling", "unrelated")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OTHER")
 DEFAULT_PATH = SHIPPED_MODELS_DIR / "transitions.json"
-_VERSION_SEGMENT = VERSION_SEGMENT
 
 
 def normalized_segments(op: Operation) -> tuple[str, ...]:
     """Path segments with every parameter as ``{}`` and version segments dropped, lower-cased."""
     return tuple(
-        "{}" if "{" in s else s.lower() for s in op.segments if not _VERSION_SEGMENT.match(s)
+        "{}" if "{" in s else s.lower() for s in op.segments if not VERSION_SEGMENT.match(s)
     )
 
 
@@ -70,9 +70,6 @@ def relation_of_segments(a: tuple[str, ...], b: tuple[str, ...]) -> str:
     if ca and cb and ca[0] == cb[0]:
         return "sibling"
     return "unrelated"
-
-
-_relation_segs = relation_of_segments  # the old private name, kept for callers not yet moved
 
 
 def _method(method: str) -> str:
@@ -145,7 +142,7 @@ def load_transitions(path: Path | str = DEFAULT_PATH) -> Transitions:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"{path} not found; build it with `python -m core.priors.transitions`"
+            f"{path} not found; build it with `python -m ranker.transitions`"
         ) from None
     if doc.get("version") != FORMAT_VERSION:
         raise ValueError(f"{path}: transitions format {doc.get('version')!r}, expected {FORMAT_VERSION}")

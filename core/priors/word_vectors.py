@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from core.settings import SHIPPED_MODELS_DIR
-from core.spec.operations import Operation, tokenize
+from core.spec.operations import Operation
+from core.vocabulary import tokenize
 
 __all__ = [
     "WordVectors",
@@ -46,6 +47,7 @@ __all__ = [
     "load_word_vectors",
     "operation_fields",
     "operation_vectors",
+    "unit_rows",
 ]
 
 DEFAULT_PATH = SHIPPED_MODELS_DIR / "word_vectors.npz"
@@ -59,8 +61,6 @@ MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 OPERATION_FIELDS = {"path": 2.0, "operation_id": 1.0, "summary": 2.0, "description": 0.5, "tags": 0.5}
 _PIECE_CACHE = 1 << 16
 _WORD = re.compile(r"[a-z]+")
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-_NON_WORD = re.compile(r"[^A-Za-z0-9]+")
 
 # Embeds texts: a list of n strings → an (n, D) float array. A text that is exactly a WordPiece
 # token (``"##ing"``) is that token alone.
@@ -120,7 +120,7 @@ class WordVectors:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
-                f"{path} not found; build it with `python -m core.priors.word_vectors build`")
+                f"{path} not found; build it with `python -m ranker.word_vectors build`")
         with np.load(path, allow_pickle=False) as z:
             fmt = int(z["format"])
             if fmt != FORMAT_VERSION:
@@ -217,7 +217,7 @@ class WordVectors:
             contrib = self.vectors[rows] * mass[:, None]
             starts = np.flatnonzero(np.r_[True, doc_of[1:] != doc_of[:-1]])
             out[doc_of[starts]] = np.add.reduceat(contrib, starts, axis=0)
-        return _unit_rows(out)
+        return unit_rows(out)
 
     def doc_weights(
         self, docs: Sequence[Sequence[tuple[Sequence[str], Any]]]
@@ -250,9 +250,13 @@ class WordVectors:
                 np.asarray(mass, np.float32))
 
 
-def _unit_rows(M: np.ndarray) -> np.ndarray:
-    norms = np.sqrt((M * M).sum(1, keepdims=True))
-    return np.divide(M, norms, out=np.zeros_like(M), where=norms > 0)
+def unit_rows(M: np.ndarray, *, precision: type[np.floating] | None = None) -> np.ndarray:
+    """Every row of ``M`` scaled to length 1 (a row of zeros stays zeros), in ``M``'s float type.
+    ``precision``: the float type the lengths and quotients are computed in (default ``M``'s)."""
+    A = M if precision is None else np.asarray(M, precision)
+    norms = np.sqrt((A * A).sum(1, keepdims=True))
+    out = np.divide(A, norms, out=np.zeros(A.shape, A.dtype), where=norms > 0)
+    return out if out.dtype == M.dtype else out.astype(M.dtype)
 
 
 def _file_sha256(path: Path) -> str:
@@ -292,4 +296,4 @@ def operation_vectors(wv: WordVectors, operations: Sequence[Operation]) -> np.nd
     operation first: what all operations of an API share (its domain) says nothing about which
     one is meant, and centring makes the cosines spread over the spec's own operations."""
     V = wv.embed_docs([operation_fields(op) for op in operations])
-    return _unit_rows(V - V.mean(0, keepdims=True)) if len(V) > 1 else V
+    return unit_rows(V - V.mean(0, keepdims=True)) if len(V) > 1 else V

@@ -9,16 +9,15 @@ Anything that matches no template stays unknown rather than being forced onto a 
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from core.spec.operations import Operation, path_param_names
+from core.spec.operations import Operation
+from core.vocabulary import PATH_PARAM, path_param_names
 
 __all__ = ["PathMatcher", "Match", "split_path"]
 
-_PARAM = re.compile(r"\{([^{}]+)\}")
 # No API has paths this deep; a concrete path deeper than this is unknown, not a deep recursion.
 MAX_SEGMENTS = 200
 
@@ -58,7 +57,7 @@ class PathMatcher:
     def _insert(self, op: Operation) -> None:
         node = self._root
         for seg in split_path(op.path):
-            names = tuple(_PARAM.findall(seg))
+            names = tuple(PATH_PARAM.findall(seg))
             if not names:
                 child = node.literals.setdefault(seg, _Node())
                 node.folded.setdefault(seg.lower(), child)
@@ -68,7 +67,7 @@ class PathMatcher:
                     node.param = (names[0], _Node())
                 node = node.param[1]
             else:  # mixed segment such as "{id}.json" or "v{version}"
-                pieces = tuple(_PARAM.split(seg)[::2])
+                pieces = tuple(PATH_PARAM.split(seg)[::2])
                 for known, _, child in node.patterns:
                     if known == pieces:
                         node = child

@@ -1,20 +1,37 @@
-"""What the service knows about one API operation, and the words it is described with.
+"""What the service knows about one API operation: its path, parameters, role (list, get,
+create, ...), resource noun and whether it destroys, read with the words of
+:mod:`core.vocabulary`.
 
-Everything here is API-agnostic on purpose: roles (list, get, create, ...) and resource nouns carry
-from one API to another, which is what lets a model trained on some APIs rank calls of others.
+Everything here is API-agnostic on purpose: roles and resource nouns carry from one API to
+another, which is what lets a model trained on some APIs rank calls of others.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 
+from core.vocabulary import (
+    ACTION_VERBS,
+    DESTRUCTIVE_WORDS,
+    NAME_VERB_ROLE,
+    PATH_PARAM,
+    ROLES,
+    STOPWORDS,
+    VERSION_SEGMENT,
+    is_id_name,
+    path_param_names,
+    singular,
+    snake_name,
+    tokenize,
+)
+
+# The words themselves live in core.vocabulary; these names are also importable from here.
 __all__ = [
     "Param",
     "Operation",
     "ROLES",
     "DESTRUCTIVE_WORDS",
+    "STOPWORDS",
     "tokenize",
     "singular",
     "is_id_name",
@@ -22,83 +39,6 @@ __all__ = [
     "VERSION_SEGMENT",
     "PATH_PARAM",
 ]
-
-ROLES = ("list", "search", "get", "create", "update", "delete", "action")
-
-# Verbs that undo or destroy; an operation named with one is only offered when the prompt asks.
-DESTRUCTIVE_WORDS = frozenset(
-    "delete remove destroy purge cancel void refund revoke terminate wipe erase drop "
-    "deactivate disable unsubscribe reject discard detach unlink".split()
-)
-_VERB_ROLE = {
-    **dict.fromkeys("list".split(), "list"),
-    **dict.fromkeys("search find query lookup filter".split(), "search"),
-    **dict.fromkeys("get retrieve fetch read show describe view download export".split(), "get"),
-    **dict.fromkeys("create add new post insert register upload make open".split(), "create"),
-    **dict.fromkeys("update edit modify patch set replace put change rename".split(), "update"),
-    **dict.fromkeys("delete remove destroy purge erase".split(), "delete"),
-}
-# A version, not a resource: v1, v2.1, 1.0, api, and Google's v1beta1, v2alpha, v1p1beta1.
-VERSION_SEGMENT = re.compile(
-    r"^v\d+(\.\d+)*((alpha|beta|p)\d*)*$|^\d+(\.\d+)+$|^api$", re.I
-)
-_VERSION_SEGMENT = VERSION_SEGMENT
-# A template expression of a path: {id}, and RFC 6570 forms such as {+name} or {id*}.
-PATH_PARAM = re.compile(r"\{([^{}]+)\}")
-_OPERATOR = re.compile(r"^[+#./;?&=,!@|]+|(\*|:\d+)$")
-
-
-def path_param_names(template: str) -> list[str]:
-    """Names of the parameters of a path or segment template, without RFC 6570 operators and
-    modifiers: ``/v1/{+name}/items/{id*}`` → ``['name', 'id']``."""
-    return [_OPERATOR.sub("", raw).strip() for raw in PATH_PARAM.findall(template)]
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-_NON_WORD = re.compile(r"[^A-Za-z0-9]+")
-STOPWORDS = frozenset(
-    "a an the and or of to for in on at by with from into this that these those it its is are be "
-    "as via all any each my your our their me i we you use using then also".split()
-)
-
-
-def tokenize(text: str, *, keep_stopwords: bool = False) -> list[str]:
-    """Lower-case word tokens, camelCase and snake_case split, plurals folded to singular."""
-    if len(text) <= _CACHED_TEXT_LEN:  # prompts, names and paths come back request after request
-        return list(_tokens(text, keep_stopwords))
-    return _tokenize(text, keep_stopwords)
-
-
-_CACHED_TEXT_LEN = 512
-
-
-def _tokenize(text: str, keep_stopwords: bool) -> list[str]:
-    words = _NON_WORD.sub(" ", _CAMEL.sub(" ", text)).lower().split()
-    return [singular(w) for w in words if keep_stopwords or (w not in STOPWORDS and len(w) > 1)]
-
-
-@lru_cache(maxsize=32768)
-def _tokens(text: str, keep_stopwords: bool) -> tuple[str, ...]:
-    return tuple(_tokenize(text, keep_stopwords))
-
-
-def singular(word: str) -> str:
-    """A cheap English singular: enough to make 'invoices' and 'invoice' the same token."""
-    w = word.lower()
-    if len(w) <= 3 or w.endswith(("ss", "us", "is")):
-        return w
-    if w.endswith("ies"):
-        return w[:-3] + "y"
-    if w.endswith(("sses", "xes", "ches", "shes", "zes")):
-        return w[:-2]
-    if w.endswith("s"):
-        return w[:-1]
-    return w
-
-
-def is_id_name(name: str) -> bool:
-    n = name.lower()
-    return n in {"id", "uuid", "key", "slug", "name", "code", "number", "sid", "token"} or n.endswith(
-        ("_id", "id", "_key", "_uuid", "_sid", "_slug", "_code", "_number", "_name", "_token")
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +84,7 @@ class Operation:
 
     @property
     def literal_segments(self) -> tuple[str, ...]:
-        return tuple(s for s in self.segments if "{" not in s and not _VERSION_SEGMENT.match(s))
+        return tuple(s for s in self.segments if "{" not in s and not VERSION_SEGMENT.match(s))
 
     @property
     def required_params(self) -> tuple[Param, ...]:
@@ -160,7 +100,7 @@ class Operation:
 
 def _resource(segments: tuple[str, ...]) -> str:
     """The noun the operation acts on: the last literal segment that names a collection."""
-    literals = [(i, s) for i, s in enumerate(segments) if "{" not in s and not _VERSION_SEGMENT.match(s)]
+    literals = [(i, s) for i, s in enumerate(segments) if "{" not in s and not VERSION_SEGMENT.match(s)]
     if not literals:
         return ""
     i, last = literals[-1]
@@ -169,30 +109,21 @@ def _resource(segments: tuple[str, ...]) -> str:
         earlier = [s for j, s in literals if j < i]
         if earlier:
             last = earlier[-1]
-    return "_".join(tokenize(last, keep_stopwords=True)) or last.lower()
+    return snake_name(last)
 
 
 def _looks_like_verb(segment: str) -> bool:
     words = tokenize(segment, keep_stopwords=True)
     return bool(words) and (
-        words[0] in _VERB_ROLE or words[0] in DESTRUCTIVE_WORDS or words[0] in _ACTION_VERBS
+        words[0] in NAME_VERB_ROLE or words[0] in DESTRUCTIVE_WORDS or words[0] in ACTION_VERBS
     )
-
-
-_ACTION_VERBS = frozenset(
-    "pay send finalize finalise approve reject submit publish unpublish archive unarchive restore "
-    "start stop pause resume cancel void refund capture confirm verify validate activate "
-    "deactivate enable disable lock unlock merge close reopen assign unassign sync import export "
-    "run execute trigger retry reset move copy clone share invite accept decline complete mark "
-    "test preview render login logout authorize".split()
-)
 
 
 def _verb_of(operation_id: str | None, summary: str) -> str | None:
     for text in (operation_id or "", summary):
         words = tokenize(text, keep_stopwords=True)
-        if words and words[0] in _VERB_ROLE:
-            return _VERB_ROLE[words[0]]
+        if words and words[0] in NAME_VERB_ROLE:
+            return NAME_VERB_ROLE[words[0]]
     return None
 
 
@@ -214,7 +145,7 @@ def _role(method: str, segments: tuple[str, ...], operation_id: str | None, summ
         return "get" if last_is_param or verb == "get" and not last.endswith("s") else "list"
     if method == "POST":
         if not last_is_param and (
-            last.lower() in _ACTION_VERBS or (last_words and last_words[0] in _ACTION_VERBS)
+            last.lower() in ACTION_VERBS or (last_words and last_words[0] in ACTION_VERBS)
         ):
             return "action"
         verb = _verb_of(operation_id, summary)
