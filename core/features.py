@@ -304,7 +304,7 @@ class SpecTables:
         self.vocab: list[frozenset[str]] = []  # path + operationId + summary + role token
         self.resource_words: list[frozenset[str]] = []
         self.norm_segments: list[tuple[str, ...]] = []
-        self.param_entities: list[tuple[tuple[str, str], ...]] = []
+        self.param_entities: list[tuple[tuple[str, str, str], ...]] = []
         docs: list[list[str]] = []
         for op in ops:
             path = frozenset(_stems(" ".join(op.literal_segments)))

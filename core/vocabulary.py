@@ -289,7 +289,7 @@ _PROMPT_ONLY_VERBS: tuple[tuple[tuple[str, ...], str], ...] = (
 
 def _prompt_role_verbs() -> dict[str, frozenset[str]]:
     table: dict[str, frozenset[str]] = {}
-    words_by_roles = [
+    words_by_roles: list[tuple[tuple[str, ...], str]] = [
         ((role,), " ".join(w for w in words.split() if w not in _NAMING_ONLY))
         for role, words in _NAMING_VERBS.items()
     ]

@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transitions", type=Path, default=TRANSITIONS_PATH)
     parser.add_argument("--word-vectors", type=Path, default=WORD_VECTORS_PATH,
                         help="word vectors of the semantic source and features "
-                             "(`python -m core.priors.word_vectors build`)")
+                             "(`python -m ranker.word_vectors build`)")
     parser.add_argument("--max-apis", type=int, default=None,
                         help="train on a deterministic subset of this many APIs (smoke runs)")
     parser.add_argument("--num-boost-round", type=int, default=DEFAULT_ROUNDS)
