@@ -67,6 +67,7 @@ __all__ = [
     "SpecTables",
     "prompt_stems",
     "id_sources",
+    "held_ids",
     "IdSource",
     "matching_ids",
     "PERSONAL_FEATURES",
@@ -817,13 +818,7 @@ class FeatureExtractor:
     ) -> None:
         col = _COL
         X[:, col["n_path_params"]] = t.n_path_params[idx]
-        sources = id_sources(history)
-        by_name: dict[str, list[IdSource]] = {}
-        by_entity: dict[str, list[IdSource]] = {}
-        for src in sources:
-            by_name.setdefault(name_key(src.name), []).append(src)
-            if src.entity:
-                by_entity.setdefault(src.entity, []).append(src)
+        by_name, by_entity = held_ids(history)
         last_op = history[-1].operation if history else None
         last_resource = last_op.resource if last_op is not None else ""
         have_names = {name_key(n) for c in history for n in (*c.params, *c.path_params)}
@@ -970,6 +965,17 @@ _REL_LAST2 = ("rel2_same", "rel2_child", "rel2_parent", "rel2_same_resource")
 def _segments_of(t: SpecTables, spec: SpecIndex, op: Operation) -> tuple[str, ...]:
     i = spec.by_key.get(op.key)
     return t.norm_segments[i] if i is not None else normalized_segments(op)
+
+
+def held_ids(history: Sequence[Call]) -> tuple[dict[str, list[IdSource]], dict[str, list[IdSource]]]:
+    """The history's ids (:func:`id_sources`, newest first) by name key and by entity."""
+    by_name: dict[str, list[IdSource]] = {}
+    by_entity: dict[str, list[IdSource]] = {}
+    for src in id_sources(history):
+        by_name.setdefault(name_key(src.name), []).append(src)
+        if src.entity:
+            by_entity.setdefault(src.entity, []).append(src)
+    return by_name, by_entity
 
 
 def matching_ids(

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from core.features import IdSource, id_sources, matching_ids
+from core.features import IdSource, held_ids, matching_ids
 from core.spec.index import Call
 from core.spec.operations import Operation
 from core.vocabulary import is_id_name, name_key, param_entity
@@ -31,13 +31,7 @@ def param_sources(
 ) -> dict[str, tuple[IdSource | None, bool]]:
     """For each path parameter: the id it takes (newest first, concrete values preferred) and
     whether that value is known."""
-    sources = id_sources(history)
-    by_name: dict[str, list[IdSource]] = {}
-    by_entity: dict[str, list[IdSource]] = {}
-    for s in sources:
-        by_name.setdefault(name_key(s.name), []).append(s)
-        if s.entity:
-            by_entity.setdefault(s.entity, []).append(s)
+    by_name, by_entity = held_ids(history)
     types = {p.name: p.type for p in operation.params if p.location == "path"}
     out: dict[str, tuple[IdSource | None, bool]] = {}
     for name in operation.path_params:
