@@ -6,8 +6,10 @@ WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY pyproject.toml ./
+COPY core ./core
 COPY deployments ./deployments
 COPY ranker ./ranker
+COPY tools ./tools
 COPY graph.py ./
 RUN pip install --no-cache-dir .
 

@@ -129,3 +129,11 @@ def test_the_kuberay_manifest_deploys_the_same_config(deployments) -> None:
     assert head["num-cpus"] == args[args.index("--num-cpus") + 1]
     assert head["memory"] == args[args.index("--memory") + 1]
     assert head["object-store-memory"] == args[args.index("--object-store-memory") + 1]
+
+
+def test_the_image_installs_every_package() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    packages = sorted(p.parent.name for p in ROOT.glob("*/__init__.py"))
+    installed = [p for p in packages if p not in ("tests", "benchmarks")]
+    missing = [p for p in installed if f"COPY {p} ./{p}" not in dockerfile]
+    assert not missing, f"the Dockerfile does not copy {missing} before `pip install .`"
