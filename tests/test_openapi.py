@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
+from typing import Any
 
 import pytest
 
-from core.errors import SpecInvalid
+from core.errors import SpecInvalid, SpecTooLarge
 from core.spec.index import SpecIndex
-from core.spec.openapi import MAX_YAML_ALIASES, parse_spec
+from core.spec.openapi import (
+    MAX_OPERATIONS,
+    MAX_PARAMS,
+    MAX_PARAMS_PER_OPERATION,
+    MAX_YAML_ALIASES,
+    parse_spec,
+)
 from tests.specs import PETSTORE_YAML, billing_spec, petstore_swagger2
 
 
@@ -125,3 +133,65 @@ def test_every_jentic_spec_parses(jentic_dir) -> None:
     assert specs, "no jentic specs found"
     for path in specs:
         assert len(parse_spec(path.read_bytes())) > 0, path
+
+
+def _shared_item_spec(*, paths: int, params: int, methods: int = 5) -> bytes:
+    """``paths`` path items that all ``$ref`` one item of ``methods`` operations sharing
+    ``params`` parameters: a few KB that expand to paths × methods × params parameters."""
+    shared: dict[str, Any] = {
+        m: {"responses": {"200": {"description": "ok"}}}
+        for m in ("get", "put", "post", "delete", "patch")[:methods]
+    }
+    shared["parameters"] = [{"name": f"p{i}", "in": "query"} for i in range(params)]
+    doc: dict[str, Any] = {"openapi": "3.0.0", "info": {"title": "t"}, "paths": {"/shared": shared}}
+    doc["paths"].update({f"/p{i}": {"$ref": "#/paths/~1shared"} for i in range(paths)})
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def test_shared_path_items_expanding_past_the_params_cap_are_refused_early() -> None:
+    raw = _shared_item_spec(paths=500, params=200)  # 24 KB → 501,000 parameters unchecked
+    assert len(raw) < 30_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(SpecTooLarge, match=f"more than {MAX_PARAMS} parameters"):
+            parse_spec(raw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Building all of it took a 38 MB peak; stopping at the cap, under 8 MB.
+    assert peak < 20_000_000
+
+
+def test_operations_past_the_cap_are_refused() -> None:
+    raw = _shared_item_spec(paths=MAX_OPERATIONS, params=0, methods=1)  # one more: /shared
+    with pytest.raises(SpecTooLarge, match=f"more than {MAX_OPERATIONS} operations"):
+        parse_spec(raw)
+
+
+def test_parameters_of_one_operation_past_the_cap_are_refused() -> None:
+    raw = _shared_item_spec(paths=0, params=MAX_PARAMS_PER_OPERATION + 1, methods=1)
+    with pytest.raises(SpecTooLarge, match=f"more than {MAX_PARAMS_PER_OPERATION} parameters"):
+        parse_spec(raw)
+    assert len(parse_spec(_shared_item_spec(paths=0, params=MAX_PARAMS_PER_OPERATION, methods=1))) == 1
+
+
+def test_caps_are_inclusive_and_can_be_passed() -> None:
+    raw = _shared_item_spec(paths=3, params=10, methods=2)  # 8 operations, 80 parameters
+    assert len(parse_spec(raw, max_operations=8, max_params=80, max_params_per_operation=10)) == 8
+    with pytest.raises(SpecTooLarge, match="more than 7 operations"):
+        parse_spec(raw, max_operations=7)
+    with pytest.raises(SpecTooLarge, match="more than 79 parameters in all"):
+        parse_spec(raw, max_params=79)
+    with pytest.raises(SpecTooLarge, match="more than 9 parameters"):
+        parse_spec(raw, max_params_per_operation=9)
+
+
+@pytest.mark.slow
+def test_every_jentic_spec_is_well_under_the_caps(jentic_dir) -> None:
+    specs = sorted(jentic_dir.glob("apis/openapi/*/*/*/openapi.json"))
+    assert len(specs) > 200
+    indexes = [parse_spec(path.read_bytes()) for path in specs]
+    # Measured: at most 715 operations, 6,639 parameters, 582 on one operation.
+    assert max(len(i.operations) for i in indexes) * 5 < MAX_OPERATIONS
+    assert max(sum(len(o.params) for o in i.operations) for i in indexes) * 10 < MAX_PARAMS
+    assert max(len(o.params) for i in indexes for o in i.operations) * 3 < MAX_PARAMS_PER_OPERATION
