@@ -8,6 +8,8 @@ import ipaddress
 import json
 import threading
 import time
+import tracemalloc
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -33,6 +35,18 @@ GOOD = json.dumps(
     {"openapi": "3.0.0", "info": {"title": "t", "version": "1"},
      "paths": {"/pets": {"get": {"operationId": "listPets", "responses": {"200": {}}}}}}
 ).encode()
+
+
+BOMB_DECODED = 128 * 1024 * 1024
+
+
+def _gzip(chunks: Iterator[bytes] | list[bytes], wbits: int = 31) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    return b"".join([*(compressor.compress(c) for c in chunks), compressor.flush()])
+
+
+# "gzip, gzip": 373 bytes on the wire, 130 KB after one layer, 128 MiB after both.
+GZIP_GZIP_BOMB = _gzip([_gzip(b" " * (1 << 20) for _ in range(BOMB_DECODED >> 20))])
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -110,6 +124,27 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _gzip_bomb(self) -> None:  # tiny on the wire, over the cap once decoded
         self._send(200, gzip.compress(b" " * (MAX_BYTES * 4)), Content_Encoding="gzip")
+
+    def _gzip_gzip_bomb(self) -> None:
+        self._send(200, GZIP_GZIP_BOMB, Content_Encoding="gzip, gzip")
+
+    def _gzip_gzip(self) -> None:  # a valid spec in two layers
+        self._send(200, _gzip([_gzip([GOOD])]), Content_Encoding="gzip, gzip")
+
+    def _deflate(self) -> None:  # zlib-wrapped, as the RFC says
+        self._send(200, _gzip([GOOD], wbits=15), Content_Encoding="deflate")
+
+    def _raw_deflate(self) -> None:  # no zlib header, as some servers send it
+        self._send(200, _gzip([GOOD], wbits=-15), Content_Encoding="deflate")
+
+    def _gzip_many(self) -> None:
+        body = GOOD
+        for _ in range(4):
+            body = _gzip([body])
+        self._send(200, body, Content_Encoding="gzip, gzip, gzip, gzip")
+
+    def _gzip_corrupt(self) -> None:
+        self._send(200, b"\x1f\x8b not gzip", Content_Encoding="gzip")
 
     def _loop(self) -> None:
         self._redirect("/loop-back")
@@ -324,6 +359,34 @@ def test_undeclared_size_over_cap_stops_reading(server: _SpecServer) -> None:
 def test_decoded_size_counts(server: _SpecServer) -> None:
     with pytest.raises(SpecTooLarge):
         _fetch(server.url("/gzip-bomb"))
+
+
+def test_stacked_gzip_bomb_is_refused_with_bounded_memory(server: _SpecServer) -> None:
+    assert len(GZIP_GZIP_BOMB) < 4096
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(SpecTooLarge, match=f"larger than the {MAX_BYTES}-byte limit"):
+            _fetch(server.url("/gzip-gzip-bomb"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.monotonic() - started < 2
+    # httpx inflated the whole 128 MiB in one call (a 256 MiB peak); one step at a time it is
+    # the 64 KB cap plus a few steps.
+    assert peak < 8 * 1024 * 1024, peak
+
+
+@pytest.mark.parametrize("path", ["/gzip-gzip", "/deflate", "/raw-deflate"])
+def test_encoded_specs_are_decoded(server: _SpecServer, path: str) -> None:
+    assert _fetch(server.url(path))[0] == GOOD
+
+
+def test_undecodable_or_too_deeply_encoded_bodies_fail(server: _SpecServer) -> None:
+    with pytest.raises(SpecFetchFailed, match="could not be decoded"):
+        _fetch(server.url("/gzip-corrupt"))
+    with pytest.raises(SpecFetchFailed, match="4 content encodings; at most 3"):
+        _fetch(server.url("/gzip-many"))
 
 
 def test_dns_failure_is_a_fetch_failure() -> None:

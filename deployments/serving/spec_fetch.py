@@ -14,7 +14,8 @@ import functools
 import ipaddress
 import socket
 import ssl
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -49,8 +50,12 @@ _REFUSED_KINDS = (
     ("is_private", "private"),
 )
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Content encodings are undone here, a bounded step at a time (see _Decoder), not by httpx.
+_INFLATE_STEP = 64 * 1024
+MAX_CONTENT_ENCODINGS = 3
 _HEADERS = {
     "accept": "application/json, application/yaml;q=0.9, text/yaml;q=0.9, */*;q=0.5",
+    "accept-encoding": "gzip, deflate",
     "user-agent": "opensesame-predictor (spec fetcher)",
 }
 
@@ -280,13 +285,102 @@ class SpecFetcher:
             raise SpecTooLarge(
                 f"spec at {_shown(url)} is {int(declared)} bytes; the limit is {limit}"
             )
+        too_large = f"spec at {_shown(url)} is larger than the {limit}-byte limit"
+        decoder = _Decoder(_content_encodings(response), limit=limit, too_large=too_large)
         body = bytearray()
-        # Counts decoded bytes, so a small gzip body that inflates past the cap is caught too.
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > limit:
-                raise SpecTooLarge(f"spec at {_shown(url)} is larger than the {limit}-byte limit")
+        received = 0
+        # httpx would inflate each network chunk whole (a few KB of "gzip, gzip" is gigabytes):
+        # the raw bytes are decoded here instead, every layer counted a bounded step at a time.
+        async for raw in response.aiter_raw():
+            received += len(raw)
+            if received > limit:
+                raise SpecTooLarge(too_large)
+            for piece in decoder.decode(raw):
+                body += piece
+        for piece in decoder.flush():
+            body += piece
+        if len(body) > limit:  # no encoding: the raw count above; else each layer's count
+            raise SpecTooLarge(too_large)
         return bytes(body)
+
+
+def _content_encodings(response: httpx.Response) -> list[str]:
+    """The encodings to undo, outermost first; unknown ones pass through, as httpx does."""
+    named = [
+        e.strip().lower()
+        for e in response.headers.get_list("content-encoding", split_commas=True)
+        if e.strip().lower() not in ("", "identity")
+    ]
+    if len(named) > MAX_CONTENT_ENCODINGS:
+        raise SpecFetchFailed(
+            f"spec host sent {len(named)} content encodings; at most {MAX_CONTENT_ENCODINGS} are decoded"
+        )
+    return [e for e in reversed(named) if e in ("gzip", "x-gzip", "deflate")]
+
+
+class _Inflater:
+    """One gzip or deflate layer, inflated at most ``_INFLATE_STEP`` bytes per step, with a cap
+    on all it produces."""
+
+    def __init__(self, encoding: str, *, limit: int, too_large: str) -> None:
+        self._deflate = encoding == "deflate"
+        self._zlib = zlib.decompressobj(zlib.MAX_WBITS if self._deflate else zlib.MAX_WBITS | 16)
+        self._started = False
+        self._limit = limit
+        self._too_large = too_large
+        self.produced = 0
+
+    def steps(self, data: bytes) -> Iterator[bytes]:
+        pending = data
+        while not self._zlib.eof:  # bytes after the end of the stream are dropped, as httpx does
+            try:
+                out = self._zlib.decompress(pending, _INFLATE_STEP)
+            except zlib.error as exc:
+                if self._deflate and not self._started:
+                    # deflate without the zlib header, as some servers send it (httpx reads it too)
+                    self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+                    self._started = True
+                    continue
+                raise SpecFetchFailed(f"the spec could not be decoded ({exc})") from None
+            self._started = True
+            pending = self._zlib.unconsumed_tail
+            if out:
+                yield self._counted(out)
+            if not pending and len(out) < _INFLATE_STEP:
+                return
+
+    def flush(self) -> bytes:
+        try:
+            return self._counted(self._zlib.flush())
+        except zlib.error as exc:
+            raise SpecFetchFailed(f"the spec could not be decoded ({exc})") from None
+
+    def _counted(self, out: bytes) -> bytes:
+        self.produced += len(out)
+        if self.produced > self._limit:
+            raise SpecTooLarge(self._too_large)
+        return out
+
+
+class _Decoder:
+    """Undoes stacked content encodings; no layer may produce more than ``limit`` bytes, and
+    none is handed more than ``_INFLATE_STEP`` bytes at once, so memory stays near the cap."""
+
+    def __init__(self, encodings: list[str], *, limit: int, too_large: str) -> None:
+        self._layers = [_Inflater(e, limit=limit, too_large=too_large) for e in encodings]
+
+    def decode(self, data: bytes, start: int = 0) -> Iterator[bytes]:
+        if start == len(self._layers):
+            yield data
+            return
+        for piece in self._layers[start].steps(data):
+            yield from self.decode(piece, start + 1)
+
+    def flush(self) -> Iterator[bytes]:
+        for i, layer in enumerate(self._layers):
+            tail = layer.flush()
+            if tail:
+                yield from self.decode(tail, i + 1)
 
 
 def _http_url(url: str | httpx.URL) -> httpx.URL:
