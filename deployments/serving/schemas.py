@@ -21,12 +21,46 @@ __all__ = [
     "StoredPredictionResponse",
     "MAX_EVENTS",
     "MAX_PROMPT_CHARS",
+    "MAX_PARAM_VALUE_BYTES",
+    "MAX_EVENT_PARAMS_BYTES",
 ]
 
 MAX_EVENTS = 200
 MAX_PROMPT_CHARS = 4000
 MAX_PARAMS = 100
 MAX_ENDPOINT_CHARS = 2048
+# The request travels between replicas over Ray's gRPC, which refuses messages over 4 MiB (an HTTP
+# 500), so params are bounded by their size as JSON. The largest of the 4,378 real workflow steps
+# has 2,331 bytes of params, the largest workflow 3,444 in all.
+MAX_PARAM_VALUE_BYTES = 4 * 1024  # each param value (nested ones whole)
+MAX_EVENT_PARAMS_BYTES = 64 * 1024  # the params of all events of one request together
+
+
+def json_size(value: Any, *, limit: int) -> int:
+    """The size of ``value`` as compact UTF-8 JSON, counted without recursion and only until it
+    passes ``limit`` (then the count so far, over ``limit``, is returned)."""
+    size = 0
+    stack = [value]
+    while stack and size <= limit:
+        item = stack.pop()
+        if isinstance(item, str):
+            # A string longer than the limit is over it in any encoding; skip encoding megabytes.
+            size += 2 + (len(item) if len(item) > limit else len(item.encode("utf-8", "surrogatepass")))
+        elif isinstance(item, dict):
+            size += 1 + max(len(item), 1)  # braces and commas
+            for key, sub in item.items():
+                size += 3 + len(str(key).encode("utf-8", "surrogatepass"))  # quotes and colon
+                stack.append(sub)
+        elif isinstance(item, list | tuple):
+            size += 1 + max(len(item), 1)
+            stack.extend(item)
+        elif item is None or isinstance(item, bool):
+            size += 5
+        elif isinstance(item, int):
+            size += 2 + item.bit_length() * 30103 // 100_000  # digits, without str() of a huge int
+        else:
+            size += len(repr(item))
+    return size
 
 
 class Event(BaseModel):
@@ -47,6 +81,12 @@ class Event(BaseModel):
     def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
         if len(v) > MAX_PARAMS:
             raise ValueError(f"at most {MAX_PARAMS} params per event")
+        for name, value in v.items():
+            if json_size(value, limit=MAX_PARAM_VALUE_BYTES) > MAX_PARAM_VALUE_BYTES:
+                raise ValueError(
+                    f"params value {name[:64]!r} is over {MAX_PARAM_VALUE_BYTES} bytes as JSON "
+                    "(the cap per value)"
+                )
         return v
 
 
@@ -59,6 +99,19 @@ class PredictRequest(BaseModel):
     spec_url: str | None = Field(default=None, max_length=2048)
     spec: dict[str, Any] | None = None
     k: int = Field(default=5, ge=1, le=20)
+
+    @field_validator("events")
+    @classmethod
+    def _params_size(cls, v: list[Event]) -> list[Event]:
+        total = 0
+        for event in v:
+            total += json_size(event.params, limit=MAX_EVENT_PARAMS_BYTES - total)
+            if total > MAX_EVENT_PARAMS_BYTES:
+                raise ValueError(
+                    f"the events' params are over {MAX_EVENT_PARAMS_BYTES} bytes as JSON "
+                    "(the cap per request)"
+                )
+        return v
 
     @model_validator(mode="after")
     def _one_spec(self) -> PredictRequest:
