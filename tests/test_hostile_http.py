@@ -305,6 +305,18 @@ def test_inline_spec_with_5000_operations(client: httpx.Client) -> None:
     assert time.monotonic() - t0 < 15
 
 
+def test_inline_spec_that_expands_past_the_caps_gets_413(client: httpx.Client) -> None:
+    # 500 path items sharing one of 5 operations × 200 parameters: 24 KB, 501,000 parameters.
+    shared: dict[str, Any] = {m: {"summary": m} for m in ("get", "put", "post", "delete", "patch")}
+    shared["parameters"] = [{"name": f"p{i}", "in": "query"} for i in range(200)]
+    paths = {"/shared": shared, **{f"/p{i}": {"$ref": "#/paths/~1shared"} for i in range(500)}}
+    t0 = time.monotonic()
+    r = client.post("/predict", json=_body(spec={"openapi": "3.0.0", "paths": paths}))
+    error = _is_clean_error(r, 413)
+    assert "100000 parameters" in error["message"] and "cap" in error["message"], error
+    assert time.monotonic() - t0 < 10
+
+
 # -- schemathesis from the service's own schema --------------------------------------------------
 
 
