@@ -41,17 +41,45 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def _first_problem(first: dict[str, Any]) -> str:
+    where = ".".join(first["loc"][1:] if first["loc"][:1] == ["body"] else first["loc"])
+    return f"invalid request: {where + ': ' if where else ''}{first['msg']}"
+
+
+def _body_problem(request: Request, exc: RequestValidationError) -> str | None:
+    """What is wrong with the body as a whole, said so a person can fix it: not JSON (the content
+    type), or JSON broken at a line and column."""
+    errors = exc.errors()
+    if not errors or list(errors[0].get("loc", ()))[:1] != ["body"]:
+        return None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        pos = first["loc"][1] if len(first["loc"]) > 1 and isinstance(first["loc"][1], int) else None
+        reason = str((first.get("ctx") or {}).get("error", "not valid JSON"))
+        body = getattr(request, "_body", None)  # read by FastAPI already; never read again here
+        if pos is None or not isinstance(body, bytes):
+            return f"invalid request: the body is not valid JSON ({reason})"
+        line = body.count(b"\n", 0, pos) + 1
+        column = pos - (body.rfind(b"\n", 0, pos) + 1) + 1
+        return f"invalid request: the body is not valid JSON: {reason} at line {line}, column {column}"
+    if len(first["loc"]) == 1 and first.get("type") in ("model_attributes_type", "dict_type", "missing"):
+        ctype = request.headers.get("content-type", "")
+        if "json" not in ctype.lower():
+            got = f"content-type {ctype!r}" if ctype else "no content-type"
+            return f"invalid request: the body must be JSON sent with content-type: application/json ({got})"
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PredictorError)
     async def _predictor_error(_: Request, exc: PredictorError) -> JSONResponse:
         return error_response(exc.status, exc.message)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = _validation_details(exc)
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
-        where = ".".join(first["loc"][1:] if first["loc"][:1] == ["body"] else first["loc"])
-        message = f"invalid request: {where + ': ' if where else ''}{first['msg']}"
+        message = _body_problem(request, exc) or _first_problem(first)
         return error_response(422, message, details)
 
     @app.exception_handler(StarletteHTTPException)

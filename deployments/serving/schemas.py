@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -63,12 +65,44 @@ def json_size(value: Any, *, limit: int) -> int:
     return size
 
 
+_EPOCH = re.compile(r"-?\d+(\.\d+)?")
+_TS_RULE = "must be a timestamp: ISO 8601 (2026-12-04T10:00:00Z) or epoch seconds"
+
+
+def timestamp(value: Any) -> str | None:
+    """An event's ``ts`` as ISO 8601 (epoch seconds are converted, in UTC): implicit feedback
+    orders events by it, so anything else is refused."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(_TS_RULE)
+    text = str(value).strip()
+    if len(text) > 64:
+        raise ValueError(_TS_RULE)
+    if not isinstance(value, str) or _EPOCH.fullmatch(text):
+        seconds = float(text)
+        if not 0 <= seconds < 1e11:  # 1970 to the year 5138: a count of seconds, not of ms
+            raise ValueError(f"{_TS_RULE} (epoch seconds out of range: {text})")
+        return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat()
+    try:
+        dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(_TS_RULE) from None
+    return text
+
+
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     endpoint: str = Field(max_length=MAX_ENDPOINT_CHARS, examples=["GET /v1/invoices/in_123"])
     params: dict[str, Any] = Field(default_factory=dict)
-    ts: str | None = Field(default=None, max_length=64)
+    ts: str | None = Field(default=None, max_length=64,
+                           description="when the call was made: ISO 8601, or epoch seconds")
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _ts(cls, v: Any) -> str | None:
+        return timestamp(v)
 
     @field_validator("endpoint")
     @classmethod
