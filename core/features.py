@@ -63,7 +63,6 @@ __all__ = [
     "FEATURE_NAMES",
     "FEATURE_VERSION",
     "FeatureExtractor",
-    "Request",
     "SpecTables",
     "prompt_stems",
     "id_sources",
@@ -490,10 +489,6 @@ class UserTransitions:
 
 COLD = UserTransitions()
 
-Request = tuple[SpecIndex, Sequence[Call], "str | None", Sequence[Candidate]] | tuple[
-    SpecIndex, Sequence[Call], "str | None", Sequence[Candidate], "UserTransitions | None"]
-
-
 class FeatureExtractor:
     """``extract(spec, history, prompt, candidates)`` → float32 matrix, one row per candidate,
     columns :data:`FEATURE_NAMES`. Deterministic; the only state is a cache of per-spec tables."""
@@ -523,9 +518,6 @@ class FeatureExtractor:
 
     def tables(self, spec: SpecIndex) -> SpecTables:
         return self._tables.get(spec)
-
-    def extract_batch(self, requests: Sequence[Request]) -> list[np.ndarray]:
-        return [self.extract(*r) for r in requests]
 
     def extract(
         self,

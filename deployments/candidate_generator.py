@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -17,6 +18,8 @@ from deployments.serving.spec_store import SpecStore
 
 __all__ = ["CandidateGeneratorDeployment"]
 
+log = logging.getLogger(__name__)
+
 
 @serve.deployment(name="CandidateGenerator", **deployment_options("CandidateGenerator"))
 class CandidateGeneratorDeployment(Replica):
@@ -27,13 +30,16 @@ class CandidateGeneratorDeployment(Replica):
 
     async def generate_batch(self, requests: list[GraphRequest]) -> list[Generated | BaseException]:
         """Candidates for a batch of requests (the ingress coalesces them), concurrently. A request
-        that fails (e.g. its spec left the node's cache) gets its error in its place."""
+        that fails (its spec left the node's cache, or a fault) gets its error in its place: the
+        other users' requests of the batch are answered."""
         start = time.perf_counter()
         try:
             results = await asyncio.gather(*(self.generate(r) for r in requests), return_exceptions=True)
             for r in results:
-                if isinstance(r, BaseException) and not isinstance(r, PredictorError):
-                    raise r
+                if isinstance(r, BaseException) and not isinstance(r, Exception):
+                    raise r  # cancelled, or the process is stopping
+                if isinstance(r, Exception) and not isinstance(r, PredictorError):
+                    log.error("candidate generation failed for one request", exc_info=r)
             return list(results)
         finally:
             self.latency.observe(time.perf_counter() - start)

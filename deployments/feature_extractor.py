@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+import numpy as np
 from ray import serve
 
 from core.candidates.generator import CandidateSet
@@ -18,6 +20,8 @@ from deployments.serving.resources import deployment_options
 from deployments.serving.spec_store import SpecStore
 
 __all__ = ["FeatureExtractorDeployment"]
+
+log = logging.getLogger(__name__)
 
 
 @serve.deployment(name="FeatureExtractor", **deployment_options("FeatureExtractor"))
@@ -74,10 +78,16 @@ class FeatureExtractorDeployment(BatchedReplica):
         # Inline, not in a worker thread: a thread hop per batch cost ~0.5 ms, and the few ms of
         # a batch hold up nothing (calls arriving meanwhile join the next batch; HAProxy, not
         # this replica, refuses the excess). benchmarks/SERVING.md.
-        matrices = self.extractor.extract_batch(jobs) if jobs else []
+        matrices: dict[int, np.ndarray] = {}
+        for i, job in zip(rows, jobs, strict=True):
+            try:
+                matrices[i] = self.extractor.extract(*job)
+            except Exception as exc:  # noqa: BLE001 - fails its own request, not the batch
+                log.error("feature extraction failed for one request", exc_info=exc)
+                failed[i] = exc
         ms = (time.perf_counter() - start) * 1000
         done: dict[int, Featured] = {}
-        for i, x in zip(rows, matrices, strict=True):
+        for i, x in matrices.items():
             gen = generated[i]
             assert not isinstance(gen, BaseException)
             done[i] = Featured(
