@@ -49,9 +49,9 @@ def param_sources(
     out: dict[str, tuple[IdSource | None, bool]] = {}
     for name in operation.path_params:
         key, entity = name_key(name), param_entity(name, operation.segments)
-        if not _names_something(name, entity, operation.segments):
-            entity = ""
         hits = [s for s in matching_ids(key, entity, by_name, by_entity) if _fits(s, key)]
+        if not _names_something(name, entity, operation.segments):
+            hits = [s for s in hits if name_key(s.name) == key]  # by its name only
         hits.sort(key=lambda s: (s.age, s.value is None, s.origin != "path"))
         concrete = [s for s in hits if s.value is not None and _type_fits(s.value, types.get(name))]
         if concrete and (not hits or concrete[0].age <= hits[0].age):
