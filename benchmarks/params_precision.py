@@ -235,11 +235,13 @@ def _row(c: Counter[str]) -> dict[str, Any]:
 
 
 def to_markdown(result: Mapping[str, Any], k: int) -> str:
+    which = {"valid": "validation", "train": "training"}.get(result["split"], "all")
+    flag = "" if result["split"] == "valid" else f" --split {result['split']}"
     lines = [
-        f"# Params precision ({result['split']} APIs)",
+        f"# Params precision ({which} APIs)",
         "",
-        f"`python -m benchmarks.params_precision`: {result['steps']} real steps of "
-        f"{result['apis']} {result['split']} APIs; the target is in the top {k} on "
+        f"`python -m benchmarks.params_precision{flag}`: {result['steps']} real steps of "
+        f"{result['apis']} {'' if which == 'all' else which + ' '}APIs; the target is in the top {k} on "
         f"{result[f'target_in_top{k}']}, and its filled params are compared with the step's.",
         "",
         "| location | filled | correct | wrong | wrong rate | of the wrong: event misresolved "
