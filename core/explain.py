@@ -7,12 +7,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from core.features import FEATURE_NAMES, prompt_stems
+from core.features import FEATURE_NAMES, IdSource, prompt_stems
 from core.params import param_sources
 from core.priors.word_vectors import load_word_vectors, unit_rows
 from core.spec.index import Call
 from core.spec.operations import Operation
-from core.vocabulary import DESTRUCTIVE_WORDS, feature_stem, param_entity, tokenize
+from core.vocabulary import (
+    ACTION_VERBS,
+    DESTRUCTIVE_WORDS,
+    ID_SUFFIXES,
+    NAME_VERB_ROLE,
+    ROLES,
+    VERSION_SEGMENT,
+    feature_stem,
+    param_entity,
+    singular,
+    tokenize,
+)
 
 __all__ = ["explain"]
 
@@ -63,21 +74,40 @@ def _nan_to_zero(x: np.ndarray) -> np.ndarray:
 
 def _plural(noun: str) -> str:
     noun = noun.replace("_", " ")
-    if not noun:
-        return "items"
     if noun.endswith("y") and noun[-2:-1] not in "aeiou":
         return noun[:-1] + "ies"
     return noun if noun.endswith("s") else noun + ("es" if noun.endswith(("x", "ch", "sh")) else "s")
 
 
+_VERB_WORDS = frozenset(ROLES) | frozenset(NAME_VERB_ROLE) | ACTION_VERBS | DESTRUCTIVE_WORDS
+
+
 def _noun(op: Operation) -> str:
-    return op.resource.replace("_", " ") or "item"
+    """What the operation acts on, in words ('line item'), or '' when its path names nothing a
+    user would call a thing: no literal, one of a letter or two (``/a/{id}``), or a verb
+    (``/create``, ``/getMembershipForCurrentUser``): the last literal that names one."""
+    for seg in reversed(op.literal_segments):
+        words = tokenize(seg, keep_stopwords=True)
+        if words and words[0] not in _VERB_WORDS and len("".join(words)) > 2:
+            return singular(" ".join(words)) if len(words) == 1 else " ".join(
+                (*words[:-1], singular(words[-1])))
+    return ""
+
+
+def _article(noun: str) -> str:
+    """'an' before a vowel sound: an invoice, an order; a user, a unit."""
+    if noun.startswith(("us", "uni", "uti", "ur", "eu", "one")):
+        return "a"
+    return "an" if noun[:1] in "aeiou" else "a"
 
 
 def _doing(op: Operation) -> str:
-    """The last call as a user would describe it: 'a list of invoices', 'creating an invoice'."""
+    """The last call as a user would describe it: 'a list of invoices', 'creating an invoice';
+    the call itself ('POST /v1/create') when its path names no thing."""
     noun = _noun(op)
-    article = "an" if noun[:1] in "aeiou" else "a"
+    if not noun:
+        return f"{op.method} {op.path}"
+    article = _article(noun)
     return {
         "list": f"a list of {_plural(noun)}",
         "search": f"a search for {_plural(noun)}",
@@ -148,13 +178,29 @@ def _age_phrase(age: int) -> str:
         "the call before it" if age == 1 else f"a call {age + 1} steps back")
 
 
+def _id_words(name: str, operation: Operation, src: IdSource) -> str:
+    """An id as a user says it: 'the invoice id' by what it names, else by its own name ('the
+    issue id or key' for ``issueIdOrKey``, never 'the issue id or id'); no entity read off a
+    version segment ('the v1beta1 id')."""
+    for entity in (param_entity(name, operation.segments), src.entity):
+        words = entity.split("_") if entity else []
+        if (words and not _names_nothing(entity)
+                and not any(w in ID_SUFFIXES or w in ("or", "and") for w in words)):
+            return f"the {' '.join(words)} id"
+    words = tokenize(name, keep_stopwords=True)
+    return f"the {' '.join(words)}" if words else f"the {name}"
+
+
+def _names_nothing(entity: str) -> bool:
+    return VERSION_SEGMENT.match(entity.replace("_", "")) is not None
+
+
 def _dataflow_phrase(operation: Operation, history: Sequence[Call]) -> str | None:
     best: tuple[int, str] | None = None
     for name, (src, known) in param_sources(operation, history).items():
         if src is None:
             continue
-        entity = (param_entity(name, operation.segments) or src.entity or "").replace("_", " ")
-        what = f"the {entity} id" if entity else f"the {name}"
+        what = _id_words(name, operation, src)
         if known:
             text = f"uses {what} {src.value} from {_age_phrase(src.age)}"
         else:
@@ -173,13 +219,18 @@ def _structure_phrase(operation: Operation, row: np.ndarray, history: Sequence[C
     if row[_COL["rel_same_op"]] > 0:
         return "repeats your last call"
     if row[_COL["rel_child"]] > 0:
-        return f"goes into the {last_noun} from your last call ({_plural(noun)})"
+        if noun and last_noun:
+            return f"goes into the {last_noun} from your last call ({_plural(noun)})"
+        return "goes one level into the path of your last call"
     if row[_COL["rel_same"]] > 0 or row[_COL["rel_same_resource"]] > 0:
-        return f"works on the same {_plural(noun)} as your last call"
+        return f"works on the same {_plural(noun)} as your last call" if noun else (
+            "works on the same path as your last call")
     if row[_COL["rel_parent"]] > 0:
-        return f"goes back up to the {_plural(noun)}"
+        return f"goes back up to the {_plural(noun)}" if noun else (
+            "goes back up the path of your last call")
     if row[_COL["rel_sibling"]] > 0:
-        return f"next to the {_plural(last_noun)} you just used"
+        return f"next to the {_plural(last_noun)} you just used" if last_noun else (
+            "next to the path of your last call")
     return None
 
 
@@ -215,7 +266,9 @@ def explain(
                 if near:
                     text = "means " + " and ".join(f"'{w}'" for w in near[:2]) + " in your request"
         elif reason == "order":
-            if prompt and history:
+            # only where the clause of the request the operation matches best is the one after
+            # the clause the history has reached (else "the next step" is the order's guess)
+            if prompt and history and row[_COL["clause_best_delta"]] == 1:
                 text = "the next step your request describes"
         elif reason == "dataflow":
             text = _dataflow_phrase(operation, history)
@@ -225,7 +278,8 @@ def explain(
             if last is not None:
                 text = f"usually follows {_doing(last)}"
             elif not history:
-                text = "a usual first call"
+                noun = _noun(operation)
+                text = f"a usual first step: {_doing(operation)}" if noun else None
         elif reason == "entry":
             if not history and not operation.path_params:
                 text = "a starting point that needs no ids"

@@ -8,10 +8,18 @@ from typing import Any
 
 from core.features import IdSource, held_ids, matching_ids
 from core.spec.index import Call
-from core.spec.operations import Operation
-from core.vocabulary import is_id_name, name_key, param_entity
+from core.spec.operations import Operation, Param
+from core.vocabulary import (
+    REFERENCE_WORDS,
+    VERSION_SEGMENT,
+    is_id_name,
+    name_key,
+    param_entity,
+    path_param_names,
+    tokenize,
+)
 
-__all__ = ["fill_params", "param_sources"]
+__all__ = ["fill_params", "param_sources", "SESSION_PARAMS"]
 
 
 def _type_fits(value: Any, type_: str | None) -> bool:
@@ -30,14 +38,20 @@ def param_sources(
     operation: Operation, history: Sequence[Call]
 ) -> dict[str, tuple[IdSource | None, bool]]:
     """For each path parameter: the id it takes (newest first, concrete values preferred) and
-    whether that value is known."""
+    whether that value is known.
+
+    An id fits by its name, or by its entity (:func:`matching_ids`) when that entity names
+    something: a version segment (``/v1beta1/{+name}``, ``/api/{id}``) names nothing, and neither
+    does the literal before a segment for any parameter but the segment's first
+    (``/media/{id}.{extension}``: the extension is no media id)."""
     by_name, by_entity = held_ids(history)
     types = {p.name: p.type for p in operation.params if p.location == "path"}
     out: dict[str, tuple[IdSource | None, bool]] = {}
     for name in operation.path_params:
-        hits = matching_ids(
-            name_key(name), param_entity(name, operation.segments), by_name, by_entity
-        )
+        key, entity = name_key(name), param_entity(name, operation.segments)
+        hits = [s for s in matching_ids(key, entity, by_name, by_entity) if _fits(s, key)]
+        if not _names_something(name, entity, operation.segments):
+            hits = [s for s in hits if name_key(s.name) == key]  # by its name only
         hits.sort(key=lambda s: (s.age, s.value is None, s.origin != "path"))
         concrete = [s for s in hits if s.value is not None and _type_fits(s.value, types.get(name))]
         if concrete and (not hits or concrete[0].age <= hits[0].age):
@@ -49,6 +63,51 @@ def param_sources(
     return out
 
 
+def _segments(src: IdSource) -> tuple[str, ...]:
+    """The path segments of the call an id came from (its key ``METHOD /path``), for its path
+    parameters; () for ids passed as params or returned."""
+    if src.origin != "path":
+        return ()
+    return tuple(s for s in src.call_key.partition(" ")[2].split("/") if s)
+
+
+def _names_something(name: str, entity: str, segments: tuple[str, ...]) -> bool:
+    """Whether ``entity`` (the features' :func:`param_entity` of ``name``) surely says what the id
+    is. A version segment (``/v1beta1/{+name}``, ``/api/{id}``) names nothing. An entity read
+    from the literal before a path parameter's segment is its only when that literal comes right
+    before and the parameter is the segment's first: ``/invoices/{id}`` is an invoice's, but
+    neither ``{extension}`` of ``/media/{id}.{extension}`` nor ``{key}`` of ``/jobs/{id}/{key}``
+    is a media's or a job's id."""
+    if not entity or VERSION_SEGMENT.match(entity.replace("_", "")):
+        return False
+    if param_entity(name) == entity:
+        return True  # said by the name itself: invoice_id, {repo}
+    for i, seg in enumerate(segments):
+        names = path_param_names(seg)
+        if name in names:
+            return names[0] == name and i > 0 and "{" not in segments[i - 1]
+    return True
+
+
+def _refers(name: str) -> bool:
+    """Whether a parameter passed in a request (not a path) surely holds an id of another record:
+    ``invoice_id``, ``projectId``, a bare ``id``; not ``campaign_name``, nor a bare ``name`` or
+    ``key``, which are as often the record's own values (the name of the project created)."""
+    words = tokenize(name, keep_stopwords=True)
+    if len(words) > 1:
+        return words[-1] in REFERENCE_WORDS
+    return bool(words) and words[0] in ("id", "uuid", "guid", "sid")
+
+
+def _fits(src: IdSource, key: str) -> bool:
+    """An id matched by its entity rather than its name is kept when it surely is one."""
+    if name_key(src.name) == key:
+        return True
+    if src.origin == "param" and not _refers(src.name):
+        return False
+    return _names_something(src.name, src.entity, _segments(src))
+
+
 def fill_params(
     operation: Operation,
     history: Sequence[Call],
@@ -56,12 +115,19 @@ def fill_params(
     proposed: Mapping[str, str] | None = None,
     prompt: str | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Path parameters filled with ids from the history where names and types match (the newest
-    fitting id wins), and the required parameters that could not be filled.
+    """Parameters filled with values of the history that mean the same (the newest wins), and
+    the required parameters that could not be filled. A wrong value is worse than a missing one.
 
-    ``{invoice_id}`` takes an ``invoice_id`` the user passed, or the id in the path of an earlier
-    call on invoices (``/invoices/{id}``); a bare ``{id}`` takes an id of its own resource only.
-    An id the last call returns but whose value the history doesn't show stays missing.
+    Path parameters take ids whose entity matches: ``{invoice_id}`` takes an ``invoice_id`` the
+    user passed, or the id in the path of an earlier call on invoices (``/invoices/{id}``); a
+    bare ``{id}`` takes an id of its own resource only. An id the last call returns but whose
+    value the history doesn't show stays missing.
+
+    Other required parameters (query, body) take a value only where its meaning is certain: the
+    same name in the same place (query or body) of an earlier call on the same resource (of any
+    call, for credentials and the API version: :data:`SESSION_PARAMS`), or, for an id
+    (``customer_id``), an id of its entity. ``lat`` of ``GET /eta`` is never the ``lat`` of
+    ``PUT /rides/{id}/destination``: those stay missing.
 
     ``proposed``: the values an LLM proposed for this operation. What the history leaves unfilled
     takes one when the operation declares the parameter, the value fits its type, and it is
@@ -75,18 +141,11 @@ def fill_params(
             params[name] = src.value
         else:
             missing.append(name)
-    # other required parameters: the same name passed before (newest first)
+    # other required parameters (query, body): only a value of the same meaning
     for p in operation.params:
-        if not p.required or p.location == "path" or p.location == "header" or p.name in params:
+        if not p.required or p.location in ("path", "header", "cookie") or p.name in params:
             continue
-        value = None
-        for call in reversed(history):
-            if p.name in call.params and _type_fits(call.params[p.name], p.type):
-                value = call.params[p.name]
-                break
-            if p.name in call.path_params and is_id_name(p.name):
-                value = call.path_params[p.name]
-                break
+        value = _same_meaning_value(operation, p, history)
         if value is None:
             missing.append(p.name)
         else:
@@ -94,6 +153,46 @@ def fill_params(
     if proposed:
         _fill_proposed(operation, proposed, params, missing, history, prompt)
     return params, missing
+
+
+def _same_meaning_value(operation: Operation, param: Param, history: Sequence[Call]) -> Any:
+    """The newest value of ``param`` (a query or body parameter) the history gives it with the
+    same meaning, or None."""
+    place = _place(param.location)
+    session = name_key(param.name) in SESSION_PARAMS
+    for call in reversed(history):
+        op = call.operation
+        if op is None or not (session or op.key == operation.key
+                              or (operation.resource and op.resource == operation.resource)):
+            continue
+        value = call.params.get(param.name)
+        declared = next((q for q in op.params if q.name == param.name), None)
+        if (value is not None and declared is not None and _place(declared.location) == place
+                and _type_fits(value, param.type)):
+            return value
+        if param.name in call.path_params and is_id_name(param.name):
+            return call.path_params[param.name]
+    entity = param_entity(param.name)
+    if not _refers(param.name) or not _names_something(param.name, entity, ()):
+        return None
+    key = name_key(param.name)
+    by_name, by_entity = held_ids(history)
+    hits = [s for s in matching_ids(key, entity, by_name, by_entity)
+            if s.value is not None and _type_fits(s.value, param.type) and _fits(s, key)]
+    return min(hits, key=lambda s: (s.age, s.origin != "path")).value if hits else None
+
+
+# Parameters that mean the same in every call of a session: credentials and the API's version.
+# Any other value is the value of one resource's field (``lat`` of an ETA is not the ``lat`` of a
+# ride's destination), and goes only to calls on that resource.
+SESSION_PARAMS = frozenset(
+    "apikey appkey subscriptionkey accesstoken authtoken token jwt clientid clientsecret "
+    "username password apiversion".split()
+)
+
+
+def _place(location: str) -> str:
+    return "body" if location in ("body", "formData") else location
 
 
 def _fill_proposed(
