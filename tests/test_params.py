@@ -1,5 +1,5 @@
-"""fill_params: a value from the history only where it surely means the same (issue 20: a wrong
-value is worse than a missing one)."""
+"""fill_params: a value from the history only where it surely means the same (a wrong value is
+worse than a missing one)."""
 
 from __future__ import annotations
 
