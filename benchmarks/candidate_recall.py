@@ -32,7 +32,7 @@ from core.candidates.retrieval import RetrievalGenerator
 from core.priors.transitions import DEFAULT_PATH, load_transitions
 from core.settings import load_settings
 from core.spec.index import SpecIndex
-from core.spec.operations import tokenize
+from core.vocabulary import tokenize
 from ranker.data import Example, examples, load_spec, load_workflows, split_of, summary
 from ranker.synth import synthesize_for_apis
 

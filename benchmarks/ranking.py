@@ -30,7 +30,7 @@ from core.features import FeatureExtractor
 from core.priors.transitions import load_transitions
 from core.scorer import HeuristicRanker, RankerModel, default_model_path
 from core.settings import load_settings
-from core.spec.operations import tokenize
+from core.vocabulary import tokenize
 from ranker.data import Example, examples, load_workflows, split_of
 from ranker.evaluate import MISS, build_groups, metrics_table, ranking_metrics, ranks_from_scores
 from ranker.synth import synthesize_for_apis

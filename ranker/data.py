@@ -26,7 +26,7 @@ from urllib.parse import quote, unquote
 from core.errors import SpecInvalid
 from core.spec.index import Call, SpecIndex
 from core.spec.openapi import parse_spec
-from core.spec.operations import path_param_names
+from core.vocabulary import path_param_names
 
 if TYPE_CHECKING:
     from core.features import UserTransitions

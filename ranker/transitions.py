@@ -25,7 +25,8 @@ from core.priors.transitions import (
     relation_of_segments,
 )
 from core.settings import load_settings
-from core.spec.operations import ROLES, Operation
+from core.spec.operations import Operation
+from core.vocabulary import ROLES
 from ranker.data import load_spec, load_workflows, split_of
 
 __all__ = ["fit_transitions", "main"]

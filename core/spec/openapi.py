@@ -17,7 +17,8 @@ import yaml
 
 from core.errors import SpecInvalid, SpecTooLarge
 from core.spec.index import SpecIndex
-from core.spec.operations import Operation, Param, is_id_name
+from core.spec.operations import Operation, Param
+from core.vocabulary import is_id_name
 
 __all__ = ["parse_spec", "load_document", "spec_hash_of"]
 

@@ -14,31 +14,13 @@ from core.vocabulary import (
     ACTION_VERBS,
     DESTRUCTIVE_WORDS,
     NAME_VERB_ROLE,
-    PATH_PARAM,
-    ROLES,
-    STOPWORDS,
     VERSION_SEGMENT,
-    is_id_name,
     path_param_names,
-    singular,
     snake_name,
     tokenize,
 )
 
-# The words themselves live in core.vocabulary; these names are also importable from here.
-__all__ = [
-    "Param",
-    "Operation",
-    "ROLES",
-    "DESTRUCTIVE_WORDS",
-    "STOPWORDS",
-    "tokenize",
-    "singular",
-    "is_id_name",
-    "path_param_names",
-    "VERSION_SEGMENT",
-    "PATH_PARAM",
-]
+__all__ = ["Param", "Operation"]
 
 
 @dataclass(frozen=True, slots=True)
