@@ -1,4 +1,5 @@
-"""A progress bar on stderr for long commands, with no dependency.
+"""Progress of long commands on stderr, with no dependency: a step's line (:func:`step`), and a
+progress bar.
 
 On a terminal it redraws one line (``features [#######.....] 1234/2000 62% 8.1s eta 5s``); when
 stderr is a file or a pipe it prints a plain line at every 10% instead, so logs stay readable.
@@ -11,9 +12,14 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import IO, TypeVar
 
-__all__ = ["Progress", "track"]
+__all__ = ["Progress", "track", "step"]
 
 T = TypeVar("T")
+
+
+def step(msg: str) -> None:
+    """One line on stderr, at once: where a long command stands (stdout stays its result)."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 class Progress:

@@ -46,7 +46,7 @@ from core.candidates.types import Candidate
 from core.features import FEATURE_NAMES, FEATURE_VERSION, FeatureExtractor, UserTransitions
 from core.outcomes import OutcomeLog, StoredPrediction
 from core.priors.transitions import load_transitions
-from core.progress import track
+from core.progress import step, track
 from core.scorer import CARD_FILE, MODEL_FILE, ModelCard, RankerModel, default_model_path, file_sha256
 from core.spec.index import SpecIndex
 from ranker.data import load_spec, load_workflows, split_of
@@ -79,10 +79,6 @@ __all__ = [
 FEEDBACK_WEIGHT = 1.0
 TOLERANCE = 0.005
 GATE_METRICS = ("hit@1", "mrr")
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -- feedback as ranking groups ------------------------------------------------------------------
@@ -245,7 +241,7 @@ def _baseline(registry: ModelRegistry, explicit: Path | None) -> tuple[RankerMod
     try:
         return RankerModel.load(path).ensure_loaded(), str(path)
     except (OSError, ValueError) as exc:  # e.g. features changed since: it can't serve anyway
-        _log(f"      baseline {path} unusable ({exc}); the gate has nothing to compare with")
+        step(f"      baseline {path} unusable ({exc}); the gate has nothing to compare with")
         return None, str(path)
 
 
@@ -253,7 +249,7 @@ def retrain(
     config: RetrainConfig,
     *,
     outcomes: OutcomeLog | None = None,
-    show_table: Callable[[str], None] = _log,
+    show_table: Callable[[str], None] = step,
 ) -> RetrainResult:
     """Retrain on the base data plus ``outcomes`` (None: the base data alone), gate, and write
     (and promote) a new version when the gate passes. Progress goes to stderr; the validation
@@ -268,23 +264,23 @@ def retrain(
     generator = RetrievalGenerator(transitions=transitions)
     extractor = FeatureExtractor(transitions=transitions)
 
-    _log(f"[1/7] base data from {jentic_dir}")
+    step(f"[1/7] base data from {jentic_dir}")
     workflows = load_workflows(jentic_dir, progress=True)
     real, synthetic, personal = base_examples(
         workflows, synthetic_per_api=config.synthetic_per_api,
         personal_users_per_api=config.personal_users_per_api, seed=config.seed)
-    _log(f"      {len({w.api for w in workflows})} APIs, {len(real)} real + {len(synthetic)} "
+    step(f"      {len({w.api for w in workflows})} APIs, {len(real)} real + {len(synthetic)} "
          f"synthetic + {len(personal)} returning-user groups")
 
-    _log(f"[2/7] feedback from {config.feedback_store or 'no store'}")
+    step(f"[2/7] feedback from {config.feedback_store or 'no store'}")
     if outcomes is not None:
         stored = list(outcomes.predictions(with_outcome=True))
-        _log(f"      {outcomes.counts()}")
+        step(f"      {outcomes.counts()}")
     else:
-        _log("      no feedback store there: training on the base data alone")
+        step("      no feedback store there: training on the base data alone")
         stored = []
 
-    _log(f"[3/7] candidates and features ({len(FEATURE_NAMES)}, version {FEATURE_VERSION})")
+    step(f"[3/7] candidates and features ({len(FEATURE_NAMES)}, version {FEATURE_VERSION})")
     base_list = [*real, *synthetic, *personal]
     base = build_groups(track(base_list, "base features", total=len(base_list)),
                         generator=generator, extractor=extractor, limit=CANDIDATES)
@@ -296,7 +292,7 @@ def retrain(
     fb_train = fb.groups.select((fb.groups.split == "train") & fb.groups.has_target)
     fb_hold_mask = fb.groups.split == "holdout"
     fb_api_mask = fb.groups.split == "heldout_api"
-    _log(f"      feedback: {len(fb_train)} groups to learn from, {int(fb_hold_mask.sum())} held out "
+    step(f"      feedback: {len(fb_train)} groups to learn from, {int(fb_hold_mask.sum())} held out "
          f"(latest), {int(fb_api_mask.sum())} on held-out APIs (never trained on); skipped {fb.skipped}")
 
     is_train, is_valid, is_real = base.split == "train", base.split == "valid", base.source == "real"
@@ -308,20 +304,20 @@ def retrain(
         np.full(len(fb_train), config.feedback_weight),
     ])
 
-    _log(f"[4/7] LightGBM lambdarank on {len(base_train)} base + {len(fb_train)} feedback groups "
+    step(f"[4/7] LightGBM lambdarank on {len(base_train)} base + {len(fb_train)} feedback groups "
          f"(feedback weight {config.feedback_weight})")
     with contextlib.redirect_stdout(sys.stderr):  # LightGBM's evaluation log is progress, not result
         booster = fit_ranker(train, stop_on, group_weight=weight, num_boost_round=config.num_boost_round,
                              early_stopping_rounds=config.early_stopping, log_period=config.log_period,
                              seed=config.seed)
     best = booster.best_iteration or booster.current_iteration()
-    _log(f"      best iteration {best}")
+    step(f"      best iteration {best}")
 
-    _log("[5/7] calibration on validation APIs")
+    step("[5/7] calibration on validation APIs")
     valid_real = base.select(is_valid & is_real)
     calibration, cal_report = calibrate(booster.predict(valid_real.X, num_iteration=best), valid_real)
 
-    _log("[6/7] validation: the model in service vs the retrained one")
+    step("[6/7] validation: the model in service vs the retrained one")
     baseline, baseline_path = _baseline(registry, config.baseline)
     baseline_name = baseline.version if baseline else "none"
     rows: dict[str, dict[str, float]] = {}
@@ -348,7 +344,7 @@ def retrain(
     show_table(table)
     ok, why = gate(rows.get(f"real, held-out APIs: baseline {baseline_name}"),
                    rows["real, held-out APIs: retrained"], tolerance=config.tolerance)
-    _log(f"      gate: {'PASSED' if ok else 'REFUSED'} — {why}")
+    step(f"      gate: {'PASSED' if ok else 'REFUSED'} — {why}")
 
     result = RetrainResult(
         passed=ok, reason=why, baseline_version=baseline_name, baseline_path=baseline_path,
@@ -356,10 +352,10 @@ def retrain(
         skipped=fb.skipped,
     )
     if not ok:
-        _log("[7/7] nothing written: the model in service stays")
+        step("[7/7] nothing written: the model in service stays")
         return replace(result, seconds=round(time.perf_counter() - started, 1))
 
-    _log(f"[7/7] writing a new version to {config.models_dir}")
+    step(f"[7/7] writing a new version to {config.models_dir}")
     with tempfile.TemporaryDirectory(dir=_mkdir(config.models_dir)) as tmp:
         out = Path(tmp)
         booster.save_model(str(out / MODEL_FILE), num_iteration=best)
@@ -392,10 +388,10 @@ def retrain(
         RankerModel.load(out).ensure_loaded()  # it must load as serving loads it
         registry.add(out, version)
     path = registry.path(version)
-    _log(f"      {path}")
+    step(f"      {path}")
     if config.promote:
         registry.promote(version, reason=why)
-        _log(f"      promoted: {version} is current (roll back: python -m tools.retrain rollback)")
+        step(f"      promoted: {version} is current (roll back: python -m tools.retrain rollback)")
     return replace(result, version=version, path=path, promoted=config.promote,
                                seconds=round(time.perf_counter() - started, 1))
 

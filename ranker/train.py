@@ -24,7 +24,6 @@ import argparse
 import datetime as dt
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from core.priors.transitions import DEFAULT_PATH as TRANSITIONS_PATH
 from core.priors.transitions import Transitions, load_transitions
 from core.priors.word_vectors import DEFAULT_PATH as WORD_VECTORS_PATH
 from core.priors.word_vectors import load_word_vectors
+from core.progress import step
 from core.scorer import (
     CARD_FILE,
     MODEL_FILE,
@@ -88,10 +88,6 @@ SYNTHETIC_WEIGHT = 0.3
 PERSONAL_USERS_PER_API = 1
 EARLY_STOPPING = 100
 CANDIDATES = 30
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def source_weights(groups: Groups, synthetic_weight: float) -> np.ndarray:
@@ -285,23 +281,23 @@ class TrainResult:
     seconds: float
 
 
-def train(config: TrainConfig, *, show_table: Callable[[str], None] = _log) -> TrainResult:
+def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> TrainResult:
     """Fit, calibrate and validate a ranker on the base data and write it to ``config.out``.
     Progress goes to stderr; the validation table to ``show_table`` as soon as it is computed."""
     from core.settings import load_settings
 
     started = time.perf_counter()
     jentic_dir = config.jentic_dir or load_settings().jentic_dir
-    _log(f"[1/6] workflows from {jentic_dir}")
+    step(f"[1/6] workflows from {jentic_dir}")
     workflows = subset_apis(load_workflows(jentic_dir, progress=True), config.max_apis)
     transitions: Transitions = load_transitions(config.transitions)
     real, synthetic, personal = base_examples(
         workflows, synthetic_per_api=config.synthetic_per_api,
         personal_users_per_api=config.personal_users_per_api, seed=config.seed)
-    _log(f"      {len({w.api for w in workflows})} APIs, {len(workflows)} workflows, "
+    step(f"      {len({w.api for w in workflows})} APIs, {len(workflows)} workflows, "
          f"{len(real)} real + {len(synthetic)} synthetic + {len(personal)} returning-user groups")
 
-    _log(f"[2/6] candidates (retrieval, limit {CANDIDATES}) and features "
+    step(f"[2/6] candidates (retrieval, limit {CANDIDATES}) and features "
          f"({len(FEATURE_NAMES)}, version {FEATURE_VERSION})")
     word_vectors = load_word_vectors(config.word_vectors)
     generator = RetrievalGenerator(transitions=transitions, word_vectors=word_vectors)
@@ -314,25 +310,25 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = _log) -> T
     is_real = groups.source == "real"
     train_groups = groups.select(is_train & groups.has_target)
     stop_on = groups.select(is_valid & is_real & groups.has_target)
-    _log(f"      train {len(train_groups)} groups ({int((is_train & ~groups.has_target).sum())} with the "
+    step(f"      train {len(train_groups)} groups ({int((is_train & ~groups.has_target).sum())} with the "
          f"target missing, dropped), early stopping on {len(stop_on)} real validation groups")
 
-    _log("[3/6] LightGBM lambdarank")
+    step("[3/6] LightGBM lambdarank")
     booster = fit_ranker(
         train_groups, stop_on, num_boost_round=config.num_boost_round,
         early_stopping_rounds=config.early_stopping, log_period=config.log_period, seed=config.seed,
         synthetic_weight=config.synthetic_weight,
     )
     best = booster.best_iteration or booster.current_iteration()
-    _log(f"      best iteration {best}")
+    step(f"      best iteration {best}")
 
-    _log("[4/6] calibration on validation APIs")
+    step("[4/6] calibration on validation APIs")
     valid_real = groups.select(is_valid & is_real)
     raw_valid = booster.predict(valid_real.X, num_iteration=best)
     calibration, cal_report = calibrate(raw_valid, valid_real)
-    _log("      " + ", ".join(f"{k} {v:.4f}" for k, v in cal_report.items()))
+    step("      " + ", ".join(f"{k} {v:.4f}" for k, v in cal_report.items()))
 
-    _log("[5/6] validation (held-out APIs; a target the generator missed is a miss)")
+    step("[5/6] validation (held-out APIs; a target the generator missed is a miss)")
     metrics: dict[str, Any] = {}
     rows: dict[str, dict[str, float]] = {}
     for source in ("real", "synthetic", "personal"):
@@ -353,7 +349,7 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = _log) -> T
     show_table(table)
 
     out = config.out
-    _log(f"[6/6] writing {out}")
+    step(f"[6/6] writing {out}")
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / MODEL_FILE
     booster.save_model(str(model_path), num_iteration=best)
@@ -394,10 +390,10 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = _log) -> T
     card_path.write_text(card.to_json())
     size = model_path.stat().st_size
     seconds = time.perf_counter() - started
-    _log(f"      {model_path} ({size / 1e6:.2f} MB), {card_path}; version {card.version}; "
+    step(f"      {model_path} ({size / 1e6:.2f} MB), {card_path}; version {card.version}; "
          f"{seconds:.0f}s in all")
     if size > 5e6:
-        _log(f"      warning: model is {size / 1e6:.1f} MB, above the 5 MB target")
+        step(f"      warning: model is {size / 1e6:.1f} MB, above the 5 MB target")
     return TrainResult(version=card.version, model_path=model_path, card_path=card_path,
                        best_iteration=int(best), metrics=metrics, calibration=cal_report, table=table,
                        seconds=round(seconds, 1))

@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 from core.priors.transitions import DEFAULT_PATH as TRANSITIONS_PATH
+from core.progress import step
 from ranker.registry import RegistryError
 from ranker.retrain import (
     FEEDBACK_WEIGHT,
@@ -39,20 +39,16 @@ EXIT_REFUSED = 3
 NO_ADDRESS = "--apply needs --address (or RAY_ADDRESS): the running Ray cluster"
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def _rollout(args: argparse.Namespace, model_dir: Path | None, version: str | None) -> None:
     from tools.rollout import apply_config, wait_for_model, write_live_config
 
     live = write_live_config(args.serve_config, args.models_dir / "serve_config.live.yaml",
                              model_path=model_dir, app_name=args.app_name)
-    _log(f"      applying {live} to {args.address} (Ranker user_config.model_path = {model_dir})")
+    step(f"      applying {live} to {args.address} (Ranker user_config.model_path = {model_dir})")
     apply_config(live, address=args.address, app_dir=args.app_dir)
     if args.url and version:
         health = wait_for_model(args.url, version=version)
-        _log(f"      serving {health['model_version']} (swap took {health.get('last_swap_s')}s)")
+        step(f"      serving {health['model_version']} (swap took {health.get('last_swap_s')}s)")
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
@@ -71,13 +67,13 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             early_stopping=args.early_stopping, log_period=args.log_period,
         )
     except ValueError as exc:
-        _log(str(exc))
+        step(str(exc))
         return 2
     started = time.perf_counter()
     reader = FeedbackReader(args.feedback) if args.feedback.is_file() else None
     try:
         result = retrain(config, outcomes=reader,
-                         show_table=_log if args.json else lambda table: print(table, flush=True))
+                         show_table=step if args.json else lambda table: print(table, flush=True))
     finally:
         if reader is not None:
             reader.close()
@@ -97,7 +93,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     if result.promoted and args.apply:
         _rollout(args, result.path, result.version)
         summary["applied"] = True
-    _log(f"      {time.perf_counter() - started:.0f}s in all")
+    step(f"      {time.perf_counter() - started:.0f}s in all")
     if args.json:
         print(json.dumps(summary, indent=1))
     return 0
@@ -109,9 +105,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     try:
         result = rollback(args.models_dir, reason=args.reason)
     except RegistryError as exc:
-        _log(f"rollback refused: {exc}")
+        step(f"rollback refused: {exc}")
         return 2
-    _log(f"rolled back {result.retired} -> {result.current or 'the shipped model'}")
+    step(f"rolled back {result.retired} -> {result.current or 'the shipped model'}")
     applied = False
     if args.apply:
         version = result.current
