@@ -18,8 +18,8 @@ from core.vocabulary import (
     ID_SUFFIXES,
     NAME_VERB_ROLE,
     ROLES,
-    VERSION_SEGMENT,
     feature_stem,
+    is_version_entity,
     param_entity,
     singular,
     tokenize,
@@ -184,15 +184,11 @@ def _id_words(name: str, operation: Operation, src: IdSource) -> str:
     version segment ('the v1beta1 id')."""
     for entity in (param_entity(name, operation.segments), src.entity):
         words = entity.split("_") if entity else []
-        if (words and not _names_nothing(entity)
+        if (words and not is_version_entity(entity)
                 and not any(w in ID_SUFFIXES or w in ("or", "and") for w in words)):
             return f"the {' '.join(words)} id"
     words = tokenize(name, keep_stopwords=True)
     return f"the {' '.join(words)}" if words else f"the {name}"
-
-
-def _names_nothing(entity: str) -> bool:
-    return VERSION_SEGMENT.match(entity.replace("_", "")) is not None
 
 
 def _dataflow_phrase(operation: Operation, history: Sequence[Call]) -> str | None:

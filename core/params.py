@@ -11,8 +11,8 @@ from core.spec.index import Call
 from core.spec.operations import Operation, Param
 from core.vocabulary import (
     REFERENCE_WORDS,
-    VERSION_SEGMENT,
     is_id_name,
+    is_version_entity,
     name_key,
     param_entity,
     path_param_names,
@@ -44,7 +44,16 @@ def param_sources(
     something: a version segment (``/v1beta1/{+name}``, ``/api/{id}``) names nothing, and neither
     does the literal before a segment for any parameter but the segment's first
     (``/media/{id}.{extension}``: the extension is no media id)."""
-    by_name, by_entity = held_ids(history)
+    return _param_sources(operation, *held_ids(history))
+
+
+# The history's ids by name key and by entity (:func:`held_ids`).
+_Held = dict[str, list[IdSource]]
+
+
+def _param_sources(
+    operation: Operation, by_name: _Held, by_entity: _Held
+) -> dict[str, tuple[IdSource | None, bool]]:
     types = {p.name: p.type for p in operation.params if p.location == "path"}
     out: dict[str, tuple[IdSource | None, bool]] = {}
     for name in operation.path_params:
@@ -78,7 +87,7 @@ def _names_something(name: str, entity: str, segments: tuple[str, ...]) -> bool:
     before and the parameter is the segment's first: ``/invoices/{id}`` is an invoice's, but
     neither ``{extension}`` of ``/media/{id}.{extension}`` nor ``{key}`` of ``/jobs/{id}/{key}``
     is a media's or a job's id."""
-    if not entity or VERSION_SEGMENT.match(entity.replace("_", "")):
+    if not entity or is_version_entity(entity):
         return False
     if param_entity(name) == entity:
         return True  # said by the name itself: invoice_id, {repo}
@@ -89,6 +98,10 @@ def _names_something(name: str, entity: str, segments: tuple[str, ...]) -> bool:
     return True
 
 
+# A bare key, slug or ref is as often the record's own value as another's id.
+_BARE_ID_NAMES = REFERENCE_WORDS - {"key", "slug", "ref"}
+
+
 def _refers(name: str) -> bool:
     """Whether a parameter passed in a request (not a path) surely holds an id of another record:
     ``invoice_id``, ``projectId``, a bare ``id``; not ``campaign_name``, nor a bare ``name`` or
@@ -96,7 +109,7 @@ def _refers(name: str) -> bool:
     words = tokenize(name, keep_stopwords=True)
     if len(words) > 1:
         return words[-1] in REFERENCE_WORDS
-    return bool(words) and words[0] in ("id", "uuid", "guid", "sid")
+    return bool(words) and words[0] in _BARE_ID_NAMES
 
 
 def _fits(src: IdSource, key: str) -> bool:
@@ -136,7 +149,8 @@ def fill_params(
     """
     params: dict[str, Any] = {}
     missing: list[str] = []
-    for name, (src, known) in param_sources(operation, history).items():
+    held = held_ids(history)
+    for name, (src, known) in _param_sources(operation, *held).items():
         if known and src is not None:
             params[name] = src.value
         else:
@@ -145,7 +159,7 @@ def fill_params(
     for p in operation.params:
         if not p.required or p.location in ("path", "header", "cookie") or p.name in params:
             continue
-        value = _same_meaning_value(operation, p, history)
+        value = _same_meaning_value(operation, p, history, held)
         if value is None:
             missing.append(p.name)
         else:
@@ -155,7 +169,9 @@ def fill_params(
     return params, missing
 
 
-def _same_meaning_value(operation: Operation, param: Param, history: Sequence[Call]) -> Any:
+def _same_meaning_value(
+    operation: Operation, param: Param, history: Sequence[Call], held: tuple[_Held, _Held]
+) -> Any:
     """The newest value of ``param`` (a query or body parameter) the history gives it with the
     same meaning, or None."""
     place = _place(param.location)
@@ -176,8 +192,7 @@ def _same_meaning_value(operation: Operation, param: Param, history: Sequence[Ca
     if not _refers(param.name) or not _names_something(param.name, entity, ()):
         return None
     key = name_key(param.name)
-    by_name, by_entity = held_ids(history)
-    hits = [s for s in matching_ids(key, entity, by_name, by_entity)
+    hits = [s for s in matching_ids(key, entity, *held)
             if s.value is not None and _type_fits(s.value, param.type) and _fits(s, key)]
     return min(hits, key=lambda s: (s.age, s.origin != "path")).value if hits else None
 

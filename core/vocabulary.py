@@ -33,6 +33,7 @@ __all__ = [
     "is_id_name",
     "id_entity",
     "param_entity",
+    "is_version_entity",
     "name_key",
     "snake_name",
     "NAME_VERB_ROLE",
@@ -229,6 +230,12 @@ def param_entity(name: str, segments: tuple[str, ...] = ()) -> str:
     if len(words) == 1 and words[0] not in ID_SUFFIXES:
         return words[0]  # {username}, {repo}
     return ""
+
+
+def is_version_entity(entity: str) -> bool:
+    """Whether an entity read off a path is a version segment (``v1beta1``, ``api``): it names
+    nothing an id could be of."""
+    return VERSION_SEGMENT.match(entity.replace("_", "")) is not None
 
 
 def snake_name(text: str) -> str:
