@@ -131,7 +131,7 @@ class Ingress(Replica):
             return contribs
 
         response = await respond(
-            ranked, request=body, spec=spec,
+            ranked, request=body, spec=spec, history=spec.resolve_history(request["history"]),
             prior=self.prior_feed.prior if self.prior_feed is not None else None,
             llm_weight=self.settings.llm_weight, explain_rows=explain_rows,
             timings_ms={"spec": spec_ms, **ranked["ms"]}, started=t0)

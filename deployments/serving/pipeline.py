@@ -62,8 +62,9 @@ class Pipeline:
             return self.c.ranker.contributions(rows)
 
         response = await respond(
-            ranked, request=request, spec=spec, prior=self.prior, llm_weight=self.settings.llm_weight,
-            explain_rows=explain_rows, timings_ms={"spec": (t1 - t0) * 1000, **ms}, started=t0)
+            ranked, request=request, spec=spec, history=history, prior=self.prior,
+            llm_weight=self.settings.llm_weight, explain_rows=explain_rows,
+            timings_ms={"spec": (t1 - t0) * 1000, **ms}, started=t0)
         if self.feedback is not None:
             self.feedback.record_prediction(prediction_context(
                 request=request, response=response, spec=spec, candidates=wire["candidates"],

@@ -36,16 +36,16 @@ async def respond(
     *,
     request: PredictRequest,
     spec: SpecIndex,
+    history: Sequence[Call],
     prior: TransitionPrior | None,
     llm_weight: float,
     explain_rows: ExplainRows,
     timings_ms: dict[str, float],
     started: float,
 ) -> PredictResponse:
-    """The response to ``request`` from the ranker's scores. ``prior``: the users' habits to blend
-    in (off at its weight 0); ``timings_ms``: the stages so far, ``total`` is added from
-    ``started`` (a ``time.perf_counter()``)."""
-    history = spec.resolve_history(request.history())
+    """The response to ``request`` from the ranker's scores. ``history``: its events resolved on
+    ``spec``; ``prior``: the users' habits to blend in (off at its weight 0); ``timings_ms``: the
+    stages so far, ``total`` is added from ``started`` (a ``time.perf_counter()``)."""
     cset = CandidateSet.from_wire(ranked)
     features = ranked["features"]
     probs, notes = after_model(
