@@ -14,7 +14,7 @@ from core.errors import PredictorError
 from core.features import UserTransitions
 from deployments.serving.batching import apply_batch_config
 from deployments.serving.components import build_extractor
-from deployments.serving.messages import Featured, Generated, GraphRequest
+from deployments.serving.messages import Featured, Generated, GraphRequest, candidates_of
 from deployments.serving.replica import BatchedReplica, per_call
 from deployments.serving.resources import deployment_options
 from deployments.serving.spec_store import SpecStore
@@ -90,10 +90,8 @@ class FeatureExtractorDeployment(BatchedReplica):
         for i, x in matrices.items():
             gen = generated[i]
             assert not isinstance(gen, BaseException)
-            done[i] = Featured(
-                candidates=gen["candidates"], generator=gen["generator"],
-                fallback_reason=gen["fallback_reason"], llm_params=gen["llm_params"],
-                ms={**gen["ms"], "features": ms}, features=x, k=requests[i]["k"])
+            done[i] = Featured(**candidates_of(gen), ms={**gen["ms"], "features": ms}, features=x,
+                               k=requests[i]["k"])
         return [done[i] if i in done else failed[i] for i in range(len(requests))]
 
     async def health(self) -> dict[str, Any]:

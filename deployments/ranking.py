@@ -11,7 +11,7 @@ from ray import serve
 
 from core.scoring import score_top_k
 from deployments.serving.batching import apply_batch_config
-from deployments.serving.messages import Featured, Ranked
+from deployments.serving.messages import Featured, Ranked, candidates_of
 from deployments.serving.model_swap import RankerSlot, split_model_config
 from deployments.serving.replica import BatchedReplica, per_call
 from deployments.serving.resources import deployment_options
@@ -69,8 +69,7 @@ class RankerDeployment(BatchedReplica):
                 continue
             s = next(scored)
             out.append(Ranked(
-                candidates=f["candidates"], generator=f["generator"],
-                fallback_reason=f["fallback_reason"], llm_params=f["llm_params"],
+                **candidates_of(f),
                 ms={**f["ms"], "rank": ms},
                 features=f["features"],  # the Ingress may need rows the ranker did not explain
                 k=f["k"], probs=s.probs, top=s.top, contribs_top=s.contribs_top,

@@ -16,7 +16,8 @@ import numpy as np
 
 from core.candidates.generator import CandidatesWire
 
-__all__ = ["GraphRequest", "CandidatesWire", "Generated", "Featured", "Ranked", "StageTimes"]
+__all__ = ["GraphRequest", "CandidatesWire", "Generated", "Featured", "Ranked", "StageTimes",
+           "candidates_of"]
 
 # Milliseconds each stage took, by stage ("candidates", "features", "rank").
 StageTimes = dict[str, float]
@@ -49,3 +50,9 @@ class Ranked(Featured):
     top: np.ndarray  # the rows of the model's own top k, best first
     contribs_top: np.ndarray  # their per-feature contributions (the rows ``why`` is written from)
     model_version: str
+
+
+def candidates_of(message: CandidatesWire) -> CandidatesWire:
+    """The candidate set a message carries, to build the next stage's message around."""
+    return CandidatesWire(candidates=message["candidates"], generator=message["generator"],
+                          fallback_reason=message["fallback_reason"], llm_params=message["llm_params"])
