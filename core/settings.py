@@ -6,13 +6,14 @@ test or a driver can set the environment first.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-__all__ = ["Settings", "load_settings", "PROJECT_ROOT", "SHIPPED_MODELS_DIR"]
+__all__ = ["Settings", "SettingsError", "load_settings", "PROJECT_ROOT", "SHIPPED_MODELS_DIR"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The model, word vectors and transition statistics that training writes and serving ships with.
@@ -89,10 +90,16 @@ class Settings(BaseModel):
         return bool(self.llm_base_url and self.llm_model)
 
 
+class SettingsError(ValueError):
+    """An ``OPENSESAME_*`` variable that is unknown or has a bad value; the message is one line
+    naming it."""
+
+
 def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
     """Settings from ``OPENSESAME_<FIELD>`` variables, then keyword overrides.
 
-    An unknown or malformed variable raises ``ValueError`` naming it, rather than being ignored.
+    An unknown or malformed variable raises :class:`SettingsError` naming it, rather than being
+    ignored.
     """
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -101,13 +108,21 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name not in Settings.model_fields:
-            raise ValueError(f"unknown setting {key}; known: {', '.join(_env_names())}")
+            close = difflib.get_close_matches(key, _env_names(), n=1, cutoff=0.8)
+            hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(_env_names())}"
+            raise SettingsError(f"unknown setting {key}; {hint}")
         values[name] = raw
     values.update(overrides)
     try:
         return Settings(**values)
     except ValidationError as exc:
-        raise ValueError(f"invalid OPENSESAME_* settings: {exc}") from None
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            source = ENV_PREFIX + field.upper() if field in values and field not in overrides else field
+            given = f"={values[field]!r}" if field in values and "key" not in field else ""  # no secrets
+            problems.append(f"{source}{given}: {error['msg']}")
+        raise SettingsError("invalid setting " + "; ".join(problems)) from None
 
 
 def _env_names() -> list[str]:

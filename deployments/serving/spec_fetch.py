@@ -132,9 +132,12 @@ class HostPolicy:
             address = ipaddress.ip_address(raw)
             reason = self.refusal(address)
             if reason is not None:
+                hint = "" if reason == "cloud metadata" else (
+                    " (OPENSESAME_ALLOW_PRIVATE_SPEC_HOSTS=1 allows private and loopback hosts, "
+                    "for development)")
                 raise SpecHostRefused(
                     f"spec host {host!r} resolves to {address}, a {reason} address; "
-                    "specs are only fetched from public hosts"
+                    f"specs are only fetched from public hosts{hint}"
                 )
         return addresses
 
