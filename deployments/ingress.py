@@ -10,10 +10,12 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
+from fastapi import Path as PathParam
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from core.priors.personal import user_transitions
+from deployments.serving.api_docs import install_docs
 from deployments.serving.batching import Coalescer, IngressConfig
 from deployments.serving.feedback import (
     FeedbackUnavailable,
@@ -30,7 +32,9 @@ from deployments.serving.replica import Replica
 from deployments.serving.resources import deployment_options
 from deployments.serving.respond import respond
 from deployments.serving.schemas import (
-    ErrorBody,
+    PREDICTION_ID_MAX_CHARS,
+    PREDICTION_ID_PATTERN,
+    ErrorResponse,
     FeedbackRequest,
     FeedbackResponse,
     HealthResponse,
@@ -43,27 +47,30 @@ from deployments.serving.spec_store import SpecStore, send_with_spec
 __all__ = ["Ingress", "api"]
 
 HEALTH_TIMEOUT_S = 2.0
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": dict[str, ErrorBody], "description": d}
-    for s, d in [
-        (413, "too large"),
-        (422, "invalid request or spec"),
-        (502, "spec host failed"),
-        (503, "overloaded (Retry-After)"),
-        (504, "spec host timed out"),
-    ]
-}
 
-_FEEDBACK_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": dict[str, ErrorBody], "description": d}
-    for s, d in [(404, "unknown prediction_id"), (409, "a different outcome is already recorded")]
-}
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers a route really gives, for the schema (tests/test_api_docs.py checks them)."""
+    said = {
+        404: "unknown prediction_id",
+        409: "a different outcome is already recorded for this prediction",
+        413: "request body too large (or, for /predict, the fetched spec)",
+        422: "invalid request (the message names the field)",
+        502: "the spec host answered an error or could not be reached",
+        503: "overloaded or a backend failed (Retry-After); for feedback also: the store is unavailable",
+        504: "the spec host timed out",
+    }
+    return {s: {"model": ErrorResponse, "description": said[s]} for s in statuses}
+
 
 api = FastAPI(
     title="opensesame-predictor",
     description="Predicts the next API call from recent calls, a prompt and an OpenAPI spec.",
     version="0.1.0",
+    docs_url=None,  # Swagger UI from the installed package below, not a CDN
+    redoc_url=None,
 )
+install_docs(api)
 install_error_handlers(api)
 # Starlette refuses middleware added once the app runs, so it is added here and reads its limit
 # from the replica's settings, set in Ingress.__init__.
@@ -106,7 +113,7 @@ class Ingress(Replica):
         featured = self.extractor.extract.remote(requests, generated)
         return await self.ranker.rank.remote(featured)
 
-    @api.post("/predict", response_model=PredictResponse, responses=_ERRORS)
+    @api.post("/predict", response_model=PredictResponse, responses=_errors(413, 422, 502, 503, 504))
     async def predict(self, body: PredictRequest) -> PredictResponse:
         t0 = time.perf_counter()
         spec = await self.store.resolve(spec_url=body.spec_url, spec=body.spec)
@@ -145,7 +152,7 @@ class Ingress(Replica):
         self.latency.observe(time.perf_counter() - t0 - graph_s - spec_ms / 1000)
         return response
 
-    @api.post("/feedback", response_model=FeedbackResponse, responses={**_ERRORS, **_FEEDBACK_ERRORS})
+    @api.post("/feedback", response_model=FeedbackResponse, responses=_errors(404, 409, 413, 422, 503))
     async def feedback(self, body: FeedbackRequest) -> FeedbackResponse:
         """Record what the user really did after a prediction; answers once it is on disk."""
         if self.outcomes is None:
@@ -156,8 +163,11 @@ class Ingress(Replica):
         return feedback_response(result)
 
     @api.get("/feedback/{prediction_id}", response_model=StoredPredictionResponse,
-             responses=_FEEDBACK_ERRORS)
-    async def stored_prediction(self, prediction_id: str) -> StoredPredictionResponse:
+             responses=_errors(404, 422, 503))
+    async def stored_prediction(
+        self,
+        prediction_id: str = PathParam(max_length=PREDICTION_ID_MAX_CHARS, pattern=PREDICTION_ID_PATTERN),
+    ) -> StoredPredictionResponse:
         """A stored prediction and its outcome, if any."""
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
@@ -167,7 +177,7 @@ class Ingress(Replica):
             raise UnknownPrediction(f"no prediction with id {prediction_id!r}")
         return stored_response(stored)
 
-    @api.get("/health", response_model=HealthResponse)
+    @api.get("/health", response_model=HealthResponse, responses=_errors(503))
     async def health(self) -> HealthResponse:
         names = ("candidate_generator", "feature_extractor", "ranker")
         handles = (self.generator, self.extractor, self.ranker)
