@@ -410,11 +410,11 @@ async def _bench_in_process(bodies: list[dict[str, Any]], args: argparse.Namespa
 
 # -- wiring --------------------------------------------------------------------------------------
 
-_FORWARDED = {
-    "train": ("ranker.train", []),
-    "retrain": ("tools.retrain", []),
-    "rollback": ("tools.retrain", ["rollback"]),
-    "models": ("tools.retrain", ["list"]),
+_FORWARDED = {  # command: (module, its arguments first, the one-line help)
+    "train": ("ranker.train", [], "train the ranker from the base data"),
+    "retrain": ("tools.retrain", [], "retrain on base data + recorded feedback, gate, promote"),
+    "rollback": ("tools.retrain", ["rollback"], "put the previous model version back"),
+    "models": ("tools.retrain", ["list"], "the model versions and which one is current"),
 }
 
 
@@ -484,9 +484,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
 
-    for name, (module, _) in _FORWARDED.items():
-        sub.add_parser(name, add_help=False, help=f"python -m {module} {' '.join(_FORWARDED[name][1])}"
-                       f" (options: opensesame {name} --help)".replace("  ", " "))
+    for name, (_, _, said) in _FORWARDED.items():
+        sub.add_parser(name, add_help=False, help=said)  # its options: opensesame NAME --help
     return parser
 
 
@@ -498,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in _FORWARDED:  # these keep their own parsers, progress and --json
             import importlib
 
-            module, prefix = _FORWARDED[argv[0]]
+            module, prefix, _ = _FORWARDED[argv[0]]
             return int(importlib.import_module(module).main([*prefix, *argv[1:]]) or 0)
         args = _parser().parse_args(argv)
         return int(args.func(args))
