@@ -39,7 +39,7 @@ from tools.cli import DEFAULT_URL
 README = (PROJECT_ROOT / "README.md").read_text()
 MAKEFILE = (PROJECT_ROOT / "Makefile").read_text()
 RAY_PORT = int(re.search(r"^RAY_PORT \?= (\d+)$", MAKEFILE, re.M).group(1))  # type: ignore[union-attr]
-HTTP_PORT = int(re.search(r"^PORT \?= (\d+)$", MAKEFILE, re.M).group(1))  # type: ignore[union-attr]
+HTTP_PORT = int(yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())["http_options"]["port"])
 MAKE_RUN_RAY = f"127.0.0.1:{RAY_PORT}"
 MAKE_RUN_HTTP = f"127.0.0.1:{HTTP_PORT}"
 EXAMPLE_ID = re.compile(r"\b[0-9a-f]{32}\b")
@@ -139,7 +139,8 @@ def test_every_readme_command_is_known() -> None:
 
 
 def test_ports_and_addresses_are_make_runs() -> None:
-    assert f"serves HTTP on `{MAKE_RUN_HTTP}`" in README and f"listens on\n`{MAKE_RUN_RAY}`" in README
+    assert f"serves HTTP on `{MAKE_RUN_HTTP}` (`http_options` in `serve_config.yaml`)" in README
+    assert f"listens on `{MAKE_RUN_RAY}` (`RAY_PORT` in the Makefile)" in README
     assert DEFAULT_URL == f"http://{MAKE_RUN_HTTP}"
     examples = "".join(p.read_text() for p in sorted((PROJECT_ROOT / "examples").glob("*.py")))
     addresses = re.findall(r"--address[ =](\S+)", README + examples)
