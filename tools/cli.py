@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import socket
 import sys
@@ -78,6 +79,21 @@ def build_request(args: argparse.Namespace) -> Any:
     return PredictRequest.model_validate(body)
 
 
+def one_line(exc: Exception) -> str:
+    """An input error as one line: a pydantic error as ``field: problem; …`` (as the service's
+    422 says it), anything else by its first line."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            found = errors(include_url=False, include_input=False)
+        except TypeError:
+            found = None
+        if found:
+            return "; ".join(f"{'.'.join(str(p) for p in e['loc']) + ': ' if e['loc'] else ''}{e['msg']}"
+                             for e in found[:5])
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _print_prediction(answer: dict[str, Any]) -> None:
     meta = answer["metadata"]
     print(f"prediction_id {answer['prediction_id']}  model {meta['model_version']}  "
@@ -105,7 +121,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         request = build_request(args)
     except (ValidationError, ValueError, OSError) as exc:
-        print(f"invalid request: {exc}", file=sys.stderr)
+        print(f"invalid request: {one_line(exc)}", file=sys.stderr)
         return 2
     if args.in_process:
         try:
@@ -178,6 +194,7 @@ def _predict_by_handle(request: Any, args: argparse.Namespace) -> dict[str, Any]
     problem = connect_ray(args.address, timeout_s=args.timeout)
     if problem is not None:
         return _error("unreachable", problem, args.json)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no "Started <router…>" line
     try:
         answer: dict[str, Any] = serve.get_app_handle(args.app_name).predict.remote(request).result(
             timeout_s=args.timeout).model_dump(mode="json")
@@ -236,7 +253,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     try:
         FeedbackRequest.model_validate(body)
     except ValueError as exc:
-        print(f"invalid feedback: {exc}", file=sys.stderr)
+        print(f"invalid feedback: {one_line(exc)}", file=sys.stderr)
         return 2
     answer = _post(args, "/feedback", body)
     if isinstance(answer, int):
