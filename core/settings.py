@@ -40,6 +40,15 @@ class Settings(BaseModel):
     personal_prior_feature: bool = True
     personal_prior_weight: float = Field(0.0, ge=0, le=1)
 
+    # Every request is answered within this, whatever Serve's x-request-timeout-seconds said
+    # (deployments/serving/fairness.py); each client may have this many in flight per Ingress
+    # replica (per API key; without keys per user id and source address), the rest get 429.
+    request_timeout_s: float = Field(30.0, gt=0)
+    client_max_concurrent: int = Field(8, gt=0)
+    # Spec host names are resolved in threads of their own, each look-up held to the timeout.
+    dns_threads: int = Field(4, gt=0)
+    dns_timeout_s: float = Field(2.0, gt=0)
+
     spec_max_bytes: int = Field(25 * 1024 * 1024, gt=0)
     spec_fetch_timeout_s: float = Field(10.0, gt=0)
     spec_max_redirects: int = Field(5, ge=0)
