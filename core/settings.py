@@ -35,11 +35,24 @@ class Settings(BaseModel):
     feedback_enabled: bool = True
     feedback_implicit_window_s: float = Field(3600.0, gt=0)
     feedback_queue_max: int = Field(10_000, gt=0)
+    # How long POST /feedback and GET /feedback/{id} wait for the writer's commit before a 503.
+    feedback_wait_s: float = Field(5.0, gt=0)
     # The per-user transition prior learned from outcomes (core/priors/personal.py): as
     # the ranker's user_* features, and/or blended after the model with this weight (0: off);
     # measured by `python -m benchmarks.personalisation` (benchmarks/results/personalisation.md).
     personal_prior_feature: bool = True
     personal_prior_weight: float = Field(0.0, ge=0, le=1)
+    # How many of the latest outcomes a starting replica replays into that prior.
+    personal_prior_replay_max: int = Field(200_000, gt=0)
+
+    # Every request is answered within this, whatever Serve's x-request-timeout-seconds said
+    # (deployments/serving/fairness.py); each client may have this many in flight per Ingress
+    # replica (per API key; without keys per user id and source address), the rest get 429.
+    request_timeout_s: float = Field(30.0, gt=0)
+    client_max_concurrent: int = Field(8, gt=0)
+    # Spec host names are resolved in threads of their own, each look-up held to the timeout.
+    dns_threads: int = Field(4, gt=0)
+    dns_timeout_s: float = Field(2.0, gt=0)
 
     spec_max_bytes: int = Field(25 * 1024 * 1024, gt=0)
     spec_fetch_timeout_s: float = Field(10.0, gt=0)

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi import Path as PathParam
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -17,6 +17,7 @@ from ray.serve.handle import DeploymentHandle
 from core.priors.personal import user_transitions
 from deployments.serving.api_docs import install_docs
 from deployments.serving.batching import Coalescer, IngressConfig
+from deployments.serving.fairness import ClientShares, EdgeGuard, client_key, source_address
 from deployments.serving.feedback import (
     FeedbackUnavailable,
     UnknownPrediction,
@@ -75,6 +76,7 @@ install_error_handlers(api)
 # Starlette refuses middleware added once the app runs, so it is added here and reads its limit
 # from the replica's settings, set in Ingress.__init__.
 _body_limit = BodySizeLimit.install(api)
+_edge = EdgeGuard.install(api)  # outermost: Serve's client-set timeout headers never reach us
 
 
 @serve.deployment(name="Ingress", **deployment_options("Ingress"))
@@ -93,6 +95,8 @@ class Ingress(Replica):
         self.extractor = extractor
         self.ranker = ranker
         _body_limit.max_bytes = self.settings.spec_max_bytes + 1024 * 1024
+        _edge.seconds = self.settings.request_timeout_s
+        self.shares = ClientShares(self.settings.client_max_concurrent)
         # Outcomes of predictions (deployments/serving/feedback.py); None: predictions still served.
         self.outcomes, self.outcomes_off_reason = open_store(self.settings)
         # Each user's habits, learned from those outcomes: the ranker's user_* features (and,
@@ -113,8 +117,12 @@ class Ingress(Replica):
         featured = self.extractor.extract.remote(requests, generated)
         return await self.ranker.rank.remote(featured)
 
-    @api.post("/predict", response_model=PredictResponse, responses=_errors(413, 422, 502, 503, 504))
-    async def predict(self, body: PredictRequest) -> PredictResponse:
+    @api.post("/predict", response_model=PredictResponse, responses=_errors(413, 422, 429, 502, 503, 504))
+    async def predict(self, body: PredictRequest, http: Request) -> PredictResponse:
+        with self.shares.hold(client_key(tenant=None, user_id=body.user_id, address=source_address(http))):
+            return await self._predict(body)
+
+    async def _predict(self, body: PredictRequest) -> PredictResponse:
         t0 = time.perf_counter()
         spec = await self.store.resolve(spec_url=body.spec_url, spec=body.spec)
         spec_ms = (time.perf_counter() - t0) * 1000
@@ -152,14 +160,15 @@ class Ingress(Replica):
         self.latency.observe(time.perf_counter() - t0 - graph_s - spec_ms / 1000)
         return response
 
-    @api.post("/feedback", response_model=FeedbackResponse, responses=_errors(404, 409, 413, 422, 503))
-    async def feedback(self, body: FeedbackRequest) -> FeedbackResponse:
+    @api.post("/feedback", response_model=FeedbackResponse, responses=_errors(404, 409, 413, 422, 429, 503, 504))
+    async def feedback(self, body: FeedbackRequest, http: Request) -> FeedbackResponse:
         """Record what the user really did after a prediction; answers once it is on disk."""
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
-        result = await self.outcomes.arecord_outcome(
-            body.prediction_id, actual_endpoint=body.actual_endpoint, accepted=bool(body.accepted)
-        )
+        with self.shares.hold(client_key(tenant=None, user_id=None, address=source_address(http))):
+            result = await self.outcomes.arecord_outcome(
+                body.prediction_id, actual_endpoint=body.actual_endpoint, accepted=bool(body.accepted)
+            )
         return feedback_response(result)
 
     @api.get("/feedback/{prediction_id}", response_model=StoredPredictionResponse,
@@ -196,6 +205,7 @@ class Ingress(Replica):
             "spec_cache": self.store.status(),
             "feedback": self.outcomes.status() if self.outcomes else {"off": self.outcomes_off_reason},
             "personal_prior": self.prior_feed.status() if self.prior_feed else {"off": True},
+            "client_shares": self.shares.status(),
         }
         degraded = (
             not all(a.get("ok") for a in answers.values())

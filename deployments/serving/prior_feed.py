@@ -23,14 +23,22 @@ class PriorFeed:
     outcomes committed since its last look (by rowid: SQLite commits writes one at a time, so
     rowids arrive in commit order) — those of every replica and process writing to the file."""
 
-    def __init__(self, prior: TransitionPrior, path: str | Path, *, interval_s: float = 1.0) -> None:
+    def __init__(self, prior: TransitionPrior, path: str | Path, *, interval_s: float = 1.0,
+                 replay_max: int | None = None) -> None:
         self.prior = prior
         self.reader = FeedbackReader(path, create=True)
         self.interval_s = interval_s
-        self.cursor = 0
+        # At start only the latest ``replay_max`` outcomes are replayed: the work and memory of
+        # a restart must not grow with everything ever recorded (retention bounds the rest).
+        self.cursor = self._replay_from(replay_max) if replay_max is not None else 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+
+    def _replay_from(self, replay_max: int) -> int:
+        row = self.reader._conn().execute(
+            "SELECT rowid FROM outcomes ORDER BY rowid DESC LIMIT 1 OFFSET ?", (replay_max,)).fetchone()
+        return int(row[0]) if row else 0
 
     def poll_once(self, limit: int = 5000) -> int:
         rows = self.reader._conn().execute(
@@ -80,4 +88,4 @@ def start_prior_feed(settings: Settings, store: FeedbackStore | None) -> PriorFe
     if store is None or not (settings.personal_prior_feature or settings.personal_prior_weight > 0):
         return None
     prior = TransitionPrior(weight=settings.personal_prior_weight)
-    return PriorFeed(prior, store.path).start()
+    return PriorFeed(prior, store.path, replay_max=settings.personal_prior_replay_max).start()
