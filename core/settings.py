@@ -79,6 +79,9 @@ class Settings(BaseModel):
     # only widen the candidates). Choose it for your LLM with `python -m benchmarks.llm_path`.
     llm_weight: float = Field(0.3, ge=0, le=1)
 
+    # Prometheus metrics through ray.serve.metrics (deployments/serving/metrics.py; README, Operations).
+    metrics: bool = True
+
     @field_validator("llm_base_url")
     @classmethod
     def _http_only(cls, v: str | None) -> str | None:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -27,8 +28,11 @@ from deployments.serving.feedback import (
     stored_response,
 )
 from deployments.serving.http_errors import BodySizeLimit, install_error_handlers
+from deployments.serving.logs import log_outcome, log_prediction
 from deployments.serving.messages import GraphRequest, Ranked
+from deployments.serving.metrics import RequestMetrics, metrics
 from deployments.serving.prior_feed import start_prior_feed
+from deployments.serving.probes import check_feedback_writer, not_ready_reasons
 from deployments.serving.replica import Replica
 from deployments.serving.resources import deployment_options
 from deployments.serving.respond import respond
@@ -76,7 +80,8 @@ install_error_handlers(api)
 # Starlette refuses middleware added once the app runs, so it is added here and reads its limit
 # from the replica's settings, set in Ingress.__init__.
 _body_limit = BodySizeLimit.install(api)
-_edge = EdgeGuard.install(api)  # outermost: Serve's client-set timeout headers never reach us
+_edge = EdgeGuard.install(api)  # Serve's client-set timeout headers never reach the routes
+RequestMetrics.install(api)  # outermost (added last): it counts the edge's own 504s too
 
 
 @serve.deployment(name="Ingress", **deployment_options("Ingress"))
@@ -150,6 +155,8 @@ class Ingress(Replica):
             prior=self.prior_feed.prior if self.prior_feed is not None else None,
             llm_weight=self.settings.llm_weight, explain_rows=explain_rows,
             timings_ms={"spec": spec_ms, **ranked["ms"]}, started=t0)
+        metrics().stages({"spec": spec_ms, **ranked["ms"]})
+        log_prediction(response)
         if self.outcomes is not None:  # enqueued only: written off the event loop
             self.outcomes.record_prediction(prediction_context(
                 request=body, response=response, spec=spec, candidates=ranked["candidates"],
@@ -169,6 +176,7 @@ class Ingress(Replica):
             result = await self.outcomes.arecord_outcome(
                 body.prediction_id, actual_endpoint=body.actual_endpoint, accepted=bool(body.accepted)
             )
+        log_outcome(result)
         return feedback_response(result)
 
     @api.get("/feedback/{prediction_id}", response_model=StoredPredictionResponse,
@@ -185,6 +193,27 @@ class Ingress(Replica):
         if stored is None:
             raise UnknownPrediction(f"no prediction with id {prediction_id!r}")
         return stored_response(stored)
+
+    @api.get("/livez")
+    async def livez(self) -> dict[str, str]:
+        """Liveness: this replica answers (nothing downstream asked; deployments/serving/probes.py)."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", responses={503: {"description": "not ready, with the reasons"}})
+    async def readyz(self) -> JSONResponse:
+        """Readiness: a trained model loaded, the stores writable (deployments/serving/probes.py)."""
+        try:
+            ranker = await asyncio.wait_for(self.ranker.health.remote(), HEALTH_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - not answering in time is the answer
+            ranker = {"ok": False}
+        reasons = not_ready_reasons(ranker=ranker, feedback=self.outcomes.status() if self.outcomes else None,
+                                    feedback_enabled=self.settings.feedback_enabled,
+                                    spec_cache=self.store.status())
+        return JSONResponse({"status": "not ready" if reasons else "ready", "reasons": reasons},
+                            status_code=503 if reasons else 200)
+
+    def check_health(self) -> None:
+        check_feedback_writer(self.outcomes.status() if self.outcomes else None)
 
     @api.get("/health", response_model=HealthResponse, responses=_errors(503))
     async def health(self) -> HealthResponse:

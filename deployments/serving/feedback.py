@@ -54,6 +54,7 @@ from core.errors import (
 from core.outcomes import OutcomeSource, StoredPrediction
 from core.settings import Settings
 from core.spec.index import SpecIndex, parse_endpoint
+from deployments.serving.metrics import metrics
 from deployments.serving.schemas import (
     FeedbackResponse,
     PredictRequest,
@@ -441,6 +442,7 @@ class FeedbackStore(FeedbackReader):
             self._queue.put_nowait(ctx)
         except queue.Full:
             self.stats["dropped"] += 1
+            metrics().feedback.inc(tags={"result": "dropped"})
             if self.stats["dropped"] in (1, 10, 100) or self.stats["dropped"] % 1000 == 0:
                 log.warning("feedback queue full: %d prediction contexts dropped", self.stats["dropped"])
             return False
@@ -662,6 +664,7 @@ class FeedbackStore(FeedbackReader):
             ),
         )
         self.stats["predictions"] += 1
+        metrics().feedback.inc(tags={"result": "written"})
 
     def _settle_implicit(
         self, conn: sqlite3.Connection, ctx: PredictionContext, events: list[list[Any]]
@@ -693,6 +696,8 @@ class FeedbackStore(FeedbackReader):
                  time.time()),
             )
             self.stats["implicit"] += 1
+            metrics().outcome(api=ctx.spec.title, source="implicit",
+                              rank=shown.index(key) + 1 if key in shown else None)
 
     def _insert_outcome(self, conn: sqlite3.Connection, item: _Outcome) -> OutcomeResult:
         row = conn.execute(
@@ -736,6 +741,8 @@ class FeedbackStore(FeedbackReader):
             (item.prediction_id, endpoint, key, rank, source, time.time()),
         )
         self.stats["explicit"] += 1
+        if metrics().enabled:  # the API's title is one cached lookup; outcomes are few
+            metrics().outcome(api=self._spec_in(conn, spec_hash).title, source=source, rank=rank)
         return OutcomeResult(item.prediction_id, endpoint, key, rank, source, recorded=True)
 
     def _spec_in(self, conn: sqlite3.Connection, spec_hash: str) -> SpecIndex:
