@@ -345,6 +345,7 @@ _FORWARDED = {
     "retrain": ("tools.retrain", []),
     "rollback": ("tools.retrain", ["rollback"]),
     "models": ("tools.retrain", ["list"]),
+    "population": ("tools.population", []),
 }
 
 
