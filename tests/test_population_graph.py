@@ -37,13 +37,16 @@ def test_what_other_users_did_reaches_a_new_user_within_seconds(client) -> None:
     before = {p["endpoint"]: p for p in _predict(client, "first")["predictions"]}
     crowd = list(before)[-1]  # what the model ranks last of the three
     assert usable() == 0
-    for user in ("a", "b"):
+    def made_by(user: str) -> None:
         pid = _predict(client, user)["prediction_id"]
-        assert client.post("/feedback", json={"prediction_id": pid, "actual_endpoint": crowd}).status_code == 200
+        r = client.post("/feedback", json={"prediction_id": pid, "actual_endpoint": crowd})
+        assert r.status_code == 200, r.text
+
+    made_by("a")
+    made_by("b")
     time.sleep(2.5)
     assert usable() == 0  # two users: below the threshold
-    pid = _predict(client, "c")["prediction_id"]
-    assert client.post("/feedback", json={"prediction_id": pid, "actual_endpoint": crowd}).status_code == 200
+    made_by("c")
     deadline = time.monotonic() + 30
     while not usable():
         assert time.monotonic() < deadline, "the memory never learned the outcomes"
