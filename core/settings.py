@@ -54,6 +54,18 @@ class Settings(BaseModel):
     dns_threads: int = Field(4, gt=0)
     dns_timeout_s: float = Field(2.0, gt=0)
 
+    # What all the users of an API did next (core/priors/population.py), learned from the
+    # recorded outcomes into population_path (default data_dir / "population.sqlite") and given
+    # to the ranker as its pop_* features; a count is used once population_min_users distinct
+    # users made it, one user adds at most population_user_cap to it, and it halves every
+    # population_half_life_days. tenant scopes it (and nothing else yet) when set.
+    population_enabled: bool = True
+    population_path: Path | None = None
+    population_min_users: int = Field(3, ge=1)
+    population_user_cap: float = Field(1.0, gt=0)
+    population_half_life_days: float = Field(30.0, gt=0)
+    tenant: str = ""
+
     spec_max_bytes: int = Field(25 * 1024 * 1024, gt=0)
     spec_fetch_timeout_s: float = Field(10.0, gt=0)
     spec_max_redirects: int = Field(5, ge=0)
@@ -96,6 +108,10 @@ class Settings(BaseModel):
     @property
     def feedback_db_path(self) -> Path:
         return self.feedback_path or self.data_dir / "feedback.sqlite"
+
+    @property
+    def population_db_path(self) -> Path:
+        return self.population_path or self.data_dir / "population.sqlite"
 
     @property
     def model_registry_dir(self) -> Path:

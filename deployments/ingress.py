@@ -31,6 +31,7 @@ from deployments.serving.http_errors import BodySizeLimit, install_error_handler
 from deployments.serving.logs import log_outcome, log_prediction
 from deployments.serving.messages import GraphRequest, Ranked
 from deployments.serving.metrics import RequestMetrics, metrics
+from deployments.serving.population_store import start_population_feed
 from deployments.serving.prior_feed import start_prior_feed
 from deployments.serving.probes import check_feedback_writer, not_ready_reasons
 from deployments.serving.replica import Replica
@@ -110,6 +111,8 @@ class Ingress(Replica):
         self.feature_prior = (self.prior_feed.prior
                               if self.prior_feed is not None and self.settings.personal_prior_feature
                               else None)
+        # What all users of each API did next, learned from the same outcomes: the pop_* features.
+        self.population = start_population_feed(self.settings, self.outcomes)
         # Concurrent requests go down the graph together: one handle call per stage per batch.
         self.graph: Coalescer[GraphRequest, Ranked] = Coalescer(self._down_the_graph)
 
@@ -137,6 +140,11 @@ class Ingress(Replica):
                                     events=request["history"])
         if personal is not None and personal.counts:
             request["personal"] = personal.to_wire()
+        history = spec.resolve_history(request["history"])
+        if self.population is not None:
+            seen = self.population.store.view(spec, history, body.prompt)
+            if not seen.empty:
+                request["population"] = seen.to_wire()
         if not self.store.is_shared(spec.spec_hash):  # the node's L2 failed: send the index along
             request["spec_index"] = spec.to_bytes()
         sent = time.perf_counter()
@@ -151,7 +159,7 @@ class Ingress(Replica):
             return contribs
 
         response = await respond(
-            ranked, request=body, spec=spec, history=spec.resolve_history(request["history"]),
+            ranked, request=body, spec=spec, history=history,
             prior=self.prior_feed.prior if self.prior_feed is not None else None,
             llm_weight=self.settings.llm_weight, explain_rows=explain_rows,
             timings_ms={"spec": spec_ms, **ranked["ms"]}, started=t0)
@@ -167,7 +175,8 @@ class Ingress(Replica):
         self.latency.observe(time.perf_counter() - t0 - graph_s - spec_ms / 1000)
         return response
 
-    @api.post("/feedback", response_model=FeedbackResponse, responses=_errors(404, 409, 413, 422, 429, 503, 504))
+    @api.post("/feedback", response_model=FeedbackResponse,
+              responses=_errors(404, 409, 413, 422, 429, 503, 504))
     async def feedback(self, body: FeedbackRequest, http: Request) -> FeedbackResponse:
         """Record what the user really did after a prediction; answers once it is on disk."""
         if self.outcomes is None:
@@ -235,6 +244,7 @@ class Ingress(Replica):
             "feedback": self.outcomes.status() if self.outcomes else {"off": self.outcomes_off_reason},
             "personal_prior": self.prior_feed.status() if self.prior_feed else {"off": True},
             "client_shares": self.shares.status(),
+            "population": self.population.status() if self.population else {"off": True},
         }
         degraded = (
             not all(a.get("ok") for a in answers.values())
@@ -258,6 +268,8 @@ class Ingress(Replica):
     async def __del__(self) -> None:
         if self.prior_feed is not None:
             await asyncio.to_thread(self.prior_feed.stop)
+        if self.population is not None:
+            await asyncio.to_thread(self.population.stop)
         if self.outcomes is not None:  # commit the queued prediction contexts
             await asyncio.to_thread(self.outcomes.close)
         await self.store.aclose()

@@ -415,6 +415,7 @@ _FORWARDED = {
     "retrain": ("tools.retrain", []),
     "rollback": ("tools.retrain", ["rollback"]),
     "models": ("tools.retrain", ["list"]),
+    "population": ("tools.population", []),
 }
 
 
