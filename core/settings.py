@@ -35,11 +35,36 @@ class Settings(BaseModel):
     feedback_enabled: bool = True
     feedback_implicit_window_s: float = Field(3600.0, gt=0)
     feedback_queue_max: int = Field(10_000, gt=0)
+    # How long POST /feedback and GET /feedback/{id} wait for the writer's commit before a 503.
+    feedback_wait_s: float = Field(5.0, gt=0)
     # The per-user transition prior learned from outcomes (core/priors/personal.py): as
     # the ranker's user_* features, and/or blended after the model with this weight (0: off);
     # measured by `python -m benchmarks.personalisation` (benchmarks/results/personalisation.md).
     personal_prior_feature: bool = True
     personal_prior_weight: float = Field(0.0, ge=0, le=1)
+    # How many of the latest outcomes a starting replica replays into that prior.
+    personal_prior_replay_max: int = Field(200_000, gt=0)
+
+    # Every request is answered within this, whatever Serve's x-request-timeout-seconds said
+    # (deployments/serving/fairness.py); each client may have this many in flight per Ingress
+    # replica (per API key; without keys per user id and source address), the rest get 429.
+    request_timeout_s: float = Field(30.0, gt=0)
+    client_max_concurrent: int = Field(8, gt=0)
+    # Spec host names are resolved in threads of their own, each look-up held to the timeout.
+    dns_threads: int = Field(4, gt=0)
+    dns_timeout_s: float = Field(2.0, gt=0)
+
+    # What all the users of an API did next (core/priors/population.py), learned from the
+    # recorded outcomes into population_path (default data_dir / "population.sqlite") and given
+    # to the ranker as its pop_* features; a count is used once population_min_users distinct
+    # users made it, one user adds at most population_user_cap to it, and it halves every
+    # population_half_life_days. tenant scopes it (and nothing else yet) when set.
+    population_enabled: bool = True
+    population_path: Path | None = None
+    population_min_users: int = Field(3, ge=1)
+    population_user_cap: float = Field(1.0, gt=0)
+    population_half_life_days: float = Field(30.0, gt=0)
+    tenant: str = ""
 
     spec_max_bytes: int = Field(25 * 1024 * 1024, gt=0)
     spec_fetch_timeout_s: float = Field(10.0, gt=0)
@@ -66,6 +91,9 @@ class Settings(BaseModel):
     # only widen the candidates). Choose it for your LLM with `python -m benchmarks.llm_path`.
     llm_weight: float = Field(0.3, ge=0, le=1)
 
+    # Prometheus metrics through ray.serve.metrics (deployments/serving/metrics.py; README, Operations).
+    metrics: bool = True
+
     @field_validator("llm_base_url")
     @classmethod
     def _http_only(cls, v: str | None) -> str | None:
@@ -80,6 +108,10 @@ class Settings(BaseModel):
     @property
     def feedback_db_path(self) -> Path:
         return self.feedback_path or self.data_dir / "feedback.sqlite"
+
+    @property
+    def population_db_path(self) -> Path:
+        return self.population_path or self.data_dir / "population.sqlite"
 
     @property
     def model_registry_dir(self) -> Path:

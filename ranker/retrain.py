@@ -268,7 +268,8 @@ def retrain(
     workflows = load_workflows(jentic_dir, progress=True)
     real, synthetic, personal = base_examples(
         workflows, synthetic_per_api=config.synthetic_per_api,
-        personal_users_per_api=config.personal_users_per_api, seed=config.seed)
+        personal_users_per_api=config.personal_users_per_api, seed=config.seed,
+        population_same_flow=config.population_same_flow)
     step(f"      {len({w.api for w in workflows})} APIs, {len(real)} real + {len(synthetic)} "
          f"synthetic + {len(personal)} returning-user groups")
 

@@ -9,6 +9,7 @@
     models     the model versions and which one is current
     evaluate   ranking metrics of a model on the held-out APIs (and on recorded feedback)
     bench      a bounded load against a running service (or the in-process pipeline)
+    population what the population memory holds per API, and clearing an API (tools.population)
 
 Every command has ``--help``; long work draws a progress bar on stderr; ``--json`` prints one
 machine-readable document on stdout. An error is one line on stderr, never a traceback. Exit
@@ -432,6 +433,7 @@ _FORWARDED = {  # command: (module, its arguments first, the one-line help)
     "retrain": ("tools.retrain", [], "retrain on base data + recorded feedback, gate, promote"),
     "rollback": ("tools.retrain", ["rollback"], "put the previous model version back"),
     "models": ("tools.retrain", ["list"], "the model versions and which one is current"),
+    "population": ("tools.population", [], "what the population memory holds per API; clear an API"),
 }
 
 
@@ -510,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; a known error (bad settings, a PredictorError) is one line on stderr and
     its documented exit status, never a traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # The service's warnings (a refused spec host, a cache bypassed) are for its logs; here the
+    # command's own line says what went wrong, once.
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
         if argv and argv[0] in _FORWARDED:  # these keep their own parsers, progress and --json
             import importlib

@@ -7,30 +7,77 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from core.priors.personal import TransitionPrior, previous_key
 from core.settings import Settings
 from deployments.serving.feedback import FeedbackReader, FeedbackStore
 
-__all__ = ["PriorFeed", "start_prior_feed"]
+__all__ = ["PriorFeed", "start_prior_feed", "OutcomeFollower"]
 
 log = logging.getLogger(__name__)
 
 
-class PriorFeed:
+class OutcomeFollower:
+    """A thread that learns from a feedback store what its replicas and processes commit:
+    :meth:`poll_once` (a subclass's) until up to date, then again every ``interval_s``. A failure
+    is kept in ``last_error`` and retried on the next tick, never stopping the serving."""
+
+    name = "outcome-follower"
+
+    def __init__(self, path: str | Path, *, interval_s: float = 1.0) -> None:
+        self.reader = FeedbackReader(path, create=True)
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+
+    def poll_once(self) -> int:
+        """Learns (a batch of) what was committed since the last look; returns rows read."""
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    while self.poll_once() and not self._stop.is_set():
+                        pass
+                    self.last_error = None
+                except Exception as exc:  # noqa: BLE001 - keep serving; retried next tick
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("%s: could not read outcomes: %s", self.name, exc)
+                self._stop.wait(self.interval_s)
+
+        self._thread = threading.Thread(target=loop, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self.reader.close()
+
+
+class PriorFeed(OutcomeFollower):
     """Keeps a :class:`TransitionPrior` up to date with a feedback store: a thread reads the
     outcomes committed since its last look (by rowid: SQLite commits writes one at a time, so
     rowids arrive in commit order) — those of every replica and process writing to the file."""
 
-    def __init__(self, prior: TransitionPrior, path: str | Path, *, interval_s: float = 1.0) -> None:
+    name = "prior-feed"
+
+    def __init__(self, prior: TransitionPrior, path: str | Path, *, interval_s: float = 1.0,
+                 replay_max: int | None = None) -> None:
+        super().__init__(path, interval_s=interval_s)
         self.prior = prior
-        self.reader = FeedbackReader(path, create=True)
-        self.interval_s = interval_s
-        self.cursor = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.last_error: str | None = None
+        # At start only the latest ``replay_max`` outcomes are replayed: the work and memory of
+        # a restart must not grow with everything ever recorded (retention bounds the rest).
+        self.cursor = self._replay_from(replay_max) if replay_max is not None else 0
+
+    def _replay_from(self, replay_max: int) -> int:
+        row = self.reader._conn().execute(
+            "SELECT rowid FROM outcomes ORDER BY rowid DESC LIMIT 1 OFFSET ?", (replay_max,)).fetchone()
+        return int(row[0]) if row else 0
 
     def poll_once(self, limit: int = 5000) -> int:
         rows = self.reader._conn().execute(
@@ -47,31 +94,8 @@ class PriorFeed:
             self.prior.observe(user_id, spec_hash, previous_key(spec, json.loads(events)), actual_key)
         return len(rows)
 
-    def start(self) -> PriorFeed:
-        def loop() -> None:
-            while not self._stop.is_set():
-                try:
-                    while self.poll_once() and not self._stop.is_set():
-                        pass
-                    self.last_error = None
-                except Exception as exc:  # noqa: BLE001 - keep serving; retried next tick
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    log.warning("personal prior: could not read outcomes: %s", exc)
-                self._stop.wait(self.interval_s)
-
-        self._thread = threading.Thread(target=loop, name="prior-feed", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        self.reader.close()
-
     def status(self) -> dict[str, Any]:
         return {**self.prior.status(), "cursor": self.cursor, "last_error": self.last_error}
-
 
 
 def start_prior_feed(settings: Settings, store: FeedbackStore | None) -> PriorFeed | None:
@@ -80,4 +104,4 @@ def start_prior_feed(settings: Settings, store: FeedbackStore | None) -> PriorFe
     if store is None or not (settings.personal_prior_feature or settings.personal_prior_weight > 0):
         return None
     prior = TransitionPrior(weight=settings.personal_prior_weight)
-    return PriorFeed(prior, store.path).start()
+    return PriorFeed(prior, store.path, replay_max=settings.personal_prior_replay_max).start()
