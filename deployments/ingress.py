@@ -56,15 +56,16 @@ HEALTH_TIMEOUT_S = 2.0
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The error answers a route really gives, for the schema (tests/test_api_docs.py checks them)."""
+    """The error answers a route really gives, for the schema (tests/test_readme.py checks them)."""
     said = {
         404: "unknown prediction_id",
         409: "a different outcome is already recorded for this prediction",
         413: "request body too large (or, for /predict, the fetched spec)",
         422: "invalid request (the message names the field)",
+        429: "this client already has its share of requests in flight (client_max_concurrent)",
         502: "the spec host answered an error or could not be reached",
         503: "overloaded or a backend failed (Retry-After); for feedback also: the store is unavailable",
-        504: "the spec host timed out",
+        504: "the spec host timed out, or the request passed request_timeout_s",
     }
     return {s: {"model": ErrorResponse, "description": said[s]} for s in statuses}
 
