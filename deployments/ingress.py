@@ -5,6 +5,7 @@
 
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ from ray.serve.handle import DeploymentHandle
 
 from core.priors.personal import user_transitions
 from deployments.serving.batching import Coalescer, IngressConfig
+from deployments.serving.failures import failure_text
 from deployments.serving.fairness import ClientShares, EdgeGuard, client_key, source_address
 from deployments.serving.feedback import (
     FeedbackUnavailable,
@@ -42,6 +44,8 @@ from deployments.serving.schemas import (
 from deployments.serving.spec_store import SpecStore, send_with_spec
 
 __all__ = ["Ingress", "api"]
+
+log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 2.0
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -185,7 +189,8 @@ class Ingress(Replica):
             try:
                 return await asyncio.wait_for(handle.health.remote(), HEALTH_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 - any failure is reported, not raised
-                return {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                log.warning("health of a deployment failed: %r", exc)
+                return {"ok": False, "error": failure_text(exc)}
 
         answers = dict(zip(names, await asyncio.gather(*(ask(h) for h in handles)), strict=True))
         answers["ingress"] = {

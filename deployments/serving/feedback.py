@@ -54,6 +54,7 @@ from core.errors import (
 from core.outcomes import OutcomeSource, StoredPrediction
 from core.settings import Settings
 from core.spec.index import SpecIndex, parse_endpoint
+from deployments.serving.failures import failure_text
 from deployments.serving.schemas import (
     FeedbackResponse,
     PredictRequest,
@@ -521,7 +522,6 @@ class FeedbackStore(FeedbackReader):
 
     def status(self) -> dict[str, Any]:
         return {
-            "path": str(self.path),
             "queued": self._queue.qsize(),
             "writer_alive": self._thread.is_alive(),
             "failing": self.failing,
@@ -595,8 +595,8 @@ class FeedbackStore(FeedbackReader):
                         self._insert_prediction(conn, item)
                     except (ValueError, TypeError, KeyError) as exc:  # one bad context, not the batch
                         self.stats["errors"] += 1
-                        self.last_error = f"prediction {item.prediction_id}: {type(exc).__name__}: {exc}"
-                        log.warning("feedback store: %s", self.last_error)
+                        self.last_error = f"prediction {item.prediction_id}: {failure_text(exc)}"
+                        log.warning("feedback store: prediction %s: %r", item.prediction_id, exc)
                 elif isinstance(item, _Outcome):
                     try:
                         results.append((item.future, self._insert_outcome(conn, item), None))
@@ -619,7 +619,7 @@ class FeedbackStore(FeedbackReader):
             self.stats["errors"] += 1
             self.failing = True
             self._known_specs.clear()  # rolled back: specs this batch claimed are not stored
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.last_error = failure_text(exc)
             for item in items:
                 if isinstance(item, PredictionContext):
                     self._lost[item.prediction_id] = self.last_error
@@ -762,7 +762,7 @@ def open_store(settings: Settings) -> tuple[FeedbackStore | None, str | None]:
     except (sqlite3.Error, OSError, PredictorError) as exc:
         log.error("feedback store %s unusable, outcomes will not be recorded: %s",
                   settings.feedback_db_path, exc)
-        return None, f"{type(exc).__name__}: {exc}"
+        return None, f"the store could not be opened ({failure_text(exc)})"
     return store, None
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from core.priors.personal import TransitionPrior, previous_key
 from core.settings import Settings
+from deployments.serving.failures import failure_text
 from deployments.serving.feedback import FeedbackReader, FeedbackStore
 
 __all__ = ["PriorFeed", "start_prior_feed"]
@@ -63,7 +64,7 @@ class PriorFeed:
                         pass
                     self.last_error = None
                 except Exception as exc:  # noqa: BLE001 - keep serving; retried next tick
-                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    self.last_error = failure_text(exc)
                     log.warning("personal prior: could not read outcomes: %s", exc)
                 self._stop.wait(self.interval_s)
 

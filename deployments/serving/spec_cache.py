@@ -25,6 +25,7 @@ from cachetools import TTLCache
 
 from core.settings import Settings
 from core.spec.index import SpecIndex
+from deployments.serving.failures import failure_text
 
 __all__ = ["SpecL1Cache", "SpecCacheDB", "L2File"]
 
@@ -266,7 +267,6 @@ class SpecCacheDB:
     def status(self) -> dict[str, Any]:
         return {
             "state": self._state(),
-            "path": str(self.path),
             "rebuilds": self._rebuilds,
             "last_error": self._last_error,
         }
@@ -517,5 +517,4 @@ def _is_corruption(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    name = getattr(exc, "sqlite_errorname", None)
-    return f"{name}: {exc}" if name else f"{type(exc).__name__}: {exc}"
+    return failure_text(exc)
