@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -40,6 +40,7 @@ from deployments.serving.schemas import (
     PredictRequest,
     PredictResponse,
     StoredPredictionResponse,
+    UserErasedResponse,
 )
 from deployments.serving.spec_store import SpecStore, send_with_spec
 
@@ -179,6 +180,17 @@ class Ingress(Replica):
         if stored is None:
             raise UnknownPrediction(f"no prediction with id {prediction_id!r}")
         return stored_response(stored)
+
+    @api.delete("/users/{user_id}", response_model=UserErasedResponse, responses=_ERRORS)
+    async def erase_user(self, user_id: str = Path(min_length=1, max_length=256)) -> UserErasedResponse:
+        """Delete a user's stored predictions and outcomes, and what the personal prior learned
+        from them (here at once, on other replicas at their next poll)."""
+        if self.outcomes is None:
+            raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
+        erased = await self.outcomes.aerase_user(user_id)
+        if self.prior_feed is not None:
+            self.prior_feed.prior.forget(user_id)
+        return UserErasedResponse(user_id=user_id, **erased)
 
     @api.get("/health", response_model=HealthResponse)
     async def health(self) -> HealthResponse:

@@ -437,3 +437,21 @@ def test_a_non_http_port_banner_is_not_echoed() -> None:
         server.close()
     assert "did not answer valid HTTP" in message, message
     assert "secret-internal-banner" not in message and "SSH" not in message, message
+
+
+def test_delete_user_removes_their_predictions_and_outcomes(client: httpx.Client) -> None:
+    """DELETE /users/{id}: the user's stored predictions and outcomes are gone (404), another
+    user's are untouched."""
+    mine = [client.post("/predict", json=_body(user_id="erase-me")).json()["prediction_id"] for _ in range(2)]
+    theirs = client.post("/predict", json=_body(user_id="keep-me")).json()["prediction_id"]
+    fb = client.post("/feedback", json={"prediction_id": mine[0], "actual_endpoint": "POST /v1/invoices"})
+    assert fb.status_code == 200, fb.text
+    assert client.get(f"/feedback/{mine[1]}").status_code == 200
+    r = client.delete("/users/erase-me")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"user_id": "erase-me", "predictions": 2, "outcomes": 1}
+    for pid in mine:
+        _is_clean_error(client.get(f"/feedback/{pid}"), 404)
+    assert client.get(f"/feedback/{theirs}").status_code == 200
+    assert client.delete("/users/erase-me").json()["predictions"] == 0  # idempotent
+    _is_clean_error(client.delete("/users/" + "u" * 257), 422)

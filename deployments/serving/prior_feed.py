@@ -32,6 +32,9 @@ class PriorFeed:
         # At start only the latest ``replay_max`` outcomes are replayed: the work and memory of
         # a restart must not grow with everything ever recorded (retention bounds the rest).
         self.cursor = self._replay_from(replay_max) if replay_max is not None else 0
+        # Erasures recorded from now on (those before are already gone from the outcomes).
+        self.erasure_cursor = int(self.reader._conn().execute(
+            "SELECT coalesce(max(rowid), 0) FROM erasures").fetchone()[0])
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
@@ -42,6 +45,11 @@ class PriorFeed:
         return int(row[0]) if row else 0
 
     def poll_once(self, limit: int = 5000) -> int:
+        for rowid, user_id in self.reader._conn().execute(
+                "SELECT rowid, user_id FROM erasures WHERE rowid > ? ORDER BY rowid",
+                (self.erasure_cursor,)).fetchall():
+            self.erasure_cursor = rowid
+            self.prior.forget(user_id)
         rows = self.reader._conn().execute(
             "SELECT o.rowid, p.user_id, p.spec_hash, p.events, o.actual_key FROM outcomes o "
             "JOIN predictions p USING (prediction_id) WHERE o.rowid > ? ORDER BY o.rowid LIMIT ?",

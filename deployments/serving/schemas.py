@@ -21,6 +21,7 @@ __all__ = [
     "FeedbackRequest",
     "FeedbackResponse",
     "StoredPredictionResponse",
+    "UserErasedResponse",
     "MAX_EVENTS",
     "MAX_PROMPT_CHARS",
     "MAX_PARAM_VALUE_BYTES",
@@ -232,6 +233,12 @@ class FeedbackResponse(BaseModel):
     operation: str | None = Field(description="the spec operation it is, or null if none")
     rank: int | None = Field(description="1-based position among the predictions shown, or null")
     source: Literal["explicit", "accepted", "implicit"]
+
+
+class UserErasedResponse(BaseModel):
+    user_id: str
+    predictions: int = Field(description="stored predictions of the user deleted")
+    outcomes: int = Field(description="their outcomes deleted")
 
 
 class StoredPredictionResponse(BaseModel):
