@@ -170,7 +170,7 @@ def test_a_schema_1_store_is_migrated_in_place(tmp_path) -> None:
     finally:
         store.close()
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert "personal" in [r[1] for r in check.execute("PRAGMA table_info(predictions)")]
     check.close()
     FeedbackStore(path).close()  # opening a migrated file again changes nothing
