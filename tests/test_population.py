@@ -317,3 +317,23 @@ def test_retraining_rebuilds_the_population_features_that_were_served(feedback) 
         extractor.extract(SPEC, history, stored.prompt, cands, None, served),
         extractor.extract(SPEC, history, stored.prompt, cands, None,
                           PopulationView.from_wire(stored.population)))
+
+
+def test_the_command_lists_and_clears_an_apis_memory(tmp_path, feedback, capsys) -> None:
+    from tools.population import main
+
+    path = tmp_path / "population.sqlite"
+    store = PopulationStore(path)
+    feed = PopulationFeed(store, feedback.path)
+    for user in ("a", "b", "c"):
+        _record(feedback, user, [LIST, GET, PAY])
+    feed.sync()
+    feed.stop()
+    assert main(["--path", str(path), "list"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed[api_key(SPEC)]["usable"] > 0
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(billing_spec(base="https://api.example.com/v9")))  # another version
+    assert main(["--path", str(path), "clear", "--spec", str(spec_file)]) == 0
+    assert json.loads(capsys.readouterr().out)["counts_removed"] == listed[api_key(SPEC)]["counts"]
+    assert PopulationStore(path).apis() == {}
