@@ -6,13 +6,14 @@ test or a driver can set the environment first.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-__all__ = ["Settings", "load_settings", "PROJECT_ROOT", "SHIPPED_MODELS_DIR"]
+__all__ = ["Settings", "SettingsError", "load_settings", "PROJECT_ROOT", "SHIPPED_MODELS_DIR"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The model, word vectors and transition statistics that training writes and serving ships with.
@@ -34,11 +35,24 @@ class Settings(BaseModel):
     feedback_enabled: bool = True
     feedback_implicit_window_s: float = Field(3600.0, gt=0)
     feedback_queue_max: int = Field(10_000, gt=0)
+    # How long POST /feedback and GET /feedback/{id} wait for the writer's commit before a 503.
+    feedback_wait_s: float = Field(5.0, gt=0)
     # The per-user transition prior learned from outcomes (core/priors/personal.py): as
     # the ranker's user_* features, and/or blended after the model with this weight (0: off);
     # measured by `python -m benchmarks.personalisation` (benchmarks/results/personalisation.md).
     personal_prior_feature: bool = True
     personal_prior_weight: float = Field(0.0, ge=0, le=1)
+    # How many of the latest outcomes a starting replica replays into that prior.
+    personal_prior_replay_max: int = Field(200_000, gt=0)
+
+    # Every request is answered within this, whatever Serve's x-request-timeout-seconds said
+    # (deployments/serving/fairness.py); each client may have this many in flight per Ingress
+    # replica (per API key; without keys per user id and source address), the rest get 429.
+    request_timeout_s: float = Field(30.0, gt=0)
+    client_max_concurrent: int = Field(8, gt=0)
+    # Spec host names are resolved in threads of their own, each look-up held to the timeout.
+    dns_threads: int = Field(4, gt=0)
+    dns_timeout_s: float = Field(2.0, gt=0)
 
     # What all the users of an API did next (core/priors/population.py), learned from the
     # recorded outcomes into population_path (default data_dir / "population.sqlite") and given
@@ -77,6 +91,9 @@ class Settings(BaseModel):
     # only widen the candidates). Choose it for your LLM with `python -m benchmarks.llm_path`.
     llm_weight: float = Field(0.3, ge=0, le=1)
 
+    # Prometheus metrics through ray.serve.metrics (deployments/serving/metrics.py; README, Operations).
+    metrics: bool = True
+
     @field_validator("llm_base_url")
     @classmethod
     def _http_only(cls, v: str | None) -> str | None:
@@ -105,10 +122,16 @@ class Settings(BaseModel):
         return bool(self.llm_base_url and self.llm_model)
 
 
+class SettingsError(ValueError):
+    """An ``OPENSESAME_*`` variable that is unknown or has a bad value; the message is one line
+    naming it."""
+
+
 def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
     """Settings from ``OPENSESAME_<FIELD>`` variables, then keyword overrides.
 
-    An unknown or malformed variable raises ``ValueError`` naming it, rather than being ignored.
+    An unknown or malformed variable raises :class:`SettingsError` naming it, rather than being
+    ignored.
     """
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -117,13 +140,21 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name not in Settings.model_fields:
-            raise ValueError(f"unknown setting {key}; known: {', '.join(_env_names())}")
+            close = difflib.get_close_matches(key, _env_names(), n=1, cutoff=0.8)
+            hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(_env_names())}"
+            raise SettingsError(f"unknown setting {key}; {hint}")
         values[name] = raw
     values.update(overrides)
     try:
         return Settings(**values)
     except ValidationError as exc:
-        raise ValueError(f"invalid OPENSESAME_* settings: {exc}") from None
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            source = ENV_PREFIX + field.upper() if field in values and field not in overrides else field
+            given = f"={values[field]!r}" if field in values and "key" not in field else ""  # no secrets
+            problems.append(f"{source}{given}: {error['msg']}")
+        raise SettingsError("invalid setting " + "; ".join(problems)) from None
 
 
 def _env_names() -> list[str]:

@@ -9,12 +9,16 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from core.priors.personal import user_transitions
+from deployments.serving.api_docs import install_docs
 from deployments.serving.batching import Coalescer, IngressConfig
+from deployments.serving.fairness import ClientShares, EdgeGuard, client_key, source_address
 from deployments.serving.feedback import (
     FeedbackUnavailable,
     UnknownPrediction,
@@ -24,14 +28,19 @@ from deployments.serving.feedback import (
     stored_response,
 )
 from deployments.serving.http_errors import BodySizeLimit, install_error_handlers
+from deployments.serving.logs import log_outcome, log_prediction
 from deployments.serving.messages import GraphRequest, Ranked
+from deployments.serving.metrics import RequestMetrics, metrics
 from deployments.serving.population_store import start_population_feed
 from deployments.serving.prior_feed import start_prior_feed
+from deployments.serving.probes import check_feedback_writer, not_ready_reasons
 from deployments.serving.replica import Replica
 from deployments.serving.resources import deployment_options
 from deployments.serving.respond import respond
 from deployments.serving.schemas import (
-    ErrorBody,
+    PREDICTION_ID_MAX_CHARS,
+    PREDICTION_ID_PATTERN,
+    ErrorResponse,
     FeedbackRequest,
     FeedbackResponse,
     HealthResponse,
@@ -44,31 +53,36 @@ from deployments.serving.spec_store import SpecStore, send_with_spec
 __all__ = ["Ingress", "api"]
 
 HEALTH_TIMEOUT_S = 2.0
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": dict[str, ErrorBody], "description": d}
-    for s, d in [
-        (413, "too large"),
-        (422, "invalid request or spec"),
-        (502, "spec host failed"),
-        (503, "overloaded (Retry-After)"),
-        (504, "spec host timed out"),
-    ]
-}
 
-_FEEDBACK_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": dict[str, ErrorBody], "description": d}
-    for s, d in [(404, "unknown prediction_id"), (409, "a different outcome is already recorded")]
-}
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers a route really gives, for the schema (tests/test_api_docs.py checks them)."""
+    said = {
+        404: "unknown prediction_id",
+        409: "a different outcome is already recorded for this prediction",
+        413: "request body too large (or, for /predict, the fetched spec)",
+        422: "invalid request (the message names the field)",
+        502: "the spec host answered an error or could not be reached",
+        503: "overloaded or a backend failed (Retry-After); for feedback also: the store is unavailable",
+        504: "the spec host timed out",
+    }
+    return {s: {"model": ErrorResponse, "description": said[s]} for s in statuses}
+
 
 api = FastAPI(
     title="opensesame-predictor",
     description="Predicts the next API call from recent calls, a prompt and an OpenAPI spec.",
     version="0.1.0",
+    docs_url=None,  # Swagger UI from the installed package below, not a CDN
+    redoc_url=None,
 )
+install_docs(api)
 install_error_handlers(api)
 # Starlette refuses middleware added once the app runs, so it is added here and reads its limit
 # from the replica's settings, set in Ingress.__init__.
 _body_limit = BodySizeLimit.install(api)
+_edge = EdgeGuard.install(api)  # Serve's client-set timeout headers never reach the routes
+RequestMetrics.install(api)  # outermost (added last): it counts the edge's own 504s too
 
 
 @serve.deployment(name="Ingress", **deployment_options("Ingress"))
@@ -87,6 +101,8 @@ class Ingress(Replica):
         self.extractor = extractor
         self.ranker = ranker
         _body_limit.max_bytes = self.settings.spec_max_bytes + 1024 * 1024
+        _edge.seconds = self.settings.request_timeout_s
+        self.shares = ClientShares(self.settings.client_max_concurrent)
         # Outcomes of predictions (deployments/serving/feedback.py); None: predictions still served.
         self.outcomes, self.outcomes_off_reason = open_store(self.settings)
         # Each user's habits, learned from those outcomes: the ranker's user_* features (and,
@@ -109,8 +125,12 @@ class Ingress(Replica):
         featured = self.extractor.extract.remote(requests, generated)
         return await self.ranker.rank.remote(featured)
 
-    @api.post("/predict", response_model=PredictResponse, responses=_ERRORS)
-    async def predict(self, body: PredictRequest) -> PredictResponse:
+    @api.post("/predict", response_model=PredictResponse, responses=_errors(413, 422, 429, 502, 503, 504))
+    async def predict(self, body: PredictRequest, http: Request) -> PredictResponse:
+        with self.shares.hold(client_key(tenant=None, user_id=body.user_id, address=source_address(http))):
+            return await self._predict(body)
+
+    async def _predict(self, body: PredictRequest) -> PredictResponse:
         t0 = time.perf_counter()
         spec = await self.store.resolve(spec_url=body.spec_url, spec=body.spec)
         spec_ms = (time.perf_counter() - t0) * 1000
@@ -143,6 +163,8 @@ class Ingress(Replica):
             prior=self.prior_feed.prior if self.prior_feed is not None else None,
             llm_weight=self.settings.llm_weight, explain_rows=explain_rows,
             timings_ms={"spec": spec_ms, **ranked["ms"]}, started=t0)
+        metrics().stages({"spec": spec_ms, **ranked["ms"]})
+        log_prediction(response)
         if self.outcomes is not None:  # enqueued only: written off the event loop
             self.outcomes.record_prediction(prediction_context(
                 request=body, response=response, spec=spec, candidates=ranked["candidates"],
@@ -153,19 +175,25 @@ class Ingress(Replica):
         self.latency.observe(time.perf_counter() - t0 - graph_s - spec_ms / 1000)
         return response
 
-    @api.post("/feedback", response_model=FeedbackResponse, responses={**_ERRORS, **_FEEDBACK_ERRORS})
-    async def feedback(self, body: FeedbackRequest) -> FeedbackResponse:
+    @api.post("/feedback", response_model=FeedbackResponse,
+              responses=_errors(404, 409, 413, 422, 429, 503, 504))
+    async def feedback(self, body: FeedbackRequest, http: Request) -> FeedbackResponse:
         """Record what the user really did after a prediction; answers once it is on disk."""
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
-        result = await self.outcomes.arecord_outcome(
-            body.prediction_id, actual_endpoint=body.actual_endpoint, accepted=bool(body.accepted)
-        )
+        with self.shares.hold(client_key(tenant=None, user_id=None, address=source_address(http))):
+            result = await self.outcomes.arecord_outcome(
+                body.prediction_id, actual_endpoint=body.actual_endpoint, accepted=bool(body.accepted)
+            )
+        log_outcome(result)
         return feedback_response(result)
 
     @api.get("/feedback/{prediction_id}", response_model=StoredPredictionResponse,
-             responses=_FEEDBACK_ERRORS)
-    async def stored_prediction(self, prediction_id: str) -> StoredPredictionResponse:
+             responses=_errors(404, 422, 503))
+    async def stored_prediction(
+        self,
+        prediction_id: str = PathParam(max_length=PREDICTION_ID_MAX_CHARS, pattern=PREDICTION_ID_PATTERN),
+    ) -> StoredPredictionResponse:
         """A stored prediction and its outcome, if any."""
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
@@ -175,7 +203,28 @@ class Ingress(Replica):
             raise UnknownPrediction(f"no prediction with id {prediction_id!r}")
         return stored_response(stored)
 
-    @api.get("/health", response_model=HealthResponse)
+    @api.get("/livez")
+    async def livez(self) -> dict[str, str]:
+        """Liveness: this replica answers (nothing downstream asked; deployments/serving/probes.py)."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", responses={503: {"description": "not ready, with the reasons"}})
+    async def readyz(self) -> JSONResponse:
+        """Readiness: a trained model loaded, the stores writable (deployments/serving/probes.py)."""
+        try:
+            ranker = await asyncio.wait_for(self.ranker.health.remote(), HEALTH_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - not answering in time is the answer
+            ranker = {"ok": False}
+        reasons = not_ready_reasons(ranker=ranker, feedback=self.outcomes.status() if self.outcomes else None,
+                                    feedback_enabled=self.settings.feedback_enabled,
+                                    spec_cache=self.store.status())
+        return JSONResponse({"status": "not ready" if reasons else "ready", "reasons": reasons},
+                            status_code=503 if reasons else 200)
+
+    def check_health(self) -> None:
+        check_feedback_writer(self.outcomes.status() if self.outcomes else None)
+
+    @api.get("/health", response_model=HealthResponse, responses=_errors(503))
     async def health(self) -> HealthResponse:
         names = ("candidate_generator", "feature_extractor", "ranker")
         handles = (self.generator, self.extractor, self.ranker)
@@ -194,6 +243,7 @@ class Ingress(Replica):
             "spec_cache": self.store.status(),
             "feedback": self.outcomes.status() if self.outcomes else {"off": self.outcomes_off_reason},
             "personal_prior": self.prior_feed.status() if self.prior_feed else {"off": True},
+            "client_shares": self.shares.status(),
             "population": self.population.status() if self.population else {"off": True},
         }
         degraded = (

@@ -71,6 +71,9 @@ def test_ray_template_gets_the_limit_the_refusal_and_keeps_health_checks(tmp_pat
     assert "hdr X-Refused-By admission" in refusal
     assert refusal.endswith("if { queue gt 0 }")
     assert """'{"error":{"status":503,"message":"the service is overloaded; retry shortly"}}'""" in refusal
+    # Serve's client-settable timeout and disconnect hints are removed before any replica sees them.
+    assert "http-request del-header x-request-timeout-seconds" in backend
+    assert "http-request del-header x-request-disconnect-disabled" in backend
     # What Ray appends after the value is commented out, not glued to the rule.
     assert "# check" in backend
     # Every server is still health-checked (the per-server `check` is Ray's own).

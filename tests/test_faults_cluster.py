@@ -38,6 +38,8 @@ LLM_BUDGET_S = 0.5
 BREAKER_RESET_S = 2.0
 FETCH_TIMEOUT_S = 1.5
 SPEC_CAP = 3_000_000
+FEEDBACK_WAIT_S = 1.0
+FEEDBACK_QUEUE_MAX = 32
 # What a request may take on top of the LLM budget on a loaded 2-CPU box (the graph's own time).
 SLACK_S = 2.5
 PAY = "POST /invoices/{invoice_id}/pay"
@@ -104,6 +106,8 @@ def app(serve_cluster, tmp_path_factory, scratch, llm) -> Iterator[dict[str, Any
         "llm_breaker_failures": 3,
         "llm_breaker_reset_s": BREAKER_RESET_S,
         "spec_l2_retry_s": 5.0,
+        "feedback_wait_s": FEEDBACK_WAIT_S,
+        "feedback_queue_max": FEEDBACK_QUEUE_MAX,
     }
     serve.run(build_app({"settings": settings}), name=APP, route_prefix="/faults")
     try:
@@ -659,12 +663,15 @@ def test_feedback_database_locked_by_another_process(client: httpx.Client, app, 
         fb = _feedback(client)
         took = time.monotonic() - t0
         predicted = client.post("/predict", json=_body())
-        status, ingress = _ingress_health(client)
+        # The 503 comes after feedback_wait_s; the writer's failed commit after its busy timeout.
+        status, ingress = wait_for(
+            lambda: (h := _ingress_health(client))[0] == "degraded" and h, 15, "degraded while locked")
     finally:
         holder.kill()
         holder.wait()
     assert predicted.status_code == 200
     assert fb.status_code == 503 and "feedback" in fb.json()["error"]["message"], fb.text
+    assert took < FEEDBACK_WAIT_S + SLACK_S, took
     assert status == "degraded" and ingress["feedback"]["failing"], ingress["feedback"]
     # Once the lock is gone, feedback is recorded again and health recovers.
     wait_for(lambda: _feedback(client).status_code == 200, 30, "feedback recorded again")
@@ -676,3 +683,63 @@ def test_feedback_database_locked_by_another_process(client: httpx.Client, app, 
         health=status,
         healthy_again_s=recovered,
     )
+
+
+def test_feedback_writer_stuck_answers_503_at_once_and_the_replica_keeps_answering(
+    client: httpx.Client, app, scratch
+) -> None:
+    """The writer stuck on a lock another process holds, its queue full: POST /feedback and
+    GET /feedback/{id} answer 503 within feedback_wait_s, and the Ingress's event loop keeps
+    answering /health and /predict meanwhile (a blocking queue.put froze it until the writer
+    drained a batch)."""
+    import concurrent.futures
+    import threading
+
+    _free(scratch[0])
+    wait_for(lambda: _ingress_health(client)[0] == "ok", 30, "healthy before the lock")
+    before = replicas(APP)
+    pid = client.post("/predict", json=_body()).json()["prediction_id"]
+    holder = _hold_lock(Path(app["settings"]["feedback_path"]), 60)
+    health_ms: list[float] = []
+    stop = threading.Event()
+
+    def poll_health() -> None:
+        with httpx.Client(base_url=app["url"], timeout=60) as hc:
+            while not stop.is_set():
+                t = time.monotonic()
+                hc.get("/health")
+                health_ms.append((time.monotonic() - t) * 1000)
+                time.sleep(0.05)
+
+    poller = threading.Thread(target=poll_health)
+    try:
+        # Fill the writer's queue: the writer is waiting out its busy timeout on the first batch.
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda _: client.post("/predict", json=_body()), range(3 * FEEDBACK_QUEUE_MAX)))
+        queued = _ingress_health(client)[1]["feedback"]["queued"]
+        poller.start()
+        t0 = time.monotonic()
+        fb = client.post("/feedback", json={"prediction_id": pid,
+                                            "actual_endpoint": "POST /v1/invoices/in_9/pay"})
+        fb_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        got = client.get(f"/feedback/{pid}")
+        get_s = time.monotonic() - t0
+        predicted = client.post("/predict", json=_body())
+    finally:
+        stop.set()
+        if poller.is_alive():
+            poller.join(30)
+        holder.kill()
+        holder.wait()
+    record("feedback writer stuck", queued=queued, feedback_status=fb.status_code,
+           feedback_ms=round(fb_s * 1000), get_status=got.status_code, get_ms=round(get_s * 1000),
+           health_max_ms=round(max(health_ms, default=0)), health_p50_ms=round(percentile(health_ms, 50)),
+           feedback_message=fb.json()["error"]["message"][:120])
+    assert queued == FEEDBACK_QUEUE_MAX
+    assert fb.status_code == 503 and got.status_code == 503, (fb.text, got.text)
+    assert fb_s < FEEDBACK_WAIT_S + SLACK_S and get_s < FEEDBACK_WAIT_S + SLACK_S, (fb_s, get_s)
+    assert predicted.status_code == 200
+    assert health_ms and max(health_ms) < 1000, health_ms
+    assert replicas(APP) == before
+    wait_for(lambda: _feedback(client).status_code == 200, 30, "feedback recorded again")

@@ -284,8 +284,9 @@ def test_refuses_unusable_urls(url: str, match: str) -> None:
 @pytest.mark.parametrize("host", ["2130706433", "0x7f.0.0.1", "127.1", "localhost"])
 def test_refuses_private_hosts_before_connecting(server: _SpecServer, host: str) -> None:
     hits = len(server.hits)
-    with pytest.raises(SpecHostRefused, match="loopback address"):
+    with pytest.raises(SpecHostRefused, match="is refused: specs are fetched only from public") as info:
         _fetch(server.url("/good", host=host), _settings(allow_private_spec_hosts=False))
+    assert "127.0.0.1" not in str(info.value) and "loopback" not in str(info.value)  # logged only
     assert len(server.hits) == hits
 
 
@@ -293,14 +294,16 @@ def test_trusted_network_allows_one_private_host_only(server: _SpecServer) -> No
     settings = _settings(allow_private_spec_hosts=False)
     assert _fetch(server.url("/good"), settings, trusted_networks=["127.0.0.1/32"])[0] == GOOD
     hits = len(server.hits)
-    with pytest.raises(SpecHostRefused, match="127.0.0.2, a loopback address"):
+    with pytest.raises(SpecHostRefused, match="is refused") as info:
         _fetch(server.url("/to-private"), settings, trusted_networks=["127.0.0.1/32"])
+    assert "resolves to" not in str(info.value)
     assert server.hits[hits:] == ["/to-private"]  # first hop allowed, second refused
 
 
 def test_redirect_to_metadata_is_refused_even_with_private_hosts(server: _SpecServer) -> None:
-    with pytest.raises(SpecHostRefused, match="cloud metadata"):
+    with pytest.raises(SpecHostRefused, match="is refused") as info:
         _fetch(server.url("/to-metadata"))
+    assert "resolves to" not in str(info.value)
 
 
 def test_follows_redirects_within_the_limit(server: _SpecServer) -> None:
@@ -440,7 +443,7 @@ def test_allow_private_allows_all_but_metadata(address: str) -> None:
 @pytest.mark.parametrize("host", ["2130706433", "0177.0.0.1", "0x7f.0.0.1", "127.1", "[::1]"])
 def test_numeric_host_spellings_are_resolved_then_refused(host: str) -> None:
     policy = HostPolicy()
-    with pytest.raises(SpecHostRefused, match="loopback"):
+    with pytest.raises(SpecHostRefused, match="is refused"):
         asyncio.run(policy.resolve(host.strip("[]"), 80))
     trusting = HostPolicy(trusted_networks=(ipaddress.ip_network("127.0.0.0/8"),
                                             ipaddress.ip_network("::1/128")))

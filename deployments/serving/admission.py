@@ -38,6 +38,7 @@ __all__ = [
     "REFUSED_BY",
     "REFUSED_BY_HEADER",
     "REPLICA_NICE_INCREMENT",
+    "STRIPPED_HEADERS",
     "haproxy_health_check_inter",
     "lower_priority",
 ]
@@ -54,6 +55,10 @@ REPLICA_NICE_INCREMENT = 5
 # Says who refused (clients and the load generator can tell HAProxy's refusals from a replica's).
 REFUSED_BY_HEADER = "X-Refused-By"
 REFUSED_BY = "admission"
+# Serve's per-request hints (names in ray/serve/_private/constants.py) that a client could use to
+# disable its request timeout and disconnect handling: removed here, at the edge, and ignored by
+# the Ingress (deployments/serving/fairness.py). Only the operator may set them.
+STRIPPED_HEADERS = (b"x-request-timeout-seconds", b"x-request-disconnect-disabled")
 
 
 def haproxy_health_check_inter(
@@ -77,6 +82,7 @@ def haproxy_health_check_inter(
         [
             f"{inter} maxconn {max_concurrent} check",
             "# Admission control (deployments/serving/admission.py): refuse while waiting for a slot.",
+            *(f"http-request del-header {h.decode()}" for h in STRIPPED_HEADERS),
             "http-request return status 503 content-type application/json"
             f" hdr Retry-After {retry_after_s} hdr {REFUSED_BY_HEADER} {REFUSED_BY}"
             f" string '{body}' if {{ queue gt 0 }}",

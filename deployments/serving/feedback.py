@@ -42,7 +42,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from core.errors import (
     FeedbackUnavailable,
@@ -54,6 +54,7 @@ from core.errors import (
 from core.outcomes import OutcomeSource, StoredPrediction
 from core.settings import Settings
 from core.spec.index import SpecIndex, parse_endpoint
+from deployments.serving.metrics import metrics
 from deployments.serving.schemas import (
     FeedbackResponse,
     PredictRequest,
@@ -130,6 +131,10 @@ _IMPLICIT_LOOKBACK = 5
 # How long feedback for an id this replica hasn't seen waits for another replica's commit.
 _UNKNOWN_RETRY_S = (0.05, 0.15, 0.3)
 _MAX_LOST = 10_000
+T = TypeVar("T")
+# Spec indexes kept decoded (implicit settlement, the prior feed): a few recent specs, not one per
+# spec the store ever saw (a 5,000-operation index is tens of MB).
+_MAX_CACHED_SPECS = 32
 
 
 @dataclass(slots=True)
@@ -297,7 +302,7 @@ class FeedbackReader:
             raise FileNotFoundError(f"no feedback store at {self.path}")
         _prepare(self.path)  # creates it, or brings a file of an older schema up to date
         self._local = threading.local()
-        self._specs: dict[str, SpecIndex] = {}
+        self._specs: OrderedDict[str, SpecIndex] = OrderedDict()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
 
@@ -332,14 +337,26 @@ class FeedbackReader:
             yield _row(row)
 
     def spec(self, spec_hash: str) -> SpecIndex:
-        index = self._specs.get(spec_hash)
+        index = self._spec_from(self._conn(), spec_hash)
         if index is None:
-            row = self._conn().execute(
-                "SELECT payload FROM specs WHERE spec_hash = ?", (spec_hash,)).fetchone()
-            if row is None:
-                raise KeyError(f"spec {spec_hash[:12]} is not in the feedback store")
-            index = SpecIndex.from_bytes(zlib.decompress(row[0]))
+            raise KeyError(f"spec {spec_hash[:12]} is not in the feedback store")
+        return index
+
+    def _spec_from(self, conn: sqlite3.Connection, spec_hash: str) -> SpecIndex | None:
+        """The decoded index, from the few kept (least recently used dropped first) or the file."""
+        with self._lock:
+            index = self._specs.get(spec_hash)
+            if index is not None:
+                self._specs.move_to_end(spec_hash)
+                return index
+        row = conn.execute("SELECT payload FROM specs WHERE spec_hash = ?", (spec_hash,)).fetchone()
+        if row is None:
+            return None
+        index = SpecIndex.from_bytes(zlib.decompress(row[0]))
+        with self._lock:
             self._specs[spec_hash] = index
+            while len(self._specs) > _MAX_CACHED_SPECS:
+                self._specs.popitem(last=False)
         return index
 
     def counts(self) -> dict[str, int]:
@@ -395,19 +412,21 @@ class FeedbackStore(FeedbackReader):
         implicit_window_s: float = 3600.0,
         max_queue: int = 10_000,
         linger_s: float = _LINGER_S,
+        wait_s: float = 5.0,
     ) -> None:
         if implicit_window_s <= 0:
             raise ValueError(f"implicit_window_s must be > 0, got {implicit_window_s}")
         if not 0 <= linger_s <= 10:
             raise ValueError(f"linger_s must be in [0, 10], got {linger_s}")
         self.linger_s = linger_s
+        self.wait_s = wait_s  # how long an async caller waits for a commit before its 503
         super().__init__(path, create=True)
         self.implicit_window_s = implicit_window_s
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._known_specs: set[str] = set()
         self._closed = False
         self.stats = {"predictions": 0, "dropped": 0, "implicit": 0, "explicit": 0, "commits": 0,
-                      "errors": 0}
+                      "errors": 0, "timeouts": 0}
         self.last_error: str | None = None
         self.failing = False  # the last commit failed: /health reports the store degraded
         # Predictions whose context a failed commit lost (writer thread only): feedback on them
@@ -429,6 +448,7 @@ class FeedbackStore(FeedbackReader):
             self._queue.put_nowait(ctx)
         except queue.Full:
             self.stats["dropped"] += 1
+            metrics().feedback.inc(tags={"result": "dropped"})
             if self.stats["dropped"] in (1, 10, 100) or self.stats["dropped"] % 1000 == 0:
                 log.warning("feedback queue full: %d prediction contexts dropped", self.stats["dropped"])
             return False
@@ -452,9 +472,30 @@ class FeedbackStore(FeedbackReader):
         if self._closed:
             future.set_exception(FeedbackUnavailable("the feedback store is closed"))
             return future
-        # Outcomes are few and acknowledged: wait for room rather than drop one.
-        self._queue.put(_Outcome(prediction_id, actual_endpoint, accepted, source, future))
+        # Never waits for room: with the writer stuck, waiting would block the caller's event loop.
+        self._enqueue(_Outcome(prediction_id, actual_endpoint, accepted, source, future))
         return future
+
+    def _enqueue(self, item: _Outcome | _Flush) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            raise FeedbackUnavailable(
+                f"the feedback writer is behind ({self._queue.qsize()} items queued); retry shortly"
+            ) from None
+
+    async def _committed(self, future: concurrent.futures.Future[T]) -> T:
+        """The writer's answer, or 503 after ``wait_s``; the item stays queued and is written if
+        the writer recovers (an outcome recorded twice is answered as already recorded)."""
+        try:
+            # shielded: a timeout must not cancel the future the writer thread will resolve
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), self.wait_s)
+        except TimeoutError:
+            self.stats["timeouts"] += 1
+            raise FeedbackUnavailable(
+                f"the feedback store did not commit within {self.wait_s:g}s (feedback_wait_s); "
+                "it may still be recorded, and sending it again is safe"
+            ) from None
 
     def record_outcome(self, prediction_id: str, *, timeout: float = 30.0, **kw: Any) -> OutcomeResult:
         return self.submit_outcome(prediction_id, **kw).result(timeout)
@@ -464,7 +505,7 @@ class FeedbackStore(FeedbackReader):
         briefly, as another replica may still be committing it."""
         for delay in (*_UNKNOWN_RETRY_S, None):
             try:
-                return await asyncio.wrap_future(self.submit_outcome(prediction_id, **kw))
+                return await self._committed(self.submit_outcome(prediction_id, **kw))
             except UnknownPrediction:
                 if delay is None:
                     raise
@@ -476,13 +517,15 @@ class FeedbackStore(FeedbackReader):
         if self._closed:
             return
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._queue.put(_Flush(future))
+        self._queue.put(_Flush(future), timeout=timeout)
         future.result(timeout)
 
     async def aflush(self) -> None:
+        if self._closed:
+            return
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._queue.put(_Flush(future))
-        await asyncio.wrap_future(future)
+        self._enqueue(_Flush(future))
+        await self._committed(future)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -597,6 +640,8 @@ class FeedbackStore(FeedbackReader):
                     item.future.set_exception(failure)
             return
         for future, value, error in results:
+            if future.done():
+                continue
             if error is not None:
                 future.set_exception(error)
             else:
@@ -626,6 +671,7 @@ class FeedbackStore(FeedbackReader):
             ),
         )
         self.stats["predictions"] += 1
+        metrics().feedback.inc(tags={"result": "written"})
 
     def _settle_implicit(
         self, conn: sqlite3.Connection, ctx: PredictionContext, events: list[list[Any]]
@@ -657,6 +703,8 @@ class FeedbackStore(FeedbackReader):
                  time.time()),
             )
             self.stats["implicit"] += 1
+            metrics().outcome(api=ctx.spec.title, source="implicit",
+                              rank=shown.index(key) + 1 if key in shown else None)
 
     def _insert_outcome(self, conn: sqlite3.Connection, item: _Outcome) -> OutcomeResult:
         row = conn.execute(
@@ -700,16 +748,14 @@ class FeedbackStore(FeedbackReader):
             (item.prediction_id, endpoint, key, rank, source, time.time()),
         )
         self.stats["explicit"] += 1
+        if metrics().enabled:  # the API's title is one cached lookup; outcomes are few
+            metrics().outcome(api=self._spec_in(conn, spec_hash).title, source=source, rank=rank)
         return OutcomeResult(item.prediction_id, endpoint, key, rank, source, recorded=True)
 
     def _spec_in(self, conn: sqlite3.Connection, spec_hash: str) -> SpecIndex:
-        index = self._specs.get(spec_hash)
-        if index is None:
-            row = conn.execute("SELECT payload FROM specs WHERE spec_hash = ?", (spec_hash,)).fetchone()
-            if row is None:  # written by a release that didn't store specs: nothing to resolve
-                raise FeedbackUnavailable(f"spec {spec_hash[:12]} of that prediction is not stored")
-            index = SpecIndex.from_bytes(zlib.decompress(row[0]))
-            self._specs[spec_hash] = index
+        index = self._spec_from(conn, spec_hash)
+        if index is None:  # written by a release that didn't store specs: nothing to resolve
+            raise FeedbackUnavailable(f"spec {spec_hash[:12]} of that prediction is not stored")
         return index
 
 
@@ -725,6 +771,7 @@ def open_store(settings: Settings) -> tuple[FeedbackStore | None, str | None]:
             settings.feedback_db_path,
             implicit_window_s=settings.feedback_implicit_window_s,
             max_queue=settings.feedback_queue_max,
+            wait_s=settings.feedback_wait_s,
         )
     except (sqlite3.Error, OSError, PredictorError) as exc:
         log.error("feedback store %s unusable, outcomes will not be recorded: %s",

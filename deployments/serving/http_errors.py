@@ -29,7 +29,7 @@ def error_response(status: int, message: str, details: list[dict[str, Any]] | No
     body: dict[str, Any] = {"status": status, "message": message}
     if details:
         body["details"] = details
-    headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
+    headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 

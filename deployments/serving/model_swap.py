@@ -17,13 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from core.features import FEATURE_NAMES
 from core.scorer import MODEL_FILE, HeuristicRanker, RankerModel, default_model_path
 from core.settings import Settings
 from deployments.serving.components import build_ranker
+from deployments.serving.probes import check_model_scores
 
 __all__ = ["ModelConfig", "RankerSlot", "split_model_config"]
 
@@ -67,7 +66,7 @@ def load_warm(path: Path) -> RankerModel:
     """Load, check and warm up a model (blocking: run it in a thread)."""
     model = RankerModel.load(path).ensure_loaded()
     # One scored row: LightGBM's first predict allocates; a broken model fails here, not live.
-    model.score_groups([np.zeros((1, len(FEATURE_NAMES)), np.float32)])
+    check_model_scores(model)
     return model
 
 

@@ -66,10 +66,18 @@ class PriorFeed(OutcomeFollower):
 
     name = "prior-feed"
 
-    def __init__(self, prior: TransitionPrior, path: str | Path, *, interval_s: float = 1.0) -> None:
+    def __init__(self, prior: TransitionPrior, path: str | Path, *, interval_s: float = 1.0,
+                 replay_max: int | None = None) -> None:
         super().__init__(path, interval_s=interval_s)
         self.prior = prior
-        self.cursor = 0
+        # At start only the latest ``replay_max`` outcomes are replayed: the work and memory of
+        # a restart must not grow with everything ever recorded (retention bounds the rest).
+        self.cursor = self._replay_from(replay_max) if replay_max is not None else 0
+
+    def _replay_from(self, replay_max: int) -> int:
+        row = self.reader._conn().execute(
+            "SELECT rowid FROM outcomes ORDER BY rowid DESC LIMIT 1 OFFSET ?", (replay_max,)).fetchone()
+        return int(row[0]) if row else 0
 
     def poll_once(self, limit: int = 5000) -> int:
         rows = self.reader._conn().execute(
@@ -90,11 +98,10 @@ class PriorFeed(OutcomeFollower):
         return {**self.prior.status(), "cursor": self.cursor, "last_error": self.last_error}
 
 
-
 def start_prior_feed(settings: Settings, store: FeedbackStore | None) -> PriorFeed | None:
     """The serving replica's prior, following the feedback store; None when switched off (no
     ``personal_prior_feature`` and ``personal_prior_weight`` 0) or when no outcomes are recorded."""
     if store is None or not (settings.personal_prior_feature or settings.personal_prior_weight > 0):
         return None
     prior = TransitionPrior(weight=settings.personal_prior_weight)
-    return PriorFeed(prior, store.path).start()
+    return PriorFeed(prior, store.path, replay_max=settings.personal_prior_replay_max).start()

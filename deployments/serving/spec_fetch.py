@@ -11,21 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import http
 import ipaddress
+import logging
 import socket
 import ssl
+import threading
 import zlib
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import TypeAlias
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
 import httpcore
 import httpx
 
-from core.errors import SpecFetchFailed, SpecFetchTimeout, SpecHostRefused, SpecTooLarge
+from core.errors import Overloaded, SpecFetchFailed, SpecFetchTimeout, SpecHostRefused, SpecTooLarge
 from core.settings import Settings
 
-__all__ = ["SpecFetcher", "HostPolicy", "refusal_reason"]
+__all__ = ["SpecFetcher", "HostPolicy", "DnsResolver", "refusal_reason"]
+
+log = logging.getLogger(__name__)
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -92,6 +98,50 @@ def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
+GetAddrInfo: TypeAlias = Callable[..., list[tuple[Any, ...]]]
+
+
+class DnsResolver:
+    """``getaddrinfo`` in threads of its own, each look-up held to ``timeout_s``.
+
+    A look-up cannot be cancelled: a slow name keeps its thread until the system resolver gives
+    up. In the default executor those threads are the ones every ``asyncio.to_thread`` of the
+    replica waits for (parsing, SQLite, ``GET /feedback``), so slow names starved them all. Here
+    they use at most ``threads`` threads, and past ``max_pending`` unfinished look-ups (stuck ones
+    included) new ones are refused at once instead of queueing.
+    """
+
+    def __init__(self, *, threads: int = 4, timeout_s: float = 2.0, max_pending: int | None = None,
+                 getaddrinfo: GetAddrInfo = socket.getaddrinfo) -> None:
+        self.timeout_s = timeout_s
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dns")
+        self._slots = threading.BoundedSemaphore(max_pending or 4 * threads)
+        self._getaddrinfo = getaddrinfo
+        self.timeouts = 0
+        self.refused = 0
+
+    async def lookup(self, host: str, port: int) -> list[tuple[Any, ...]]:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            raise Overloaded("too many spec host names are being resolved; retry shortly")
+        try:
+            future = self._pool.submit(self._getaddrinfo, host, port, type=socket.SOCK_STREAM)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())  # when the thread is free again
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
+        except TimeoutError:
+            self.timeouts += 1
+            raise SpecFetchTimeout(
+                f"resolving the spec host {host!r} took more than {self.timeout_s:g}s"
+            ) from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 @dataclass(frozen=True, slots=True)
 class HostPolicy:
     """Which addresses spec hosts may resolve to.
@@ -102,6 +152,7 @@ class HostPolicy:
 
     allow_private: bool = False
     trusted_networks: tuple[IPNetwork, ...] = ()
+    resolver: DnsResolver | None = field(default=None, compare=False)  # None: the loop's default
 
     def refusal(self, address: IPAddress) -> str | None:
         reason = refusal_reason(address, allow_private=self.allow_private)
@@ -118,9 +169,11 @@ class HostPolicy:
         Decimal, octal and hex IPv4 spellings (``2130706433``, ``0177.0.0.1``) are resolved by
         the system resolver like any name, so they are caught by checking what comes back.
         """
-        loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            if self.resolver is not None:
+                infos = await self.resolver.lookup(host, port)
+            else:
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise SpecFetchFailed(f"cannot resolve spec host {host!r}: {exc.strerror}") from None
         except UnicodeError:
@@ -132,9 +185,15 @@ class HostPolicy:
             address = ipaddress.ip_address(raw)
             reason = self.refusal(address)
             if reason is not None:
+                # The address and its kind go to the log only: a client must not learn what
+                # internal names resolve to.
+                log.warning("spec host %r refused: it resolves to %s (%s)", host, address, reason)
+                hint = "" if reason == "cloud metadata" else (
+                    " (OPENSESAME_ALLOW_PRIVATE_SPEC_HOSTS=1 allows private and loopback hosts, "
+                    "for development)")
                 raise SpecHostRefused(
-                    f"spec host {host!r} resolves to {address}, a {reason} address; "
-                    "specs are only fetched from public hosts"
+                    f"spec host {host!r} is refused: specs are fetched only from public "
+                    f"addresses{hint}"
                 )
         return addresses
 
@@ -212,9 +271,11 @@ class SpecFetcher:
         self._max_bytes = settings.spec_max_bytes
         self._timeout_s = settings.spec_fetch_timeout_s
         self._max_redirects = settings.spec_max_redirects
+        self.resolver = DnsResolver(threads=settings.dns_threads, timeout_s=settings.dns_timeout_s)
         self.policy = HostPolicy(
             allow_private=settings.allow_private_spec_hosts,
             trusted_networks=tuple(ipaddress.ip_network(n) for n in trusted_networks),
+            resolver=self.resolver,
         )
         limits = httpx.Limits(
             max_connections=max_connections,
@@ -242,6 +303,7 @@ class SpecFetcher:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        self.resolver.close()
 
     async def _follow(self, url: httpx.URL) -> tuple[bytes, str | None]:
         seen = {str(url)}
@@ -264,9 +326,9 @@ class SpecFetcher:
                 if response.status_code in _REDIRECTS:
                     return _redirect_target(response)
                 if not response.is_success:
+                    # The status only: the reason phrase is the upstream's bytes.
                     raise SpecFetchFailed(
-                        f"spec host answered {response.status_code} {response.reason_phrase} "
-                        f"for {_shown(url)}"
+                        f"spec host answered {_status_text(response.status_code)} for {_shown(url)}"
                     )
                 return await self._read_capped(response, url), response.headers.get("content-type")
         except httpx.TimeoutException:
@@ -274,9 +336,10 @@ class SpecFetcher:
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise SpecHostRefused(f"spec_url is not usable: {exc}") from None
         except httpx.HTTPError as exc:
-            raise SpecFetchFailed(
-                f"fetching the spec from {_shown(url)} failed: {type(exc).__name__}: {exc}"
-            ) from None
+            # httpx's messages may quote what the host sent (a non-HTTP port's banner): the
+            # client gets the kind of failure, the log the details.
+            log.warning("fetching a spec from %s failed: %s: %s", _shown(url), type(exc).__name__, exc)
+            raise SpecFetchFailed(f"fetching the spec from {_shown(url)} failed: {_failure(exc)}") from None
 
     async def _read_capped(self, response: httpx.Response, url: httpx.URL) -> bytes:
         limit = self._max_bytes
@@ -405,6 +468,23 @@ def _redirect_target(response: httpx.Response) -> httpx.URL:
     except httpx.InvalidURL as exc:
         raise SpecFetchFailed(f"spec host redirected to an invalid URL: {exc}") from None
     return _http_url(target)
+
+
+def _status_text(status: int) -> str:
+    try:
+        return f"{status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
+
+
+def _failure(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return "could not connect to the spec host"
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.LocalProtocolError):
+        return "the spec host did not answer valid HTTP"
+    if isinstance(exc, httpx.ReadError | httpx.WriteError):
+        return "the connection to the spec host broke"
+    return "the transfer failed"
 
 
 def _shown(url: httpx.URL) -> str:

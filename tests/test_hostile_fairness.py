@@ -1,0 +1,213 @@
+"""One client against all: the live app on a real cluster, through real HTTP, with a real slow spec
+host on loopback. A client flooding slow-spec requests must not make another client's requests
+fail or slow down; Serve's client-set timeout headers must not keep a request past the deadline;
+slow DNS look-ups must not take the threads the Ingress's other work needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from core.errors import Overloaded, SpecFetchTimeout
+from deployments.serving.spec_fetch import DnsResolver
+from tests.spec_server import SpecServer, spec_server
+from tests.specs import billing_spec
+
+APP = "fairness"
+SLOW_S = 3.0  # the slow spec host's delay: longer than the request deadline below
+REQUEST_TIMEOUT_S = 1.5
+SHARE = 4
+FLOOD_CLIENTS = 48  # more than the Ingress's 32 slots: without a share they are all the flooder's
+FLOOD_ROUTES = 20000
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+# -- DNS: a bounded executor with a real timeout (no cluster) ------------------------------------
+
+
+def test_slow_dns_lookups_time_out_and_leave_to_thread_free() -> None:
+    """60 look-ups of a name whose resolver never answers in time: each ends by its timeout (or is
+    refused at once past the pending cap), and ``asyncio.to_thread`` work meanwhile runs at once.
+    With the loop's default executor those look-ups would hold its threads (min(32, cpus + 4) = 6
+    here) and the to_thread call would wait for them."""
+    release = threading.Event()
+
+    def black_holed(host: str, port: int, **_: Any) -> list[tuple[Any, ...]]:
+        release.wait(30)  # a name server that never answers: the thread is held
+        return socket.getaddrinfo("127.0.0.1", port, type=socket.SOCK_STREAM)
+
+    resolver = DnsResolver(threads=2, timeout_s=0.3, max_pending=8, getaddrinfo=black_holed)
+
+    async def scenario() -> tuple[list[BaseException | Any], float, float]:
+        started = time.perf_counter()
+        lookups = [asyncio.ensure_future(resolver.lookup("slow.example", 80)) for _ in range(60)]
+        await asyncio.sleep(0.05)
+        t = time.perf_counter()
+        await asyncio.to_thread(sum, range(10))
+        to_thread_s = time.perf_counter() - t
+        results = await asyncio.gather(*lookups, return_exceptions=True)
+        return results, to_thread_s, time.perf_counter() - started
+
+    try:
+        results, to_thread_s, total_s = asyncio.run(scenario())
+    finally:
+        release.set()
+        resolver.close()
+    timeouts = [r for r in results if isinstance(r, SpecFetchTimeout)]
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    assert len(timeouts) == 8 and len(refused) == 52, results  # 8 pending at most, the rest at once
+    assert "took more than 0.3s" in str(timeouts[0])
+    assert total_s < 1.0, total_s
+    assert to_thread_s < 0.1, to_thread_s
+
+
+def test_a_fast_name_resolves_through_the_bounded_resolver() -> None:
+    resolver = DnsResolver(threads=1, timeout_s=2.0)
+    try:
+        infos = asyncio.run(resolver.lookup("localhost", 80))
+    finally:
+        resolver.close()
+    assert {info[4][0] for info in infos} & {"127.0.0.1", "::1"}
+
+
+# -- on the cluster ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def specs() -> Iterator[SpecServer]:
+    with spec_server() as server:
+        server.add("/spec.json", json.dumps(billing_spec()).encode())
+        # One URL per slow request: a cached or in-flight spec would not be slow.
+        for i in range(FLOOD_ROUTES):
+            server.add(f"/slow/{i}.json", json.dumps(billing_spec()).encode(), delay_s=SLOW_S)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def app(serve_cluster, specs, tmp_path_factory) -> Iterator[str]:
+    from ray import serve
+
+    from graph import build_app
+
+    settings = {
+        "allow_private_spec_hosts": True,  # the spec host is on loopback
+        "data_dir": str(tmp_path_factory.mktemp("fairness-data")),
+        "spec_fetch_timeout_s": 5.0,
+        "request_timeout_s": REQUEST_TIMEOUT_S,
+        "client_max_concurrent": SHARE,
+    }
+    serve.run(build_app({"settings": settings}), name=APP, route_prefix="/fair")
+    try:
+        yield serve_cluster + "/fair"
+    finally:
+        serve.delete(APP)
+
+
+def _body(user: str, spec_url: str) -> dict[str, Any]:
+    return {"user_id": user, "prompt": "pay the invoice", "spec_url": spec_url,
+            "events": [{"endpoint": "GET /v1/invoices/in_1"}]}
+
+
+def test_serve_timeout_headers_from_the_client_are_ignored(app: str, specs: SpecServer) -> None:
+    """``x-request-timeout-seconds: 0`` disables Serve's timeout and ``x-request-disconnect-disabled``
+    its cancellation; the request still ends at the Ingress's deadline, with a 504 naming it."""
+    headers = {"x-request-timeout-seconds": "0", "x-request-disconnect-disabled": "?1"}
+    with httpx.Client(timeout=30) as c:
+        t = time.perf_counter()
+        r = c.post(app + "/predict", json=_body("h", specs.url("/slow/0.json")), headers=headers)
+        took = time.perf_counter() - t
+    assert r.status_code == 504, r.text
+    assert "request_timeout_s" in r.json()["error"]["message"]
+    assert took < REQUEST_TIMEOUT_S + 1.0, took
+
+
+def test_one_client_flooding_slow_specs_does_not_fail_or_slow_another(app: str, specs: SpecServer) -> None:
+    normal_url = specs.url("/spec.json")
+    with httpx.Client(timeout=30) as c:
+        for _ in range(5):  # warm: the spec is cached, the graph has run
+            assert c.post(app + "/predict", json=_body("normal", normal_url)).status_code == 200
+
+        failures: list[str] = []
+
+        def normal_run(n: int) -> tuple[list[float], list[int]]:
+            latencies, statuses = [], []
+            for _ in range(n):
+                t = time.perf_counter()
+                r = c.post(app + "/predict", json=_body("normal", normal_url))
+                latencies.append(time.perf_counter() - t)
+                statuses.append(r.status_code)
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+            return latencies, statuses
+
+        quiet, quiet_statuses = normal_run(150)
+        assert set(quiet_statuses) == {200}
+
+        stop = threading.Event()
+        flood: dict[str, int] = {}
+        health_s: list[float] = []
+        counter = iter(range(1, FLOOD_ROUTES))
+        lock = threading.Lock()
+
+        def flooder() -> None:
+            with httpx.Client(timeout=30) as fc:
+                while not stop.is_set():
+                    with lock:
+                        i = next(counter, 0)
+                    try:
+                        r = fc.post(app + "/predict", json=_body("flooder", specs.url(f"/slow/{i}.json")))
+                        key = str(r.status_code)
+                    except httpx.HTTPError as exc:
+                        key = type(exc).__name__
+                    with lock:
+                        flood[key] = flood.get(key, 0) + 1
+                    if key == "429":  # a slow-request flood, not a request-rate one (admission's)
+                        time.sleep(float(r.headers["retry-after"]))
+
+        def health() -> None:
+            with httpx.Client(timeout=30) as hc:
+                while not stop.is_set():
+                    t = time.perf_counter()
+                    hc.get(app + "/health")
+                    health_s.append(time.perf_counter() - t)
+                    time.sleep(0.2)
+
+        threads = [threading.Thread(target=flooder) for _ in range(FLOOD_CLIENTS)]
+        threads.append(threading.Thread(target=health))
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(SLOW_S)  # the flood is in full swing: slots held by slow fetches
+            loud, loud_statuses = normal_run(150)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+
+    ok = loud_statuses.count(200) / len(loud_statuses)
+    ms = lambda s: round(s * 1000, 1)  # noqa: E731
+    report = {
+        "quiet_p50_ms": ms(statistics.median(quiet)), "quiet_p99_ms": ms(_p99(quiet)),
+        "flood_p50_ms": ms(statistics.median(loud)), "flood_p99_ms": ms(_p99(loud)),
+        "normal_ok": ok, "normal_statuses": {s: loud_statuses.count(s) for s in set(loud_statuses)},
+        "flooder": flood, "health_p50_ms": ms(statistics.median(health_s)),
+        "health_max_ms": ms(max(health_s)), "normal_failures": failures[:3],
+    }
+    print("fairness:", json.dumps(report))
+    assert flood.get("429", 0) > 0, report  # the flooder did hit its share
+    assert ok >= 0.99, report
+    assert _p99(loud) <= 2 * _p99(quiet), report
