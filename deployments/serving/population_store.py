@@ -284,5 +284,5 @@ def start_population_feed(settings: Settings, feedback: FeedbackStore | None) ->
     if feedback is None or not settings.population_enabled:
         return None
     store = PopulationStore(settings.population_db_path, config=population_config(settings),
-                            tenant=settings.tenant)
+                            tenant=settings.tenant or "")
     return PopulationFeed(store, feedback.path).start()
