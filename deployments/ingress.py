@@ -147,10 +147,10 @@ class Ingress(Replica):
         if personal is not None and personal.counts:
             request["personal"] = personal.to_wire()
         history = spec.resolve_history(request["history"])
-        if self.population is not None:
-            seen = self.population.store.view(spec, history, body.prompt)
-            if not seen.empty:
-                request["population"] = seen.to_wire()
+        population = (self.population.store.view(spec, history, body.prompt)
+                      if self.population is not None else None)
+        if population is not None and not population.empty:
+            request["population"] = population.to_wire()
         if not self.store.is_shared(spec.spec_hash):  # the node's L2 failed: send the index along
             request["spec_index"] = spec.to_bytes()
         sent = time.perf_counter()
@@ -174,7 +174,7 @@ class Ingress(Replica):
         if self.outcomes is not None:  # enqueued only: written off the event loop
             self.outcomes.record_prediction(prediction_context(
                 request=body, response=response, spec=spec, candidates=ranked["candidates"],
-                personal=personal))
+                personal=personal, population=population))
         # Own time only: the graph's latency is the other deployments' to report, and fetching
         # and parsing a spec not cached yet is a cache miss, not load (a fresh deploy's first
         # requests would otherwise make the autoscaler add an Ingress replica that then sits idle).
