@@ -5,6 +5,7 @@
 
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from ray.serve.handle import DeploymentHandle
 from core.priors.personal import user_transitions
 from deployments.serving.api_docs import install_docs
 from deployments.serving.batching import Coalescer, IngressConfig
+from deployments.serving.failures import failure_text
 from deployments.serving.fairness import ClientShares, EdgeGuard, client_key, source_address
 from deployments.serving.feedback import (
     FeedbackUnavailable,
@@ -47,10 +49,13 @@ from deployments.serving.schemas import (
     PredictRequest,
     PredictResponse,
     StoredPredictionResponse,
+    UserErasedResponse,
 )
 from deployments.serving.spec_store import SpecStore, send_with_spec
 
 __all__ = ["Ingress", "api"]
+
+log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 2.0
 
@@ -146,10 +151,10 @@ class Ingress(Replica):
         if personal is not None and personal.counts:
             request["personal"] = personal.to_wire()
         history = spec.resolve_history(request["history"])
-        if self.population is not None:
-            seen = self.population.store.view(spec, history, body.prompt)
-            if not seen.empty:
-                request["population"] = seen.to_wire()
+        population = (self.population.store.view(spec, history, body.prompt)
+                      if self.population is not None else None)
+        if population is not None and not population.empty:
+            request["population"] = population.to_wire()
         if not self.store.is_shared(spec.spec_hash):  # the node's L2 failed: send the index along
             request["spec_index"] = spec.to_bytes()
         sent = time.perf_counter()
@@ -173,7 +178,7 @@ class Ingress(Replica):
         if self.outcomes is not None:  # enqueued only: written off the event loop
             self.outcomes.record_prediction(prediction_context(
                 request=body, response=response, spec=spec, candidates=ranked["candidates"],
-                personal=personal))
+                personal=personal, population=population))
         # Own time only: the graph's latency is the other deployments' to report, and fetching
         # and parsing a spec not cached yet is a cache miss, not load (a fresh deploy's first
         # requests would otherwise make the autoscaler add an Ingress replica that then sits idle).
@@ -230,6 +235,17 @@ class Ingress(Replica):
     def check_health(self) -> None:
         check_feedback_writer(self.outcomes.status() if self.outcomes else None)
 
+    @api.delete("/users/{user_id}", response_model=UserErasedResponse, responses=_errors(422, 503, 504))
+    async def erase_user(self, user_id: str = PathParam(min_length=1, max_length=256)) -> UserErasedResponse:
+        """Delete a user's stored predictions and outcomes, and what the personal prior learned
+        from them (here at once, on other replicas at their next poll)."""
+        if self.outcomes is None:
+            raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
+        erased = await self.outcomes.aerase_user(user_id)
+        if self.prior_feed is not None:
+            self.prior_feed.prior.forget(user_id)
+        return UserErasedResponse(user_id=user_id, **erased)
+
     @api.get("/health", response_model=HealthResponse, responses=_errors(503, 504))
     async def health(self) -> HealthResponse:
         names = ("candidate_generator", "feature_extractor", "ranker")
@@ -239,7 +255,8 @@ class Ingress(Replica):
             try:
                 return await asyncio.wait_for(handle.health.remote(), HEALTH_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 - any failure is reported, not raised
-                return {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                log.warning("health of a deployment failed: %r", exc)
+                return {"ok": False, "error": failure_text(exc)}
 
         answers = dict(zip(names, await asyncio.gather(*(ask(h) for h in handles)), strict=True))
         answers["ingress"] = {

@@ -433,7 +433,7 @@ _FORWARDED = {  # command: (module, its arguments first, the one-line help)
     "retrain": ("tools.retrain", [], "retrain on base data + recorded feedback, gate, promote"),
     "rollback": ("tools.retrain", ["rollback"], "put the previous model version back"),
     "models": ("tools.retrain", ["list"], "the model versions and which one is current"),
-    "population": ("tools.population", [], "what the population memory holds per API; clear an API"),
+    "population": ("tools.population", [], "what each API's population memory holds; clear one"),
 }
 
 
