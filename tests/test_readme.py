@@ -41,6 +41,8 @@ MAKEFILE = (PROJECT_ROOT / "Makefile").read_text()
 RAY_PORT = int(re.search(r"^RAY_PORT \?= (\d+)$", MAKEFILE, re.M).group(1))  # type: ignore[union-attr]
 HTTP_PORT = int(yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())["http_options"]["port"])
 MAKE_RUN_RAY = f"127.0.0.1:{RAY_PORT}"
+# make run's metrics and dashboard ports (Operations)
+OPS_PORTS = set(re.findall(r"^(?:METRICS_PORT|DASHBOARD_PORT) \?= (\d+)$", MAKEFILE, re.M))
 MAKE_RUN_HTTP = f"127.0.0.1:{HTTP_PORT}"
 EXAMPLE_ID = re.compile(r"\b[0-9a-f]{32}\b")
 
@@ -110,6 +112,12 @@ def _classify(env: dict[str, str], argv: list[str]) -> str:
         return "make"
     if head in ("docker",):
         return "skip:no Docker engine on the test machine"
+    if head == "kubectl":
+        return "skip:no Kubernetes here (tests/test_ops_kuberay.py checks the manifests and the patch)"
+    if head == "grep" or (head == "serve" and "-a" in argv):
+        return "skip:reads make run's logs / dashboard (tests/test_ops_run.py does it on its own ports)"
+    if argv[:3] == ["python", "-m", "tools.backup"]:
+        return "skip:copies the data dir (tests/test_hostile_feedback.py backs up a live store)"
     if head in ("export", "ray", "serve") or argv[:2] == ["python", "-c"]:
         return "skip:a token-auth cluster of its own (tests/test_handle_job.py starts one)"
     if any("HEAD:" in w for w in argv):
@@ -150,7 +158,8 @@ def test_ports_and_addresses_are_make_runs() -> None:
     assert "listens on Ray's default port, 6379" in README
     assert "localhost:" not in README.replace("localhost:8000", "")  # one spelling: 127.0.0.1
     urls = set(re.findall(r"(?:127\.0\.0\.1|localhost):(\d+)", README))
-    assert urls <= {str(HTTP_PORT), str(RAY_PORT), "8001"}, urls  # 8001: your own http.server
+    assert len(OPS_PORTS) == 2
+    assert urls <= {str(HTTP_PORT), str(RAY_PORT), "8001", *OPS_PORTS}, urls  # 8001: your own http.server
 
 
 def test_contract_limits_are_the_schemas() -> None:
