@@ -84,6 +84,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ports, subpr
     try:
         wait_http(f"http://127.0.0.1:{ports.http}/predict", timeout_s=240,
                   data=json.dumps(REQUEST).encode(), head=proc)
+        log.seek(0)
+        assert log.readline().strip() == ports.banner()  # the first thing it says: where it listens
+        assert ports.banner().startswith(f"Ray 127.0.0.1:{ports.ray}, HTTP 127.0.0.1:{ports.http}, ")
         yield ports, proc
     finally:
         subprocess.run([sys.executable, "-m", "tools.run", "stop", *_args(ports)], cwd=ROOT, timeout=120)
