@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-users", type=int, default=None,
                         help="distinct-user threshold (default: the setting, 3)")
     parser.add_argument("--same-flow-users", type=int, default=5)
+    parser.add_argument("--protocol", choices=("both", "other half", "same flows"), default="both")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -220,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
 
     async def go() -> None:
         for name, protocol in (("other half", other_half), ("same flows", same_flows)):
+            if args.protocol not in ("both", name):
+                continue
             with tempfile.TemporaryDirectory() as tmp:
                 bench = Bench(Path(tmp), model=args.model, min_users=min_users)
                 results.setdefault("model", bench.components.ranker.version)
@@ -237,34 +240,38 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.run(go())
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["machine"] = {"python": platform.python_version(), "cpus": __import__("os").cpu_count()}
-    oh, sf = results["other half"], results["same flows"]
-    rows = {"scored half, without the memory": oh["without_memory"]}
-    for share, point in oh["curve"].items():
-        rows[f"scored half after {share} of the other half"] = point["all"]
-    made = oh[f"steps_made_by_>={min_users}_users"]
-    subset = {}
-    for share, point in oh["curve"].items():
-        for part in ("transition made before", f"made by >= {min_users} users"):
-            if point[part] is not None:
-                subset[f"{part}, after {share}"] = point[part]
-    same = {"each flow, first user (no traffic)": sf["before"],
-            f"each flow, after {args.same_flow_users} other users": sf["after"]}
-    title = f"validation APIs ({oh['apis']}), model {results['model']}, min_users {min_users}"
-    tables = [metrics_table(rows, title="the other half: " + title),
-              metrics_table(subset, title="the scored steps whose transition users of the other half "
-                                          "made "
-                                          f"({oh['steps_transition_made_before']} of {oh['scored_steps']}; "
-                                          f"{made} by >= {min_users} users)"),
-              metrics_table(same, title="the same flows by other users: " + title),
-              ]
+    title = f"validation APIs, model {results['model']}, min_users {min_users}"
+    tables = []
+    oh = results.get("other half")
+    if oh is not None:
+        rows = {"scored half, without the memory": oh["without_memory"]}
+        for share, point in oh["curve"].items():
+            rows[f"scored half after {share} of the other half"] = point["all"]
+        made = oh[f"steps_made_by_>={min_users}_users"]
+        subset = {}
+        for share, point in oh["curve"].items():
+            for part in ("transition made before", f"made by >= {min_users} users"):
+                if point[part] is not None:
+                    subset[f"{part}, after {share}"] = point[part]
+        tables += [metrics_table(rows, title=f"the other half ({oh['apis']} APIs): " + title),
+                   metrics_table(subset, title="the scored steps whose transition users of the other half "
+                                 f"made ({oh['steps_transition_made_before']} of {oh['scored_steps']}; "
+                                 f"{made} by >= {min_users} users)")]
+    sf = results.get("same flows")
+    if sf is not None:
+        same = {"each flow, first user (no traffic)": sf["before"],
+                f"each flow, after {args.same_flow_users} other users": sf["after"]}
+        tables.append(metrics_table(same, title="the same flows by other users: " + title))
     lookup = "\n".join(
         f"- memory lookup, {name}: p50 {ms['p50']:.3f} ms, p99 {ms['p99']:.3f} ms over {ms['n']}"
-        for name, ms in ((n, results[n]["lookup_ms"]) for n in ("other half", "same flows")))
+        for name, ms in ((n, results[n]["lookup_ms"]) for n in ("other half", "same flows") if n in results))
     text = "\n\n".join(tables) + "\n\n" + lookup
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "learning.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / "learning.md").write_text(
+    stem = "learning" if args.protocol == "both" and min_users == settings.population_min_users else \
+        f"learning_{args.protocol.replace(' ', '_')}_min{min_users}"
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / f"{stem}.md").write_text(
         "# Learning each API's flows from its users\n\n"
         f"`{results['command']}` ({results['seconds']}s; in-process pipeline, serving stores on real "
         "files)\n\n" + text + "\n")

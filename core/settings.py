@@ -66,7 +66,7 @@ class Settings(BaseModel):
     population_min_users: int = Field(3, ge=1)
     population_user_cap: float = Field(1.0, gt=0)
     population_half_life_days: float = Field(30.0, gt=0)
-    tenant: str = ""
+    tenant: str | None = None
 
     spec_max_bytes: int = Field(25 * 1024 * 1024, gt=0)
     spec_fetch_timeout_s: float = Field(10.0, gt=0)

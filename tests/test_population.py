@@ -288,3 +288,52 @@ def test_features_are_the_same_in_training_and_serving(tmp_path, feedback) -> No
     assert direct[1, cols[0]] == pytest.approx(0.5) and direct[0, cols[0]] == 0
     assert memory_of([]).status() == {}
     feed.stop()
+
+
+def test_retraining_rebuilds_the_population_features_that_were_served(feedback) -> None:
+    """The view a prediction's features used is stored with it (feedback schema 3), so the
+    retrain's features of a recorded outcome are the served ones."""
+    from core.candidates.types import Candidate
+    from core.settings import load_settings
+    from deployments.serving.components import build_extractor
+    from deployments.serving.feedback import FeedbackReader
+
+    memory = PopulationMemory()
+    for user in ("a", "b", "c", "d"):
+        _run(memory, user, [LIST, GET, PAY if user != "d" else CREATE])
+    served = _view(memory, [LIST, GET])
+    feedback.record_prediction(PredictionContext(
+        prediction_id="p1", user_id="u", spec=SPEC, events=[("GET /invoices", {}, None),
+                                                             ("GET /invoices/in_1", {}, None)],
+        prompt="get it paid", k=3, candidates=[(SPEC.by_key[k], {"bm25": 1.0}, False) for k in (PAY, CREATE)],
+        shown=[(PAY, 0.5)], model_version="m1", population=served.to_wire()))
+    feedback.record_outcome("p1", actual_endpoint="POST /invoices/in_1/pay")
+    stored = FeedbackReader(feedback.path).prediction("p1")
+    assert stored is not None and PopulationView.from_wire(stored.population) == served
+    extractor = build_extractor(load_settings())
+    history = SPEC.resolve_history(stored.history)
+    cands = [Candidate.from_wire(c) for c in stored.candidates]
+    np.testing.assert_array_equal(
+        extractor.extract(SPEC, history, stored.prompt, cands, None, served),
+        extractor.extract(SPEC, history, stored.prompt, cands, None,
+                          PopulationView.from_wire(stored.population)))
+
+
+def test_the_command_lists_and_clears_an_apis_memory(tmp_path, feedback, capsys) -> None:
+    from tools.population import main
+
+    path = tmp_path / "population.sqlite"
+    store = PopulationStore(path)
+    feed = PopulationFeed(store, feedback.path)
+    for user in ("a", "b", "c"):
+        _record(feedback, user, [LIST, GET, PAY])
+    feed.sync()
+    feed.stop()
+    assert main(["--path", str(path), "list"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed[api_key(SPEC)]["usable"] > 0
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(billing_spec(base="https://api.example.com/v9")))  # another version
+    assert main(["--path", str(path), "clear", "--spec", str(spec_file)]) == 0
+    assert json.loads(capsys.readouterr().out)["counts_removed"] == listed[api_key(SPEC)]["counts"]
+    assert PopulationStore(path).apis() == {}

@@ -34,13 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings()
     store = PopulationStore(args.path or settings.population_db_path, config=population_config(settings),
-                            tenant=settings.tenant)
+                            tenant=settings.tenant or "")
     try:
         if args.command == "list":
             print(json.dumps(store.apis(), indent=1, sort_keys=True))
             return 0
         key = (args.api if args.api is not None
-               else api_key(parse_spec(args.spec.read_bytes()), settings.tenant))
+               else api_key(parse_spec(args.spec.read_bytes()), settings.tenant or ""))
         removed = store.clear(key)
         print(json.dumps({"api": key, "counts_removed": removed}))
         return 0

@@ -85,8 +85,9 @@ log = logging.getLogger(__name__)
 
 # 1: the first release; 2: predictions.personal (the user's transitions the features were
 # computed with), added to a version-1 file in place (:data:`_MIGRATIONS`); 3: erasures (users
-# whose data was deleted, so every replica's personal prior forgets them too).
-SCHEMA_VERSION = 3
+# whose data was deleted, so every replica's personal prior forgets them too); 4:
+# predictions.population (what the API's users did, as the features used it).
+SCHEMA_VERSION = 4
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS specs (
         spec_hash TEXT PRIMARY KEY,
@@ -104,8 +105,9 @@ _SCHEMA = (
         events TEXT NOT NULL,           -- JSON [[endpoint, params, ts], ...] as received
         candidates TEXT NOT NULL,       -- JSON candidate wire tuples, in the generator's order
         shown TEXT NOT NULL,            -- JSON [[operation key, score], ...], best first
-        personal TEXT                   -- JSON {operation key: count}: the user's transitions the
+        personal TEXT,                  -- JSON {operation key: count}: the user's transitions the
                                         -- features used (core.features.UserTransitions); NULL: none
+        population TEXT                 -- JSON PopulationView.to_wire() the features used; NULL: none
     )""",
     "CREATE INDEX IF NOT EXISTS predictions_by_user ON predictions (user_id, spec_hash, created_at)",
     """CREATE TABLE IF NOT EXISTS outcomes (
@@ -127,6 +129,7 @@ _SCHEMA = (
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE predictions ADD COLUMN personal TEXT",),
     2: (_SCHEMA[-2], _SCHEMA[-1]),
+    3: ("ALTER TABLE predictions ADD COLUMN population TEXT",),
 }
 # How often the writer deletes what is older than the retention (and once when it starts).
 _PURGE_EVERY_S = 3600.0
@@ -161,6 +164,8 @@ class PredictionContext:
     created_at: float = field(default_factory=time.time)
     # the user's transitions the features were computed with (UserTransitions.to_wire()); None: none
     personal: dict[str, int] | None = None
+    # what the API's users did, as the features used it (PopulationView.to_wire()); None: nothing
+    population: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +283,7 @@ def _prepare(path: Path) -> None:
 _SELECT = (
     "SELECT p.prediction_id, p.user_id, p.spec_hash, p.created_at, p.model_version, p.prompt, "
     "p.k, p.events, p.candidates, p.shown, o.actual_endpoint, o.actual_key, o.rank, o.source, "
-    "o.recorded_at, p.personal FROM predictions p LEFT JOIN outcomes o USING (prediction_id)"
+    "o.recorded_at, p.personal, p.population FROM predictions p LEFT JOIN outcomes o USING (prediction_id)"
 )
 
 
@@ -291,6 +296,7 @@ def _row(row: tuple[Any, ...]) -> StoredPrediction:
         shown=[(s[0], float(s[1])) for s in json.loads(row[9])],
         actual_endpoint=row[10], actual_key=row[11], rank=row[12], source=row[13],
         recorded_at=row[14], personal=json.loads(row[15]) if row[15] else None,
+        population=json.loads(row[16]) if row[16] else None,
     )
 
 
@@ -705,14 +711,15 @@ class FeedbackStore(FeedbackReader):
         self._settle_implicit(conn, ctx, events)
         conn.execute(
             "INSERT OR IGNORE INTO predictions (prediction_id, user_id, spec_hash, created_at, "
-            "model_version, prompt, k, events, candidates, shown, personal) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "model_version, prompt, k, events, candidates, shown, personal, population) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ctx.prediction_id, ctx.user_id, spec.spec_hash, ctx.created_at, ctx.model_version,
                 ctx.prompt, ctx.k, json.dumps(events, separators=(",", ":"), default=str),
                 json.dumps([list(c) for c in ctx.candidates], separators=(",", ":")),
                 json.dumps([[key, float(score)] for key, score in ctx.shown], separators=(",", ":")),
                 json.dumps(ctx.personal, separators=(",", ":"), sort_keys=True) if ctx.personal else None,
+                json.dumps(ctx.population, separators=(",", ":"), sort_keys=True) if ctx.population else None,
             ),
         )
         self.stats["predictions"] += 1
@@ -846,9 +853,10 @@ def open_store(settings: Settings) -> tuple[FeedbackStore | None, str | None]:
 
 def prediction_context(
     *, request: PredictRequest, response: PredictResponse, spec: SpecIndex, candidates: Sequence[Any],
-    personal: Any = None,
+    personal: Any = None, population: Any = None,
 ) -> PredictionContext:
-    """``personal``: the :class:`core.features.UserTransitions` the features were computed with."""
+    """``personal``: the :class:`core.features.UserTransitions` the features were computed with;
+    ``population``: the :class:`core.priors.population.PopulationView`."""
     return PredictionContext(
         prediction_id=response.prediction_id,
         user_id=request.user_id,
@@ -860,6 +868,7 @@ def prediction_context(
         shown=[(p.endpoint, p.score) for p in response.predictions],
         model_version=response.metadata.model_version,
         personal=personal.to_wire() if personal is not None else None,
+        population=population.to_wire() if population is not None else None,
     )
 
 

@@ -74,7 +74,7 @@ class Pipeline:
         if self.feedback is not None:
             self.feedback.record_prediction(prediction_context(
                 request=request, response=response, spec=spec, candidates=wire["candidates"],
-                personal=personal))
+                personal=personal, population=population))
         return response
 
     async def aclose(self) -> None:

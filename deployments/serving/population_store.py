@@ -62,6 +62,7 @@ _SCHEMA = (
 )
 _BUSY_TIMEOUT_MS = 5000
 _FORGET_EVERY_S = 600.0
+_STATUS_EVERY_S = 2.0
 
 
 def population_config(settings: Settings) -> PopulationConfig:
@@ -86,6 +87,7 @@ class PopulationStore:
         self.seq = 0  # the last commit mirrored
         self.ingested = 0
         self._last_forget = 0.0
+        self._apis: tuple[float, dict[str, dict[str, int]]] | None = None
         with self._lock:
             self._transaction(self._create)
             self.salt = self._meta("salt") or ""
@@ -229,10 +231,16 @@ class PopulationStore:
         with self._lock:
             n = self._transaction(work)
             self._refresh()
+            self._apis = None
             return int(n)
 
     def apis(self) -> dict[str, dict[str, int]]:
-        return self.memory.status()
+        """Per API, its counts and those with enough users to be used; recounted at most every
+        few seconds (a walk over every count, under the lock lookups take)."""
+        now = time.monotonic()
+        if self._apis is None or now - self._apis[0] > _STATUS_EVERY_S:
+            self._apis = (now, self.memory.status())
+        return self._apis[1]
 
     def status(self) -> dict[str, Any]:
         return {"path": str(self.path), "seq": self.seq, "ingested": self.ingested,
@@ -276,5 +284,5 @@ def start_population_feed(settings: Settings, feedback: FeedbackStore | None) ->
     if feedback is None or not settings.population_enabled:
         return None
     store = PopulationStore(settings.population_db_path, config=population_config(settings),
-                            tenant=settings.tenant)
+                            tenant=settings.tenant or "")
     return PopulationFeed(store, feedback.path).start()
