@@ -17,8 +17,10 @@ a particular API. A feature is one of
   on the training APIs (:mod:`core.priors.transitions`);
 * repetition and recency, history length, entry points, destructiveness versus intent;
 * the generator's sources and scores, and the candidate's rank in the generator's order;
-* personal (last, :data:`PERSONAL_FEATURES`): what this user did after the same previous call in
-  their recorded outcomes (:class:`UserTransitions`, handed in per request); 0 for a cold user.
+* personal (:data:`PERSONAL_FEATURES`): what this user did after the same previous call in
+  their recorded outcomes (:class:`UserTransitions`, handed in per request); 0 for a cold user;
+* population (last, :data:`core.priors.population.POPULATION_FEATURES`): what the API's users
+  as a whole did (:class:`PopulationView`, handed in per request); 0 with no traffic.
 
 Undefined values (e.g. the relation to a last call when there is none) are ``NaN``: LightGBM
 treats them as missing.

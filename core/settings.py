@@ -35,6 +35,8 @@ class Settings(BaseModel):
     feedback_enabled: bool = True
     feedback_implicit_window_s: float = Field(3600.0, gt=0)
     feedback_queue_max: int = Field(10_000, gt=0)
+    # Predictions (prompt, user id, params) and their outcomes are deleted after this many days.
+    feedback_retention_days: float = Field(90.0, gt=0)
     # How long POST /feedback and GET /feedback/{id} wait for the writer's commit before a 503.
     feedback_wait_s: float = Field(5.0, gt=0)
     # The per-user transition prior learned from outcomes (core/priors/personal.py): as

@@ -5,6 +5,7 @@
 
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from ray.serve.handle import DeploymentHandle
 from core.priors.personal import user_transitions
 from deployments.serving.api_docs import install_docs
 from deployments.serving.batching import Coalescer, IngressConfig
+from deployments.serving.failures import failure_text
 from deployments.serving.fairness import ClientShares, EdgeGuard, client_key, source_address
 from deployments.serving.feedback import (
     FeedbackUnavailable,
@@ -47,24 +49,28 @@ from deployments.serving.schemas import (
     PredictRequest,
     PredictResponse,
     StoredPredictionResponse,
+    UserErasedResponse,
 )
 from deployments.serving.spec_store import SpecStore, send_with_spec
 
 __all__ = ["Ingress", "api"]
 
+log = logging.getLogger(__name__)
+
 HEALTH_TIMEOUT_S = 2.0
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The error answers a route really gives, for the schema (tests/test_api_docs.py checks them)."""
+    """The error answers a route really gives, for the schema (tests/test_readme.py checks them)."""
     said = {
         404: "unknown prediction_id",
         409: "a different outcome is already recorded for this prediction",
         413: "request body too large (or, for /predict, the fetched spec)",
         422: "invalid request (the message names the field)",
+        429: "this client already has its share of requests in flight (client_max_concurrent)",
         502: "the spec host answered an error or could not be reached",
         503: "overloaded or a backend failed (Retry-After); for feedback also: the store is unavailable",
-        504: "the spec host timed out",
+        504: "the spec host timed out, or the request passed request_timeout_s",
     }
     return {s: {"model": ErrorResponse, "description": said[s]} for s in statuses}
 
@@ -224,6 +230,17 @@ class Ingress(Replica):
     def check_health(self) -> None:
         check_feedback_writer(self.outcomes.status() if self.outcomes else None)
 
+    @api.delete("/users/{user_id}", response_model=UserErasedResponse, responses=_errors(422, 503))
+    async def erase_user(self, user_id: str = PathParam(min_length=1, max_length=256)) -> UserErasedResponse:
+        """Delete a user's stored predictions and outcomes, and what the personal prior learned
+        from them (here at once, on other replicas at their next poll)."""
+        if self.outcomes is None:
+            raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
+        erased = await self.outcomes.aerase_user(user_id)
+        if self.prior_feed is not None:
+            self.prior_feed.prior.forget(user_id)
+        return UserErasedResponse(user_id=user_id, **erased)
+
     @api.get("/health", response_model=HealthResponse, responses=_errors(503))
     async def health(self) -> HealthResponse:
         names = ("candidate_generator", "feature_extractor", "ranker")
@@ -233,7 +250,8 @@ class Ingress(Replica):
             try:
                 return await asyncio.wait_for(handle.health.remote(), HEALTH_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 - any failure is reported, not raised
-                return {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                log.warning("health of a deployment failed: %r", exc)
+                return {"ok": False, "error": failure_text(exc)}
 
         answers = dict(zip(names, await asyncio.gather(*(ask(h) for h in handles)), strict=True))
         answers["ingress"] = {

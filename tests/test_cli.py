@@ -229,3 +229,14 @@ def test_a_port_that_is_not_ray_gives_up_within_the_timeout() -> None:
         server.close()
     assert run.returncode == 1
     assert _one_line(run).startswith("error unreachable: Ray at 127.0.0.1:") and took < 40
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["feedback", "bad id!", "--accepted"], "invalid feedback: prediction_id: String should match pattern"),
+    (["predict", "--in-process", "--user-id", "u1", "--spec-url", "https://x/y", "-k", "99"],
+     "invalid request: k: Input should be less than or equal to 20"),
+    (["predict", "--in-process", "--request", "/nonexistent/request.json"], "invalid request: [Errno 2]"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, expected) -> None:
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and err.strip().splitlines() == [err.strip()] and err.startswith(expected), err

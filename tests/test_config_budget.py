@@ -126,8 +126,12 @@ def test_the_kuberay_manifest_deploys_the_same_config(deployments) -> None:
         # Only max_replicas differs: a cluster of several nodes has room for more.
         theirs_auto = {**d["autoscaling_config"], "max_replicas": None}
         assert theirs_auto == {**ours["autoscaling_config"], "max_replicas": None}
-        assert {k: v for k, v in d.items() if k != "autoscaling_config"} == {
-            k: v for k, v in ours.items() if k != "autoscaling_config"
+        # And the Ingress's placement: on the head, beside the data volume (custom resource).
+        theirs_actor = dict(d["ray_actor_options"])
+        if d["name"] == "Ingress":
+            assert theirs_actor.pop("resources") == {"opensesame_data": 0.01}
+        assert {**d, "ray_actor_options": theirs_actor, "autoscaling_config": None} == {
+            **ours, "autoscaling_config": None
         }
     head = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]
     args = NODE.ray_start_args()

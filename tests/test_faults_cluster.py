@@ -673,6 +673,8 @@ def test_feedback_database_locked_by_another_process(client: httpx.Client, app, 
     assert fb.status_code == 503 and "feedback" in fb.json()["error"]["message"], fb.text
     assert took < FEEDBACK_WAIT_S + SLACK_S, took
     assert status == "degraded" and ingress["feedback"]["failing"], ingress["feedback"]
+    # /health says what failed, not where the files are (details are in the log)
+    assert str(scratch[0]) not in json.dumps(ingress), ingress
     # Once the lock is gone, feedback is recorded again and health recovers.
     wait_for(lambda: _feedback(client).status_code == 200, 30, "feedback recorded again")
     recovered = _recovers(client, "the feedback lock is released")

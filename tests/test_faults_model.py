@@ -4,6 +4,7 @@ where the previous model keeps serving, is tests/test_hot_swap.py.)"""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -13,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from core.scorer import default_model_path
-from tests.faults import record, wait_for
+from core.scorer import CARD_FILE, MODEL_FILE, default_model_path, file_sha256
+from tests.faults import record, replicas, wait_for
 from tests.specs import billing_spec
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow, pytest.mark.faults]
@@ -109,3 +110,68 @@ def test_unusable_model_at_start_serves_the_heuristic_ranker_degraded(deploy, fa
         latency_ms=latencies,
         reason=str(ranker["heuristic_reason"])[:160],
     )
+
+
+# -- a model file that crashes the process loading it ---------------------------------------------
+
+
+def crashing_model(root: Path) -> Path:
+    """The shipped model with one child index of its first tree out of range, and a card that
+    describes it (features and sha256 match): it passes every check but LightGBM's own, and
+    LightGBM aborts the process parsing it (SIGABRT, "terminate called without an active
+    exception")."""
+    shipped = default_model_path()
+    target = root / "crashing"
+    shutil.copytree(shipped.parent if shipped.is_file() else shipped, target)
+    model = target / MODEL_FILE
+    text = model.read_text()
+    assert "left_child=3 2 4 -1" in text
+    model.write_text(text.replace("left_child=3 2 4 -1", "left_child=300000000 2 4 -1", 1))
+    card = json.loads((target / CARD_FILE).read_text())
+    card["data"]["model_sha256"] = file_sha256(model)
+    card["version"] = "crashing"
+    (target / CARD_FILE).write_text(json.dumps(card))
+    return target
+
+
+def test_a_model_that_crashes_its_loader_is_refused_and_the_old_one_serves(serve_cluster, tmp_path) -> None:
+    """Rolled out to a running Ranker (its user_config), the crashing file is loaded in a child
+    process first: the child dies, the swap is refused naming why, the shipped model keeps
+    serving and the Ranker replica is the same one throughout (loaded in the replica, the file
+    killed it, and every replacement read the same user_config)."""
+    from deployments.candidate_generator import CandidateGeneratorDeployment
+    from deployments.feature_extractor import FeatureExtractorDeployment
+    from deployments.ingress import Ingress
+    from deployments.ranking import RankerDeployment
+
+    app_name = "model-crash"
+    model = crashing_model(tmp_path)
+    s = {"data_dir": str(tmp_path / "var")}
+    ranker = RankerDeployment.options(user_config={"model_path": str(model)}).bind(s)
+    graph = Ingress.bind(CandidateGeneratorDeployment.bind(s), FeatureExtractorDeployment.bind(s), ranker, s)
+    t0 = time.monotonic()
+    serve.run(graph, name=app_name, route_prefix="/model-crash")
+    url = serve_cluster + "/model-crash"
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            ranker_health = wait_for(
+                lambda: (r := client.get("/health")).status_code == 200
+                and (h := r.json()["deployments"]["ranker"]).get("swap_error") and h, 120, "swap refused")
+            refused_s = time.monotonic() - t0
+            before = replicas(app_name)
+            answers = [client.post("/predict", json={
+                "user_id": "u", "spec": billing_spec(), "prompt": "pay the invoice",
+                "events": [{"endpoint": "GET /v1/invoices/in_1"}]}) for _ in range(5)]
+            time.sleep(5)  # a crash loop would have replaced the replica by now (health period 2 s)
+            after = replicas(app_name)
+            text = client.get("/health").text
+    finally:
+        serve.delete(app_name)
+    record("model that crashes its loader, at a swap", refused_s=round(refused_s, 1),
+           swap_error=ranker_health["swap_error"][:160])
+    assert "crashed the process that loaded it (SIGABRT)" in ranker_health["swap_error"], ranker_health
+    assert ranker_health["model_version"] == json.loads(
+        (default_model_path().parent / CARD_FILE).read_text())["version"]
+    assert all(a.status_code == 200 for a in answers), [a.text[:200] for a in answers]
+    assert before == after and before.get("Ranker"), (before, after)
+    assert str(tmp_path) not in text  # /health names the model, not where it lies

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -103,3 +104,105 @@ def test_the_prior_feed_replays_only_the_latest_outcomes_at_start(tmp_path: Path
     finally:
         feed.stop()
         store.close()
+
+
+def test_spec_urls_are_not_stored_in_the_cache_file(tmp_path: Path) -> None:
+    from deployments.serving.spec_cache import SpecCacheDB
+
+    db = SpecCacheDB(tmp_path / "cache.sqlite", url_ttl_s=60)
+    secret_url = "https://specs.example.com/openapi.json?token=sk-live-0123456789"
+    assert db.put_url(secret_url, "abc")
+    assert db.get_url(secret_url) == "abc"
+    assert db.get_url("https://specs.example.com/openapi.json?token=other") is None  # still told apart
+    db.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert b"sk-live" not in raw and b"specs.example.com" not in raw
+
+
+def test_retention_deletes_old_predictions_their_outcomes_and_unused_specs(tmp_path: Path) -> None:
+    path = tmp_path / "f.sqlite"
+    store = FeedbackStore(path, retention_days=1)
+    old_spec, new_spec = _spec(1), _spec(2)
+    old = _ctx("old", old_spec)
+    old.created_at = time.time() - 2 * 86400
+    store.record_prediction(old)
+    store.record_prediction(_ctx("new", new_spec))
+    store.flush()
+    store.record_outcome("old", actual_endpoint="POST /v1/invoices")
+    store.record_outcome("new", actual_endpoint="POST /v1/invoices")
+    removed = store.purge()
+    assert removed == {"predictions": 1, "outcomes": 1, "specs": 1}
+    assert store.prediction("old") is None and store.prediction("new") is not None
+    assert store.counts() == {"predictions": 1, "outcomes_explicit": 1, "outcomes": 1, "specs": 1}
+    store.close()
+
+
+def test_erasing_a_user_deletes_their_rows_and_every_prior_forgets_them(tmp_path: Path) -> None:
+    path = tmp_path / "f.sqlite"
+    store = FeedbackStore(path)
+    spec = _spec(0)
+    for i, user in enumerate(("victim", "victim", "other")):
+        store.record_prediction(_ctx(f"p{i}", spec, user=user))
+        store.record_outcome(f"p{i}", actual_endpoint="POST /v1/invoices")
+    feed = PriorFeed(TransitionPrior(weight=0.5), path)  # another replica's prior
+    try:
+        assert feed.poll_once() == 3
+        assert feed.prior.transitions("victim", spec.spec_hash, "GET /invoices").counts
+        erased = asyncio.run(store.aerase_user("victim"))
+        assert erased == {"predictions": 2, "outcomes": 2}
+        assert [p.user_id for p in store.predictions()] == ["other"]
+        feed.poll_once()
+        assert not feed.prior.transitions("victim", spec.spec_hash, "GET /invoices").counts
+        assert feed.prior.transitions("other", spec.spec_hash, "GET /invoices").counts
+    finally:
+        feed.stop()
+        store.close()
+
+
+def test_backup_while_writing_is_consistent_and_runs_as_a_command(tmp_path: Path) -> None:
+    """tools.backup copies the feedback store while a writer commits predictions and outcomes
+    as fast as it can: the copy passes integrity_check and every outcome in it has its prediction
+    (one consistent state, not a torn file)."""
+    import subprocess
+    import sys
+    import threading
+
+    from core.settings import PROJECT_ROOT
+    from tools.backup import backup_store
+
+    data = tmp_path / "var"
+    data.mkdir()
+    path = data / "feedback.sqlite"
+    store = FeedbackStore(path)
+    spec = _spec(0)
+    stop = threading.Event()
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            store.record_prediction(_ctx(f"w{i}", spec))
+            store.record_outcome(f"w{i}", actual_endpoint="POST /v1/invoices")
+            i += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        time.sleep(0.3)
+        copies = [backup_store(path, tmp_path / "out" / f"copy{n}.sqlite") for n in range(3)]
+        run = subprocess.run([sys.executable, "-m", "tools.backup", "--out", str(tmp_path / "cli"),
+                              "--data-dir", str(data)], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=60)
+    finally:
+        stop.set()
+        writer.join(30)
+        store.close()
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["stores"]["feedback"]["rows"]["predictions"] > 0
+    for copy in copies:
+        conn = sqlite3.connect(tmp_path / "out" / copy["copy"])
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        orphans = conn.execute("SELECT count(*) FROM outcomes WHERE prediction_id NOT IN "
+                               "(SELECT prediction_id FROM predictions)").fetchone()[0]
+        assert orphans == 0 and copy["rows"]["outcomes"] > 0
+        conn.close()
+    assert copies[-1]["rows"]["predictions"] >= copies[0]["rows"]["predictions"]

@@ -148,6 +148,10 @@ def test_ssrf_every_spelling_is_refused_and_nothing_is_contacted(
         if r.status_code == 422 or r.status_code == 502 and "cannot resolve" in r.text:
             error = _is_clean_error(r, (422, 502))  # refused, or a name that resolves to nothing
             refused[name] = error["message"]
+            # The rule, not what a name resolves to: a client must not map internal DNS.
+            assert "resolves to" not in error["message"], (name, error["message"])
+            if name in ("localhost", "LOCALHOST", "this host's name"):
+                assert "127." not in error["message"] and "::1" not in error["message"], error
         else:
             other[name] = (r.status_code, r.text[:200])
         assert took < 3.0, (name, took)
@@ -384,3 +388,70 @@ def test_no_secret_or_traceback_in_the_logs(client: httpx.Client, app) -> None:
             tracebacks.append((str(path), text[text.index("Traceback") :][:1500]))
     assert not leaked, leaked
     assert not tracebacks, tracebacks
+
+
+def test_a_non_http_port_banner_is_not_echoed() -> None:
+    """A spec_url pointing at a service that is not HTTP: its banner bytes must not come back
+    (httpx's error quotes them); the answer names the kind of failure only."""
+    import threading
+
+    banner = b"SSH-2.0-OpenSSH_9.9 secret-internal-banner\r\n"
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve_banner() -> None:
+        server.settimeout(10)
+        try:
+            while True:
+                conn, _ = server.accept()
+                conn.recv(65536)  # the GET, then a banner where an HTTP status line should be
+                conn.sendall(banner)
+                time.sleep(0.5)
+                conn.close()
+        except OSError:
+            return
+
+    thread = threading.Thread(target=serve_banner, daemon=True)
+    thread.start()
+    try:
+        # loopback is refused by this app (the production default): the fetcher the Ingress
+        # uses is asked directly, with private hosts allowed
+        from core.errors import SpecFetchFailed
+        from core.settings import load_settings
+        from deployments.serving.spec_fetch import SpecFetcher
+
+        async def fetch() -> str:
+            fetcher = SpecFetcher(load_settings(allow_private_spec_hosts=True, spec_fetch_timeout_s=3))
+            try:
+                await fetcher.fetch(f"http://127.0.0.1:{port}/spec.json")
+            except SpecFetchFailed as exc:
+                return exc.message
+            finally:
+                await fetcher.aclose()
+            return "fetched"
+
+        import asyncio
+
+        message = asyncio.run(fetch())
+    finally:
+        server.close()
+    assert "did not answer valid HTTP" in message, message
+    assert "secret-internal-banner" not in message and "SSH" not in message, message
+
+
+def test_delete_user_removes_their_predictions_and_outcomes(client: httpx.Client) -> None:
+    """DELETE /users/{id}: the user's stored predictions and outcomes are gone (404), another
+    user's are untouched."""
+    mine = [client.post("/predict", json=_body(user_id="erase-me")).json()["prediction_id"] for _ in range(2)]
+    theirs = client.post("/predict", json=_body(user_id="keep-me")).json()["prediction_id"]
+    fb = client.post("/feedback", json={"prediction_id": mine[0], "actual_endpoint": "POST /v1/invoices"})
+    assert fb.status_code == 200, fb.text
+    assert client.get(f"/feedback/{mine[1]}").status_code == 200
+    r = client.delete("/users/erase-me")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"user_id": "erase-me", "predictions": 2, "outcomes": 1}
+    for pid in mine:
+        _is_clean_error(client.get(f"/feedback/{pid}"), 404)
+    assert client.get(f"/feedback/{theirs}").status_code == 200
+    assert client.delete("/users/erase-me").json()["predictions"] == 0  # idempotent
+    _is_clean_error(client.delete("/users/" + "u" * 257), 422)

@@ -33,12 +33,13 @@ from benchmarks.cluster import wait_http
 from core.scorer import RankerModel
 from core.settings import PROJECT_ROOT, Settings
 from deployments.serving import schemas
+from deployments.serving.api_docs import swagger_ui_version
 from tools.cli import DEFAULT_URL
 
 README = (PROJECT_ROOT / "README.md").read_text()
 MAKEFILE = (PROJECT_ROOT / "Makefile").read_text()
 RAY_PORT = int(re.search(r"^RAY_PORT \?= (\d+)$", MAKEFILE, re.M).group(1))  # type: ignore[union-attr]
-HTTP_PORT = int(re.search(r"^PORT \?= (\d+)$", MAKEFILE, re.M).group(1))  # type: ignore[union-attr]
+HTTP_PORT = int(yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())["http_options"]["port"])
 MAKE_RUN_RAY = f"127.0.0.1:{RAY_PORT}"
 MAKE_RUN_HTTP = f"127.0.0.1:{HTTP_PORT}"
 EXAMPLE_ID = re.compile(r"\b[0-9a-f]{32}\b")
@@ -138,9 +139,11 @@ def test_every_readme_command_is_known() -> None:
 
 
 def test_ports_and_addresses_are_make_runs() -> None:
-    assert f"serves HTTP on `{MAKE_RUN_HTTP}`" in README and f"listens on\n`{MAKE_RUN_RAY}`" in README
+    assert f"serves HTTP on `{MAKE_RUN_HTTP}` (`http_options` in `serve_config.yaml`)" in README
+    assert f"listens on `{MAKE_RUN_RAY}` (`RAY_PORT` in the Makefile)" in README
     assert DEFAULT_URL == f"http://{MAKE_RUN_HTTP}"
-    addresses = re.findall(r"--address[ =](\S+)", README)
+    examples = "".join(p.read_text() for p in sorted((PROJECT_ROOT / "examples").glob("*.py")))
+    addresses = re.findall(r"--address[ =](\S+)", README + examples)
     addresses += re.findall(r'ray\.init\(address="([^"]+)"', README)
     assert addresses and all(a in (MAKE_RUN_RAY, "HEAD:6379", "auto", "<head>") for a in addresses), addresses
     # the Ray head's default port, for the token-auth head started without --port
@@ -259,6 +262,7 @@ def _example_answer() -> tuple[dict[str, Any], list[str]]:
     return json.loads(shown), re.findall(r'"score": ([0-9.]+)', shown)
 
 
+@pytest.mark.serve
 def test_example_answer_and_feedback_as_shown(app) -> None:
     [(curl, _)] = _commands(_blocks("sh", _section("Example"))[0])
     live = json.loads(_bash(curl, app))
@@ -285,6 +289,7 @@ def test_example_answer_and_feedback_as_shown(app) -> None:
         {k: v for k, v in promised.items() if k != "prediction_id"}, ours
 
 
+@pytest.mark.serve
 def test_errors_and_schema_as_the_readme_says(app) -> None:
     url = app["url"]
     # 413 by the declared length, before any body: the server's words are the README's
@@ -327,6 +332,7 @@ def test_errors_and_schema_as_the_readme_says(app) -> None:
                     assert ref.endswith("/ErrorResponse"), (path, code, ref)
 
 
+@pytest.mark.serve
 def test_docs_work_offline(app) -> None:
     page = httpx.get(app["url"] + "/docs", timeout=30)
     assert page.status_code == 200 and "SwaggerUIBundle" in page.text
@@ -337,6 +343,9 @@ def test_docs_work_offline(app) -> None:
         got = httpx.get(app["url"] + asset, timeout=30)
         assert got.status_code == 200 and len(got.content) > 500, asset
     assert "url: '/openapi.json'" in page.text or 'url: "/openapi.json"' in page.text
+    # Swagger UI 4 shows "Unable to render this definition" for the OpenAPI 3.1 FastAPI writes
+    schema_version = httpx.get(app["url"] + "/openapi.json", timeout=30).json()["openapi"]
+    assert not schema_version.startswith("3.1") or swagger_ui_version() >= (5,), swagger_ui_version()
     assert httpx.get(app["url"] + "/docs/static/..%2F..%2F__init__.py", timeout=30).status_code == 404
     assert httpx.get(app["url"] + "/redoc", timeout=30).status_code == 404  # ReDoc needs a CDN: not offered
 
@@ -353,6 +362,7 @@ def _cli_argv(words: list[str], app: dict[str, Any], ids: dict[str, str]) -> lis
     return argv
 
 
+@pytest.mark.serve
 def test_commands_as_written(app) -> None:
     tmp: Path = app["tmp"]
     own_spec = tmp / "my-api.yaml"
@@ -392,6 +402,7 @@ def test_commands_as_written(app) -> None:
             assert json.loads(run.stdout)["predictions"]
 
 
+@pytest.mark.serve
 def test_handle_examples_as_written(app) -> None:
     tmp: Path = app["tmp"]
     section = _section("From another Ray job")

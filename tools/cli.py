@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import socket
 import sys
@@ -78,6 +79,21 @@ def build_request(args: argparse.Namespace) -> Any:
     return PredictRequest.model_validate(body)
 
 
+def one_line(exc: Exception) -> str:
+    """An input error as one line: a pydantic error as ``field: problem; …`` (as the service's
+    422 says it), anything else by its first line."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            found = errors(include_url=False, include_input=False)
+        except TypeError:
+            found = None
+        if found:
+            return "; ".join(f"{'.'.join(str(p) for p in e['loc']) + ': ' if e['loc'] else ''}{e['msg']}"
+                             for e in found[:5])
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _print_prediction(answer: dict[str, Any]) -> None:
     meta = answer["metadata"]
     print(f"prediction_id {answer['prediction_id']}  model {meta['model_version']}  "
@@ -105,7 +121,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         request = build_request(args)
     except (ValidationError, ValueError, OSError) as exc:
-        print(f"invalid request: {exc}", file=sys.stderr)
+        print(f"invalid request: {one_line(exc)}", file=sys.stderr)
         return 2
     if args.in_process:
         try:
@@ -178,6 +194,7 @@ def _predict_by_handle(request: Any, args: argparse.Namespace) -> dict[str, Any]
     problem = connect_ray(args.address, timeout_s=args.timeout)
     if problem is not None:
         return _error("unreachable", problem, args.json)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no "Started <router…>" line
     try:
         answer: dict[str, Any] = serve.get_app_handle(args.app_name).predict.remote(request).result(
             timeout_s=args.timeout).model_dump(mode="json")
@@ -236,7 +253,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     try:
         FeedbackRequest.model_validate(body)
     except ValueError as exc:
-        print(f"invalid feedback: {exc}", file=sys.stderr)
+        print(f"invalid feedback: {one_line(exc)}", file=sys.stderr)
         return 2
     answer = _post(args, "/feedback", body)
     if isinstance(answer, int):
@@ -410,12 +427,12 @@ async def _bench_in_process(bodies: list[dict[str, Any]], args: argparse.Namespa
 
 # -- wiring --------------------------------------------------------------------------------------
 
-_FORWARDED = {
-    "train": ("ranker.train", []),
-    "retrain": ("tools.retrain", []),
-    "rollback": ("tools.retrain", ["rollback"]),
-    "models": ("tools.retrain", ["list"]),
-    "population": ("tools.population", []),
+_FORWARDED = {  # command: (module, its arguments first, the one-line help)
+    "train": ("ranker.train", [], "train the ranker from the base data"),
+    "retrain": ("tools.retrain", [], "retrain on base data + recorded feedback, gate, promote"),
+    "rollback": ("tools.retrain", ["rollback"], "put the previous model version back"),
+    "models": ("tools.retrain", ["list"], "the model versions and which one is current"),
+    "population": ("tools.population", [], "what each API's population memory holds; clear one"),
 }
 
 
@@ -485,9 +502,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
 
-    for name, (module, _) in _FORWARDED.items():
-        sub.add_parser(name, add_help=False, help=f"python -m {module} {' '.join(_FORWARDED[name][1])}"
-                       f" (options: opensesame {name} --help)".replace("  ", " "))
+    for name, (_, _, said) in _FORWARDED.items():
+        sub.add_parser(name, add_help=False, help=said)  # its options: opensesame NAME --help
     return parser
 
 
@@ -499,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in _FORWARDED:  # these keep their own parsers, progress and --json
             import importlib
 
-            module, prefix = _FORWARDED[argv[0]]
+            module, prefix, _ = _FORWARDED[argv[0]]
             return int(importlib.import_module(module).main([*prefix, *argv[1:]]) or 0)
         args = _parser().parse_args(argv)
         return int(args.func(args))

@@ -92,6 +92,17 @@ class TransitionPrior:
                 self._counts.popitem(last=False)
             self.observed += 1
 
+    def forget(self, user_id: str) -> int:
+        """Drop what was learned from ``user_id`` alone (their data was erased); the number of
+        contexts dropped. With ``scope="tenant"`` counts are shared and nothing is per user."""
+        if self.scope != "user":
+            return 0
+        with self._lock:
+            keys = [k for k in self._counts if k[0] == user_id]
+            for key in keys:
+                del self._counts[key]
+        return len(keys)
+
     def transitions(self, user_id: str, spec_hash: str, prev: str) -> UserTransitions:
         """What the user did after ``prev`` so far (a copy; empty when nothing is recorded)."""
         with self._lock:

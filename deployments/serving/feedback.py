@@ -39,7 +39,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,6 +54,7 @@ from core.errors import (
 from core.outcomes import OutcomeSource, StoredPrediction
 from core.settings import Settings
 from core.spec.index import SpecIndex, parse_endpoint
+from deployments.serving.failures import failure_text
 from deployments.serving.metrics import metrics
 from deployments.serving.schemas import (
     FeedbackResponse,
@@ -83,9 +84,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # 1: the first release; 2: predictions.personal (the user's transitions the features were
-# computed with), added to a version-1 file in place (:data:`_MIGRATIONS`); 3:
+# computed with), added to a version-1 file in place (:data:`_MIGRATIONS`); 3: erasures (users
+# whose data was deleted, so every replica's personal prior forgets them too); 4:
 # predictions.population (what the API's users did, as the features used it).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS specs (
         spec_hash TEXT PRIMARY KEY,
@@ -117,12 +119,20 @@ _SCHEMA = (
         recorded_at REAL NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS outcomes_by_time ON outcomes (recorded_at)",
+    "CREATE INDEX IF NOT EXISTS predictions_by_time ON predictions (created_at)",
+    """CREATE TABLE IF NOT EXISTS erasures (
+        user_id TEXT NOT NULL,
+        erased_at REAL NOT NULL
+    )""",
 )
 # Statements that bring a file of version ``v`` (the key) to ``v + 1``.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE predictions ADD COLUMN personal TEXT",),
-    2: ("ALTER TABLE predictions ADD COLUMN population TEXT",),
+    2: (_SCHEMA[-2], _SCHEMA[-1]),
+    3: ("ALTER TABLE predictions ADD COLUMN population TEXT",),
 }
+# How often the writer deletes what is older than the retention (and once when it starts).
+_PURGE_EVERY_S = 3600.0
 _BUSY_TIMEOUT_MS = 5000
 _MAX_BATCH = 256
 _LINGER_S = 0.05  # how long a batch of prediction contexts waits for more before its commit
@@ -393,6 +403,14 @@ class _Flush:
     future: concurrent.futures.Future[None]
 
 
+@dataclass(slots=True)
+class _Task:
+    """Work on the database the writer does in its own order (erasing a user, a purge)."""
+
+    run: Callable[[sqlite3.Connection], Any]
+    future: concurrent.futures.Future[Any]
+
+
 _STOP = object()
 
 
@@ -413,6 +431,7 @@ class FeedbackStore(FeedbackReader):
         max_queue: int = 10_000,
         linger_s: float = _LINGER_S,
         wait_s: float = 5.0,
+        retention_days: float | None = None,
     ) -> None:
         if implicit_window_s <= 0:
             raise ValueError(f"implicit_window_s must be > 0, got {implicit_window_s}")
@@ -420,13 +439,16 @@ class FeedbackStore(FeedbackReader):
             raise ValueError(f"linger_s must be in [0, 10], got {linger_s}")
         self.linger_s = linger_s
         self.wait_s = wait_s  # how long an async caller waits for a commit before its 503
+        # Predictions (prompts, user ids, params) and their outcomes older than this are deleted.
+        self.retention_days = retention_days
+        self._next_purge = 0.0
         super().__init__(path, create=True)
         self.implicit_window_s = implicit_window_s
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._known_specs: set[str] = set()
         self._closed = False
         self.stats = {"predictions": 0, "dropped": 0, "implicit": 0, "explicit": 0, "commits": 0,
-                      "errors": 0, "timeouts": 0}
+                      "errors": 0, "timeouts": 0, "purged": 0, "erased": 0}
         self.last_error: str | None = None
         self.failing = False  # the last commit failed: /health reports the store degraded
         # Predictions whose context a failed commit lost (writer thread only): feedback on them
@@ -476,7 +498,32 @@ class FeedbackStore(FeedbackReader):
         self._enqueue(_Outcome(prediction_id, actual_endpoint, accepted, source, future))
         return future
 
-    def _enqueue(self, item: _Outcome | _Flush) -> None:
+    async def aerase_user(self, user_id: str) -> dict[str, int]:
+        """Delete the user's predictions and outcomes, and record the erasure (every replica's
+        personal prior forgets the user from it); answers once committed."""
+        future: concurrent.futures.Future[dict[str, int]] = concurrent.futures.Future()
+        if self._closed:
+            raise FeedbackUnavailable("the feedback store is closed")
+        self._enqueue(_Task(lambda conn: _erase_user(conn, user_id), future))
+        result = await self._committed(future)
+        self.stats["erased"] += result["predictions"]
+        return result
+
+    def purge(self, timeout: float = 30.0) -> dict[str, int]:
+        """Delete now what is older than the retention (the writer also does it every hour)."""
+        future: concurrent.futures.Future[dict[str, int]] = concurrent.futures.Future()
+        self._enqueue(_Task(self._purge, future))
+        return future.result(timeout)
+
+    def _purge(self, conn: sqlite3.Connection) -> dict[str, int]:
+        if self.retention_days is None:
+            return {"predictions": 0, "outcomes": 0, "specs": 0}
+        removed = _purge_before(conn, time.time() - self.retention_days * 86400)
+        self._known_specs.clear()  # specs no prediction uses any more went with them
+        self.stats["purged"] += removed["predictions"]
+        return removed
+
+    def _enqueue(self, item: _Outcome | _Flush | _Task) -> None:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -529,7 +576,6 @@ class FeedbackStore(FeedbackReader):
 
     def status(self) -> dict[str, Any]:
         return {
-            "path": str(self.path),
             "queued": self._queue.qsize(),
             "writer_alive": self._thread.is_alive(),
             "failing": self.failing,
@@ -576,15 +622,19 @@ class FeedbackStore(FeedbackReader):
 
     def _run(self) -> None:
         while True:
+            if self.retention_days is not None and time.monotonic() >= self._next_purge:
+                self._next_purge = time.monotonic() + _PURGE_EVERY_S
+                # in the writer's own transaction; a failure is counted like any batch's
+                self._write([_Task(self._purge, concurrent.futures.Future())])
             items = self._next_batch()
             stop = any(i is _STOP for i in items)
             try:
                 self._write([i for i in items if i is not _STOP])
             except Exception as exc:  # noqa: BLE001 - the writer must outlive any one batch
                 log.exception("feedback writer: unexpected failure")
-                failure = FeedbackUnavailable(f"the feedback store failed: {type(exc).__name__}: {exc}")
+                failure = FeedbackUnavailable(f"the feedback store failed: {failure_text(exc)}")
                 for item in items:
-                    if isinstance(item, _Outcome | _Flush) and not item.future.done():
+                    if isinstance(item, _Outcome | _Flush | _Task) and not item.future.done():
                         item.future.set_exception(failure)
             if stop:
                 return
@@ -603,8 +653,8 @@ class FeedbackStore(FeedbackReader):
                         self._insert_prediction(conn, item)
                     except (ValueError, TypeError, KeyError) as exc:  # one bad context, not the batch
                         self.stats["errors"] += 1
-                        self.last_error = f"prediction {item.prediction_id}: {type(exc).__name__}: {exc}"
-                        log.warning("feedback store: %s", self.last_error)
+                        self.last_error = f"prediction {item.prediction_id}: {failure_text(exc)}"
+                        log.warning("feedback store: prediction %s: %r", item.prediction_id, exc)
                 elif isinstance(item, _Outcome):
                     try:
                         results.append((item.future, self._insert_outcome(conn, item), None))
@@ -612,6 +662,8 @@ class FeedbackStore(FeedbackReader):
                         results.append((item.future, None, exc))
                 elif isinstance(item, _Flush):
                     results.append((item.future, None, None))
+                elif isinstance(item, _Task):
+                    results.append((item.future, item.run(conn), None))
             conn.execute("COMMIT")
             self.stats["commits"] += 1
             if any(isinstance(i, PredictionContext) for i in items) or any(
@@ -627,16 +679,16 @@ class FeedbackStore(FeedbackReader):
             self.stats["errors"] += 1
             self.failing = True
             self._known_specs.clear()  # rolled back: specs this batch claimed are not stored
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.last_error = failure_text(exc)
             for item in items:
                 if isinstance(item, PredictionContext):
                     self._lost[item.prediction_id] = self.last_error
                     if len(self._lost) > _MAX_LOST:
                         self._lost.popitem(last=False)
             log.error("feedback store %s: could not write %d items: %s", self.path, len(items), exc)
-            failure = FeedbackUnavailable(f"the feedback store could not commit: {exc}")
+            failure = FeedbackUnavailable(f"the feedback store could not commit ({failure_text(exc)})")
             for item in items:
-                if isinstance(item, _Outcome | _Flush) and not item.future.done():
+                if isinstance(item, _Outcome | _Flush | _Task) and not item.future.done():
                     item.future.set_exception(failure)
             return
         for future, value, error in results:
@@ -759,6 +811,24 @@ class FeedbackStore(FeedbackReader):
         return index
 
 
+def _erase_user(conn: sqlite3.Connection, user_id: str) -> dict[str, int]:
+    ids = "SELECT prediction_id FROM predictions WHERE user_id = ?"
+    outcomes = conn.execute(f"DELETE FROM outcomes WHERE prediction_id IN ({ids})", (user_id,)).rowcount
+    predictions = conn.execute("DELETE FROM predictions WHERE user_id = ?", (user_id,)).rowcount
+    conn.execute("INSERT INTO erasures (user_id, erased_at) VALUES (?, ?)", (user_id, time.time()))
+    return {"predictions": predictions, "outcomes": outcomes}
+
+
+def _purge_before(conn: sqlite3.Connection, cutoff: float) -> dict[str, int]:
+    old = "SELECT prediction_id FROM predictions WHERE created_at < ?"
+    outcomes = conn.execute(f"DELETE FROM outcomes WHERE prediction_id IN ({old})", (cutoff,)).rowcount
+    predictions = conn.execute("DELETE FROM predictions WHERE created_at < ?", (cutoff,)).rowcount
+    specs = conn.execute(
+        "DELETE FROM specs WHERE spec_hash NOT IN (SELECT DISTINCT spec_hash FROM predictions)").rowcount
+    conn.execute("DELETE FROM erasures WHERE erased_at < ?", (cutoff,))
+    return {"predictions": predictions, "outcomes": outcomes, "specs": specs}
+
+
 # -- glue for the ingress and the in-process pipeline --------------------------------------------
 
 
@@ -772,11 +842,12 @@ def open_store(settings: Settings) -> tuple[FeedbackStore | None, str | None]:
             implicit_window_s=settings.feedback_implicit_window_s,
             max_queue=settings.feedback_queue_max,
             wait_s=settings.feedback_wait_s,
+            retention_days=settings.feedback_retention_days,
         )
     except (sqlite3.Error, OSError, PredictorError) as exc:
         log.error("feedback store %s unusable, outcomes will not be recorded: %s",
                   settings.feedback_db_path, exc)
-        return None, f"{type(exc).__name__}: {exc}"
+        return None, f"the store could not be opened ({failure_text(exc)})"
     return store, None
 
 

@@ -11,6 +11,7 @@ from typing import Any, Self
 
 from core.priors.personal import TransitionPrior, previous_key
 from core.settings import Settings
+from deployments.serving.failures import failure_text
 from deployments.serving.feedback import FeedbackReader, FeedbackStore
 
 __all__ = ["PriorFeed", "start_prior_feed", "OutcomeFollower"]
@@ -44,7 +45,7 @@ class OutcomeFollower:
                         pass
                     self.last_error = None
                 except Exception as exc:  # noqa: BLE001 - keep serving; retried next tick
-                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    self.last_error = failure_text(exc)
                     log.warning("%s: could not read outcomes: %s", self.name, exc)
                 self._stop.wait(self.interval_s)
 
@@ -73,6 +74,9 @@ class PriorFeed(OutcomeFollower):
         # At start only the latest ``replay_max`` outcomes are replayed: the work and memory of
         # a restart must not grow with everything ever recorded (retention bounds the rest).
         self.cursor = self._replay_from(replay_max) if replay_max is not None else 0
+        # Erasures recorded from now on (those before are already gone from the outcomes).
+        self.erasure_cursor = int(self.reader._conn().execute(
+            "SELECT coalesce(max(rowid), 0) FROM erasures").fetchone()[0])
 
     def _replay_from(self, replay_max: int) -> int:
         row = self.reader._conn().execute(
@@ -80,6 +84,11 @@ class PriorFeed(OutcomeFollower):
         return int(row[0]) if row else 0
 
     def poll_once(self, limit: int = 5000) -> int:
+        for rowid, user_id in self.reader._conn().execute(
+                "SELECT rowid, user_id FROM erasures WHERE rowid > ? ORDER BY rowid",
+                (self.erasure_cursor,)).fetchall():
+            self.erasure_cursor = rowid
+            self.prior.forget(user_id)
         rows = self.reader._conn().execute(
             "SELECT o.rowid, p.user_id, p.spec_hash, p.events, o.actual_key FROM outcomes o "
             "JOIN predictions p USING (prediction_id) WHERE o.rowid > ? ORDER BY o.rowid LIMIT ?",

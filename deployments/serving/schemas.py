@@ -22,6 +22,7 @@ __all__ = [
     "FeedbackRequest",
     "FeedbackResponse",
     "StoredPredictionResponse",
+    "UserErasedResponse",
     "MAX_EVENTS",
     "MAX_PROMPT_CHARS",
     "MAX_PARAM_VALUE_BYTES",
@@ -244,6 +245,12 @@ class FeedbackResponse(BaseModel):
     operation: str | None = Field(description="the spec operation it is, or null if none")
     rank: int | None = Field(description="1-based position among the predictions shown, or null")
     source: Literal["explicit", "accepted", "implicit"]
+
+
+class UserErasedResponse(BaseModel):
+    user_id: str
+    predictions: int = Field(description="stored predictions of the user deleted")
+    outcomes: int = Field(description="their outcomes deleted")
 
 
 class StoredPredictionResponse(BaseModel):

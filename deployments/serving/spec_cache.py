@@ -25,18 +25,21 @@ from cachetools import TTLCache
 
 from core.settings import Settings
 from core.spec.index import SpecIndex
+from deployments.serving.failures import failure_text
 
-__all__ = ["SpecL1Cache", "SpecCacheDB", "L2File"]
+__all__ = ["SpecL1Cache", "SpecCacheDB", "L2File", "url_key"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+# 2: spec_url keyed by a digest of the URL (1 stored URLs in clear, query tokens included): a
+# version-1 file is rebuilt, which drops them.
+SCHEMA_VERSION = 2
 _SCHEMA = (
     "DROP TABLE IF EXISTS spec_url",
     "DROP TABLE IF EXISTS spec_index",
     """CREATE TABLE spec_url (
-        url TEXT PRIMARY KEY,
+        url_key TEXT PRIMARY KEY,   -- url_key(url): the URL itself is never stored
         spec_hash TEXT NOT NULL,
         fetched_at REAL NOT NULL
     )""",
@@ -61,6 +64,13 @@ _MAX_FAILURES = 3
 
 
 L2File: TypeAlias = tuple[int, int] | None  # identity of the L2 file a row was written to
+
+
+def url_key(url: str) -> str:
+    """What the cache file keeps of a spec URL: a digest. Spec URLs carry access tokens in their
+    query strings (``?token=…``); the whole URL still tells specs apart, and a copy or backup of
+    the file holds no URL."""
+    return hashlib.blake2b(url.encode(), digest_size=20).hexdigest()
 
 
 class SpecL1Cache:
@@ -175,7 +185,7 @@ class SpecCacheDB:
 
         def op(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(
-                "SELECT spec_hash, fetched_at FROM spec_url WHERE url = ?", (url,)
+                "SELECT spec_hash, fetched_at FROM spec_url WHERE url_key = ?", (url_key(url),)
             ).fetchone()
             if row is None or self._clock() - row[1] > self._url_ttl_s:
                 return None
@@ -186,10 +196,10 @@ class SpecCacheDB:
     def put_url(self, url: str, spec_hash: str) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
             conn.execute(
-                "INSERT INTO spec_url (url, spec_hash, fetched_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (url) DO UPDATE SET spec_hash = excluded.spec_hash, "
+                "INSERT INTO spec_url (url_key, spec_hash, fetched_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (url_key) DO UPDATE SET spec_hash = excluded.spec_hash, "
                 "fetched_at = excluded.fetched_at",
-                (url, spec_hash, self._clock()),
+                (url_key(url), spec_hash, self._clock()),
             )
             return True
 
@@ -266,7 +276,6 @@ class SpecCacheDB:
     def status(self) -> dict[str, Any]:
         return {
             "state": self._state(),
-            "path": str(self.path),
             "rebuilds": self._rebuilds,
             "last_error": self._last_error,
         }
@@ -517,5 +526,4 @@ def _is_corruption(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    name = getattr(exc, "sqlite_errorname", None)
-    return f"{name}: {exc}" if name else f"{type(exc).__name__}: {exc}"
+    return failure_text(exc)
