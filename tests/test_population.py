@@ -179,6 +179,19 @@ def _record(store: FeedbackStore, user: str, keys: list[str], *, prompt: str = "
         events.append((concrete, {}, None))
 
 
+AFTER_LIST_GET = [SPEC.resolve("GET /invoices"), SPEC.resolve("GET /invoices/in_1")]
+
+
+def _three_users(path, feedback: FeedbackStore) -> tuple[PopulationStore, PopulationFeed]:
+    """A store at ``path`` that learned LIST, GET, PAY from three users."""
+    store = PopulationStore(path)
+    feed = PopulationFeed(store, feedback.path)
+    for user in ("a", "b", "c"):
+        _record(feedback, user, [LIST, GET, PAY])
+    feed.sync()
+    return store, feed
+
+
 @pytest.fixture
 def feedback(tmp_path) -> Iterator[FeedbackStore]:
     s = FeedbackStore(tmp_path / "feedback.sqlite")
@@ -236,12 +249,8 @@ def test_replicas_share_one_file_and_each_outcome_counts_once(tmp_path, feedback
 
 
 def test_a_flood_through_the_store_moves_nothing(tmp_path, feedback) -> None:
-    store = PopulationStore(tmp_path / "population.sqlite")
-    feed = PopulationFeed(store, feedback.path)
-    for user in ("a", "b", "c"):
-        _record(feedback, user, [LIST, GET, PAY])
-    feed.sync()
-    history = [SPEC.resolve("GET /invoices"), SPEC.resolve("GET /invoices/in_1")]
+    store, feed = _three_users(tmp_path / "population.sqlite", feedback)
+    history = AFTER_LIST_GET
     before = store.view(SPEC, history, "get it paid", now=1e10)
     for _ in range(300):  # through the real store: fewer than 10,000 replays, the same guard
         _record(feedback, "flooder", [LIST, GET, CREATE])
@@ -323,12 +332,7 @@ def test_the_command_lists_and_clears_an_apis_memory(tmp_path, feedback, capsys)
     from tools.population import main
 
     path = tmp_path / "population.sqlite"
-    store = PopulationStore(path)
-    feed = PopulationFeed(store, feedback.path)
-    for user in ("a", "b", "c"):
-        _record(feedback, user, [LIST, GET, PAY])
-    feed.sync()
-    feed.stop()
+    _three_users(path, feedback)[1].stop()
     assert main(["--path", str(path), "list"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed[api_key(SPEC)]["usable"] > 0
@@ -337,3 +341,18 @@ def test_the_command_lists_and_clears_an_apis_memory(tmp_path, feedback, capsys)
     assert main(["--path", str(path), "clear", "--spec", str(spec_file)]) == 0
     assert json.loads(capsys.readouterr().out)["counts_removed"] == listed[api_key(SPEC)]["counts"]
     assert PopulationStore(path).apis() == {}
+
+
+def test_an_erased_user_leaves_every_count(tmp_path, feedback) -> None:
+    import asyncio
+
+    store, feed = _three_users(tmp_path / "population.sqlite", feedback)
+    history = AFTER_LIST_GET
+    assert store.view(SPEC, history, None, now=1e10).prev
+    asyncio.run(feedback.aerase_user("a"))
+    feed.sync()
+    assert store.view(SPEC, history, None, now=1e10).empty  # two users left: below the threshold
+    again = PopulationStore(tmp_path / "population.sqlite")  # and so it stays, on the file
+    assert again.view(SPEC, history, None, now=1e10).empty
+    assert all(len(c.users) <= 2 for row in again.memory._cells.values() for c in row.values())
+    feed.stop()

@@ -280,6 +280,21 @@ class PopulationMemory:
                     out += [(key, nxt, d, cell) for d in faded(cell, now, self.config)]
         return out
 
+    def erase(self, digest: str, now: float) -> list[tuple[Context, str, Cell]]:
+        """Removes one contributor (a user erased) from every count, with their part of its
+        total; returns the cells changed."""
+        changed = []
+        with self._lock:
+            for key, row in self._cells.items():
+                for nxt, cell in row.items():
+                    if digest in cell.users:
+                        w, at = cell.users.pop(digest)
+                        cell.total = max(decayed(cell.total, cell.t, now, self.config.half_life_s)
+                                         - decayed(w, at, now, self.config.half_life_s), 0.0)
+                        cell.t = max(cell.t, now)
+                        changed.append((key, nxt, cell))
+        return changed
+
     def cell(self, key: Context, nxt: str) -> Cell | None:
         with self._lock:
             return self._cells.get(key, {}).get(nxt)

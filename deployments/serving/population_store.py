@@ -9,6 +9,8 @@ first does the work, exactly once: the cursor moves in the same commit as the co
 
 Only aggregates are kept: per (API, context, next operation) a decayed total, and per
 contributor a salted digest with its capped weight (for the cap and the distinct-user count).
+A user erased from the feedback store (``DELETE /users/{id}``) is removed from every count on the
+next look, their share of each total with them.
 """
 
 from __future__ import annotations
@@ -182,14 +184,22 @@ class PopulationStore:
             for key, nxt, _cell in self.memory.observe(obs):
                 touched.setdefault((key, nxt), set()).add(obs.user)
         clock = time.time() if now is None else now
+        erased = int(self._meta("erased") or 0)
+        for rowid, user_id in reader._conn().execute(
+                "SELECT rowid, user_id FROM erasures WHERE rowid > ? ORDER BY rowid", (erased,)).fetchall():
+            erased = rowid
+            digest = user_digest(user_id, self.salt)
+            for key, nxt, _cell in self.memory.erase(digest, clock):
+                touched.setdefault((key, nxt), set()).add(digest)
         if clock - self._last_forget > _FORGET_EVERY_S:
             self._last_forget = clock
             for key, nxt, digest, _cell in self.memory.forget_faded(clock):
                 touched.setdefault((key, nxt), set()).add(digest)
-        if not rows and not touched:
+        if not rows and not touched and erased == int(self._meta("erased") or 0):
             return 0
         self._write(touched, seq)
         self._set_meta("cursor", cursor)
+        self._set_meta("erased", erased)
         self._set_meta("seq", seq)
         self.seq = seq
         self.ingested += len(rows)
