@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,9 +61,6 @@ __all__ = [
 
 START = "<start>"
 UNKNOWN = "<unknown>"
-# The contexts a transition is counted in: after the last call, after the last two, and after
-# the last call for requests whose prompt held a word.
-KINDS = ("prev", "prev2", "word")
 MAX_WORDS = 16  # distinct prompt words a request is counted under (the rarest in the prompt first)
 # A contributor whose decayed weight fell below this is forgotten (4 half-lives with cap 1): the
 # distinct-user count then follows recent traffic.
@@ -79,6 +76,7 @@ POPULATION_FEATURES: tuple[str, ...] = (
     "pop_p_next_grank",  # rank of pop_p_next among the request's candidates (0 = best)
     "pop_p_prompt_grank",
 )
+_COL = {name: i for i, name in enumerate(POPULATION_FEATURES)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -365,25 +363,18 @@ def population_columns(view: PopulationView | None, ops: Sequence[Operation]) ->
     X = np.zeros((len(ops), len(POPULATION_FEATURES)), np.float32)
     if view is None or view.empty or not ops:
         return X
+    col = _COL
     ids = [operation_id(op) for op in ops]
-    for j, (counts, n_col) in enumerate(((view.prev, 1), (view.prev2, 3))):
+    for counts, share, size in ((view.prev, "pop_p_next", "pop_n_context"),
+                                (view.prev2, "pop_p_next2", "pop_n_context2")):
         n = sum(counts.values())
         if n > 0:
-            X[:, 2 * j] = [counts.get(i, 0.0) / n for i in ids]
-            X[:, n_col] = math.log1p(n)
+            X[:, col[share]] = [counts.get(i, 0.0) / n for i in ids]
+            X[:, col[size]] = math.log1p(n)
     if view.prompt:
-        X[:, 4] = [view.prompt.get(i, 0.0) for i in ids]
-        X[:, 5] = math.log1p(view.n_prompt)
-    for col, src in ((6, 0), (7, 4)):
-        v = X[:, src]
-        X[:, col] = (v[None, :] > v[:, None]).sum(1)
+        X[:, col["pop_p_prompt"]] = [view.prompt.get(i, 0.0) for i in ids]
+        X[:, col["pop_n_prompt"]] = math.log1p(view.n_prompt)
+    for name in ("pop_p_next", "pop_p_prompt"):
+        v = X[:, col[name]]
+        X[:, col[name + "_grank"]] = (v[None, :] > v[:, None]).sum(1)  # 0 = the best, ties share
     return X
-
-
-def observe_all(memory: PopulationMemory, observations: Iterable[Observation | None]) -> int:
-    n = 0
-    for obs in observations:
-        if obs is not None:
-            memory.observe(obs)
-            n += 1
-    return n
