@@ -300,7 +300,7 @@ def test_features_are_the_same_in_training_and_serving(tmp_path, feedback) -> No
 
 
 def test_retraining_rebuilds_the_population_features_that_were_served(feedback) -> None:
-    """The view a prediction's features used is stored with it (feedback schema 3), so the
+    """The view a prediction's features used is stored with it (feedback schema 4), so the
     retrain's features of a recorded outcome are the served ones."""
     from core.candidates.types import Candidate
     from core.settings import load_settings
