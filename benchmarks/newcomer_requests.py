@@ -9,7 +9,8 @@ personalisation. For each: the top ``k`` with score, params, ``destructive`` and
 the place of the call a person would make next among the top 20 (``right``). They were not
 tuned one by one: run this before and after a change to show what it did to them.
 
-Writes ``benchmarks/results/newcomer_requests.md`` (and ``.json``).
+Writes ``benchmarks/results/newcomer_requests.md`` (and ``.json``); the answers before issue 20's
+fixes (commit 3500e2f, model lgbm-f9) stay in ``newcomer_requests_before.md`` to compare with.
 """
 
 from __future__ import annotations

@@ -61,16 +61,17 @@ HEALTH_TIMEOUT_S = 2.0
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The error answers a route really gives, for the schema (tests/test_readme.py checks them)."""
+    """The error answers a route really gives, for the schema (tests/test_readme.py checks them
+    against the README's list and the live /openapi.json)."""
     said = {
         404: "unknown prediction_id",
         409: "a different outcome is already recorded for this prediction",
         413: "request body too large (or, for /predict, the fetched spec)",
         422: "invalid request (the message names the field)",
-        429: "this client already has its share of requests in flight (client_max_concurrent)",
+        429: "this client already has its share of requests in flight (client_max_concurrent; Retry-After)",
         502: "the spec host answered an error or could not be reached",
         503: "overloaded or a backend failed (Retry-After); for feedback also: the store is unavailable",
-        504: "the spec host timed out, or the request passed request_timeout_s",
+        504: "the spec host timed out, or the request passed the service's deadline (request_timeout_s)",
     }
     return {s: {"model": ErrorResponse, "description": said[s]} for s in statuses}
 
@@ -132,8 +133,11 @@ class Ingress(Replica):
         return await self.ranker.rank.remote(featured)
 
     @api.post("/predict", response_model=PredictResponse, responses=_errors(413, 422, 429, 502, 503, 504))
-    async def predict(self, body: PredictRequest, http: Request) -> PredictResponse:
-        with self.shares.hold(client_key(tenant=None, user_id=body.user_id, address=source_address(http))):
+    # `http` is FastAPI's Request over HTTP, None through a DeploymentHandle (another Ray job
+    # calls predict(body) / feedback(body): tests/test_handle_job.py, tests/test_readme.py).
+    async def predict(self, body: PredictRequest, http: Request = None) -> PredictResponse:  # type: ignore[assignment]
+        address = source_address(http) if http is not None else None
+        with self.shares.hold(client_key(tenant=None, user_id=body.user_id, address=address)):
             return await self._predict(body)
 
     async def _predict(self, body: PredictRequest) -> PredictResponse:
@@ -183,11 +187,12 @@ class Ingress(Replica):
 
     @api.post("/feedback", response_model=FeedbackResponse,
               responses=_errors(404, 409, 413, 422, 429, 503, 504))
-    async def feedback(self, body: FeedbackRequest, http: Request) -> FeedbackResponse:
+    async def feedback(self, body: FeedbackRequest, http: Request = None) -> FeedbackResponse:  # type: ignore[assignment]
         """Record what the user really did after a prediction; answers once it is on disk."""
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
-        with self.shares.hold(client_key(tenant=None, user_id=None, address=source_address(http))):
+        address = source_address(http) if http is not None else None
+        with self.shares.hold(client_key(tenant=None, user_id=None, address=address)):
             result = await self.outcomes.arecord_outcome(
                 body.prediction_id, actual_endpoint=body.actual_endpoint, accepted=bool(body.accepted)
             )
@@ -195,7 +200,7 @@ class Ingress(Replica):
         return feedback_response(result)
 
     @api.get("/feedback/{prediction_id}", response_model=StoredPredictionResponse,
-             responses=_errors(404, 422, 503))
+             responses=_errors(404, 422, 503, 504))
     async def stored_prediction(
         self,
         prediction_id: str = PathParam(max_length=PREDICTION_ID_MAX_CHARS, pattern=PREDICTION_ID_PATTERN),
@@ -230,7 +235,7 @@ class Ingress(Replica):
     def check_health(self) -> None:
         check_feedback_writer(self.outcomes.status() if self.outcomes else None)
 
-    @api.delete("/users/{user_id}", response_model=UserErasedResponse, responses=_errors(422, 503))
+    @api.delete("/users/{user_id}", response_model=UserErasedResponse, responses=_errors(422, 503, 504))
     async def erase_user(self, user_id: str = PathParam(min_length=1, max_length=256)) -> UserErasedResponse:
         """Delete a user's stored predictions and outcomes, and what the personal prior learned
         from them (here at once, on other replicas at their next poll)."""
@@ -241,7 +246,7 @@ class Ingress(Replica):
             self.prior_feed.prior.forget(user_id)
         return UserErasedResponse(user_id=user_id, **erased)
 
-    @api.get("/health", response_model=HealthResponse, responses=_errors(503))
+    @api.get("/health", response_model=HealthResponse, responses=_errors(503, 504))
     async def health(self) -> HealthResponse:
         names = ("candidate_generator", "feature_extractor", "ranker")
         handles = (self.generator, self.extractor, self.ranker)

@@ -240,3 +240,14 @@ def test_a_port_that_is_not_ray_gives_up_within_the_timeout() -> None:
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, expected) -> None:
     code, out, err = _run(capsys, *argv)
     assert code == 2 and err.strip().splitlines() == [err.strip()] and err.startswith(expected), err
+
+
+@pytest.mark.parametrize("command", [["rollback", "--apply"], ["retrain", "--apply", "--no-promote"]])
+def test_a_rollout_to_no_cluster_is_one_line_at_once(command) -> None:
+    """`serve run --address` to a port where nothing listens would retry for the rollout's 120 s."""
+    from tests.conftest import free_port
+
+    started = time.monotonic()
+    run = _cli(*command, "--address", f"127.0.0.1:{free_port()}", env={"RAY_AUTH_MODE": "disabled"})
+    assert run.returncode == 1 and time.monotonic() - started < 30
+    assert _one_line(run).startswith("error unreachable: no Ray cluster at 127.0.0.1:")

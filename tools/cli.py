@@ -9,6 +9,7 @@
     models     the model versions and which one is current
     evaluate   ranking metrics of a model on the held-out APIs (and on recorded feedback)
     bench      a bounded load against a running service (or the in-process pipeline)
+    population what the population memory holds per API, and clearing an API (tools.population)
 
 Every command has ``--help``; long work draws a progress bar on stderr; ``--json`` prints one
 machine-readable document on stdout. An error is one line on stderr, never a traceback. Exit
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -145,6 +147,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def no_ray_at(address: str, *, timeout_s: float = 5.0) -> str | None:
+    """Why nothing can be a Ray head at ``address`` (its port does not answer), or None."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=min(timeout_s, 5.0)).close()
+    except (OSError, ValueError) as exc:
+        return (f"no Ray cluster at {address} ({exc.strerror if isinstance(exc, OSError) else exc}); "
+                "make run's head is 127.0.0.1:6390")
+    return None
+
+
 def connect_ray(address: str, *, timeout_s: float) -> str | None:
     """Join the Ray cluster at ``address`` as a driver, within ``timeout_s``; None once joined,
     else why not, in one line. Ray itself retries an absent GCS for minutes, logging as it goes:
@@ -154,12 +167,9 @@ def connect_ray(address: str, *, timeout_s: float) -> str | None:
 
     import ray
 
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=min(timeout_s, 5.0)).close()
-    except (OSError, ValueError) as exc:
-        return (f"no Ray cluster at {address} ({exc.strerror if isinstance(exc, OSError) else exc}); "
-                "make run's head is 127.0.0.1:6390")
+    absent = no_ray_at(address, timeout_s=timeout_s)
+    if absent is not None:
+        return absent
     sys.stderr.flush()
     stderr = os.dup(2)
 
@@ -511,11 +521,19 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; a known error (bad settings, a PredictorError) is one line on stderr and
     its documented exit status, never a traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # The service's warnings (a refused spec host, a cache bypassed) are for its logs; here the
+    # command's own line says what went wrong, once.
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
         if argv and argv[0] in _FORWARDED:  # these keep their own parsers, progress and --json
             import importlib
 
             module, prefix, _ = _FORWARDED[argv[0]]
+            address = _option(argv, "--address")
+            absent = no_ray_at(address) if address and "--help" not in argv and "-h" not in argv else None
+            if absent is not None:  # a rollout would retry the address for minutes first
+                print(f"error unreachable: {absent}", file=sys.stderr)
+                return EXIT_ERROR
             return int(importlib.import_module(module).main([*prefix, *argv[1:]]) or 0)
         args = _parser().parse_args(argv)
         return int(args.func(args))
@@ -525,9 +543,26 @@ def main(argv: list[str] | None = None) -> int:
     except PredictorError as exc:
         print(f"error {exc.status}: {exc.message}", file=sys.stderr)
         return EXIT_ERROR
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        from tools.rollout import RolloutError  # imported already when a rollout ran
+
+        if not isinstance(exc, RolloutError | subprocess.TimeoutExpired):
+            raise
+        print(f"rollout failed: {' '.join(str(exc).split())[:600]}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of ``name`` in ``argv`` (``--name value`` or ``--name=value``), if given."""
+    for i, word in enumerate(argv):
+        if word == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if word.startswith(name + "="):
+            return word.split("=", 1)[1]
+    return None
 
 
 if __name__ == "__main__":
