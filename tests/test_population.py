@@ -356,3 +356,35 @@ def test_an_erased_user_leaves_every_count(tmp_path, feedback) -> None:
     assert again.view(SPEC, history, None, now=1e10).empty
     assert all(len(c.users) <= 2 for row in again.memory._cells.values() for c in row.values())
     feed.stop()
+
+
+def test_the_counts_health_shows_follow_every_change(tmp_path, feedback) -> None:
+    """status() is kept as cells change (no walk on /health): it must equal a walk, after
+    observing, mirroring another replica, erasing, forgetting and clearing."""
+    import asyncio
+
+    def walked(memory: PopulationMemory) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for (api, _kind, _ctx), row in memory._cells.items():
+            for cell in row.values():
+                s = out.setdefault(api, {"counts": 0, "usable": 0})
+                s["counts"] += 1
+                s["usable"] += len(cell.users) >= memory.config.min_users
+        return out
+
+    path = tmp_path / "population.sqlite"
+    one, feed = _three_users(path, feedback)
+    two = PopulationStore(path)
+    _record(feedback, "d", [LIST, CREATE])
+    asyncio.run(feedback.aerase_user("b"))
+    feed.sync()
+    PopulationFeed(two, feedback.path).sync()  # mirrors one's commits
+    for store in (one, two):
+        assert store.memory.status() == walked(store.memory) != {}
+    assert one.memory.status() == two.memory.status()
+    one.memory.forget_faded(now=1e12)  # everything faded
+    assert one.memory.status() == walked(one.memory)
+    assert one.memory.status()[api_key(SPEC)]["usable"] == 0
+    two.clear(api_key(SPEC))
+    assert two.memory.status() == walked(two.memory) == {}
+    feed.stop()

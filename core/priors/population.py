@@ -256,6 +256,15 @@ class PopulationMemory:
         self._cells: dict[Context, dict[str, Cell]] = {}
         self._lock = threading.Lock()
         self.observed = 0
+        # per API: [counts, counts with enough users], kept as cells change (status() walks nothing)
+        self._tally: dict[str, list[int]] = {}
+
+    def _account(self, api: str, before: Cell | None, before_users: int, after: Cell | None) -> None:
+        tally = self._tally.setdefault(api, [0, 0])
+        tally[0] += (after is not None) - (before is not None)
+        need = self.config.min_users
+        tally[1] += ((after is not None and len(after.users) >= need)
+                     - (before is not None and before_users >= need))
 
     def observe(self, obs: Observation) -> list[tuple[Context, str, Cell]]:
         """Adds one outcome; returns the cells it changed."""
@@ -263,8 +272,12 @@ class PopulationMemory:
         with self._lock:
             for kind, ctx in obs.keys:
                 key = (obs.api, kind, ctx)
-                cell = self._cells.setdefault(key, {}).setdefault(obs.next, Cell())
+                row = self._cells.setdefault(key, {})
+                old = row.get(obs.next)
+                users = len(old.users) if old is not None else 0
+                cell = row.setdefault(obs.next, Cell())
                 contribute(cell, obs.user, obs.t, self.config)
+                self._account(obs.api, old, users, cell)
                 changed.append((key, obs.next, cell))
             self.observed += 1
         return changed
@@ -275,7 +288,9 @@ class PopulationMemory:
         with self._lock:
             for key, row in self._cells.items():
                 for nxt, cell in row.items():
+                    users = len(cell.users)
                     out += [(key, nxt, d, cell) for d in faded(cell, now, self.config)]
+                    self._account(key[0], cell, users, cell)
         return out
 
     def erase(self, digest: str, now: float) -> list[tuple[Context, str, Cell]]:
@@ -286,10 +301,12 @@ class PopulationMemory:
             for key, row in self._cells.items():
                 for nxt, cell in row.items():
                     if digest in cell.users:
+                        users = len(cell.users)
                         w, at = cell.users.pop(digest)
                         cell.total = max(decayed(cell.total, cell.t, now, self.config.half_life_s)
                                          - decayed(w, at, now, self.config.half_life_s), 0.0)
                         cell.t = max(cell.t, now)
+                        self._account(key[0], cell, users, cell)
                         changed.append((key, nxt, cell))
         return changed
 
@@ -298,17 +315,23 @@ class PopulationMemory:
             return self._cells.get(key, {}).get(nxt)
 
     def set_cell(self, key: Context, nxt: str, cell: Cell) -> None:
+        """Puts ``cell`` in place (a new object: the one in place is what it replaces)."""
         with self._lock:
             row = self._cells.setdefault(key, {})
+            old = row.get(nxt)
             if cell.total <= 0 and not cell.users:
                 row.pop(nxt, None)
+                self._account(key[0], old, len(old.users) if old else 0, None)
             else:
                 row[nxt] = cell
+                self._account(key[0], old, len(old.users) if old else 0, cell)
 
     def clear(self, api: str | None = None) -> None:
         with self._lock:
             for key in [k for k in self._cells if api is None or k[0] == api]:
                 del self._cells[key]
+            for name in [a for a in self._tally if api is None or a == api]:
+                del self._tally[name]
 
     def _visible(self, key: Context, now: float) -> dict[str, float]:
         row = self._cells.get(key)
@@ -348,13 +371,8 @@ class PopulationMemory:
 
     def status(self) -> dict[str, Any]:
         """How much each API's memory holds: counts, and counts with enough users to be used."""
-        out: dict[str, dict[str, int]] = {}
         with self._lock:
-            for (api, _kind, _ctx), row in self._cells.items():
-                s = out.setdefault(api, {"counts": 0, "usable": 0})
-                s["counts"] += len(row)
-                s["usable"] += sum(len(c.users) >= self.config.min_users for c in row.values())
-        return out
+            return {api: {"counts": c, "usable": u} for api, (c, u) in self._tally.items() if c}
 
 
 def population_columns(view: PopulationView | None, ops: Sequence[Operation]) -> np.ndarray:

@@ -64,7 +64,6 @@ _SCHEMA = (
 )
 _BUSY_TIMEOUT_MS = 5000
 _FORGET_EVERY_S = 600.0
-_STATUS_EVERY_S = 2.0
 
 
 def population_config(settings: Settings) -> PopulationConfig:
@@ -89,7 +88,6 @@ class PopulationStore:
         self.seq = 0  # the last commit mirrored
         self.ingested = 0
         self._last_forget = 0.0
-        self._apis: tuple[float, dict[str, dict[str, int]]] | None = None
         with self._lock:
             self._transaction(self._create)
             self.salt = self._meta("salt") or ""
@@ -144,7 +142,8 @@ class PopulationStore:
             cell = changed.get(key)
             if cell is None:
                 old = self.memory.cell(*key)
-                cell = changed[key] = old if old is not None else Cell()
+                cell = changed[key] = (Cell(total=old.total, t=old.t, users=dict(old.users))
+                                       if old is not None else Cell())
             if weight > 0:
                 cell.users[user] = (weight, t)
             else:
@@ -241,16 +240,11 @@ class PopulationStore:
         with self._lock:
             n = self._transaction(work)
             self._refresh()
-            self._apis = None
             return int(n)
 
     def apis(self) -> dict[str, dict[str, int]]:
-        """Per API, its counts and those with enough users to be used; recounted at most every
-        few seconds (a walk over every count, under the lock lookups take)."""
-        now = time.monotonic()
-        if self._apis is None or now - self._apis[0] > _STATUS_EVERY_S:
-            self._apis = (now, self.memory.status())
-        return self._apis[1]
+        """Per API, its counts and those with enough users to be used."""
+        return self.memory.status()
 
     def status(self) -> dict[str, Any]:
         return {"path": str(self.path), "seq": self.seq, "ingested": self.ingested,
