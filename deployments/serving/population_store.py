@@ -247,7 +247,7 @@ class PopulationStore:
         return self.memory.status()
 
     def status(self) -> dict[str, Any]:
-        return {"path": str(self.path), "seq": self.seq, "ingested": self.ingested,
+        return {"seq": self.seq, "ingested": self.ingested,
                 "min_users": self.memory.config.min_users, "apis": self.apis()}
 
     def close(self) -> None:
