@@ -55,6 +55,11 @@ class Settings(BaseModel):
     dns_threads: int = Field(4, gt=0)
     dns_timeout_s: float = Field(2.0, gt=0)
 
+    # API keys (deployments/serving/identity.py): "tenant=token,..." and/or a file of
+    # "tenant sha256-of-token" lines; with neither, clients are trusted to say who they are.
+    api_keys: SecretStr | None = None
+    api_keys_file: Path | None = None
+
     spec_max_bytes: int = Field(25 * 1024 * 1024, gt=0)
     spec_fetch_timeout_s: float = Field(10.0, gt=0)
     spec_max_redirects: int = Field(5, ge=0)

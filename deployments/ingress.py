@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Path, Request
+from fastapi import Depends, FastAPI, Path, Request
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -27,6 +27,7 @@ from deployments.serving.feedback import (
     stored_response,
 )
 from deployments.serving.http_errors import BodySizeLimit, install_error_handlers
+from deployments.serving.identity import KEYS, ApiKeys, owned_by, scoped_user
 from deployments.serving.messages import GraphRequest, Ranked
 from deployments.serving.prior_feed import start_prior_feed
 from deployments.serving.replica import Replica
@@ -95,6 +96,7 @@ class Ingress(Replica):
         _body_limit.max_bytes = self.settings.spec_max_bytes + 1024 * 1024
         _edge.seconds = self.settings.request_timeout_s
         self.shares = ClientShares(self.settings.client_max_concurrent)
+        KEYS.keys = ApiKeys.from_settings(self.settings)  # None: no keys, clients say who they are
         # Outcomes of predictions (deployments/serving/feedback.py); None: predictions still served.
         self.outcomes, self.outcomes_off_reason = open_store(self.settings)
         # Each user's habits, learned from those outcomes: the ranker's user_* features (and,
@@ -116,8 +118,11 @@ class Ingress(Replica):
         return await self.ranker.rank.remote(featured)
 
     @api.post("/predict", response_model=PredictResponse, responses=_ERRORS)
-    async def predict(self, body: PredictRequest, http: Request) -> PredictResponse:
-        with self.shares.hold(client_key(tenant=None, user_id=body.user_id, address=source_address(http))):
+    async def predict(self, body: PredictRequest, http: Request,
+                      tenant: str | None = Depends(KEYS.tenant_of)) -> PredictResponse:
+        with self.shares.hold(client_key(tenant=tenant, user_id=body.user_id, address=source_address(http))):
+            if tenant is not None:  # stored and learned under the tenant's own namespace
+                body = body.model_copy(update={"user_id": scoped_user(tenant, body.user_id)})
             return await self._predict(body)
 
     async def _predict(self, body: PredictRequest) -> PredictResponse:
@@ -159,37 +164,41 @@ class Ingress(Replica):
         return response
 
     @api.post("/feedback", response_model=FeedbackResponse, responses={**_ERRORS, **_FEEDBACK_ERRORS})
-    async def feedback(self, body: FeedbackRequest, http: Request) -> FeedbackResponse:
+    async def feedback(self, body: FeedbackRequest, http: Request,
+                       tenant: str | None = Depends(KEYS.tenant_of)) -> FeedbackResponse:
         """Record what the user really did after a prediction; answers once it is on disk."""
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
-        with self.shares.hold(client_key(tenant=None, user_id=None, address=source_address(http))):
+        with self.shares.hold(client_key(tenant=tenant, user_id=None, address=source_address(http))):
             result = await self.outcomes.arecord_outcome(
-                body.prediction_id, actual_endpoint=body.actual_endpoint, accepted=bool(body.accepted)
+                body.prediction_id, actual_endpoint=body.actual_endpoint, accepted=bool(body.accepted),
+                tenant=tenant,
             )
         return feedback_response(result)
 
     @api.get("/feedback/{prediction_id}", response_model=StoredPredictionResponse,
              responses=_FEEDBACK_ERRORS)
-    async def stored_prediction(self, prediction_id: str) -> StoredPredictionResponse:
+    async def stored_prediction(self, prediction_id: str,
+                                tenant: str | None = Depends(KEYS.tenant_of)) -> StoredPredictionResponse:
         """A stored prediction and its outcome, if any."""
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
         await self.outcomes.aflush()
         stored = await asyncio.to_thread(self.outcomes.prediction, prediction_id)
-        if stored is None:
+        if stored is None or not owned_by(tenant, stored.user_id):
             raise UnknownPrediction(f"no prediction with id {prediction_id!r}")
         return stored_response(stored)
 
     @api.delete("/users/{user_id}", response_model=UserErasedResponse, responses=_ERRORS)
-    async def erase_user(self, user_id: str = Path(min_length=1, max_length=256)) -> UserErasedResponse:
-        """Delete a user's stored predictions and outcomes, and what the personal prior learned
-        from them (here at once, on other replicas at their next poll)."""
+    async def erase_user(self, user_id: str = Path(min_length=1, max_length=256),
+                         tenant: str | None = Depends(KEYS.tenant_of)) -> UserErasedResponse:
+        """Delete a user's stored predictions and outcomes (the tenant's user, with keys), and
+        what the personal prior learned from them (here at once, elsewhere at the next poll)."""
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
-        erased = await self.outcomes.aerase_user(user_id)
+        erased = await self.outcomes.aerase_user(scoped_user(tenant, user_id))
         if self.prior_feed is not None:
-            self.prior_feed.prior.forget(user_id)
+            self.prior_feed.prior.forget(scoped_user(tenant, user_id))
         return UserErasedResponse(user_id=user_id, **erased)
 
     @api.get("/health", response_model=HealthResponse)
