@@ -37,6 +37,7 @@ from core.scorer import (
 )
 from core.settings import PROJECT_ROOT, Settings
 from deployments.serving.components import build_ranker
+from deployments.serving.failures import without_paths
 
 __all__ = ["ModelConfig", "RankerSlot", "split_model_config"]
 
@@ -139,6 +140,10 @@ def _check_main(argv: list[str]) -> int:
     return 0
 
 
+def _shown_reason(reason: str | None) -> str | None:
+    return without_paths(reason) if reason else reason
+
+
 class RankerSlot:
     """The ranker a replica serves now. Read ``slot.ranker`` once per batch."""
 
@@ -192,7 +197,7 @@ class RankerSlot:
             "previous_version": self.previous_version,
             "swap_error": self.last_error,
             # Why the heuristic ranker serves (no usable model at start), for /health.
-            "heuristic_reason": getattr(self.ranker, "reason", None),
+            "heuristic_reason": _shown_reason(getattr(self.ranker, "reason", None)),
             "last_swap_s": self.last_swap_s,
         }
 
