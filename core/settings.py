@@ -67,6 +67,10 @@ class Settings(BaseModel):
     population_user_cap: float = Field(1.0, gt=0)
     population_half_life_days: float = Field(30.0, gt=0)
     tenant: str | None = None
+    # API keys (deployments/serving/identity.py): "tenant=token,..." and/or a file of
+    # "tenant sha256-of-token" lines; with neither, clients are trusted to say who they are.
+    api_keys: SecretStr | None = None
+    api_keys_file: Path | None = None
 
     spec_max_bytes: int = Field(25 * 1024 * 1024, gt=0)
     spec_fetch_timeout_s: float = Field(10.0, gt=0)

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -30,6 +30,7 @@ from deployments.serving.feedback import (
     stored_response,
 )
 from deployments.serving.http_errors import BodySizeLimit, install_error_handlers
+from deployments.serving.identity import KEYS, ApiKeys, owned_by, scoped_user
 from deployments.serving.logs import log_outcome, log_prediction
 from deployments.serving.messages import GraphRequest, Ranked
 from deployments.serving.metrics import RequestMetrics, metrics
@@ -64,6 +65,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The error answers a route really gives, for the schema (tests/test_readme.py checks them
     against the README's list and the live /openapi.json)."""
     said = {
+        401: "API keys are configured and the request has no valid Authorization: Bearer token",
         404: "unknown prediction_id",
         409: "a different outcome is already recorded for this prediction",
         413: "request body too large (or, for /predict, the fetched spec)",
@@ -74,6 +76,12 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         504: "the spec host timed out, or the request passed the service's deadline (request_timeout_s)",
     }
     return {s: {"model": ErrorResponse, "description": said[s]} for s in statuses}
+
+
+def _tenant(dependency: object) -> str | None:
+    """The tenant FastAPI resolved, or None when a DeploymentHandle called the method directly
+    (the parameter then still holds its ``Depends`` default)."""
+    return dependency if isinstance(dependency, str) else None
 
 
 api = FastAPI(
@@ -110,6 +118,7 @@ class Ingress(Replica):
         _body_limit.max_bytes = self.settings.spec_max_bytes + 1024 * 1024
         _edge.seconds = self.settings.request_timeout_s
         self.shares = ClientShares(self.settings.client_max_concurrent)
+        KEYS.keys = ApiKeys.from_settings(self.settings)  # None: no keys, clients say who they are
         # Outcomes of predictions (deployments/serving/feedback.py); None: predictions still served.
         self.outcomes, self.outcomes_off_reason = open_store(self.settings)
         # Each user's habits, learned from those outcomes: the ranker's user_* features (and,
@@ -132,12 +141,18 @@ class Ingress(Replica):
         featured = self.extractor.extract.remote(requests, generated)
         return await self.ranker.rank.remote(featured)
 
-    @api.post("/predict", response_model=PredictResponse, responses=_errors(413, 422, 429, 502, 503, 504))
-    # `http` is FastAPI's Request over HTTP, None through a DeploymentHandle (another Ray job
-    # calls predict(body) / feedback(body): tests/test_handle_job.py, tests/test_readme.py).
-    async def predict(self, body: PredictRequest, http: Request = None) -> PredictResponse:  # type: ignore[assignment]
+    @api.post("/predict", response_model=PredictResponse,
+              responses=_errors(401, 413, 422, 429, 502, 503, 504))
+    # `http` and `tenant` are FastAPI's over HTTP. Through a DeploymentHandle (another Ray job
+    # calls predict(body) / feedback(body): tests/test_handle_job.py, tests/test_readme.py) there
+    # is no request and no key: the caller is inside the cluster, trusted as a keyless client.
+    async def predict(self, body: PredictRequest, http: Request = None,  # type: ignore[assignment]
+                      tenant: str | None = Depends(KEYS.tenant_of)) -> PredictResponse:
+        tenant = _tenant(tenant)
         address = source_address(http) if http is not None else None
-        with self.shares.hold(client_key(tenant=None, user_id=body.user_id, address=address)):
+        with self.shares.hold(client_key(tenant=tenant, user_id=body.user_id, address=address)):
+            if tenant is not None:  # stored and learned under the tenant's own namespace
+                body = body.model_copy(update={"user_id": scoped_user(tenant, body.user_id)})
             return await self._predict(body)
 
     async def _predict(self, body: PredictRequest) -> PredictResponse:
@@ -186,31 +201,36 @@ class Ingress(Replica):
         return response
 
     @api.post("/feedback", response_model=FeedbackResponse,
-              responses=_errors(404, 409, 413, 422, 429, 503, 504))
-    async def feedback(self, body: FeedbackRequest, http: Request = None) -> FeedbackResponse:  # type: ignore[assignment]
+              responses=_errors(401, 404, 409, 413, 422, 429, 503, 504))
+    async def feedback(self, body: FeedbackRequest, http: Request = None,  # type: ignore[assignment]
+                       tenant: str | None = Depends(KEYS.tenant_of)) -> FeedbackResponse:
         """Record what the user really did after a prediction; answers once it is on disk."""
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
+        tenant = _tenant(tenant)
         address = source_address(http) if http is not None else None
-        with self.shares.hold(client_key(tenant=None, user_id=None, address=address)):
+        with self.shares.hold(client_key(tenant=tenant, user_id=None, address=address)):
             result = await self.outcomes.arecord_outcome(
-                body.prediction_id, actual_endpoint=body.actual_endpoint, accepted=bool(body.accepted)
+                body.prediction_id, actual_endpoint=body.actual_endpoint, accepted=bool(body.accepted),
+                tenant=tenant,
             )
         log_outcome(result)
         return feedback_response(result)
 
     @api.get("/feedback/{prediction_id}", response_model=StoredPredictionResponse,
-             responses=_errors(404, 422, 503, 504))
+             responses=_errors(401, 404, 422, 503, 504))
     async def stored_prediction(
         self,
         prediction_id: str = PathParam(max_length=PREDICTION_ID_MAX_CHARS, pattern=PREDICTION_ID_PATTERN),
+        tenant: str | None = Depends(KEYS.tenant_of),
     ) -> StoredPredictionResponse:
         """A stored prediction and its outcome, if any."""
+        tenant = _tenant(tenant)
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
         await self.outcomes.aflush()
         stored = await asyncio.to_thread(self.outcomes.prediction, prediction_id)
-        if stored is None:
+        if stored is None or not owned_by(tenant, stored.user_id):
             raise UnknownPrediction(f"no prediction with id {prediction_id!r}")
         return stored_response(stored)
 
@@ -235,15 +255,18 @@ class Ingress(Replica):
     def check_health(self) -> None:
         check_feedback_writer(self.outcomes.status() if self.outcomes else None)
 
-    @api.delete("/users/{user_id}", response_model=UserErasedResponse, responses=_errors(422, 503, 504))
-    async def erase_user(self, user_id: str = PathParam(min_length=1, max_length=256)) -> UserErasedResponse:
-        """Delete a user's stored predictions and outcomes, and what the personal prior learned
-        from them (here at once, on other replicas at their next poll)."""
+    @api.delete("/users/{user_id}", response_model=UserErasedResponse,
+                responses=_errors(401, 422, 503, 504))
+    async def erase_user(self, user_id: str = PathParam(min_length=1, max_length=256),
+                         tenant: str | None = Depends(KEYS.tenant_of)) -> UserErasedResponse:
+        """Delete a user's stored predictions and outcomes (the tenant's user, with keys), and
+        what the personal prior learned from them (here at once, elsewhere at the next poll)."""
+        tenant = _tenant(tenant)
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
-        erased = await self.outcomes.aerase_user(user_id)
+        erased = await self.outcomes.aerase_user(scoped_user(tenant, user_id))
         if self.prior_feed is not None:
-            self.prior_feed.prior.forget(user_id)
+            self.prior_feed.prior.forget(scoped_user(tenant, user_id))
         return UserErasedResponse(user_id=user_id, **erased)
 
     @api.get("/health", response_model=HealthResponse, responses=_errors(503, 504))

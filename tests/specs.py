@@ -203,3 +203,15 @@ components:
   schemas:
     Pet: {type: object, properties: {id: {type: integer}, name: {type: string}}}
 """
+
+
+def yaml_alias_bomb(*, levels: int = 9, fanout: int = 12) -> bytes:
+    """"Billion laughs" in a valid spec: ``levels`` anchors each listing the previous one
+    ``fanout`` times (``fanout ** levels`` nodes once expanded), beside one real path, so that
+    only the alias cap refuses it (levels × fanout aliases: 108 by default, over the cap of 100)."""
+    names = "abcdefghijklmnopqrstuvwxyz"[: levels + 1]
+    lines = ["openapi: 3.0.0", "info: {title: bomb, version: '1'}",
+             "paths: {/a: {get: {responses: {'200': {description: ok}}}}}",
+             f"{names[0]}: &{names[0]} [{','.join(['x'] * fanout)}]"]
+    lines += [f"{c}: &{c} [{','.join(['*' + p] * fanout)}]" for p, c in zip(names, names[1:], strict=False)]
+    return ("\n".join(lines) + "\n").encode()

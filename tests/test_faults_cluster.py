@@ -22,10 +22,11 @@ from typing import Any
 import httpx
 import pytest
 
+from deployments.serving.resources import deployment_options
 from tests.faults import Load, kill_replica, percentile, record, replicas, statuses, wait_for
 from tests.llm_server import FakeLLMServer, Reply
 from tests.spec_server import SpecServer, spec_server
-from tests.specs import billing_spec
+from tests.specs import billing_spec, yaml_alias_bomb
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow, pytest.mark.faults]
 
@@ -363,21 +364,10 @@ def _spec_faults(specs: SpecServer) -> dict[str, tuple[str, int, float]]:
             422,
             quick,
         ),
+        # 9 levels x 12 aliases = 108, over the cap of 100, in an otherwise valid spec: only the
+        # alias cap refuses it (the earlier 8 x 9 = 72 was refused for having no paths).
         "YAML alias bomb": (
-            specs.add(
-                "/f/bomb.yaml",
-                (
-                    "openapi: 3.0.0\na: &a [x,x,x,x,x,x,x,x,x]\n"
-                    + "".join(
-                        f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n"
-                        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
-                    )
-                ).encode(),
-                content_type="application/yaml",
-            ),
-            422,
-            quick,
-        ),
+            specs.add("/f/bomb.yaml", yaml_alias_bomb(), content_type="application/yaml"), 422, quick),
         "JSON nested 100k deep": (specs.add("/f/deep.json", b"[" * 100_000 + b"]" * 100_000), 422, quick),
         "not OpenAPI": (specs.add("/f/other.json", b'{"hello": "world"}'), 422, quick),
         "host answers 500": (specs.add("/f/500.json", b"oops", status=500), 502, quick),
@@ -406,6 +396,8 @@ def test_spec_host_faults_get_the_documented_status_quickly_and_harm_no_replica(
         r = client.post("/predict", json=_body(spec=None, spec_url=url))
         took = time.monotonic() - t0
         results[name] = {"status": r.status_code, "ms": round(took * 1000)}
+        if name == "YAML alias bomb":
+            assert "YAML aliases" in r.text, r.text
         if r.status_code != status or took > limit_s:
             failures.append((name, r.status_code, status, round(took, 2), r.text[:300]))
             continue
@@ -471,10 +463,14 @@ def test_replica_killed_mid_load_is_replaced(client: httpx.Client, app, deployme
     # Only requests in flight at the kill may fail (4 clients; the ingress coalesces them).
     assert len(failed) <= 8, statuses(after_kill)
     assert all(s.status in (200, 500, 502, 503, 0) for s in failed)
-    # Nothing fails once Serve has replaced it, and that took seconds.
-    assert first_ok - killed_at < 30
+    # Nothing fails once Serve has replaced it, and that took seconds: Serve notices a dead
+    # replica at its next health check, so the period (2 s, not Serve's 10 s) bounds recovery
+    # (the bound was 30 s, which Serve's default period passed: 3.5-17.6 s measured).
+    period = deployment_options(deployment)["health_check_period_s"]
+    assert period <= 2, period
+    assert first_ok - killed_at < 2 * period + 3, first_ok - killed_at
     assert not [s for s in shots if s.start > last_failed and s.status != 200]
-    assert all(s.status == 200 for s in shots if s.start > killed_at + 30)
+    assert all(s.status == 200 for s in shots if s.start > killed_at + 2 * period + 3)
     wait_for(lambda: _health(client)["status"] == "ok", 60, "healthy after the replacement")
 
 

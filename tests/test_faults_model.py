@@ -82,6 +82,7 @@ def test_unusable_model_at_start_serves_the_heuristic_ranker_degraded(deploy, fa
         ranker = health["deployments"]["ranker"]
         assert ranker["degraded"] is True and ranker["model_version"].startswith("heuristic"), ranker
         assert "model" in (ranker["heuristic_reason"] or ""), ranker  # /health says why
+        assert str(root) not in json.dumps(health), health  # ... without where the files are
         spec = billing_spec()
         keys = {f"{m.upper()} {p}" for p, item in spec["paths"].items() for m in item if m != "parameters"}
         latencies = []

@@ -211,3 +211,35 @@ def test_one_client_flooding_slow_specs_does_not_fail_or_slow_another(app: str, 
     assert flood.get("429", 0) > 0, report  # the flooder did hit its share
     assert ok >= 0.99, report
     assert _p99(loud) <= 2 * _p99(quiet), report
+
+
+def test_the_spec_fetcher_resolves_through_the_bounded_resolver() -> None:
+    """The fetcher's look-ups go through its DnsResolver (so a slow name is cut at dns_timeout_s
+    and holds none of the loop's default threads), not through loop.getaddrinfo."""
+    from core.settings import load_settings
+    from deployments.serving.spec_fetch import SpecFetcher
+
+    release = threading.Event()
+
+    def black_holed(host: str, port: int, **_: Any) -> list[tuple[Any, ...]]:
+        release.wait(30)
+        return []
+
+    async def fetch() -> tuple[BaseException | None, float]:
+        fetcher = SpecFetcher(load_settings(dns_timeout_s=0.3, spec_fetch_timeout_s=5))
+        fetcher.resolver._getaddrinfo = black_holed  # a name server that never answers
+        t = time.perf_counter()
+        try:
+            await fetcher.fetch("http://specs.example.com/openapi.json")
+        except Exception as exc:  # noqa: BLE001 - the error is the result
+            return exc, time.perf_counter() - t
+        finally:
+            await fetcher.aclose()
+        return None, time.perf_counter() - t
+
+    try:
+        error, took = asyncio.run(fetch())
+    finally:
+        release.set()
+    assert isinstance(error, SpecFetchTimeout) and "resolving the spec host" in str(error), error
+    assert took < 1.5, took

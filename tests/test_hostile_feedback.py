@@ -206,3 +206,32 @@ def test_backup_while_writing_is_consistent_and_runs_as_a_command(tmp_path: Path
         assert orphans == 0 and copy["rows"]["outcomes"] > 0
         conn.close()
     assert copies[-1]["rows"]["predictions"] >= copies[0]["rows"]["predictions"]
+
+
+def test_an_acknowledged_outcome_is_committed_with_synchronous_full(tmp_path: Path) -> None:
+    """A SIGKILL cannot tell FULL from NORMAL (WAL survives a process crash either way; only an
+    OS crash or power loss loses NORMAL's last commits), so the crash test passed with NORMAL.
+    This watches the writer's statements: the commit an outcome is acknowledged after runs with
+    synchronous=FULL; contexts alone may run NORMAL."""
+    store = FeedbackStore(tmp_path / "f.sqlite")
+    spec = _spec(0)
+    for i in range(3):  # contexts only: committed with NORMAL
+        store.record_prediction(_ctx(f"p{i}", spec))
+        time.sleep(0.1)
+    time.sleep(0.3)
+    statements: list[str] = []
+    mode = store._synchronous  # what the writer connection runs with when the watch starts
+    store._writer_conn.set_trace_callback(statements.append)
+    store.record_outcome("p0", actual_endpoint="POST /v1/invoices")
+    store.close()
+    acknowledged = False
+    for sql in statements:
+        if sql.startswith("PRAGMA synchronous"):
+            mode = sql.split("=")[1].strip()
+        if "INTO outcomes" in sql:
+            acknowledged = True
+        if sql == "COMMIT" and acknowledged:
+            assert mode == "FULL", statements
+            break
+    else:
+        raise AssertionError(f"no commit of the outcome seen: {statements}")

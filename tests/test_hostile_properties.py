@@ -27,6 +27,7 @@ from core.spec.matching import split_path
 from core.spec.openapi import parse_spec
 from deployments.serving.llm import LLMGenerator, LLMUnavailable
 from deployments.serving.schemas import MAX_EVENTS, MAX_PROMPT_CHARS, FeedbackRequest, PredictRequest
+from tests.specs import yaml_alias_bomb
 
 FAST = settings(max_examples=100, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
 
@@ -326,6 +327,15 @@ def test_bombs_are_refused_or_parsed_quickly(raw: bytes) -> None:
     except SpecInvalid:
         pass
     assert time.perf_counter() - t0 < 5.0
+
+
+def test_a_yaml_alias_bomb_past_the_cap_is_refused_by_the_cap() -> None:
+    """Refused for its aliases, not for something else: without the cap this spec parses."""
+    t0 = time.perf_counter()
+    with pytest.raises(SpecInvalid, match="more than 100 YAML aliases"):
+        parse_spec(yaml_alias_bomb())
+    assert time.perf_counter() - t0 < 1.0
+    assert len(parse_spec(yaml_alias_bomb(levels=8, fanout=12))) == 1  # 96 aliases: a valid spec
 
 
 def test_ref_cycles_everywhere_terminate() -> None:

@@ -7,9 +7,13 @@ say only the kind of failure (issue 19: ``/health`` showed paths and raw error s
 
 from __future__ import annotations
 
+import re
 import sqlite3
 
-__all__ = ["failure_text"]
+__all__ = ["failure_text", "without_paths"]
+
+# An absolute path of three or more parts: only its last two (a model's directory and file) stay.
+_PATH = re.compile(r"(?:/[^/\s'\"]+)+(/[^/\s'\"]+/[^/\s'\"]+)")
 
 
 def failure_text(exc: BaseException) -> str:
@@ -19,3 +23,8 @@ def failure_text(exc: BaseException) -> str:
         name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
         return f"{name}: {exc}"
     return type(exc).__name__
+
+
+def without_paths(text: str) -> str:
+    """``text`` with absolute paths cut to their last two parts (``models/ranker.txt``)."""
+    return _PATH.sub(lambda m: m.group(1).lstrip("/"), text)

@@ -55,6 +55,7 @@ from core.outcomes import OutcomeSource, StoredPrediction
 from core.settings import Settings
 from core.spec.index import SpecIndex, parse_endpoint
 from deployments.serving.failures import failure_text
+from deployments.serving.identity import owned_by
 from deployments.serving.metrics import metrics
 from deployments.serving.schemas import (
     FeedbackResponse,
@@ -396,6 +397,7 @@ class _Outcome:
     accepted: bool
     source: OutcomeSource
     future: concurrent.futures.Future[OutcomeResult]
+    tenant: str | None = None  # with API keys: only this tenant's predictions
 
 
 @dataclass(slots=True)
@@ -485,6 +487,7 @@ class FeedbackStore(FeedbackReader):
         actual_endpoint: str | None = None,
         accepted: bool = False,
         source: OutcomeSource = "explicit",
+        tenant: str | None = None,
     ) -> concurrent.futures.Future[OutcomeResult]:
         """Queue an outcome; the future resolves once it is committed (or fails with
         :class:`UnknownPrediction`, :class:`OutcomeConflict`, :class:`InvalidRequest`)."""
@@ -495,7 +498,7 @@ class FeedbackStore(FeedbackReader):
             future.set_exception(FeedbackUnavailable("the feedback store is closed"))
             return future
         # Never waits for room: with the writer stuck, waiting would block the caller's event loop.
-        self._enqueue(_Outcome(prediction_id, actual_endpoint, accepted, source, future))
+        self._enqueue(_Outcome(prediction_id, actual_endpoint, accepted, source, future, tenant))
         return future
 
     async def aerase_user(self, user_id: str) -> dict[str, int]:
@@ -760,10 +763,12 @@ class FeedbackStore(FeedbackReader):
 
     def _insert_outcome(self, conn: sqlite3.Connection, item: _Outcome) -> OutcomeResult:
         row = conn.execute(
-            "SELECT p.spec_hash, p.shown, o.actual_endpoint, o.actual_key, o.rank, o.source "
+            "SELECT p.spec_hash, p.shown, o.actual_endpoint, o.actual_key, o.rank, o.source, p.user_id "
             "FROM predictions p LEFT JOIN outcomes o USING (prediction_id) WHERE p.prediction_id = ?",
             (item.prediction_id,),
         ).fetchone()
+        if row is not None and not owned_by(item.tenant, row[6]):
+            row = None  # another tenant's prediction: as unknown as one that does not exist
         if row is None:
             if item.prediction_id in self._lost:
                 raise FeedbackUnavailable(
@@ -771,7 +776,7 @@ class FeedbackStore(FeedbackReader):
                     f"({self._lost[item.prediction_id]}); its outcome cannot be recorded"
                 )
             raise UnknownPrediction(f"no prediction with id {item.prediction_id!r}")
-        spec_hash, raw_shown, old_endpoint, old_key, old_rank, old_source = row
+        spec_hash, raw_shown, old_endpoint, old_key, old_rank, old_source, _ = row
         shown = [s[0] for s in json.loads(raw_shown)]
         if item.accepted:
             if not shown:

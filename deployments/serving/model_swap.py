@@ -35,6 +35,7 @@ from core.scorer import (
 )
 from core.settings import PROJECT_ROOT, Settings
 from deployments.serving.components import build_ranker
+from deployments.serving.failures import without_paths
 from deployments.serving.probes import check_model_scores
 
 __all__ = ["ModelConfig", "RankerSlot", "split_model_config"]
@@ -138,6 +139,10 @@ def _check_main(argv: list[str]) -> int:
     return 0
 
 
+def _shown_reason(reason: str | None) -> str | None:
+    return without_paths(reason) if reason else reason
+
+
 class RankerSlot:
     """The ranker a replica serves now. Read ``slot.ranker`` once per batch."""
 
@@ -191,7 +196,7 @@ class RankerSlot:
             "previous_version": self.previous_version,
             "swap_error": self.last_error,
             # Why the heuristic ranker serves (no usable model at start), for /health.
-            "heuristic_reason": getattr(self.ranker, "reason", None),
+            "heuristic_reason": _shown_reason(getattr(self.ranker, "reason", None)),
             "last_swap_s": self.last_swap_s,
         }
 
