@@ -60,13 +60,12 @@ class Settings(BaseModel):
     # recorded outcomes into population_path (default data_dir / "population.sqlite") and given
     # to the ranker as its pop_* features; a count is used once population_min_users distinct
     # users made it, one user adds at most population_user_cap to it, and it halves every
-    # population_half_life_days. tenant scopes it (and nothing else yet) when set.
+    # population_half_life_days. With API keys, each tenant has its own.
     population_enabled: bool = True
     population_path: Path | None = None
     population_min_users: int = Field(3, ge=1)
     population_user_cap: float = Field(1.0, gt=0)
     population_half_life_days: float = Field(30.0, gt=0)
-    tenant: str | None = None
     # API keys (deployments/serving/identity.py): "tenant=token,..." and/or a file of
     # "tenant sha256-of-token" lines; with neither, clients are trusted to say who they are.
     api_keys: SecretStr | None = None

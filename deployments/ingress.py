@@ -166,7 +166,7 @@ class Ingress(Replica):
         if personal is not None and personal.counts:
             request["personal"] = personal.to_wire()
         history = spec.resolve_history(request["history"])
-        population = (self.population.store.view(spec, history, body.prompt)
+        population = (self.population.store.view(spec, history, body.prompt, user_id=body.user_id)
                       if self.population is not None else None)
         if population is not None and not population.empty:
             request["population"] = population.to_wire()

@@ -388,3 +388,15 @@ def test_the_counts_health_shows_follow_every_change(tmp_path, feedback) -> None
     two.clear(api_key(SPEC))
     assert two.memory.status() == walked(two.memory) == {}
     feed.stop()
+
+
+def test_with_api_keys_each_tenant_has_its_own_memory(tmp_path, feedback) -> None:
+    store = PopulationStore(tmp_path / "population.sqlite", tenants=True)
+    feed = PopulationFeed(store, feedback.path)
+    for user in ("acme/a", "acme/b", "acme/c"):  # as the ingress stores a tenant's users
+        _record(feedback, user, [LIST, GET, PAY])
+    feed.sync()
+    assert store.view(SPEC, AFTER_LIST_GET, None, user_id="acme/new", now=1e10).prev
+    assert store.view(SPEC, AFTER_LIST_GET, None, user_id="globex/new", now=1e10).empty
+    assert store.view(SPEC, AFTER_LIST_GET, None, now=1e10).empty
+    feed.stop()

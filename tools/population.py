@@ -31,16 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     which = clear.add_mutually_exclusive_group(required=True)
     which.add_argument("--api", help="the API's key, as `list` shows it")
     which.add_argument("--spec", type=Path, help="an OpenAPI document of the API (any version)")
+    clear.add_argument("--tenant", default="", help="with API keys: whose memory of the API (with --spec)")
     args = parser.parse_args(argv)
     settings = load_settings()
-    store = PopulationStore(args.path or settings.population_db_path, config=population_config(settings),
-                            tenant=settings.tenant or "")
+    store = PopulationStore(args.path or settings.population_db_path, config=population_config(settings))
     try:
         if args.command == "list":
             print(json.dumps(store.apis(), indent=1, sort_keys=True))
             return 0
         key = (args.api if args.api is not None
-               else api_key(parse_spec(args.spec.read_bytes()), settings.tenant or ""))
+               else api_key(parse_spec(args.spec.read_bytes()), args.tenant))
         removed = store.clear(key)
         print(json.dumps({"api": key, "counts_removed": removed}))
         return 0

@@ -51,7 +51,8 @@ class Pipeline:
         t2 = time.perf_counter()
         personal = user_transitions(self.prior if self.settings.personal_prior_feature else None,
                                     user_id=request.user_id, spec=spec, events=request.history())
-        population = self.population.view(spec, history, request.prompt) if self.population else None
+        population = (self.population.view(spec, history, request.prompt, user_id=request.user_id)
+                      if self.population else None)
         features = self.c.extractor.extract(spec, history, request.prompt, cset.candidates, personal,
                                             population)
         t3 = time.perf_counter()

@@ -75,10 +75,14 @@ def population_config(settings: Settings) -> PopulationConfig:
 class PopulationStore:
     """The memory's file and this process's mirror of it. Thread-safe."""
 
-    def __init__(self, path: str | Path, *, config: PopulationConfig | None = None, tenant: str = "") -> None:
+    def __init__(
+        self, path: str | Path, *, config: PopulationConfig | None = None, tenants: bool = False
+    ) -> None:
+        """``tenants``: the service has API keys, so a user id is ``tenant/user``
+        (:func:`deployments.serving.identity.scoped_user`) and each tenant has its own memory."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tenant = tenant
+        self.tenants = tenants
         self.memory = PopulationMemory(config)
         self._conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                      check_same_thread=False)
@@ -177,7 +181,7 @@ class PopulationStore:
                 continue
             history = spec.resolve_history([(e[0], e[1]) for e in json.loads(events)])
             obs = observation(spec, history, prompt, actual_key, user=user_digest(user_id, self.salt),
-                              t=recorded_at, tenant=self.tenant)
+                              t=recorded_at, tenant=self.tenant_of(user_id))
             if obs is None:
                 continue
             for key, nxt, _cell in self.memory.observe(obs):
@@ -220,10 +224,14 @@ class PopulationStore:
 
     # -- serving --------------------------------------------------------------------------------
 
-    def view(self, spec: SpecIndex, history: list[Call], prompt: str | None,
-             *, now: float | None = None) -> PopulationView:
-        """What the API's users did in this request's situation (only counts enough users made)."""
-        return self.memory.view(api_key(spec, self.tenant), history, prompt,
+    def tenant_of(self, user_id: str) -> str:
+        return user_id.split("/", 1)[0] if self.tenants and "/" in user_id else ""
+
+    def view(self, spec: SpecIndex, history: list[Call], prompt: str | None, *, user_id: str = "",
+             now: float | None = None) -> PopulationView:
+        """What the API's users (of ``user_id``'s tenant) did in this request's situation (only
+        counts enough users made)."""
+        return self.memory.view(api_key(spec, self.tenant_of(user_id)), history, prompt,
                                 now=time.time() if now is None else now)
 
     def clear(self, api: str) -> int:
@@ -288,5 +296,5 @@ def start_population_feed(settings: Settings, feedback: FeedbackStore | None) ->
     if feedback is None or not settings.population_enabled:
         return None
     store = PopulationStore(settings.population_db_path, config=population_config(settings),
-                            tenant=settings.tenant or "")
+                            tenants=settings.api_keys is not None or settings.api_keys_file is not None)
     return PopulationFeed(store, feedback.path).start()
