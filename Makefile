@@ -8,7 +8,7 @@ PORT ?= 8000
 export RAY_AUTH_MODE ?= disabled
 export OPENSESAME_ALLOW_PRIVATE_SPEC_HOSTS ?= 0
 
-.PHONY: install run test test-fast test-faults check train bench clean
+.PHONY: install run stop test test-fast test-faults check train bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -19,24 +19,31 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# A Ray head of its own on RAY_PORT, capped to the node (2 CPUs, what 4 GB leaves for replicas,
-# small object store, no dashboard: `python -m deployments.serving.resources`), then the app from
-# serve_config.yaml on :8000. Ctrl-C stops both; other Ray clusters are left alone. Serve's
-# settings are read by the processes the head starts (proxy, controller, replicas), so they go in
-# the head's environment: throughput-optimised Serve, HAProxy in place of the Python proxy with
-# admission control (past 16 requests per Ingress replica HAProxy answers 503 + Retry-After
-# itself: `python -m deployments.serving.admission`), and user code on the replica's own loop (no thread
-# hand-off per call: benchmarks/SERVING.md; HAProxy, not the replica, refuses the excess).
+# `make run`: a Ray head of its own on RAY_PORT, capped to the node (2 CPUs, what 4 GB leaves for
+# replicas, small object store: `python -m deployments.serving.resources`), then the app from
+# serve_config.yaml on HOST:PORT behind HAProxy, which admits 16 requests per Ingress replica and
+# answers the excess 503 + Retry-After itself (`python -m deployments.serving.admission`). HTTP
+# binds 127.0.0.1 unless HOST=0.0.0.0; Prometheus metrics on METRICS_PORT, Ray's dashboard (for
+# `serve status` / `serve deploy`) on 127.0.0.1:DASHBOARD_PORT. It prints where everything listens,
+# refuses in one line when a port is taken or an earlier run is still up, and Ctrl-C stops it all.
+# `make stop` (from any shell) ends every process `make run` started for that RAY_PORT, and only
+# those: tools/run.py.
+HOST ?= 127.0.0.1
 RAY_PORT ?= 6390
+METRICS_PORT ?= 8080
+DASHBOARD_PORT ?= 8265
+HAPROXY_METRICS_PORT ?= 9101
+HAPROXY_STATS_PORT ?= 8404
+# ACCESS_LOG=1: Serve's access log and one JSON line per prediction (deployments/serving/logs.py).
+ACCESS_LOG ?= 0
+RUN_ARGS = --host $(HOST) --port $(PORT) --ray-port $(RAY_PORT) --metrics-port $(METRICS_PORT) \
+	--dashboard-port $(DASHBOARD_PORT) --haproxy-metrics-port $(HAPROXY_METRICS_PORT) \
+	--haproxy-stats-port $(HAPROXY_STATS_PORT)
 run: $(STAMP)
-	@RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 \
-	    RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER="$$($(PY) -m deployments.serving.admission)" \
-	    $(VENV)/bin/ray start --head --block --port $(RAY_PORT) $$($(PY) -m deployments.serving.resources) & ray_pid=$$!; \
-	trap 'kill $$ray_pid 2>/dev/null; wait $$ray_pid 2>/dev/null' EXIT INT TERM; \
-	for i in $$(seq 60); do \
-	    $(VENV)/bin/ray status --address 127.0.0.1:$(RAY_PORT) >/dev/null 2>&1 && break; sleep 1; \
-	done; \
-	$(VENV)/bin/serve run --address 127.0.0.1:$(RAY_PORT) serve_config.yaml
+	@$(PY) -m tools.run start $(RUN_ARGS) $(if $(filter 1,$(ACCESS_LOG)),--access-log)
+
+stop: $(STAMP)
+	@$(PY) -m tools.run stop $(RUN_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

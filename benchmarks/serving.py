@@ -638,7 +638,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5.5))
     series = [
         ("serve", "closed", "o-"),
         ("serve", "open", "s--"),
@@ -647,30 +647,31 @@ def plot(r: dict[str, Any], path: Path) -> None:
         ("serve, python proxy", "closed", "d-"),
     ]
     for setup, mode, style in series:
+        # Joined left to right (by throughput), each point labelled with its load (clients of a
+        # closed loop, offered req/s of an open one): a closed loop that loses throughput at more
+        # clients shows as a label out of sequence, not as a line doubling back over itself.
         pts = sorted(
             (x for x in summaries(r) if x["setup"] == setup and x["mode"] == mode and x["p99_ms"]),
-            key=lambda x: x["level"],  # in order of load: a closed loop can lose throughput
+            key=lambda x: x["throughput_rps"],
         )
-        if pts:
-            ax.plot(
-                [x["throughput_rps"] for x in pts],
-                [x["p99_ms"] for x in pts],
-                style,
-                label=f"{setup} ({mode} loop), p99",
-            )
-            ax.plot(
-                [x["throughput_rps"] for x in pts],
-                [x["p50_ms"] for x in pts],
-                style,
-                alpha=0.35,
-                label=f"{setup} ({mode} loop), p50",
-            )
+        if not pts:
+            continue
+        xs = [x["throughput_rps"] for x in pts]
+        (line,) = ax.plot(xs, [x["p99_ms"] for x in pts], style, label=f"{setup} ({mode} loop), p99")
+        ax.plot(xs, [x["p50_ms"] for x in pts], style, color=line.get_color(), alpha=0.35,
+                label=f"{setup} ({mode} loop), p50")
+        unit = "c" if mode == "closed" else "/s"
+        for x in pts:
+            ax.annotate(f"{x['level']:g}{unit}", (x["throughput_rps"], x["p99_ms"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points", color=line.get_color())
     ax.set_xlabel("throughput (req/s)")
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
-    ax.axhline(250, color="grey", lw=0.8, ls=":")
-    ax.set_title("opensesame-predictor on 2 CPUs: latency against throughput")
-    ax.legend(fontsize=7)
+    ax.axhline(250, color="grey", lw=0.8, ls=":", label="p99 target, 250 ms")
+    ax.set_title("opensesame-predictor on 2 CPUs: latency against throughput\n"
+                 "(point labels: load, c = closed-loop clients, /s = open-loop offered req/s)", fontsize=10)
+    # Outside the axes: the legend never covers a point.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -56,6 +56,8 @@ for _reason, _names in {
     "repeat": "times_called called_last steps_since_called rel_same_op",
     "intent": "prompt_destructive",
     "habit": "user_p_next user_count_next",
+    "crowd": "pop_p_next pop_n_context pop_p_next2 pop_n_context2 pop_p_prompt pop_n_prompt "
+    "pop_p_next_grank pop_p_prompt_grank",
 }.items():
     for _n in _names.split():
         _REASON_OF[_n] = _reason
@@ -293,6 +295,8 @@ def explain(
         elif reason == "habit":
             if row[_COL["user_count_next"]] > 0:
                 text = "what you usually do next"
+        elif reason == "crowd":
+            text = _crowd_phrase(row, last, prompt)
         elif reason == "intent":
             if operation.destructive:
                 text = "your request asks to " + (
@@ -316,6 +320,20 @@ def explain(
     if operation.destructive:
         text += " (destructive)"
     return text
+
+
+def _crowd_phrase(row: np.ndarray, last: Operation | None, prompt: str | None) -> str | None:
+    """What the API's other users did here (the population memory's pop_* features)."""
+    by_prompt, after = row[_COL["pop_p_prompt"]], row[_COL["pop_p_next"]]
+    share = by_prompt if prompt and by_prompt > 0 else after
+    if not share > 0:
+        return None
+    most = "most people" if share >= 0.5 else "many people"
+    if prompt and by_prompt > 0:
+        return f"{most} who asked for this did this next"
+    if last is not None:
+        return f"{most} do this after {_doing(last)}"
+    return f"{most} start here"
 
 
 # The stems of DESTRUCTIVE_WORDS: the prompt word that asked for a destructive operation.

@@ -17,8 +17,10 @@ a particular API. A feature is one of
   on the training APIs (:mod:`core.priors.transitions`);
 * repetition and recency, history length, entry points, destructiveness versus intent;
 * the generator's sources and scores, and the candidate's rank in the generator's order;
-* personal (last, :data:`PERSONAL_FEATURES`): what this user did after the same previous call in
-  their recorded outcomes (:class:`UserTransitions`, handed in per request); 0 for a cold user.
+* personal (:data:`PERSONAL_FEATURES`): what this user did after the same previous call in
+  their recorded outcomes (:class:`UserTransitions`, handed in per request); 0 for a cold user;
+* population (last, :data:`core.priors.population.POPULATION_FEATURES`): what the API's users
+  as a whole did (:class:`PopulationView`, handed in per request); 0 with no traffic.
 
 Undefined values (e.g. the relation to a last call when there is none) are ``NaN``: LightGBM
 treats them as missing.
@@ -39,6 +41,7 @@ import numpy as np
 
 from core.candidates.types import SOURCES, Candidate
 from core.lexical import BM25
+from core.priors.population import POPULATION_FEATURES, PopulationView, population_columns
 from core.priors.transitions import RELATIONS, Transitions, normalized_segments, relation_of_segments
 from core.priors.word_vectors import DEFAULT_PATH as WORD_VECTORS_PATH
 from core.priors.word_vectors import WordVectors, load_word_vectors, operation_vectors, unit_rows
@@ -74,7 +77,7 @@ __all__ = [
     "COLD",
 ]
 
-FEATURE_VERSION = "9"
+FEATURE_VERSION = "10"
 
 METHOD_COLUMNS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
@@ -193,6 +196,8 @@ PERSONAL_FEATURES: tuple[str, ...] = (
     "user_count_next",  # of which the candidate
 )
 FEATURE_NAMES += PERSONAL_FEATURES
+# What all the API's users did in this situation (core/priors/population.py), after the personal block.
+FEATURE_NAMES += POPULATION_FEATURES
 _SEMANTIC_PROMPT = ("sem_prompt", "sem_prompt_rank", "sem_next_clause", "sem_clause_next_score",
                     "sem_clause_best_delta", "soft_coverage", "soft_new_coverage",
                     "soft_clause_next_score")
@@ -202,6 +207,7 @@ GROUP_RANKED = tuple(n[: -len("_grank")] for n in FEATURE_NAMES if n.endswith("_
 GROUP_GAPPED = tuple(n[: -len("_gap")] for n in FEATURE_NAMES if n.endswith("_gap"))
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 assert len(_COL) == len(FEATURE_NAMES), "duplicate feature name"
+_POPULATION = slice(_COL[POPULATION_FEATURES[0]], _COL[POPULATION_FEATURES[-1]] + 1)
 
 # -- words ---------------------------------------------------------------------------------------
 
@@ -526,8 +532,10 @@ class FeatureExtractor:
         prompt: str | None,
         candidates: Sequence[Candidate],
         personal: UserTransitions | None = None,
+        population: PopulationView | None = None,
     ) -> np.ndarray:
-        """``personal``: the user's own transitions after the last call (None: a cold user)."""
+        """``personal``: the user's own transitions after the last call (None: a cold user);
+        ``population``: what the API's users did in this situation (None: nothing known)."""
         n_ops = len(spec.operations)
         idx = np.fromiter((c.index for c in candidates), np.int64, count=len(candidates))
         if idx.size and (idx.min() < 0 or idx.max() >= n_ops):
@@ -597,6 +605,7 @@ class FeatureExtractor:
             v = X[:, col[name]]
             X[:, col[name + "_gap"]] = v - np.nanmax(v) if not np.isnan(v).all() else np.nan
         self._personal(X, ops, personal)
+        X[:, _POPULATION] = population_columns(population, ops)
         return X
 
     @staticmethod

@@ -38,6 +38,7 @@ class StoredPrediction:
     source: OutcomeSource | None = None
     recorded_at: float | None = None
     personal: dict[str, int] | None = None  # as the features used it; None: a cold user (or schema 1)
+    population: dict[str, Any] | None = None  # PopulationView wire as the features used it; None: none
 
     @property
     def history(self) -> list[tuple[str, dict[str, Any]]]:

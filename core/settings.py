@@ -6,13 +6,14 @@ test or a driver can set the environment first.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-__all__ = ["Settings", "load_settings", "PROJECT_ROOT", "SHIPPED_MODELS_DIR"]
+__all__ = ["Settings", "SettingsError", "load_settings", "PROJECT_ROOT", "SHIPPED_MODELS_DIR"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The model, word vectors and transition statistics that training writes and serving ships with.
@@ -60,6 +61,18 @@ class Settings(BaseModel):
     api_keys: SecretStr | None = None
     api_keys_file: Path | None = None
 
+    # What all the users of an API did next (core/priors/population.py), learned from the
+    # recorded outcomes into population_path (default data_dir / "population.sqlite") and given
+    # to the ranker as its pop_* features; a count is used once population_min_users distinct
+    # users made it, one user adds at most population_user_cap to it, and it halves every
+    # population_half_life_days. tenant scopes it (and nothing else yet) when set.
+    population_enabled: bool = True
+    population_path: Path | None = None
+    population_min_users: int = Field(3, ge=1)
+    population_user_cap: float = Field(1.0, gt=0)
+    population_half_life_days: float = Field(30.0, gt=0)
+    tenant: str | None = None
+
     spec_max_bytes: int = Field(25 * 1024 * 1024, gt=0)
     spec_fetch_timeout_s: float = Field(10.0, gt=0)
     spec_max_redirects: int = Field(5, ge=0)
@@ -85,6 +98,9 @@ class Settings(BaseModel):
     # only widen the candidates). Choose it for your LLM with `python -m benchmarks.llm_path`.
     llm_weight: float = Field(0.3, ge=0, le=1)
 
+    # Prometheus metrics through ray.serve.metrics (deployments/serving/metrics.py; README, Operations).
+    metrics: bool = True
+
     @field_validator("llm_base_url")
     @classmethod
     def _http_only(cls, v: str | None) -> str | None:
@@ -101,6 +117,10 @@ class Settings(BaseModel):
         return self.feedback_path or self.data_dir / "feedback.sqlite"
 
     @property
+    def population_db_path(self) -> Path:
+        return self.population_path or self.data_dir / "population.sqlite"
+
+    @property
     def model_registry_dir(self) -> Path:
         return self.models_dir or self.data_dir / "models"
 
@@ -109,10 +129,16 @@ class Settings(BaseModel):
         return bool(self.llm_base_url and self.llm_model)
 
 
+class SettingsError(ValueError):
+    """An ``OPENSESAME_*`` variable that is unknown or has a bad value; the message is one line
+    naming it."""
+
+
 def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
     """Settings from ``OPENSESAME_<FIELD>`` variables, then keyword overrides.
 
-    An unknown or malformed variable raises ``ValueError`` naming it, rather than being ignored.
+    An unknown or malformed variable raises :class:`SettingsError` naming it, rather than being
+    ignored.
     """
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -121,13 +147,21 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name not in Settings.model_fields:
-            raise ValueError(f"unknown setting {key}; known: {', '.join(_env_names())}")
+            close = difflib.get_close_matches(key, _env_names(), n=1, cutoff=0.8)
+            hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(_env_names())}"
+            raise SettingsError(f"unknown setting {key}; {hint}")
         values[name] = raw
     values.update(overrides)
     try:
         return Settings(**values)
     except ValidationError as exc:
-        raise ValueError(f"invalid OPENSESAME_* settings: {exc}") from None
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            source = ENV_PREFIX + field.upper() if field in values and field not in overrides else field
+            given = f"={values[field]!r}" if field in values and "key" not in field else ""  # no secrets
+            problems.append(f"{source}{given}: {error['msg']}")
+        raise SettingsError("invalid setting " + "; ".join(problems)) from None
 
 
 def _env_names() -> list[str]:

@@ -12,6 +12,7 @@ from ray import serve
 from core.errors import PredictorError
 from deployments.serving.components import build_generator
 from deployments.serving.messages import Generated, GraphRequest
+from deployments.serving.metrics import metrics
 from deployments.serving.replica import Replica
 from deployments.serving.resources import deployment_options
 from deployments.serving.spec_store import SpecStore
@@ -49,6 +50,9 @@ class CandidateGeneratorDeployment(Replica):
         spec = await self.store.by_hash(request["spec_hash"], shipped=request.get("spec_index"))
         history = spec.resolve_history(request["history"])
         result = await self.generator.generate(spec, history, request["prompt"], k=request["k"])
+        breaker = getattr(self.generator.llm, "breaker", None)  # None: no LLM configured
+        metrics().generated(fallback_reason=result.fallback_reason,
+                            breaker_state=breaker.state if breaker is not None else None)
         return Generated(**result.to_wire(), ms={"candidates": (time.perf_counter() - start) * 1000})
 
     async def health(self) -> dict[str, Any]:

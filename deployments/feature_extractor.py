@@ -12,6 +12,7 @@ from ray import serve
 from core.candidates.generator import CandidateSet
 from core.errors import PredictorError
 from core.features import UserTransitions
+from core.priors.population import PopulationView
 from deployments.serving.batching import apply_batch_config
 from deployments.serving.components import build_extractor
 from deployments.serving.messages import Featured, Generated, GraphRequest, candidates_of
@@ -73,7 +74,8 @@ class FeatureExtractorDeployment(BatchedReplica):
                 continue
             cset = CandidateSet.from_wire(gen)
             jobs.append((spec, spec.resolve_history(request["history"]), request["prompt"], cset.candidates,
-                         UserTransitions.from_wire(request.get("personal"))))
+                         UserTransitions.from_wire(request.get("personal")),
+                         PopulationView.from_wire(request.get("population"))))
             rows.append(i)
         # Inline, not in a worker thread: a thread hop per batch cost ~0.5 ms, and the few ms of
         # a batch hold up nothing (calls arriving meanwhile join the next batch; HAProxy, not

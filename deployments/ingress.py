@@ -10,11 +10,14 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, Path, Request
+from fastapi import FastAPI, Request
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from core.priors.personal import user_transitions
+from deployments.serving.api_docs import install_docs
 from deployments.serving.batching import Coalescer, IngressConfig
 from deployments.serving.failures import failure_text
 from deployments.serving.fairness import ClientShares, EdgeGuard, client_key, source_address
@@ -28,13 +31,19 @@ from deployments.serving.feedback import (
 )
 from deployments.serving.http_errors import BodySizeLimit, install_error_handlers
 from deployments.serving.identity import KEYS, ApiKeys, owned_by, scoped_user
+from deployments.serving.logs import log_outcome, log_prediction
 from deployments.serving.messages import GraphRequest, Ranked
+from deployments.serving.metrics import RequestMetrics, metrics
+from deployments.serving.population_store import start_population_feed
 from deployments.serving.prior_feed import start_prior_feed
+from deployments.serving.probes import check_feedback_writer, not_ready_reasons
 from deployments.serving.replica import Replica
 from deployments.serving.resources import deployment_options
 from deployments.serving.respond import respond
 from deployments.serving.schemas import (
-    ErrorBody,
+    PREDICTION_ID_MAX_CHARS,
+    PREDICTION_ID_PATTERN,
+    ErrorResponse,
     FeedbackRequest,
     FeedbackResponse,
     HealthResponse,
@@ -50,32 +59,39 @@ __all__ = ["Ingress", "api"]
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 2.0
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": dict[str, ErrorBody], "description": d}
-    for s, d in [
-        (413, "too large"),
-        (422, "invalid request or spec"),
-        (502, "spec host failed"),
-        (503, "overloaded (Retry-After)"),
-        (504, "spec host timed out"),
-    ]
-}
 
-_FEEDBACK_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": dict[str, ErrorBody], "description": d}
-    for s, d in [(404, "unknown prediction_id"), (409, "a different outcome is already recorded")]
-}
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers a route really gives, for the schema (tests/test_readme.py checks them
+    against the README's list and the live /openapi.json)."""
+    said = {
+        401: "API keys are on and the request has no valid one (Authorization: Bearer <key>)",
+        404: "unknown prediction_id",
+        409: "a different outcome is already recorded for this prediction",
+        413: "request body too large (or, for /predict, the fetched spec)",
+        422: "invalid request (the message names the field)",
+        429: "this client already has its share of requests in flight (client_max_concurrent; Retry-After)",
+        502: "the spec host answered an error or could not be reached",
+        503: "overloaded or a backend failed (Retry-After); for feedback also: the store is unavailable",
+        504: "the spec host timed out, or the request passed the service's deadline (request_timeout_s)",
+    }
+    return {s: {"model": ErrorResponse, "description": said[s]} for s in statuses}
+
 
 api = FastAPI(
     title="opensesame-predictor",
     description="Predicts the next API call from recent calls, a prompt and an OpenAPI spec.",
     version="0.1.0",
+    docs_url=None,  # Swagger UI from the installed package below, not a CDN
+    redoc_url=None,
 )
+install_docs(api)
 install_error_handlers(api)
 # Starlette refuses middleware added once the app runs, so it is added here and reads its limit
 # from the replica's settings, set in Ingress.__init__.
 _body_limit = BodySizeLimit.install(api)
-_edge = EdgeGuard.install(api)  # outermost: Serve's client-set timeout headers never reach us
+_edge = EdgeGuard.install(api)  # Serve's client-set timeout headers never reach the routes
+RequestMetrics.install(api)  # outermost (added last): it counts the edge's own 504s too
 
 
 @serve.deployment(name="Ingress", **deployment_options("Ingress"))
@@ -105,6 +121,8 @@ class Ingress(Replica):
         self.feature_prior = (self.prior_feed.prior
                               if self.prior_feed is not None and self.settings.personal_prior_feature
                               else None)
+        # What all users of each API did next, learned from the same outcomes: the pop_* features.
+        self.population = start_population_feed(self.settings, self.outcomes)
         # Concurrent requests go down the graph together: one handle call per stage per batch.
         self.graph: Coalescer[GraphRequest, Ranked] = Coalescer(self._down_the_graph)
 
@@ -117,10 +135,15 @@ class Ingress(Replica):
         featured = self.extractor.extract.remote(requests, generated)
         return await self.ranker.rank.remote(featured)
 
-    @api.post("/predict", response_model=PredictResponse, responses=_ERRORS)
-    async def predict(self, body: PredictRequest, http: Request,
-                      tenant: str | None = Depends(KEYS.tenant_of)) -> PredictResponse:
-        with self.shares.hold(client_key(tenant=tenant, user_id=body.user_id, address=source_address(http))):
+    @api.post("/predict", response_model=PredictResponse,
+              responses=_errors(401, 413, 422, 429, 502, 503, 504))
+    # `http` is FastAPI's Request over HTTP, None through a DeploymentHandle (another Ray job
+    # calls predict(body) / feedback(body): tests/test_handle_job.py, tests/test_readme.py);
+    # such callers are inside the cluster (Ray's token auth) and need no API key.
+    async def predict(self, body: PredictRequest, http: Request = None) -> PredictResponse:  # type: ignore[assignment]
+        tenant = KEYS.tenant_of(http) if http is not None else None
+        address = source_address(http) if http is not None else None
+        with self.shares.hold(client_key(tenant=tenant, user_id=body.user_id, address=address)):
             if tenant is not None:  # stored and learned under the tenant's own namespace
                 body = body.model_copy(update={"user_id": scoped_user(tenant, body.user_id)})
             return await self._predict(body)
@@ -135,6 +158,11 @@ class Ingress(Replica):
                                     events=request["history"])
         if personal is not None and personal.counts:
             request["personal"] = personal.to_wire()
+        history = spec.resolve_history(request["history"])
+        population = (self.population.store.view(spec, history, body.prompt)
+                      if self.population is not None else None)
+        if population is not None and not population.empty:
+            request["population"] = population.to_wire()
         if not self.store.is_shared(spec.spec_hash):  # the node's L2 failed: send the index along
             request["spec_index"] = spec.to_bytes()
         sent = time.perf_counter()
@@ -149,38 +177,47 @@ class Ingress(Replica):
             return contribs
 
         response = await respond(
-            ranked, request=body, spec=spec, history=spec.resolve_history(request["history"]),
+            ranked, request=body, spec=spec, history=history,
             prior=self.prior_feed.prior if self.prior_feed is not None else None,
             llm_weight=self.settings.llm_weight, explain_rows=explain_rows,
             timings_ms={"spec": spec_ms, **ranked["ms"]}, started=t0)
+        metrics().stages({"spec": spec_ms, **ranked["ms"]})
+        log_prediction(response)
         if self.outcomes is not None:  # enqueued only: written off the event loop
             self.outcomes.record_prediction(prediction_context(
                 request=body, response=response, spec=spec, candidates=ranked["candidates"],
-                personal=personal))
+                personal=personal, population=population))
         # Own time only: the graph's latency is the other deployments' to report, and fetching
         # and parsing a spec not cached yet is a cache miss, not load (a fresh deploy's first
         # requests would otherwise make the autoscaler add an Ingress replica that then sits idle).
         self.latency.observe(time.perf_counter() - t0 - graph_s - spec_ms / 1000)
         return response
 
-    @api.post("/feedback", response_model=FeedbackResponse, responses={**_ERRORS, **_FEEDBACK_ERRORS})
-    async def feedback(self, body: FeedbackRequest, http: Request,
-                       tenant: str | None = Depends(KEYS.tenant_of)) -> FeedbackResponse:
+    @api.post("/feedback", response_model=FeedbackResponse,
+              responses=_errors(401, 404, 409, 413, 422, 429, 503, 504))
+    async def feedback(self, body: FeedbackRequest, http: Request = None) -> FeedbackResponse:  # type: ignore[assignment]
         """Record what the user really did after a prediction; answers once it is on disk."""
+        tenant = KEYS.tenant_of(http) if http is not None else None
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
-        with self.shares.hold(client_key(tenant=tenant, user_id=None, address=source_address(http))):
+        address = source_address(http) if http is not None else None
+        with self.shares.hold(client_key(tenant=tenant, user_id=None, address=address)):
             result = await self.outcomes.arecord_outcome(
                 body.prediction_id, actual_endpoint=body.actual_endpoint, accepted=bool(body.accepted),
                 tenant=tenant,
             )
+        log_outcome(result)
         return feedback_response(result)
 
     @api.get("/feedback/{prediction_id}", response_model=StoredPredictionResponse,
-             responses=_FEEDBACK_ERRORS)
-    async def stored_prediction(self, prediction_id: str,
-                                tenant: str | None = Depends(KEYS.tenant_of)) -> StoredPredictionResponse:
+             responses=_errors(401, 404, 422, 503, 504))
+    async def stored_prediction(
+        self,
+        http: Request,
+        prediction_id: str = PathParam(max_length=PREDICTION_ID_MAX_CHARS, pattern=PREDICTION_ID_PATTERN),
+    ) -> StoredPredictionResponse:
         """A stored prediction and its outcome, if any."""
+        tenant = KEYS.tenant_of(http)
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
         await self.outcomes.aflush()
@@ -189,11 +226,33 @@ class Ingress(Replica):
             raise UnknownPrediction(f"no prediction with id {prediction_id!r}")
         return stored_response(stored)
 
-    @api.delete("/users/{user_id}", response_model=UserErasedResponse, responses=_ERRORS)
-    async def erase_user(self, user_id: str = Path(min_length=1, max_length=256),
-                         tenant: str | None = Depends(KEYS.tenant_of)) -> UserErasedResponse:
+    @api.get("/livez")
+    async def livez(self) -> dict[str, str]:
+        """Liveness: this replica answers (nothing downstream asked; deployments/serving/probes.py)."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", responses={503: {"description": "not ready, with the reasons"}})
+    async def readyz(self) -> JSONResponse:
+        """Readiness: a trained model loaded, the stores writable (deployments/serving/probes.py)."""
+        try:
+            ranker = await asyncio.wait_for(self.ranker.health.remote(), HEALTH_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - not answering in time is the answer
+            ranker = {"ok": False}
+        reasons = not_ready_reasons(ranker=ranker, feedback=self.outcomes.status() if self.outcomes else None,
+                                    feedback_enabled=self.settings.feedback_enabled,
+                                    spec_cache=self.store.status())
+        return JSONResponse({"status": "not ready" if reasons else "ready", "reasons": reasons},
+                            status_code=503 if reasons else 200)
+
+    def check_health(self) -> None:
+        check_feedback_writer(self.outcomes.status() if self.outcomes else None)
+
+    @api.delete("/users/{user_id}", response_model=UserErasedResponse, responses=_errors(401, 422, 503, 504))
+    async def erase_user(self, http: Request,
+                         user_id: str = PathParam(min_length=1, max_length=256)) -> UserErasedResponse:
         """Delete a user's stored predictions and outcomes (the tenant's user, with keys), and
         what the personal prior learned from them (here at once, elsewhere at the next poll)."""
+        tenant = KEYS.tenant_of(http)
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
         erased = await self.outcomes.aerase_user(scoped_user(tenant, user_id))
@@ -201,7 +260,7 @@ class Ingress(Replica):
             self.prior_feed.prior.forget(scoped_user(tenant, user_id))
         return UserErasedResponse(user_id=user_id, **erased)
 
-    @api.get("/health", response_model=HealthResponse)
+    @api.get("/health", response_model=HealthResponse, responses=_errors(503, 504))
     async def health(self) -> HealthResponse:
         names = ("candidate_generator", "feature_extractor", "ranker")
         handles = (self.generator, self.extractor, self.ranker)
@@ -222,6 +281,7 @@ class Ingress(Replica):
             "feedback": self.outcomes.status() if self.outcomes else {"off": self.outcomes_off_reason},
             "personal_prior": self.prior_feed.status() if self.prior_feed else {"off": True},
             "client_shares": self.shares.status(),
+            "population": self.population.status() if self.population else {"off": True},
         }
         degraded = (
             not all(a.get("ok") for a in answers.values())
@@ -245,6 +305,8 @@ class Ingress(Replica):
     async def __del__(self) -> None:
         if self.prior_feed is not None:
             await asyncio.to_thread(self.prior_feed.stop)
+        if self.population is not None:
+            await asyncio.to_thread(self.population.stop)
         if self.outcomes is not None:  # commit the queued prediction contexts
             await asyncio.to_thread(self.outcomes.close)
         await self.store.aclose()

@@ -12,7 +12,9 @@ from ray import serve
 from core.scoring import score_top_k
 from deployments.serving.batching import apply_batch_config
 from deployments.serving.messages import Featured, Ranked, candidates_of
+from deployments.serving.metrics import metrics
 from deployments.serving.model_swap import RankerSlot, split_model_config
+from deployments.serving.probes import check_model_scores
 from deployments.serving.replica import BatchedReplica, per_call
 from deployments.serving.resources import deployment_options
 
@@ -24,6 +26,7 @@ class RankerDeployment(BatchedReplica):
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         super().__init__(settings)
         self.slot = RankerSlot(self.settings)  # the model in use; swapped by reconfigure
+        metrics().serving_model(self.slot.ranker.version)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         # {"model_path": ...} moves to another model (loaded off the event loop, then switched);
@@ -31,6 +34,7 @@ class RankerDeployment(BatchedReplica):
         model_config, batching = split_model_config(user_config)
         self.batch_config = apply_batch_config(self._rank_calls, batching, self.wait)
         await self.slot.apply(model_config)
+        metrics().serving_model(self.slot.ranker.version)
 
     async def rank(self, featured: list[Featured | BaseException]) -> list[Ranked | BaseException]:
         """Scores for a batch of requests' features (the ingress coalesces requests)."""
@@ -76,6 +80,9 @@ class RankerDeployment(BatchedReplica):
                 model_version=ranker.version,
             ))
         return out
+
+    def check_health(self) -> None:
+        check_model_scores(self.slot.ranker)  # deployments/serving/probes.py says why only this
 
     async def health(self) -> dict[str, Any]:
         return {

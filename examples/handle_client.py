@@ -4,14 +4,17 @@ The service runs on a Ray cluster (``make run``, or any ``serve run serve_config
 script is a separate driver that joins that cluster and calls the Ingress deployment directly —
 no HTTP, the same pydantic request and response models as ``POST /predict``:
 
-    python examples/handle_client.py --address 127.0.0.1:6379 request.json
-    python examples/handle_client.py --address 127.0.0.1:6379 - < request.json
+    RAY_AUTH_MODE=disabled python examples/handle_client.py --address 127.0.0.1:6390 examples/request.json
+    RAY_AUTH_MODE=disabled python examples/handle_client.py --address 127.0.0.1:6390 - < examples/request.json
+
+(``make run``'s Ray head is ``127.0.0.1:6390``; a head started by ``ray start --head`` without
+``--port`` is on Ray's default, 6379.)
 
 Token auth (Ray 2.60): every process of a cluster must agree on ``RAY_AUTH_MODE``. With
 ``RAY_AUTH_MODE=token`` on the cluster, give this driver the same mode and the cluster's token:
 
     RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=/secrets/ray_token \\
-        python examples/handle_client.py --address HEAD:6379 request.json
+        python examples/handle_client.py --address HEAD:6379 examples/request.json
 
 (``RAY_AUTH_TOKEN=<token>`` works too; without either Ray reads ``~/.ray/auth_token``.) A local
 development cluster started with ``RAY_AUTH_MODE=disabled`` (what ``make run`` does) needs
@@ -55,7 +58,8 @@ def feedback(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--address", required=True, help="the cluster's GCS address, e.g. HEAD:6379")
+    parser.add_argument("--address", required=True,
+                        help="the cluster's GCS address: make run's is 127.0.0.1:6390")
     parser.add_argument("--app-name", default=APP_NAME)
     parser.add_argument("request", help="a /predict request body as a JSON file, or - for stdin")
     args = parser.parse_args(argv)

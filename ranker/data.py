@@ -30,6 +30,7 @@ from core.vocabulary import path_param_names
 
 if TYPE_CHECKING:
     from core.features import UserTransitions
+    from core.priors.population import PopulationView
 
 __all__ = [
     "Step",
@@ -47,7 +48,8 @@ __all__ = [
 ]
 
 # "personal": a simulated returning user's step, with their earlier outcomes (ranker.returning_users)
-Source = Literal["real", "synthetic", "personal"]
+# "population": a step that sees what other users of its API did (ranker.population)
+Source = Literal["real", "synthetic", "personal", "population"]
 Split = Literal["train", "valid"]
 
 _STEP_REF = re.compile(r"\$steps\.([^.\s}]+)\.outputs\.([A-Za-z0-9_\-]+)")
@@ -87,6 +89,7 @@ class Example:
     source: Source = "real"
     position: int = 0  # index of the target step in its workflow
     personal: UserTransitions | None = None  # the user's own earlier transitions (None: cold)
+    population: PopulationView | None = None  # what other users of the API did (None: nothing)
 
 
 # -- specs -------------------------------------------------------------------------------------

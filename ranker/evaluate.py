@@ -45,7 +45,7 @@ class Groups:
     labels: np.ndarray  # (rows,) float32, 1 for the true next call
     sizes: np.ndarray  # (groups,) int, candidates per group
     api: np.ndarray  # (groups,) str
-    source: np.ndarray  # (groups,) "real" | "synthetic" | "personal" (| "feedback")
+    source: np.ndarray  # (groups,) "real" | "synthetic" | "personal" | "population" (| "feedback")
     split: np.ndarray  # (groups,) "train" | "valid"
     history_len: np.ndarray  # (groups,) int
     gen_rank: np.ndarray  # (groups,) int: the target's index in the generator's order, or MISS
@@ -96,7 +96,7 @@ def build_groups(
     start = time.perf_counter()
     for n, ex in enumerate(examples, 1):
         candidates: list[Candidate] = generator.generate(ex.spec, ex.history, ex.prompt, limit=limit)
-        x = extractor.extract(ex.spec, ex.history, ex.prompt, candidates, ex.personal)
+        x = extractor.extract(ex.spec, ex.history, ex.prompt, candidates, ex.personal, ex.population)
         y = np.array([ex.spec.operations[c.index].key == ex.target for c in candidates], np.float32)
         X.append(x)
         labels.append(y)
@@ -170,7 +170,8 @@ def examples_hash(examples: Iterable[Example]) -> str:
             "\x1f".join((ex.api, ex.workflow_id, ex.source, str(ex.position), ex.target,
                          ex.prompt, *(c.key for c in ex.history),
                          *(f"{k}={n}" for k, n in sorted(
-                             ex.personal.counts.items() if ex.personal is not None else ())))).encode()
+                             ex.personal.counts.items() if ex.personal is not None else ())),
+                         repr(ex.population.to_wire()) if ex.population is not None else "")).encode()
         )
         h.update(b"\x1e")
     return h.hexdigest()

@@ -45,6 +45,7 @@ from core.candidates.retrieval import RetrievalGenerator
 from core.candidates.types import Candidate
 from core.features import FEATURE_NAMES, FEATURE_VERSION, FeatureExtractor, UserTransitions
 from core.outcomes import OutcomeLog, StoredPrediction
+from core.priors.population import PopulationView
 from core.priors.transitions import load_transitions
 from core.progress import step, track
 from core.scorer import CARD_FILE, MODEL_FILE, ModelCard, RankerModel, default_model_path, file_sha256
@@ -135,7 +136,8 @@ def feedback_groups(
             continue
         cands = [Candidate.from_wire(c) for c in s.candidates if 0 <= c[0] < len(spec.operations)]
         history = spec.resolve_history(s.history)
-        x = (extractor.extract(spec, history, s.prompt, cands, UserTransitions.from_wire(s.personal))
+        x = (extractor.extract(spec, history, s.prompt, cands, UserTransitions.from_wire(s.personal),
+                               PopulationView.from_wire(s.population))
              if cands else np.zeros((0, len(FEATURE_NAMES))))
         y = np.array([spec.operations[c.index].key == s.actual_key for c in cands], np.float32)
         hit = np.flatnonzero(y)
@@ -268,7 +270,8 @@ def retrain(
     workflows = load_workflows(jentic_dir, progress=True)
     real, synthetic, personal = base_examples(
         workflows, synthetic_per_api=config.synthetic_per_api,
-        personal_users_per_api=config.personal_users_per_api, seed=config.seed)
+        personal_users_per_api=config.personal_users_per_api, seed=config.seed,
+        population_same_flow=config.population_same_flow)
     step(f"      {len({w.api for w in workflows})} APIs, {len(real)} real + {len(synthetic)} "
          f"synthetic + {len(personal)} returning-user groups")
 

@@ -4,7 +4,9 @@
 1. Real workflows of ``--jentic-dir`` give one ranking group per step; synthetic sequences
    (:mod:`ranker.synth`) add ``--synthetic-per-api`` sequences per API; simulated returning
    users (:mod:`ranker.returning_users`, ``--personal-users-per-api``) add groups whose personal
-   features are not zero, so the model learns what a user's own habits are worth.
+   features are not zero, so the model learns what a user's own habits are worth; and the real
+   workflows again with what other users of their API did (:mod:`ranker.population`, out of
+   fold, ``--population-same-flow``), so it learns when to trust the population memory.
 2. Candidates come from the embedded :class:`RetrievalGenerator` (limit 30) and features from
    :class:`FeatureExtractor` — exactly the serving code. A group whose target the generator
    missed cannot teach anything (no positive label) but counts as a miss in evaluation.
@@ -86,6 +88,9 @@ DEFAULT_ROUNDS = 2000
 SYNTHETIC_WEIGHT = 0.3
 # Simulated returning users per API, of each kind (ranker.returning_users); their groups weigh 1.0.
 PERSONAL_USERS_PER_API = 1
+# Share of the workflows that also see their own flow run by other users (ranker.population); 0:
+# no population groups at all.
+POPULATION_SAME_FLOW = 0.5
 EARLY_STOPPING = 100
 CANDIDATES = 30
 
@@ -212,10 +217,13 @@ def synthetic_examples(
 
 
 def base_examples(
-    workflows: Sequence[Workflow], *, synthetic_per_api: int, personal_users_per_api: int, seed: int
+    workflows: Sequence[Workflow], *, synthetic_per_api: int, personal_users_per_api: int, seed: int,
+    population_same_flow: float = POPULATION_SAME_FLOW,
 ) -> tuple[list[Example], list[Example], list[Example]]:
-    """(real, synthetic, personal) examples: what ``ranker.train`` and ``ranker.retrain`` train on.
-    Returning users replay the real and synthetic routines of their API."""
+    """(real, synthetic, simulated users) examples: what ``ranker.train`` and ``ranker.retrain``
+    train on. Simulated users: returning users replaying the real and synthetic routines of their
+    API (``source="personal"``), then the real workflows with other users' traffic
+    (``source="population"``; none when ``population_same_flow`` < 0)."""
     real = list(examples(workflows))
     synthetic = synthetic_examples(workflows, per_api=synthetic_per_api, seed=seed)
     personal: list[Example] = []
@@ -225,6 +233,10 @@ def base_examples(
 
         routines = [*workflows, *synthesize_for_apis(workflows, seed=seed + 1, per_api=6)]
         personal = list(personal_examples(routines, seed=seed, users_per_api=personal_users_per_api))
+    if population_same_flow >= 0:
+        from ranker.population import population_examples
+
+        personal += population_examples(workflows, seed=seed, same_flow=population_same_flow)
     return real, synthetic, personal
 
 
@@ -236,6 +248,7 @@ class FitConfig:
     synthetic_per_api: int = 20
     synthetic_weight: float = SYNTHETIC_WEIGHT
     personal_users_per_api: int = PERSONAL_USERS_PER_API  # of each kind (habits, wandering); 0: none
+    population_same_flow: float = POPULATION_SAME_FLOW  # ranker.population; < 0: no population groups
     seed: int = 0
     transitions: Path = TRANSITIONS_PATH
     num_boost_round: int = DEFAULT_ROUNDS
@@ -293,9 +306,11 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
     transitions: Transitions = load_transitions(config.transitions)
     real, synthetic, personal = base_examples(
         workflows, synthetic_per_api=config.synthetic_per_api,
-        personal_users_per_api=config.personal_users_per_api, seed=config.seed)
+        personal_users_per_api=config.personal_users_per_api, seed=config.seed,
+        population_same_flow=config.population_same_flow)
     step(f"      {len({w.api for w in workflows})} APIs, {len(workflows)} workflows, "
-         f"{len(real)} real + {len(synthetic)} synthetic + {len(personal)} returning-user groups")
+         f"{len(real)} real + {len(synthetic)} synthetic + {len(personal)} returning-user and "
+         "population groups")
 
     step(f"[2/6] candidates (retrieval, limit {CANDIDATES}) and features "
          f"({len(FEATURE_NAMES)}, version {FEATURE_VERSION})")
@@ -331,7 +346,7 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
     step("[5/6] validation (held-out APIs; a target the generator missed is a miss)")
     metrics: dict[str, Any] = {}
     rows: dict[str, dict[str, float]] = {}
-    for source in ("real", "synthetic", "personal"):
+    for source in ("real", "synthetic", "personal", "population"):
         part = groups.select(is_valid & (groups.source == source))
         if not len(part):
             continue
@@ -375,9 +390,11 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
             "groups": {"train": len(train_groups), "early_stopping": len(stop_on),
                        "valid_real": int((is_valid & is_real).sum()),
                        "valid_synthetic": int((is_valid & (groups.source == "synthetic")).sum()),
-                       "valid_personal": int((is_valid & (groups.source == "personal")).sum())},
+                       "valid_personal": int((is_valid & (groups.source == "personal")).sum()),
+                       "valid_population": int((is_valid & (groups.source == "population")).sum())},
             "synthetic_per_api": config.synthetic_per_api,
             "personal_users_per_api": config.personal_users_per_api,
+            "population_same_flow": config.population_same_flow,
             "synthetic_weight": config.synthetic_weight,
             "max_apis": config.max_apis,
             "candidates": CANDIDATES,
@@ -410,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-weight", type=float, default=SYNTHETIC_WEIGHT)
     parser.add_argument("--personal-users-per-api", type=int, default=PERSONAL_USERS_PER_API,
                         help="simulated returning users per API and kind (habits, wandering); 0: none")
+    parser.add_argument("--population-same-flow", type=float, default=POPULATION_SAME_FLOW,
+                        help="share of workflows that also see their own flow run by other users "
+                             "(ranker.population); < 0: no population groups")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--transitions", type=Path, default=TRANSITIONS_PATH)
     parser.add_argument("--word-vectors", type=Path, default=WORD_VECTORS_PATH,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,3 +138,116 @@ def test_predict_against_nothing_reports_unreachable(capsys) -> None:
                         str(REQUEST), "--json", "--timeout", "2")
     assert code == 1 and json.loads(out)["status"] == "unreachable"
     assert Path(REQUEST).is_file()
+
+
+# -- errors: one line, a documented exit status, no traceback -------------------------------------
+
+
+def _cli(*argv: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OPENSESAME_")}
+    return subprocess.run([sys.executable, "-m", "tools.cli", *argv], cwd=PROJECT_ROOT,
+                          env={**base, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _one_line(run: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in run.stderr + run.stdout, run.stderr[-2000:]
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr[-2000:]
+    return lines[0]
+
+
+def test_a_refused_spec_host_in_process_is_one_line_naming_the_setting() -> None:
+    run = _cli("predict", "--in-process", "--user-id", "u1", "--spec-url", "http://127.0.0.1:9/openapi.json")
+    assert run.returncode == 1
+    line = _one_line(run)
+    assert line.startswith("error 422: spec host '127.0.0.1'")
+    assert "OPENSESAME_ALLOW_PRIVATE_SPEC_HOSTS=1" in line
+
+
+@pytest.mark.parametrize("variable, expected", [
+    ("OPENSESAME_DATADIR=x", "unknown setting OPENSESAME_DATADIR; did you mean OPENSESAME_DATA_DIR?"),
+    ("OPENSESAME_SPEC_MAX_BYTES=abc", "invalid setting OPENSESAME_SPEC_MAX_BYTES='abc': Input should be"),
+])
+@pytest.mark.parametrize("command", [["predict", "--in-process", "--request", str(REQUEST)], ["models"]])
+def test_a_bad_setting_is_one_line_and_exit_2(variable, expected, command) -> None:
+    name, value = variable.split("=")
+    run = _cli(*command, env={name: value})
+    assert run.returncode == 2
+    assert expected in _one_line(run)
+
+
+def test_models_names_the_shipped_version(capsys, tmp_path) -> None:
+    from core.scorer import RankerModel
+
+    code, out, _ = _run(capsys, "models", "--models-dir", str(tmp_path / "models"))
+    assert code == 0 and out.splitlines()[0] == f"current: the shipped model {RankerModel.load().version}"
+
+
+def test_no_ray_at_the_address_is_one_line_at_once() -> None:
+    from tests.conftest import free_port
+
+    started = time.monotonic()
+    run = _cli("predict", "--address", f"127.0.0.1:{free_port()}", "--request", str(REQUEST),
+               env={"RAY_AUTH_MODE": "disabled"})
+    assert run.returncode == 1 and time.monotonic() - started < 60
+    line = _one_line(run)
+    assert line.startswith("error unreachable: no Ray cluster at 127.0.0.1:") and "127.0.0.1:6390" in line
+
+
+def test_a_port_that_is_not_ray_gives_up_within_the_timeout() -> None:
+    """Something listens but never speaks Ray's protocol: Ray would retry for minutes."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        run = _cli("predict", "--address", f"127.0.0.1:{server.getsockname()[1]}", "--request", str(REQUEST),
+                   "--timeout", "4", env={"RAY_AUTH_MODE": "disabled"})
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+    assert run.returncode == 1
+    assert _one_line(run).startswith("error unreachable: Ray at 127.0.0.1:") and took < 40
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["feedback", "bad id!", "--accepted"], "invalid feedback: prediction_id: String should match pattern"),
+    (["predict", "--in-process", "--user-id", "u1", "--spec-url", "https://x/y", "-k", "99"],
+     "invalid request: k: Input should be less than or equal to 20"),
+    (["predict", "--in-process", "--request", "/nonexistent/request.json"], "invalid request: [Errno 2]"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, expected) -> None:
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and err.strip().splitlines() == [err.strip()] and err.startswith(expected), err
+
+
+@pytest.mark.parametrize("command", [["rollback", "--apply"], ["retrain", "--apply", "--no-promote"]])
+def test_a_rollout_to_no_cluster_is_one_line_at_once(command) -> None:
+    """`serve run --address` to a port where nothing listens would retry for the rollout's 120 s."""
+    from tests.conftest import free_port
+
+    started = time.monotonic()
+    run = _cli(*command, "--address", f"127.0.0.1:{free_port()}", env={"RAY_AUTH_MODE": "disabled"})
+    assert run.returncode == 1 and time.monotonic() - started < 30
+    assert _one_line(run).startswith("error unreachable: no Ray cluster at 127.0.0.1:")

@@ -46,7 +46,7 @@ def test_max_replicas_fit_two_cpus(deployments) -> None:
 def test_max_replicas_fit_four_gb_beside_ray(deployments) -> None:
     reserved = sum(max_replicas(d) * d["ray_actor_options"]["memory"] for d in deployments.values())
     assert reserved <= NODE.replica_memory_mb * MB
-    ray_own = NODE.ray_base_mb + NODE.object_store_mb + NODE.controller_mb + NODE.proxy_mb
+    ray_own = NODE.ray_base_mb + NODE.object_store_mb + NODE.controller_mb + NODE.proxy_mb + NODE.dashboard_mb
     assert ray_own + reserved / MB <= NODE.total_mb <= 4000
     # The measured size of a replica (~150 MB, more with specs cached) is what each reserves.
     assert all(d["ray_actor_options"]["memory"] >= 200 * MB for d in deployments.values())
@@ -58,6 +58,7 @@ def test_head_announces_what_replicas_may_take() -> None:
     assert int(args[args.index("--memory") + 1]) == NODE.replica_memory_mb * MB
     assert int(args[args.index("--object-store-memory") + 1]) == NODE.object_store_mb * MB
     assert "--include-dashboard=false" in args
+    assert "--include-dashboard=true" in NODE.ray_start_args(dashboard=True)
     with pytest.raises(ValueError, match="nothing left"):
         NodeBudget(total_mb=1000).ray_start_args()
 
@@ -66,9 +67,13 @@ def test_make_run_and_the_image_start_the_head_with_these_caps() -> None:
     makefile = (ROOT / "Makefile").read_text()
     dockerfile = (ROOT / "Dockerfile").read_text()
     run = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
-    assert re.search(r"ray start --head .*-m deployments\.serving\.resources", run.replace("\\\n", " "))
+    assert "-m tools.run start" in run  # which starts its head with tools.cluster.RayHead:
+    assert "*NODE.ray_start_args(" in (ROOT / "tools" / "cluster.py").read_text()
     assert re.search(r"ray start --head .*-m deployments\.serving\.resources", dockerfile)
-    for text in (run, dockerfile):
+    from tools.cluster import make_run_env  # what tools.run gives the head
+
+    env = " ".join(f"{k}={v}" for k, v in make_run_env().items())
+    for text in (env, dockerfile):
         assert "RAY_SERVE_THROUGHPUT_OPTIMIZED=1" in text
         assert "RAY_SERVE_ENABLE_HA_PROXY=1" in text
         assert "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0" in text
@@ -121,8 +126,12 @@ def test_the_kuberay_manifest_deploys_the_same_config(deployments) -> None:
         # Only max_replicas differs: a cluster of several nodes has room for more.
         theirs_auto = {**d["autoscaling_config"], "max_replicas": None}
         assert theirs_auto == {**ours["autoscaling_config"], "max_replicas": None}
-        assert {k: v for k, v in d.items() if k != "autoscaling_config"} == {
-            k: v for k, v in ours.items() if k != "autoscaling_config"
+        # And the Ingress's placement: on the head, beside the data volume (custom resource).
+        theirs_actor = dict(d["ray_actor_options"])
+        if d["name"] == "Ingress":
+            assert theirs_actor.pop("resources") == {"opensesame_data": 0.01}
+        assert {**d, "ray_actor_options": theirs_actor, "autoscaling_config": None} == {
+            **ours, "autoscaling_config": None
         }
     head = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]
     args = NODE.ray_start_args()

@@ -5,6 +5,7 @@ where the previous model keeps serving, is tests/test_hot_swap.py.)"""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -126,8 +127,10 @@ def crashing_model(root: Path) -> Path:
     shutil.copytree(shipped.parent if shipped.is_file() else shipped, target)
     model = target / MODEL_FILE
     text = model.read_text()
-    assert "left_child=3 2 4 -1" in text
-    model.write_text(text.replace("left_child=3 2 4 -1", "left_child=300000000 2 4 -1", 1))
+    # The first tree's first child index, whatever model is shipped, made to point far outside it.
+    first = re.search(r"^left_child=(-?\d+)", text, re.M)
+    assert first is not None
+    model.write_text(text[:first.start(1)] + "300000000" + text[first.end(1):])
     card = json.loads((target / CARD_FILE).read_text())
     card["data"]["model_sha256"] = file_sha256(model)
     card["version"] = "crashing"

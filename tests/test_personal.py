@@ -46,8 +46,12 @@ def _personal(X: np.ndarray) -> np.ndarray:
 # -- the features --------------------------------------------------------------------------------
 
 
-def test_personal_features_are_the_last_block() -> None:
-    assert FEATURE_NAMES[-len(PERSONAL_FEATURES):] == PERSONAL_FEATURES
+def test_personal_features_are_one_block_before_the_population_block() -> None:
+    from core.priors.population import POPULATION_FEATURES
+
+    assert FEATURE_NAMES[-len(PERSONAL_FEATURES) - len(POPULATION_FEATURES):-len(POPULATION_FEATURES)] \
+        == PERSONAL_FEATURES
+    assert FEATURE_NAMES[-len(POPULATION_FEATURES):] == POPULATION_FEATURES
     assert PERSONAL_FEATURES == ("user_p_next", "user_n_context", "user_count_next")
 
 
@@ -170,8 +174,9 @@ def test_a_schema_1_store_is_migrated_in_place(tmp_path) -> None:
     finally:
         store.close()
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
-    assert "personal" in [r[1] for r in check.execute("PRAGMA table_info(predictions)")]
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert {"personal", "population"} <= {r[1] for r in check.execute("PRAGMA table_info(predictions)")}
+    assert check.execute("SELECT count(*) FROM erasures").fetchone()[0] == 0
     check.close()
     FeedbackStore(path).close()  # opening a migrated file again changes nothing
 

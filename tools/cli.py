@@ -9,10 +9,13 @@
     models     the model versions and which one is current
     evaluate   ranking metrics of a model on the held-out APIs (and on recorded feedback)
     bench      a bounded load against a running service (or the in-process pipeline)
+    population what the population memory holds per API, and clearing an API (tools.population)
 
 Every command has ``--help``; long work draws a progress bar on stderr; ``--json`` prints one
-machine-readable document on stdout. Exit status: 0 success, 1 the service answered an error,
-2 bad arguments, 3 a retrain refused by its gate.
+machine-readable document on stdout. An error is one line on stderr, never a traceback. Exit
+status: 0 success; 1 the service answered an error or could not be reached (in process: the
+error the service would have answered); 2 bad arguments, request or OPENSESAME_* settings;
+3 a retrain refused by its gate.
 """
 
 from __future__ import annotations
@@ -20,15 +23,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
+import socket
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from core.errors import PredictorError
+from core.settings import SettingsError
+
 __all__ = ["main", "parse_event", "build_request"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
 
 
 # -- predict / feedback --------------------------------------------------------------------------
@@ -70,6 +81,21 @@ def build_request(args: argparse.Namespace) -> Any:
     return PredictRequest.model_validate(body)
 
 
+def one_line(exc: Exception) -> str:
+    """An input error as one line: a pydantic error as ``field: problem; …`` (as the service's
+    422 says it), anything else by its first line."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            found = errors(include_url=False, include_input=False)
+        except TypeError:
+            found = None
+        if found:
+            return "; ".join(f"{'.'.join(str(p) for p in e['loc']) + ': ' if e['loc'] else ''}{e['msg']}"
+                             for e in found[:5])
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _print_prediction(answer: dict[str, Any]) -> None:
     meta = answer["metadata"]
     print(f"prediction_id {answer['prediction_id']}  model {meta['model_version']}  "
@@ -97,20 +123,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         request = build_request(args)
     except (ValidationError, ValueError, OSError) as exc:
-        print(f"invalid request: {exc}", file=sys.stderr)
+        print(f"invalid request: {one_line(exc)}", file=sys.stderr)
         return 2
     if args.in_process:
-        answer = asyncio.run(_predict_in_process(request, args))
-    elif args.address:
-        import ray
-        from ray import serve
-
-        ray.init(address=args.address, log_to_driver=False)
         try:
-            answer = serve.get_app_handle(args.app_name).predict.remote(request).result(
-                timeout_s=args.timeout).model_dump(mode="json")
-        finally:
-            ray.shutdown()
+            answer = asyncio.run(_predict_in_process(request, args))
+        except PredictorError as exc:  # what the service would answer, said the same way
+            return _error(exc.status, {"error": {"status": exc.status, "message": exc.message}}, args.json)
+    elif args.address:
+        posted = _predict_by_handle(request, args)
+        if isinstance(posted, int):
+            return posted
+        answer = posted
     else:
         posted = _post(args, "/predict", request.model_dump(mode="json", exclude_none=True))
         if isinstance(posted, int):
@@ -121,6 +145,79 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         _print_prediction(answer)
     return 0
+
+
+def no_ray_at(address: str, *, timeout_s: float = 5.0) -> str | None:
+    """Why nothing can be a Ray head at ``address`` (its port does not answer), or None."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=min(timeout_s, 5.0)).close()
+    except (OSError, ValueError) as exc:
+        return (f"no Ray cluster at {address} ({exc.strerror if isinstance(exc, OSError) else exc}); "
+                "make run's head is 127.0.0.1:6390")
+    return None
+
+
+def connect_ray(address: str, *, timeout_s: float) -> str | None:
+    """Join the Ray cluster at ``address`` as a driver, within ``timeout_s``; None once joined,
+    else why not, in one line. Ray itself retries an absent GCS for minutes, logging as it goes:
+    the port is tried first, Ray's own lines are held back while it connects, and a connection
+    that still hangs ends the process when the time is up."""
+    import tempfile
+
+    import ray
+
+    absent = no_ray_at(address, timeout_s=timeout_s)
+    if absent is not None:
+        return absent
+    sys.stderr.flush()
+    stderr = os.dup(2)
+
+    def give_up() -> None:
+        os.write(stderr, f"error unreachable: Ray at {address} did not accept this driver within "
+                         f"{timeout_s:g} s (a Ray head there? the same RAY_AUTH_MODE?)\n".encode())
+        os._exit(EXIT_ERROR)
+
+    watchdog = threading.Timer(timeout_s, give_up)
+    watchdog.daemon = True
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)  # Ray's C++ core writes to fd 2 directly
+        watchdog.start()
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except Exception as exc:  # noqa: BLE001 - said in one line below
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            return f"cannot join Ray at {address}: {first}"
+        finally:
+            watchdog.cancel()
+            sys.stderr.flush()
+            os.dup2(stderr, 2)
+            os.close(stderr)
+    return None
+
+
+def _predict_by_handle(request: Any, args: argparse.Namespace) -> dict[str, Any] | int:
+    """The answer through a DeploymentHandle, as another Ray job; or the exit code after one line."""
+    import ray
+    from ray import serve
+
+    problem = connect_ray(args.address, timeout_s=args.timeout)
+    if problem is not None:
+        return _error("unreachable", problem, args.json)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no "Started <router…>" line
+    try:
+        answer: dict[str, Any] = serve.get_app_handle(args.app_name).predict.remote(request).result(
+            timeout_s=args.timeout).model_dump(mode="json")
+        return answer
+    except Exception as exc:  # noqa: BLE001 - every failure is one line, with its status if known
+        cause = getattr(exc, "cause", None) or exc  # a replica's error arrives wrapped in a RayTaskError
+        if isinstance(cause, PredictorError):
+            return _error(cause.status, {"error": {"status": cause.status, "message": cause.message}},
+                          args.json)
+        first = (str(cause).strip().splitlines() or [""])[0][:500]
+        return _error("failed", f"{type(cause).__name__}: {first}", args.json)
+    finally:
+        ray.shutdown()
 
 
 async def _predict_in_process(request: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -166,7 +263,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     try:
         FeedbackRequest.model_validate(body)
     except ValueError as exc:
-        print(f"invalid feedback: {exc}", file=sys.stderr)
+        print(f"invalid feedback: {one_line(exc)}", file=sys.stderr)
         return 2
     answer = _post(args, "/feedback", body)
     if isinstance(answer, int):
@@ -340,11 +437,12 @@ async def _bench_in_process(bodies: list[dict[str, Any]], args: argparse.Namespa
 
 # -- wiring --------------------------------------------------------------------------------------
 
-_FORWARDED = {
-    "train": ("ranker.train", []),
-    "retrain": ("tools.retrain", []),
-    "rollback": ("tools.retrain", ["rollback"]),
-    "models": ("tools.retrain", ["list"]),
+_FORWARDED = {  # command: (module, its arguments first, the one-line help)
+    "train": ("ranker.train", [], "train the ranker from the base data"),
+    "retrain": ("tools.retrain", [], "retrain on base data + recorded feedback, gate, promote"),
+    "rollback": ("tools.retrain", ["rollback"], "put the previous model version back"),
+    "models": ("tools.retrain", ["list"], "the model versions and which one is current"),
+    "population": ("tools.population", [], "what each API's population memory holds; clear one"),
 }
 
 
@@ -355,7 +453,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     out = argparse.ArgumentParser(add_help=False)
     out.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    out.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    out.add_argument("--timeout", type=float, default=30.0,
+                     help="seconds per request, and to join Ray with --address (default 30)")
 
     p = sub.add_parser("predict", parents=[out], help="predict the next call",
                        description="Predict the next API call. The request comes from --request "
@@ -413,21 +512,57 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
 
-    for name, (module, _) in _FORWARDED.items():
-        sub.add_parser(name, add_help=False, help=f"python -m {module} {' '.join(_FORWARDED[name][1])}"
-                       f" (options: opensesame {name} --help)".replace("  ", " "))
+    for name, (_, _, said) in _FORWARDED.items():
+        sub.add_parser(name, add_help=False, help=said)  # its options: opensesame NAME --help
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a known error (bad settings, a PredictorError) is one line on stderr and
+    its documented exit status, never a traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in _FORWARDED:  # these keep their own parsers, progress and --json
-        import importlib
+    # The service's warnings (a refused spec host, a cache bypassed) are for its logs; here the
+    # command's own line says what went wrong, once.
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if argv and argv[0] in _FORWARDED:  # these keep their own parsers, progress and --json
+            import importlib
 
-        module, prefix = _FORWARDED[argv[0]]
-        return int(importlib.import_module(module).main([*prefix, *argv[1:]]) or 0)
-    args = _parser().parse_args(argv)
-    return int(args.func(args))
+            module, prefix, _ = _FORWARDED[argv[0]]
+            address = _option(argv, "--address")
+            absent = no_ray_at(address) if address and "--help" not in argv and "-h" not in argv else None
+            if absent is not None:  # a rollout would retry the address for minutes first
+                print(f"error unreachable: {absent}", file=sys.stderr)
+                return EXIT_ERROR
+            return int(importlib.import_module(module).main([*prefix, *argv[1:]]) or 0)
+        args = _parser().parse_args(argv)
+        return int(args.func(args))
+    except SettingsError as exc:
+        print(f"opensesame: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PredictorError as exc:
+        print(f"error {exc.status}: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        from tools.rollout import RolloutError  # imported already when a rollout ran
+
+        if not isinstance(exc, RolloutError | subprocess.TimeoutExpired):
+            raise
+        print(f"rollout failed: {' '.join(str(exc).split())[:600]}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of ``name`` in ``argv`` (``--name value`` or ``--name=value``), if given."""
+    for i, word in enumerate(argv):
+        if word == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if word.startswith(name + "="):
+            return word.split("=", 1)[1]
+    return None
 
 
 if __name__ == "__main__":

@@ -124,6 +124,18 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shipped_version() -> str:
+    """``the shipped model <version>``: what serves while the registry has no current version."""
+    from core.scorer import RankerModel, default_model_path
+    from core.settings import load_settings
+
+    path = load_settings().model_path or default_model_path()
+    try:
+        return f"the shipped model {RankerModel.load(path).version}"
+    except (OSError, ValueError) as exc:
+        return f"the shipped model, which cannot be loaded ({exc})"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     listed = list_versions(args.models_dir)
     rows = [{"version": v.version, "current": v.current, "created": v.created, "hit@1": v.hit_at_1}
@@ -131,7 +143,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"current": listed.current, "versions": rows, "events": listed.events}, indent=1))
     else:
-        print(f"current: {listed.current or 'the shipped model'}")
+        print(f"current: {listed.current or _shipped_version()}")
         for r in rows:
             mark = "*" if r["current"] else " "
             h = f"{r['hit@1']:.3f}" if isinstance(r["hit@1"], float) else "-"

@@ -29,6 +29,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from deployments.serving.metrics import metrics
+
 __all__ = [
     "BatchConfig",
     "CoalescerConfig",
@@ -104,6 +106,7 @@ class BatchStats:
         self.items = 0
 
     def record(self, size: int) -> None:
+        metrics().batch(size)
         self.sizes.append(size)
         self.batches += 1
         self.items += size

@@ -56,6 +56,7 @@ from core.settings import Settings
 from core.spec.index import SpecIndex, parse_endpoint
 from deployments.serving.failures import failure_text
 from deployments.serving.identity import owned_by
+from deployments.serving.metrics import metrics
 from deployments.serving.schemas import (
     FeedbackResponse,
     PredictRequest,
@@ -85,8 +86,9 @@ log = logging.getLogger(__name__)
 
 # 1: the first release; 2: predictions.personal (the user's transitions the features were
 # computed with), added to a version-1 file in place (:data:`_MIGRATIONS`); 3: erasures (users
-# whose data was deleted, so every replica's personal prior forgets them too).
-SCHEMA_VERSION = 3
+# whose data was deleted, so every replica's personal prior forgets them too); 4:
+# predictions.population (what the API's users did, as the features used it).
+SCHEMA_VERSION = 4
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS specs (
         spec_hash TEXT PRIMARY KEY,
@@ -104,8 +106,9 @@ _SCHEMA = (
         events TEXT NOT NULL,           -- JSON [[endpoint, params, ts], ...] as received
         candidates TEXT NOT NULL,       -- JSON candidate wire tuples, in the generator's order
         shown TEXT NOT NULL,            -- JSON [[operation key, score], ...], best first
-        personal TEXT                   -- JSON {operation key: count}: the user's transitions the
+        personal TEXT,                  -- JSON {operation key: count}: the user's transitions the
                                         -- features used (core.features.UserTransitions); NULL: none
+        population TEXT                 -- JSON PopulationView.to_wire() the features used; NULL: none
     )""",
     "CREATE INDEX IF NOT EXISTS predictions_by_user ON predictions (user_id, spec_hash, created_at)",
     """CREATE TABLE IF NOT EXISTS outcomes (
@@ -127,6 +130,7 @@ _SCHEMA = (
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE predictions ADD COLUMN personal TEXT",),
     2: (_SCHEMA[-2], _SCHEMA[-1]),
+    3: ("ALTER TABLE predictions ADD COLUMN population TEXT",),
 }
 # How often the writer deletes what is older than the retention (and once when it starts).
 _PURGE_EVERY_S = 3600.0
@@ -161,6 +165,8 @@ class PredictionContext:
     created_at: float = field(default_factory=time.time)
     # the user's transitions the features were computed with (UserTransitions.to_wire()); None: none
     personal: dict[str, int] | None = None
+    # what the API's users did, as the features used it (PopulationView.to_wire()); None: nothing
+    population: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +284,7 @@ def _prepare(path: Path) -> None:
 _SELECT = (
     "SELECT p.prediction_id, p.user_id, p.spec_hash, p.created_at, p.model_version, p.prompt, "
     "p.k, p.events, p.candidates, p.shown, o.actual_endpoint, o.actual_key, o.rank, o.source, "
-    "o.recorded_at, p.personal FROM predictions p LEFT JOIN outcomes o USING (prediction_id)"
+    "o.recorded_at, p.personal, p.population FROM predictions p LEFT JOIN outcomes o USING (prediction_id)"
 )
 
 
@@ -291,6 +297,7 @@ def _row(row: tuple[Any, ...]) -> StoredPrediction:
         shown=[(s[0], float(s[1])) for s in json.loads(row[9])],
         actual_endpoint=row[10], actual_key=row[11], rank=row[12], source=row[13],
         recorded_at=row[14], personal=json.loads(row[15]) if row[15] else None,
+        population=json.loads(row[16]) if row[16] else None,
     )
 
 
@@ -465,6 +472,7 @@ class FeedbackStore(FeedbackReader):
             self._queue.put_nowait(ctx)
         except queue.Full:
             self.stats["dropped"] += 1
+            metrics().feedback.inc(tags={"result": "dropped"})
             if self.stats["dropped"] in (1, 10, 100) or self.stats["dropped"] % 1000 == 0:
                 log.warning("feedback queue full: %d prediction contexts dropped", self.stats["dropped"])
             return False
@@ -706,17 +714,19 @@ class FeedbackStore(FeedbackReader):
         self._settle_implicit(conn, ctx, events)
         conn.execute(
             "INSERT OR IGNORE INTO predictions (prediction_id, user_id, spec_hash, created_at, "
-            "model_version, prompt, k, events, candidates, shown, personal) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "model_version, prompt, k, events, candidates, shown, personal, population) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ctx.prediction_id, ctx.user_id, spec.spec_hash, ctx.created_at, ctx.model_version,
                 ctx.prompt, ctx.k, json.dumps(events, separators=(",", ":"), default=str),
                 json.dumps([list(c) for c in ctx.candidates], separators=(",", ":")),
                 json.dumps([[key, float(score)] for key, score in ctx.shown], separators=(",", ":")),
                 json.dumps(ctx.personal, separators=(",", ":"), sort_keys=True) if ctx.personal else None,
+                json.dumps(ctx.population, separators=(",", ":"), sort_keys=True) if ctx.population else None,
             ),
         )
         self.stats["predictions"] += 1
+        metrics().feedback.inc(tags={"result": "written"})
 
     def _settle_implicit(
         self, conn: sqlite3.Connection, ctx: PredictionContext, events: list[list[Any]]
@@ -748,6 +758,8 @@ class FeedbackStore(FeedbackReader):
                  time.time()),
             )
             self.stats["implicit"] += 1
+            metrics().outcome(api=ctx.spec.title, source="implicit",
+                              rank=shown.index(key) + 1 if key in shown else None)
 
     def _insert_outcome(self, conn: sqlite3.Connection, item: _Outcome) -> OutcomeResult:
         row = conn.execute(
@@ -793,6 +805,8 @@ class FeedbackStore(FeedbackReader):
             (item.prediction_id, endpoint, key, rank, source, time.time()),
         )
         self.stats["explicit"] += 1
+        if metrics().enabled:  # the API's title is one cached lookup; outcomes are few
+            metrics().outcome(api=self._spec_in(conn, spec_hash).title, source=source, rank=rank)
         return OutcomeResult(item.prediction_id, endpoint, key, rank, source, recorded=True)
 
     def _spec_in(self, conn: sqlite3.Connection, spec_hash: str) -> SpecIndex:
@@ -844,9 +858,10 @@ def open_store(settings: Settings) -> tuple[FeedbackStore | None, str | None]:
 
 def prediction_context(
     *, request: PredictRequest, response: PredictResponse, spec: SpecIndex, candidates: Sequence[Any],
-    personal: Any = None,
+    personal: Any = None, population: Any = None,
 ) -> PredictionContext:
-    """``personal``: the :class:`core.features.UserTransitions` the features were computed with."""
+    """``personal``: the :class:`core.features.UserTransitions` the features were computed with;
+    ``population``: the :class:`core.priors.population.PopulationView`."""
     return PredictionContext(
         prediction_id=response.prediction_id,
         user_id=request.user_id,
@@ -858,6 +873,7 @@ def prediction_context(
         shown=[(p.endpoint, p.score) for p in response.predictions],
         model_version=response.metadata.model_version,
         personal=personal.to_wire() if personal is not None else None,
+        population=population.to_wire() if population is not None else None,
     )
 
 

@@ -32,6 +32,8 @@ class GraphRequest(TypedDict):
     k: int
     # The user's transitions after the last event's call (UserTransitions.to_wire()); absent: cold.
     personal: NotRequired[Any]
+    # What the API's users did in this situation (PopulationView.to_wire()); absent: nothing known.
+    population: NotRequired[Any]
     # The parsed spec (SpecIndex.to_bytes()), when the receiver cannot read it from the node's L2.
     spec_index: NotRequired[bytes]
 

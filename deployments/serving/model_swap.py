@@ -23,10 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from core.features import FEATURE_NAMES
 from core.scorer import (
     MODEL_FILE,
     HeuristicRanker,
@@ -38,6 +36,7 @@ from core.scorer import (
 from core.settings import PROJECT_ROOT, Settings
 from deployments.serving.components import build_ranker
 from deployments.serving.failures import without_paths
+from deployments.serving.probes import check_model_scores
 
 __all__ = ["ModelConfig", "RankerSlot", "split_model_config"]
 
@@ -97,7 +96,7 @@ def load_warm(path: Path, *, require_sha256: bool = False, pinned_sha256: str | 
         raise ModelMismatch("the model card has no model_sha256; a swap verifies the file against it")
     model.ensure_loaded()
     # One scored row: LightGBM's first predict allocates; a broken model fails here, not live.
-    model.score_groups([np.zeros((1, len(FEATURE_NAMES)), np.float32)])
+    check_model_scores(model)
     return model
 
 

@@ -17,6 +17,7 @@ from core.settings import Settings, load_settings
 from deployments.serving.components import Components, build_components
 from deployments.serving.feedback import FeedbackStore, prediction_context
 from deployments.serving.messages import Ranked
+from deployments.serving.population_store import PopulationStore
 from deployments.serving.respond import respond
 from deployments.serving.schemas import PredictRequest, PredictResponse
 
@@ -31,12 +32,15 @@ class Pipeline:
         components: Components | None = None,
         feedback: FeedbackStore | None = None,
         prior: TransitionPrior | None = None,
+        population: PopulationStore | None = None,
     ):
         self.settings = settings or load_settings()
         self.c = components or build_components(self.settings)
         self.feedback = feedback  # when given, every prediction's context is recorded, as served
         # Users' habits (a PriorFeed's prior follows a store): features and/or blend, as served.
         self.prior = prior
+        # What all users of each API did (a PopulationFeed's store follows a feedback store).
+        self.population = population
 
     async def predict(self, request: PredictRequest) -> PredictResponse:
         t0 = time.perf_counter()
@@ -47,7 +51,9 @@ class Pipeline:
         t2 = time.perf_counter()
         personal = user_transitions(self.prior if self.settings.personal_prior_feature else None,
                                     user_id=request.user_id, spec=spec, events=request.history())
-        features = self.c.extractor.extract(spec, history, request.prompt, cset.candidates, personal)
+        population = self.population.view(spec, history, request.prompt) if self.population else None
+        features = self.c.extractor.extract(spec, history, request.prompt, cset.candidates, personal,
+                                            population)
         t3 = time.perf_counter()
         # The same work as the Ranker deployment: explanations for the shown rows only.
         [scored] = score_top_k(self.c.ranker, [features], [request.k])
@@ -68,7 +74,7 @@ class Pipeline:
         if self.feedback is not None:
             self.feedback.record_prediction(prediction_context(
                 request=request, response=response, spec=spec, candidates=wire["candidates"],
-                personal=personal))
+                personal=personal, population=population))
         return response
 
     async def aclose(self) -> None:

@@ -10,6 +10,8 @@ from core.settings import load_settings
 from deployments.serving.admission import lower_priority
 from deployments.serving.autoscaling import LatencyWindow
 from deployments.serving.batching import AdaptiveWait, BatchConfig, BatchStats
+from deployments.serving.logs import route_to_serve
+from deployments.serving.metrics import enable as enable_metrics
 
 __all__ = ["Replica", "BatchedReplica", "per_call"]
 
@@ -20,6 +22,8 @@ class Replica:
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         lower_priority()  # HAProxy and the proxy get the CPU first: refusals stay fast
         self.settings = load_settings(**(settings or {}))
+        enable_metrics(self.settings.metrics)
+        route_to_serve()  # our log lines in Serve's replica log, as JSON
         self.latency = LatencyWindow()
 
     def record_autoscaling_stats(self) -> dict[str, float]:

@@ -33,6 +33,9 @@ class NodeBudget:
     object_store_mb: int = 200
     controller_mb: int = 150
     proxy_mb: int = 150
+    # Ray's dashboard (measured ~120 MB RSS): `make run` starts it so that `serve status` and
+    # `serve deploy` work; reserved whether or not a head runs it.
+    dashboard_mb: int = 130
 
     def __post_init__(self) -> None:
         if self.replica_memory_mb <= 0:
@@ -44,14 +47,15 @@ class NodeBudget:
     @property
     def replica_memory_mb(self) -> int:
         """What replicas may reserve in all: the ``memory`` resource the head announces."""
-        return self.total_mb - self.ray_base_mb - self.object_store_mb - self.controller_mb - self.proxy_mb
+        return (self.total_mb - self.ray_base_mb - self.object_store_mb - self.controller_mb
+                - self.proxy_mb - self.dashboard_mb)
 
-    def ray_start_args(self) -> list[str]:
+    def ray_start_args(self, *, dashboard: bool = False) -> list[str]:
         return [
             "--num-cpus", str(self.num_cpus),
             "--memory", str(self.replica_memory_mb * MB),
             "--object-store-memory", str(self.object_store_mb * MB),
-            "--include-dashboard=false",
+            f"--include-dashboard={'true' if dashboard else 'false'}",
             "--disable-usage-stats",
         ]
 

@@ -17,6 +17,7 @@ __all__ = [
     "PredictMetadata",
     "PredictResponse",
     "ErrorBody",
+    "ErrorResponse",
     "HealthResponse",
     "FeedbackRequest",
     "FeedbackResponse",
@@ -26,12 +27,16 @@ __all__ = [
     "MAX_PROMPT_CHARS",
     "MAX_PARAM_VALUE_BYTES",
     "MAX_EVENT_PARAMS_BYTES",
+    "PREDICTION_ID_PATTERN",
+    "PREDICTION_ID_MAX_CHARS",
 ]
 
 MAX_EVENTS = 200
 MAX_PROMPT_CHARS = 4000
 MAX_PARAMS = 100
 MAX_ENDPOINT_CHARS = 2048
+PREDICTION_ID_PATTERN = r"^[A-Za-z0-9_\-]+$"
+PREDICTION_ID_MAX_CHARS = 64
 # The request travels between replicas over Ray's gRPC, which refuses messages over 4 MiB (an HTTP
 # 500), so params are bounded by their size as JSON. The largest of the 4,378 real workflow steps
 # has 2,331 bytes of params, the largest workflow 3,444 in all.
@@ -190,6 +195,12 @@ class ErrorBody(BaseModel):
     details: list[dict[str, Any]] | None = None
 
 
+class ErrorResponse(BaseModel):
+    """Every error answer: ``{"error": {"status", "message", "details"?}}``."""
+
+    error: ErrorBody
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
     model_version: str
@@ -202,7 +213,8 @@ class FeedbackRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prediction_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    prediction_id: str = Field(min_length=1, max_length=PREDICTION_ID_MAX_CHARS,
+                               pattern=PREDICTION_ID_PATTERN)
     actual_endpoint: str | None = Field(
         default=None, max_length=MAX_ENDPOINT_CHARS,
         examples=["POST /v1/invoices/in_123/pay", "POST /invoices/{invoice_id}/pay"],

@@ -188,9 +188,12 @@ class HostPolicy:
                 # The address and its kind go to the log only: a client must not learn what
                 # internal names resolve to.
                 log.warning("spec host %r refused: it resolves to %s (%s)", host, address, reason)
+                # Not which kind of address it is: the client learns only what a setting can lift.
+                hint = "" if reason == "cloud metadata" else (
+                    " (OPENSESAME_ALLOW_PRIVATE_SPEC_HOSTS=1 lifts this, for development)")
                 raise SpecHostRefused(
-                    f"spec host {host!r} is refused: specs are fetched only from public addresses "
-                    "(never cloud metadata; private ones only with allow_private_spec_hosts)"
+                    f"spec host {host!r} is refused: specs are fetched only from public "
+                    f"addresses{hint}"
                 )
         return addresses
 

@@ -18,10 +18,14 @@ from core.settings import Settings
 from core.spec.index import SpecIndex
 from core.spec.openapi import parse_spec, spec_hash_of
 from deployments.serving.messages import GraphRequest
+from deployments.serving.metrics import metrics
 from deployments.serving.spec_cache import SpecCacheDB, SpecL1Cache
 from deployments.serving.spec_fetch import SpecFetcher
 
 __all__ = ["SpecStore", "ParseSpec", "send_with_spec"]
+
+# The tags of a resolution counted in opensesame_spec_cache (one count per resolve).
+_HIT, _MISS = {"result": "hit"}, {"result": "miss"}
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -130,6 +134,7 @@ class SpecStore:
         spec_hash = await asyncio.to_thread(spec_hash_of, spec)
         index = await self._from_l1(spec_hash)
         if index is not None:
+            metrics().spec_cache.inc(tags=_HIT)
             return index
         return await self._single_flight(
             ("spec", spec_hash), lambda: self._load_or_parse(spec_hash, spec, None)
@@ -140,6 +145,7 @@ class SpecStore:
         if known is not None:
             index = await self._from_l1(known)
             if index is not None:
+                metrics().spec_cache.inc(tags=_HIT)
                 return index
         return await self._single_flight(("url", url), lambda: self._fetch_url(url, known))
 
@@ -148,6 +154,7 @@ class SpecStore:
         if spec_hash is not None:
             index = await self._from_l1(spec_hash) or await self._from_l2(spec_hash)
             if index is not None:
+                metrics().spec_cache.inc(tags=_HIT)
                 self._l1.put_url(url, spec_hash)
                 return index
         body, content_type = await self._fetch(url)
@@ -172,6 +179,7 @@ class SpecStore:
         L2 writes are awaited: other replicas are about to be handed this hash and read it there.
         """
         index = await self._from_l1(spec_hash) or await self._from_l2(spec_hash)
+        metrics().spec_cache.inc(tags=_MISS if index is None else _HIT)
         if index is None:
             index = await asyncio.to_thread(self._parse, document, content_type=content_type)
             await asyncio.to_thread(self._share, index, url)

@@ -1,0 +1,394 @@
+"""Run the service the way ``make run`` does, on ports of its own, and take it down again (``make run``
+itself starts its head with :class:`RayHead`: tools/run.py).
+
+``ray start --head --block`` (the node's caps from :mod:`deployments.serving.resources`) and
+``serve run <config>`` are child processes of the benchmark: stopping them stops every Ray process
+they started, and only those (never ``ray stop``, which would stop every Ray cluster on the
+machine). Processes are ended by pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deployments.serving.admission import ENV_VAR as ADMISSION_ENV_VAR
+from deployments.serving.admission import haproxy_health_check_inter
+from deployments.serving.resources import NODE
+from tools.loadgen import process_tree
+
+__all__ = [
+    "free_port",
+    "SpecServer",
+    "spec_server",
+    "RayHead",
+    "marked_pids",
+    "ServeApp",
+    "write_config",
+    "merged",
+    "wait_http",
+    "make_run_env",
+    "replica_failures",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def make_run_env() -> dict[str, str]:
+    """The Serve settings ``make run`` (and the image) put in the Ray head's environment:
+    throughput-optimised Serve, HAProxy in place of the Python proxy with admission control
+    (:mod:`deployments.serving.admission`), user code on the replica's own loop."""
+    return {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+        ADMISSION_ENV_VAR: haproxy_health_check_inter(),
+    }
+
+
+# Ports handed out here lie below the kernel's ephemeral range (32768+, where port-0 binds and
+# outgoing connections land) and above Ray's worker ports (10002-19999): a port chosen now and
+# bound by a server tens of seconds later (HAProxy's, once the head is up) cannot be taken
+# meanwhile by one of the sockets Ray opens. A random port from the ephemeral range once was.
+_PORTS = range(20000, 32768)
+
+
+def free_port() -> int:
+    for port in random.sample(_PORTS, 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))  # every address: HAProxy binds 0.0.0.0
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS}")
+
+
+class SpecServer:
+    """Serves spec files on loopback (the service fetches each once, then uses its cache)."""
+
+    def __init__(self, files: Mapping[str, bytes]) -> None:
+        files = dict(files)
+        self.hits: dict[str, int] = {}
+        hits = self.hits
+
+        class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                body = files.get(self.path)
+                hits[self.path] = hits.get(self.path, 0) + 1
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+
+@contextlib.contextmanager
+def spec_server(files: Mapping[str, bytes]) -> Iterator[SpecServer]:
+    server = SpecServer(files)
+    thread = threading.Thread(target=server.httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+
+
+def wait_http(
+    url: str,
+    *,
+    timeout_s: float,
+    expect: int = 200,
+    data: bytes | None = None,
+    head: subprocess.Popen | None = None,
+) -> None:
+    """Polls until ``url`` answers ``expect``; gives up at once if ``head`` (the server) exits."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        if head is not None and head.poll() is not None:
+            raise RuntimeError(f"the server exited ({head.returncode}) before {url} answered")
+        try:
+            req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                if r.status == expect:
+                    return
+                last = r.status
+        except urllib.error.HTTPError as exc:
+            last = exc.code
+        except OSError as exc:
+            last = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not answering {expect} after {timeout_s:.0f}s (last: {last})")
+
+
+def _stop(proc: subprocess.Popen[bytes], first: signal.Signals, grace_s: float) -> None:
+    """Signal the process, wait, then SIGKILL whatever is left of its tree (by pid)."""
+    if proc.poll() is None:
+        tree = process_tree([proc.pid])
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(first)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    else:
+        tree = set()
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+def marked_pids(temp_dir: str) -> list[int]:
+    """The processes a :class:`RayHead` with this temp dir started, whichever process asks:
+    ``make stop`` finds ``make run``'s this way. Marked by the head's variable in their
+    environment, or, for those whose process title overwrote it (``ray::DashboardAgent``, workers),
+    by a file open under the temp dir (their logs)."""
+    mine = []
+    needle = f"OS5_BENCH_HEAD={temp_dir}".encode() + b"\0"
+    prefix = temp_dir.rstrip("/") + "/"
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if needle in Path(f"/proc/{entry}/environ").read_bytes() or _holds_file_under(entry, prefix):
+                mine.append(int(entry))
+        except OSError:  # gone meanwhile, or another user's
+            continue
+    return mine
+
+
+def _holds_file_under(pid: str, prefix: str) -> bool:
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
+                return True
+    return False
+
+
+class RayHead:
+    """A capped Ray head node: the same ``ray start`` arguments as ``make run`` and the image."""
+
+    def __init__(self, *, env: Mapping[str, str] | None = None, extra_args: tuple[str, ...] = (),
+                 root: Path = ROOT, port: int | None = None, temp_dir: str | None = None,
+                 haproxy_ports: tuple[int, int] | None = None, dashboard: bool = False) -> None:
+        """``root``: the checkout whose code (and ``.venv``) the head and its apps run; another
+        one than this lets an A/B compare two versions of the code side by side. ``port``,
+        ``temp_dir``, ``haproxy_ports`` (metrics, stats) fixed rather than free ones: ``make run``'s
+        head (tools/run.py), which ``make stop`` finds again by its temp dir."""
+        self.root = root
+        self.bin = VENV_BIN if root == ROOT else root / ".venv" / "bin"
+        # Short path: Ray's unix sockets live under it and must stay under ~107 characters.
+        self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="os5-", dir="/tmp")
+        Path(self.temp_dir).mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.dashboard = dashboard
+        hap_metrics, hap_stats = haproxy_ports or (free_port(), free_port())
+        # Every process the head starts inherits this marker, including those that outlive their
+        # parent (HAProxy): stop() ends exactly the processes that carry it. HAProxy's own ports
+        # are fixed by default (8404, 9101); a head of our own takes free ones.
+        self.marker = f"OS5_BENCH_HEAD={self.temp_dir}"
+        # Its config, admin socket and state files default to /tmp/haproxy-serve, shared by every
+        # Ray cluster on the machine: each head gets its own.
+        haproxy_dir = Path(self.temp_dir) / "haproxy"
+        self.env = {
+            **os.environ,
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(hap_metrics),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(hap_stats),
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy_dir / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy_dir / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy_dir),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy_dir / "server-state"),
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(haproxy_dir / "metrics.sock"),
+            **(env or {}),
+            "OS5_BENCH_HEAD": self.temp_dir,
+        }
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = open(Path(self.temp_dir) / "ray-start.log", "wb")  # noqa: SIM115
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 60) -> RayHead:
+        cmd = [
+            str(self.bin / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            str(self.port),
+            "--ray-client-server-port",
+            str(free_port()),
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--temp-dir",
+            self.temp_dir,
+            *NODE.ray_start_args(dashboard=self.dashboard),
+            *self.extra_args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited {self.proc.returncode}; see {self.log.name}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5):
+                time.sleep(2)  # the GCS answers before the raylet has registered
+                return self
+            time.sleep(0.5)
+        raise TimeoutError(f"ray head not up after {timeout_s}s; see {self.log.name}")
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc and self.proc.poll() is None else []
+
+    def marked_pids(self) -> list[int]:
+        return marked_pids(self.temp_dir)
+
+    @property
+    def logs(self) -> Path:
+        return Path(self.temp_dir) / "session_latest" / "logs"
+
+    def stop(self, *, keep_logs: bool = False) -> None:
+        if self.proc is not None:
+            _stop(self.proc, signal.SIGTERM, 20)
+            self.proc = None
+        for pid in self.marked_pids():  # orphans of the head (e.g. HAProxy), by pid
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        self.log.close()
+        if not keep_logs:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> RayHead:
+        return self.start()
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.stop(keep_logs=exc_type is not None)
+
+
+# What the Serve controller logs (ray/serve/_private/deployment_state.py, ActorReplicaWrapper
+# .check_health) when a replica crashed (its actor died: a crash, the OOM killer, Ray's memory
+# monitor) or stopped answering its health checks. A replica the controller stops on purpose
+# (autoscaling down, a redeploy) goes through a graceful stop and logs neither.
+_REPLICA_FAILED = (
+    "crashed, marking it unhealthy immediately",
+    "times in a row, marking it unhealthy",
+    "died before controller could recover it",
+)
+
+
+def replica_failures(head: RayHead) -> list[str]:
+    """The Serve controller's log lines saying a replica crashed or failed its health checks.
+
+    Unlike comparing replica pids before and after, this tells a crash from the autoscaler adding
+    or removing replicas. Raises if the controller's log cannot be found (no silent pass)."""
+    logs = sorted((head.logs / "serve").glob("controller_*.log"))
+    if not logs:
+        raise FileNotFoundError(f"no Serve controller log under {head.logs / 'serve'}")
+    return [
+        line.strip()
+        for log in logs
+        for line in log.read_text(errors="replace").splitlines()
+        if any(marker in line for marker in _REPLICA_FAILED)
+    ]
+
+
+def write_config(
+    path: Path,
+    *,
+    port: int,
+    base: Path = ROOT / "serve_config.yaml",
+    deployments: Mapping[str, Mapping[str, Any]] | None = None,
+    host: str = "127.0.0.1",
+) -> Path:
+    """``serve_config.yaml`` on another host and port, with per-deployment overrides merged in
+    (nested mappings key by key)."""
+    doc = yaml.safe_load(base.read_text())
+    doc["http_options"]["port"] = port
+    doc["http_options"]["host"] = host
+    doc["applications"][0]["deployments"] = [
+        merged(d, (deployments or {}).get(d["name"], {})) for d in doc["applications"][0]["deployments"]
+    ]
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, nested mappings key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        both = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = merged(out[key], value) if both else value
+    return out
+
+
+class ServeApp:
+    """``serve run --non-blocking <config>`` against a head: the apps stay deployed (the Serve
+    controller is a detached actor) until the head stops. Deploying another config on the same
+    head updates the apps in place (keep the same HTTP port: the proxy keeps its first one)."""
+
+    def __init__(self, head: RayHead, config: Path) -> None:
+        self.head = head
+        self.config = config
+        self.port = yaml.safe_load(config.read_text())["http_options"]["port"]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(head.temp_dir) / f"serve-run-{config.stem}.log"
+
+    def start(self, probe_body: bytes, timeout_s: float = 180) -> ServeApp:
+        with open(self.log_path, "wb") as log:
+            done = subprocess.run(
+                [
+                    str(self.head.bin / "serve"),
+                    "run",
+                    "--non-blocking",
+                    "--address",
+                    self.head.address,
+                    str(self.config),
+                ],
+                env=self.head.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.head.root,
+                timeout=timeout_s,
+            )
+        if done.returncode:
+            tail = self.log_path.read_text(errors="replace")[-1500:]
+            raise RuntimeError(f"serve run exited {done.returncode} ({self.log_path}):\n{tail}")
+        wait_http(self.url + "/predict", timeout_s=timeout_s, data=probe_body)
+        return self
