@@ -56,6 +56,11 @@ class Settings(BaseModel):
     dns_threads: int = Field(4, gt=0)
     dns_timeout_s: float = Field(2.0, gt=0)
 
+    # API keys (deployments/serving/identity.py): "tenant=token,..." and/or a file of
+    # "tenant sha256-of-token" lines; with neither, clients are trusted to say who they are.
+    api_keys: SecretStr | None = None
+    api_keys_file: Path | None = None
+
     # What all the users of an API did next (core/priors/population.py), learned from the
     # recorded outcomes into population_path (default data_dir / "population.sqlite") and given
     # to the ranker as its pop_* features; a count is used once population_min_users distinct
@@ -66,10 +71,6 @@ class Settings(BaseModel):
     population_min_users: int = Field(3, ge=1)
     population_user_cap: float = Field(1.0, gt=0)
     population_half_life_days: float = Field(30.0, gt=0)
-    # API keys (deployments/serving/identity.py): "tenant=token,..." and/or a file of
-    # "tenant sha256-of-token" lines; with neither, clients are trusted to say who they are.
-    api_keys: SecretStr | None = None
-    api_keys_file: Path | None = None
 
     spec_max_bytes: int = Field(25 * 1024 * 1024, gt=0)
     spec_fetch_timeout_s: float = Field(10.0, gt=0)

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -65,7 +65,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The error answers a route really gives, for the schema (tests/test_readme.py checks them
     against the README's list and the live /openapi.json)."""
     said = {
-        401: "API keys are configured and the request has no valid Authorization: Bearer token",
+        401: "API keys are on and the request has no valid one (Authorization: Bearer <key>)",
         404: "unknown prediction_id",
         409: "a different outcome is already recorded for this prediction",
         413: "request body too large (or, for /predict, the fetched spec)",
@@ -76,12 +76,6 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         504: "the spec host timed out, or the request passed the service's deadline (request_timeout_s)",
     }
     return {s: {"model": ErrorResponse, "description": said[s]} for s in statuses}
-
-
-def _tenant(dependency: object) -> str | None:
-    """The tenant FastAPI resolved, or None when a DeploymentHandle called the method directly
-    (the parameter then still holds its ``Depends`` default)."""
-    return dependency if isinstance(dependency, str) else None
 
 
 api = FastAPI(
@@ -143,12 +137,11 @@ class Ingress(Replica):
 
     @api.post("/predict", response_model=PredictResponse,
               responses=_errors(401, 413, 422, 429, 502, 503, 504))
-    # `http` and `tenant` are FastAPI's over HTTP. Through a DeploymentHandle (another Ray job
-    # calls predict(body) / feedback(body): tests/test_handle_job.py, tests/test_readme.py) there
-    # is no request and no key: the caller is inside the cluster, trusted as a keyless client.
-    async def predict(self, body: PredictRequest, http: Request = None,  # type: ignore[assignment]
-                      tenant: str | None = Depends(KEYS.tenant_of)) -> PredictResponse:
-        tenant = _tenant(tenant)
+    # `http` is FastAPI's Request over HTTP, None through a DeploymentHandle (another Ray job
+    # calls predict(body) / feedback(body): tests/test_handle_job.py, tests/test_readme.py);
+    # such callers are inside the cluster (Ray's token auth) and need no API key.
+    async def predict(self, body: PredictRequest, http: Request = None) -> PredictResponse:  # type: ignore[assignment]
+        tenant = KEYS.tenant_of(http) if http is not None else None
         address = source_address(http) if http is not None else None
         with self.shares.hold(client_key(tenant=tenant, user_id=body.user_id, address=address)):
             if tenant is not None:  # stored and learned under the tenant's own namespace
@@ -202,12 +195,11 @@ class Ingress(Replica):
 
     @api.post("/feedback", response_model=FeedbackResponse,
               responses=_errors(401, 404, 409, 413, 422, 429, 503, 504))
-    async def feedback(self, body: FeedbackRequest, http: Request = None,  # type: ignore[assignment]
-                       tenant: str | None = Depends(KEYS.tenant_of)) -> FeedbackResponse:
+    async def feedback(self, body: FeedbackRequest, http: Request = None) -> FeedbackResponse:  # type: ignore[assignment]
         """Record what the user really did after a prediction; answers once it is on disk."""
+        tenant = KEYS.tenant_of(http) if http is not None else None
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
-        tenant = _tenant(tenant)
         address = source_address(http) if http is not None else None
         with self.shares.hold(client_key(tenant=tenant, user_id=None, address=address)):
             result = await self.outcomes.arecord_outcome(
@@ -221,11 +213,11 @@ class Ingress(Replica):
              responses=_errors(401, 404, 422, 503, 504))
     async def stored_prediction(
         self,
+        http: Request,
         prediction_id: str = PathParam(max_length=PREDICTION_ID_MAX_CHARS, pattern=PREDICTION_ID_PATTERN),
-        tenant: str | None = Depends(KEYS.tenant_of),
     ) -> StoredPredictionResponse:
         """A stored prediction and its outcome, if any."""
-        tenant = _tenant(tenant)
+        tenant = KEYS.tenant_of(http)
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
         await self.outcomes.aflush()
@@ -255,13 +247,12 @@ class Ingress(Replica):
     def check_health(self) -> None:
         check_feedback_writer(self.outcomes.status() if self.outcomes else None)
 
-    @api.delete("/users/{user_id}", response_model=UserErasedResponse,
-                responses=_errors(401, 422, 503, 504))
-    async def erase_user(self, user_id: str = PathParam(min_length=1, max_length=256),
-                         tenant: str | None = Depends(KEYS.tenant_of)) -> UserErasedResponse:
+    @api.delete("/users/{user_id}", response_model=UserErasedResponse, responses=_errors(401, 422, 503, 504))
+    async def erase_user(self, http: Request,
+                         user_id: str = PathParam(min_length=1, max_length=256)) -> UserErasedResponse:
         """Delete a user's stored predictions and outcomes (the tenant's user, with keys), and
         what the personal prior learned from them (here at once, elsewhere at the next poll)."""
-        tenant = _tenant(tenant)
+        tenant = KEYS.tenant_of(http)
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
         erased = await self.outcomes.aerase_user(scoped_user(tenant, user_id))
