@@ -60,7 +60,7 @@ def _half(workflow_id: str) -> str:
 class Bench:
     """The pipeline with a feedback store and a population store in ``data_dir``."""
 
-    def __init__(self, data_dir: Path, *, model: Path | None, min_users: int) -> None:
+    def __init__(self, data_dir: Path, *, model: Path | None, min_users: int, prompt: bool = True) -> None:
         from deployments.serving.components import build_components
         from deployments.serving.feedback import FeedbackStore
         from deployments.serving.pipeline import Pipeline
@@ -80,6 +80,7 @@ class Bench:
         self.scoring = Pipeline(self.settings, components=self.components, population=self.population)
         self.blind = Pipeline(self.settings, components=self.components)  # without the memory
         self.documents: dict[Path, dict[str, Any]] = {}
+        self.prompt = prompt  # False: every request without one (users rarely type one per call)
         self.lookup_ms: list[float] = []
         self._view = self.population.view
 
@@ -104,7 +105,7 @@ class Bench:
         ranks = []
         for step in wf.steps:
             request = PredictRequest(user_id=user, events=events[-20:], spec=doc, k=K,
-                                     prompt=wf.prompt or None)
+                                     prompt=(wf.prompt or None) if self.prompt else None)
             response = await pipeline.predict(request)
             shown = [p.endpoint for p in response.predictions]
             ranks.append(shown.index(step.key) if step.key in shown else MISS)
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="distinct-user threshold (default: the setting, 3)")
     parser.add_argument("--same-flow-users", type=int, default=5)
     parser.add_argument("--protocol", choices=("both", "other half", "same flows"), default="both")
+    parser.add_argument("--no-prompt", action="store_true", help="requests without the workflow's prompt")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -217,14 +219,14 @@ def main(argv: list[str] | None = None) -> int:
         keep = set(sorted({w.api for w in workflows})[: args.max_apis])
         workflows = [w for w in workflows if w.api in keep]
     command = " ".join(["python -m benchmarks.learning", *(sys.argv[1:] if argv is None else argv)])
-    results: dict[str, Any] = {"command": command, "min_users": min_users}
+    results: dict[str, Any] = {"command": command, "min_users": min_users, "prompt": not args.no_prompt}
 
     async def go() -> None:
         for name, protocol in (("other half", other_half), ("same flows", same_flows)):
             if args.protocol not in ("both", name):
                 continue
             with tempfile.TemporaryDirectory() as tmp:
-                bench = Bench(Path(tmp), model=args.model, min_users=min_users)
+                bench = Bench(Path(tmp), model=args.model, min_users=min_users, prompt=not args.no_prompt)
                 results.setdefault("model", bench.components.ranker.version)
                 try:
                     if protocol is other_half:
@@ -270,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "learning" if args.protocol == "both" and min_users == settings.population_min_users else \
         f"learning_{args.protocol.replace(' ', '_')}_min{min_users}"
+    stem += "_no_prompt" if args.no_prompt else ""
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / f"{stem}.md").write_text(
         "# Learning each API's flows from its users\n\n"

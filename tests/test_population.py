@@ -179,6 +179,19 @@ def _record(store: FeedbackStore, user: str, keys: list[str], *, prompt: str = "
         events.append((concrete, {}, None))
 
 
+AFTER_LIST_GET = [SPEC.resolve("GET /invoices"), SPEC.resolve("GET /invoices/in_1")]
+
+
+def _three_users(path, feedback: FeedbackStore) -> tuple[PopulationStore, PopulationFeed]:
+    """A store at ``path`` that learned LIST, GET, PAY from three users."""
+    store = PopulationStore(path)
+    feed = PopulationFeed(store, feedback.path)
+    for user in ("a", "b", "c"):
+        _record(feedback, user, [LIST, GET, PAY])
+    feed.sync()
+    return store, feed
+
+
 @pytest.fixture
 def feedback(tmp_path) -> Iterator[FeedbackStore]:
     s = FeedbackStore(tmp_path / "feedback.sqlite")
@@ -236,12 +249,8 @@ def test_replicas_share_one_file_and_each_outcome_counts_once(tmp_path, feedback
 
 
 def test_a_flood_through_the_store_moves_nothing(tmp_path, feedback) -> None:
-    store = PopulationStore(tmp_path / "population.sqlite")
-    feed = PopulationFeed(store, feedback.path)
-    for user in ("a", "b", "c"):
-        _record(feedback, user, [LIST, GET, PAY])
-    feed.sync()
-    history = [SPEC.resolve("GET /invoices"), SPEC.resolve("GET /invoices/in_1")]
+    store, feed = _three_users(tmp_path / "population.sqlite", feedback)
+    history = AFTER_LIST_GET
     before = store.view(SPEC, history, "get it paid", now=1e10)
     for _ in range(300):  # through the real store: fewer than 10,000 replays, the same guard
         _record(feedback, "flooder", [LIST, GET, CREATE])
@@ -291,7 +300,7 @@ def test_features_are_the_same_in_training_and_serving(tmp_path, feedback) -> No
 
 
 def test_retraining_rebuilds_the_population_features_that_were_served(feedback) -> None:
-    """The view a prediction's features used is stored with it (feedback schema 3), so the
+    """The view a prediction's features used is stored with it (feedback schema 4), so the
     retrain's features of a recorded outcome are the served ones."""
     from core.candidates.types import Candidate
     from core.settings import load_settings
@@ -323,12 +332,7 @@ def test_the_command_lists_and_clears_an_apis_memory(tmp_path, feedback, capsys)
     from tools.population import main
 
     path = tmp_path / "population.sqlite"
-    store = PopulationStore(path)
-    feed = PopulationFeed(store, feedback.path)
-    for user in ("a", "b", "c"):
-        _record(feedback, user, [LIST, GET, PAY])
-    feed.sync()
-    feed.stop()
+    _three_users(path, feedback)[1].stop()
     assert main(["--path", str(path), "list"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed[api_key(SPEC)]["usable"] > 0
@@ -337,3 +341,50 @@ def test_the_command_lists_and_clears_an_apis_memory(tmp_path, feedback, capsys)
     assert main(["--path", str(path), "clear", "--spec", str(spec_file)]) == 0
     assert json.loads(capsys.readouterr().out)["counts_removed"] == listed[api_key(SPEC)]["counts"]
     assert PopulationStore(path).apis() == {}
+
+
+def test_an_erased_user_leaves_every_count(tmp_path, feedback) -> None:
+    import asyncio
+
+    store, feed = _three_users(tmp_path / "population.sqlite", feedback)
+    history = AFTER_LIST_GET
+    assert store.view(SPEC, history, None, now=1e10).prev
+    asyncio.run(feedback.aerase_user("a"))
+    feed.sync()
+    assert store.view(SPEC, history, None, now=1e10).empty  # two users left: below the threshold
+    again = PopulationStore(tmp_path / "population.sqlite")  # and so it stays, on the file
+    assert again.view(SPEC, history, None, now=1e10).empty
+    assert all(len(c.users) <= 2 for row in again.memory._cells.values() for c in row.values())
+    feed.stop()
+
+
+def test_the_counts_health_shows_follow_every_change(tmp_path, feedback) -> None:
+    """status() is kept as cells change (no walk on /health): it must equal a walk, after
+    observing, mirroring another replica, erasing, forgetting and clearing."""
+    import asyncio
+
+    def walked(memory: PopulationMemory) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for (api, _kind, _ctx), row in memory._cells.items():
+            for cell in row.values():
+                s = out.setdefault(api, {"counts": 0, "usable": 0})
+                s["counts"] += 1
+                s["usable"] += len(cell.users) >= memory.config.min_users
+        return out
+
+    path = tmp_path / "population.sqlite"
+    one, feed = _three_users(path, feedback)
+    two = PopulationStore(path)
+    _record(feedback, "d", [LIST, CREATE])
+    asyncio.run(feedback.aerase_user("b"))
+    feed.sync()
+    PopulationFeed(two, feedback.path).sync()  # mirrors one's commits
+    for store in (one, two):
+        assert store.memory.status() == walked(store.memory) != {}
+    assert one.memory.status() == two.memory.status()
+    one.memory.forget_faded(now=1e12)  # everything faded
+    assert one.memory.status() == walked(one.memory)
+    assert one.memory.status()[api_key(SPEC)]["usable"] == 0
+    two.clear(api_key(SPEC))
+    assert two.memory.status() == walked(two.memory) == {}
+    feed.stop()

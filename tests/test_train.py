@@ -69,6 +69,7 @@ def test_train_entry_point_end_to_end(jentic_dir, tmp_path) -> None:
     kinds = {"real", "synthetic", "personal", "population"}
     assert {"real", "synthetic"} <= set(card["metrics"]["validation"]) <= kinds
     assert card["data"]["personal_users_per_api"] == 1
+    assert card["data"]["population_same_flow"] == 0.5
     assert 0 <= card["metrics"]["validation"]["real"]["ranker"]["hit@1"] <= 1
     assert model.card.calibration["temperature"] > 0
     assert (out / MODEL_FILE).stat().st_size < 5_000_000

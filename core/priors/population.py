@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,9 +61,6 @@ __all__ = [
 
 START = "<start>"
 UNKNOWN = "<unknown>"
-# The contexts a transition is counted in: after the last call, after the last two, and after
-# the last call for requests whose prompt held a word.
-KINDS = ("prev", "prev2", "word")
 MAX_WORDS = 16  # distinct prompt words a request is counted under (the rarest in the prompt first)
 # A contributor whose decayed weight fell below this is forgotten (4 half-lives with cap 1): the
 # distinct-user count then follows recent traffic.
@@ -79,6 +76,7 @@ POPULATION_FEATURES: tuple[str, ...] = (
     "pop_p_next_grank",  # rank of pop_p_next among the request's candidates (0 = best)
     "pop_p_prompt_grank",
 )
+_COL = {name: i for i, name in enumerate(POPULATION_FEATURES)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,6 +256,15 @@ class PopulationMemory:
         self._cells: dict[Context, dict[str, Cell]] = {}
         self._lock = threading.Lock()
         self.observed = 0
+        # per API: [counts, counts with enough users], kept as cells change (status() walks nothing)
+        self._tally: dict[str, list[int]] = {}
+
+    def _account(self, api: str, before: Cell | None, before_users: int, after: Cell | None) -> None:
+        tally = self._tally.setdefault(api, [0, 0])
+        tally[0] += (after is not None) - (before is not None)
+        need = self.config.min_users
+        tally[1] += ((after is not None and len(after.users) >= need)
+                     - (before is not None and before_users >= need))
 
     def observe(self, obs: Observation) -> list[tuple[Context, str, Cell]]:
         """Adds one outcome; returns the cells it changed."""
@@ -265,8 +272,12 @@ class PopulationMemory:
         with self._lock:
             for kind, ctx in obs.keys:
                 key = (obs.api, kind, ctx)
-                cell = self._cells.setdefault(key, {}).setdefault(obs.next, Cell())
+                row = self._cells.setdefault(key, {})
+                old = row.get(obs.next)
+                users = len(old.users) if old is not None else 0
+                cell = row.setdefault(obs.next, Cell())
                 contribute(cell, obs.user, obs.t, self.config)
+                self._account(obs.api, old, users, cell)
                 changed.append((key, obs.next, cell))
             self.observed += 1
         return changed
@@ -277,25 +288,50 @@ class PopulationMemory:
         with self._lock:
             for key, row in self._cells.items():
                 for nxt, cell in row.items():
+                    users = len(cell.users)
                     out += [(key, nxt, d, cell) for d in faded(cell, now, self.config)]
+                    self._account(key[0], cell, users, cell)
         return out
+
+    def erase(self, digest: str, now: float) -> list[tuple[Context, str, Cell]]:
+        """Removes one contributor (a user erased) from every count, with their part of its
+        total; returns the cells changed."""
+        changed = []
+        with self._lock:
+            for key, row in self._cells.items():
+                for nxt, cell in row.items():
+                    if digest in cell.users:
+                        users = len(cell.users)
+                        w, at = cell.users.pop(digest)
+                        cell.total = max(decayed(cell.total, cell.t, now, self.config.half_life_s)
+                                         - decayed(w, at, now, self.config.half_life_s), 0.0)
+                        cell.t = max(cell.t, now)
+                        self._account(key[0], cell, users, cell)
+                        changed.append((key, nxt, cell))
+        return changed
 
     def cell(self, key: Context, nxt: str) -> Cell | None:
         with self._lock:
             return self._cells.get(key, {}).get(nxt)
 
     def set_cell(self, key: Context, nxt: str, cell: Cell) -> None:
+        """Puts ``cell`` in place (a new object: the one in place is what it replaces)."""
         with self._lock:
             row = self._cells.setdefault(key, {})
+            old = row.get(nxt)
             if cell.total <= 0 and not cell.users:
                 row.pop(nxt, None)
+                self._account(key[0], old, len(old.users) if old else 0, None)
             else:
                 row[nxt] = cell
+                self._account(key[0], old, len(old.users) if old else 0, cell)
 
     def clear(self, api: str | None = None) -> None:
         with self._lock:
             for key in [k for k in self._cells if api is None or k[0] == api]:
                 del self._cells[key]
+            for name in [a for a in self._tally if api is None or a == api]:
+                del self._tally[name]
 
     def _visible(self, key: Context, now: float) -> dict[str, float]:
         row = self._cells.get(key)
@@ -335,13 +371,8 @@ class PopulationMemory:
 
     def status(self) -> dict[str, Any]:
         """How much each API's memory holds: counts, and counts with enough users to be used."""
-        out: dict[str, dict[str, int]] = {}
         with self._lock:
-            for (api, _kind, _ctx), row in self._cells.items():
-                s = out.setdefault(api, {"counts": 0, "usable": 0})
-                s["counts"] += len(row)
-                s["usable"] += sum(len(c.users) >= self.config.min_users for c in row.values())
-        return out
+            return {api: {"counts": c, "usable": u} for api, (c, u) in self._tally.items() if c}
 
 
 def population_columns(view: PopulationView | None, ops: Sequence[Operation]) -> np.ndarray:
@@ -350,25 +381,18 @@ def population_columns(view: PopulationView | None, ops: Sequence[Operation]) ->
     X = np.zeros((len(ops), len(POPULATION_FEATURES)), np.float32)
     if view is None or view.empty or not ops:
         return X
+    col = _COL
     ids = [operation_id(op) for op in ops]
-    for j, (counts, n_col) in enumerate(((view.prev, 1), (view.prev2, 3))):
+    for counts, share, size in ((view.prev, "pop_p_next", "pop_n_context"),
+                                (view.prev2, "pop_p_next2", "pop_n_context2")):
         n = sum(counts.values())
         if n > 0:
-            X[:, 2 * j] = [counts.get(i, 0.0) / n for i in ids]
-            X[:, n_col] = math.log1p(n)
+            X[:, col[share]] = [counts.get(i, 0.0) / n for i in ids]
+            X[:, col[size]] = math.log1p(n)
     if view.prompt:
-        X[:, 4] = [view.prompt.get(i, 0.0) for i in ids]
-        X[:, 5] = math.log1p(view.n_prompt)
-    for col, src in ((6, 0), (7, 4)):
-        v = X[:, src]
-        X[:, col] = (v[None, :] > v[:, None]).sum(1)
+        X[:, col["pop_p_prompt"]] = [view.prompt.get(i, 0.0) for i in ids]
+        X[:, col["pop_n_prompt"]] = math.log1p(view.n_prompt)
+    for name in ("pop_p_next", "pop_p_prompt"):
+        v = X[:, col[name]]
+        X[:, col[name + "_grank"]] = (v[None, :] > v[:, None]).sum(1)  # 0 = the best, ties share
     return X
-
-
-def observe_all(memory: PopulationMemory, observations: Iterable[Observation | None]) -> int:
-    n = 0
-    for obs in observations:
-        if obs is not None:
-            memory.observe(obs)
-            n += 1
-    return n

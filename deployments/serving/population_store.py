@@ -9,6 +9,8 @@ first does the work, exactly once: the cursor moves in the same commit as the co
 
 Only aggregates are kept: per (API, context, next operation) a decayed total, and per
 contributor a salted digest with its capped weight (for the cap and the distinct-user count).
+A user erased from the feedback store (``DELETE /users/{id}``) is removed from every count on the
+next look, their share of each total with them.
 """
 
 from __future__ import annotations
@@ -62,7 +64,6 @@ _SCHEMA = (
 )
 _BUSY_TIMEOUT_MS = 5000
 _FORGET_EVERY_S = 600.0
-_STATUS_EVERY_S = 2.0
 
 
 def population_config(settings: Settings) -> PopulationConfig:
@@ -87,7 +88,6 @@ class PopulationStore:
         self.seq = 0  # the last commit mirrored
         self.ingested = 0
         self._last_forget = 0.0
-        self._apis: tuple[float, dict[str, dict[str, int]]] | None = None
         with self._lock:
             self._transaction(self._create)
             self.salt = self._meta("salt") or ""
@@ -142,7 +142,8 @@ class PopulationStore:
             cell = changed.get(key)
             if cell is None:
                 old = self.memory.cell(*key)
-                cell = changed[key] = old if old is not None else Cell()
+                cell = changed[key] = (Cell(total=old.total, t=old.t, users=dict(old.users))
+                                       if old is not None else Cell())
             if weight > 0:
                 cell.users[user] = (weight, t)
             else:
@@ -182,14 +183,22 @@ class PopulationStore:
             for key, nxt, _cell in self.memory.observe(obs):
                 touched.setdefault((key, nxt), set()).add(obs.user)
         clock = time.time() if now is None else now
+        erased = int(self._meta("erased") or 0)
+        for rowid, user_id in reader._conn().execute(
+                "SELECT rowid, user_id FROM erasures WHERE rowid > ? ORDER BY rowid", (erased,)).fetchall():
+            erased = rowid
+            digest = user_digest(user_id, self.salt)
+            for key, nxt, _cell in self.memory.erase(digest, clock):
+                touched.setdefault((key, nxt), set()).add(digest)
         if clock - self._last_forget > _FORGET_EVERY_S:
             self._last_forget = clock
             for key, nxt, digest, _cell in self.memory.forget_faded(clock):
                 touched.setdefault((key, nxt), set()).add(digest)
-        if not rows and not touched:
+        if not rows and not touched and erased == int(self._meta("erased") or 0):
             return 0
         self._write(touched, seq)
         self._set_meta("cursor", cursor)
+        self._set_meta("erased", erased)
         self._set_meta("seq", seq)
         self.seq = seq
         self.ingested += len(rows)
@@ -231,16 +240,11 @@ class PopulationStore:
         with self._lock:
             n = self._transaction(work)
             self._refresh()
-            self._apis = None
             return int(n)
 
     def apis(self) -> dict[str, dict[str, int]]:
-        """Per API, its counts and those with enough users to be used; recounted at most every
-        few seconds (a walk over every count, under the lock lookups take)."""
-        now = time.monotonic()
-        if self._apis is None or now - self._apis[0] > _STATUS_EVERY_S:
-            self._apis = (now, self.memory.status())
-        return self._apis[1]
+        """Per API, its counts and those with enough users to be used."""
+        return self.memory.status()
 
     def status(self) -> dict[str, Any]:
         return {"seq": self.seq, "ingested": self.ingested,
