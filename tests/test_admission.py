@@ -134,3 +134,23 @@ def test_the_kuberay_manifest_sets_the_same_value() -> None:
     for pod in pods:
         env = {e["name"]: e.get("value") for e in pod["template"]["spec"]["containers"][0]["env"]}
         assert env[ENV_VAR] == haproxy_health_check_inter()
+
+
+def test_the_images_health_check_is_answered_outside_admission(tmp_path: Path) -> None:
+    """The Dockerfile's HEALTHCHECK asks /-/healthz: HAProxy answers it in its frontend from the
+    servers' state, before any request reaches the backend where admission refuses (a busy
+    container is not restarted)."""
+    text = _render(tmp_path, haproxy_health_check_inter())
+    lines = [line.strip() for line in text.splitlines()]
+    frontend = lines[next(i for i, line in enumerate(lines) if line.startswith("frontend")):
+                     lines.index("backend opensesame")]
+    assert any("/-/healthz" in line for line in frontend), frontend
+    answers = [i for i, line in enumerate(frontend)
+               if line.startswith("http-request return") and "healthcheck" in line]
+    first_backend = next(i for i, line in enumerate(frontend)
+                         if line.startswith(("use_backend", "default_backend")))
+    assert answers and max(answers) < first_backend
+    assert not any("healthcheck" in line for line in _backend(text))
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "127.0.0.1:8000/-/healthz" in dockerfile and "/health'" not in dockerfile
+    assert "RAY_AUTH_MODE=token" in dockerfile and "RAY_AUTH_MODE=disabled" not in dockerfile
