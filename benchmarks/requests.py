@@ -6,7 +6,8 @@ workflow steps, each ranked by BM25 over the spec, by the generator's order and 
 Families (built from the VALIDATION APIs' workflows by :mod:`ranker.requests`; never trained on):
 
 - ``direct``: a step's own description as the request, no history, target = that step;
-- ``direct + values``: the same, carrying the values the user knows up front ("(project 8f3a…)");
+- ``direct + values``: the same, carrying the values of its path and id parameters (from the
+  workflow's inputs, or found by earlier steps: "(project 8f3a…)");
 - ``find id``: a later step's description whose id an earlier read yields and nobody has:
   target = that read, history = the steps before it;
 - ``workflow``: every step of the real workflows (history = the steps before, the summary).
@@ -25,9 +26,11 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from benchmarks.ranking import bm25_rank
 from core.candidates.retrieval import RetrievalGenerator
@@ -60,7 +63,7 @@ def params_quality(items: Sequence[Example], workflows: Sequence[Workflow]) -> d
     for ex in items:
         step = by_id[(ex.api, ex.workflow_id)].steps[ex.position]
         truth = {**step.params, **step.path_params}
-        given += len(known_values(ex.spec, step))
+        given += len(known_values(ex.spec, step, with_found=True))
         op = ex.spec.operations[ex.spec.by_key[ex.target]]
         params, _missing = fill_params(op, ex.history, prompt=ex.prompt)
         for name, value in params.items():
@@ -73,32 +76,50 @@ def params_quality(items: Sequence[Example], workflows: Sequence[Workflow]) -> d
             "recall": right / given if given else float("nan")}
 
 
-def run(*, jentic_dir: Path, model_path: Path, apis: int | None = None) -> dict[str, Any]:
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+def evaluate(
+    workflows: Sequence[Workflow], *, generator: RetrievalGenerator, extractor: FeatureExtractor,
+    score: Scorer,
+) -> dict[str, dict[str, Any]]:
+    """Per family: BM25 over the spec, the generator's order and ``score`` over the generator's
+    candidates (the service's rows), each a :func:`ranking_metrics` dict."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, items in families(workflows).items():
+        groups = build_groups(items, generator=generator, extractor=extractor)
+        out[name] = {
+            "apis": len({e.api for e in items}),
+            "bm25 (whole spec)": ranking_metrics([bm25_rank(generator, e) for e in items]),
+            "generator order": ranking_metrics(groups.gen_rank),
+            "service": ranking_metrics(ranks_from_scores(groups, score(groups.X))),
+        }
+    return out
+
+
+def below_bm25(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The families whose service hit@1 is below BM25's: there must be none."""
+    return [name for name, r in results.items()
+            if r["service"]["hit@1"] < r["bm25 (whole spec)"]["hit@1"]]
+
+
+def run(*, jentic_dir: Path, model_path: Path) -> dict[str, Any]:
     started = time.perf_counter()
     workflows = [w for w in load_workflows(jentic_dir, progress=False) if split_of(w.api) == "valid"]
-    if apis:
-        keep = sorted({w.api for w in workflows})[:apis]
-        workflows = [w for w in workflows if w.api in keep]
     transitions = load_transitions()
     generator = RetrievalGenerator(transitions=transitions)
     extractor = FeatureExtractor(transitions=transitions)
     model = RankerModel.load(model_path)
-    results: dict[str, Any] = {}
-    tables = []
-    for name, items in families(workflows).items():
-        groups = build_groups(items, generator=generator, extractor=extractor)
-        rows = {
-            "bm25 (whole spec)": ranking_metrics([bm25_rank(generator, e) for e in items]),
-            "generator order": ranking_metrics(groups.gen_rank),
-            "service": ranking_metrics(ranks_from_scores(groups, model.raw_scores(groups.X))),
-        }
-        results[name] = {"apis": len({e.api for e in items}), **rows}
-        tables.append(metrics_table(rows, title=f"{name}, validation APIs ({results[name]['apis']} APIs)"))
-        if name == "direct + values":
-            results["params"] = params_quality(items, workflows)
+    results: dict[str, Any] = evaluate(workflows, generator=generator, extractor=extractor,
+                                       score=model.raw_scores)
+    tables = [metrics_table({k: v for k, v in r.items() if k != "apis"},
+                            title=f"{name}, validation APIs ({r['apis']} APIs)")
+              for name, r in results.items()]
+    results["params"] = p = params_quality(list(request_examples(workflows, "direct_values")),
+                                           workflows)
+    results["below bm25 at hit@1"] = below_bm25({k: v for k, v in results.items() if k != "params"})
     results["meta"] = {"model_version": model.version, "command": COMMAND,
                        "seconds": round(time.perf_counter() - started, 1)}
-    p = results["params"]
     tables.append(f"**params filled from the request (direct + values, the target's params)**\n\n"
                   f"values given {p['values_given']}, filled {p['filled']}, right {p['right']}, "
                   f"wrong {p['wrong']}: precision {p['precision']:.3f}, recall {p['recall']:.3f}")

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from core.features import IdSource, held_ids, matching_ids
-from core.request import type_fits
+from core.request import request_fills, request_values, type_fits
 from core.spec.index import Call
 from core.spec.operations import Operation, Param
 from core.vocabulary import (
@@ -117,8 +117,10 @@ def fill_params(
     proposed: Mapping[str, str] | None = None,
     prompt: str | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Parameters filled with values of the history that mean the same (the newest wins), and
-    the required parameters that could not be filled. A wrong value is worse than a missing one.
+    """Parameters filled with values the request names (:func:`core.request.request_fills`:
+    "invoice in_77" fills ``invoice_id``) and with values of the history that mean the same (the
+    newest wins), and the required parameters that could not be filled. A wrong value is worse
+    than a missing one.
 
     Path parameters take ids whose entity matches: ``{invoice_id}`` takes an ``invoice_id`` the
     user passed, or the id in the path of an earlier call on invoices (``/invoices/{id}``); a
@@ -136,10 +138,14 @@ def fill_params(
     grounded: written in the prompt, or a value of the history. An LLM's value found nowhere the
     user gave it is a guess, and a parameter filled by a guess is worse than one shown missing.
     """
-    params: dict[str, Any] = {}
+    # What the request itself names wins: "delete the message 1234567" means that message,
+    # whatever message the events last showed.
+    params: dict[str, Any] = request_fills(operation, request_values(prompt))
     missing: list[str] = []
     held = held_ids(history)
     for name, (src, known) in _param_sources(operation, *held).items():
+        if name in params:
+            continue
         if known and src is not None:
             params[name] = src.value
         else:
