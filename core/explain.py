@@ -10,6 +10,7 @@ import numpy as np
 from core.features import FEATURE_NAMES, IdSource, prompt_stems
 from core.params import param_sources
 from core.priors.word_vectors import load_word_vectors, unit_rows
+from core.request import request_fills, request_values
 from core.spec.index import Call
 from core.spec.operations import Operation
 from core.vocabulary import (
@@ -55,6 +56,9 @@ for _reason, _names in {
     "status": "src_status has_status",
     "repeat": "times_called called_last steps_since_called rel_same_op",
     "intent": "prompt_destructive",
+    "request": "req_fills req_fills_required inputs_available callable_now",
+    "finds": "finds_named",
+    "count": "count_asked",
     "habit": "user_p_next user_count_next",
     "crowd": "pop_p_next pop_n_context pop_p_next2 pop_n_context2 pop_p_prompt pop_n_prompt "
     "pop_p_next_grank pop_p_prompt_grank",
@@ -292,6 +296,17 @@ def explain(
             if called > 0:
                 ago = int(row[_COL["steps_since_called"]])
                 text = "repeats your last call" if ago == 1 else f"you called it {ago} steps ago"
+        elif reason == "request":
+            given = request_fills(operation, request_values(prompt))
+            if given:
+                name, value = next(iter(given.items()))
+                text = f"takes the {' '.join(tokenize(name, keep_stopwords=True))} {value} you gave"
+        elif reason == "finds":
+            if row[_COL["finds_named"]] > 0:
+                text = "finds what your request names, whose id nothing gave yet"
+        elif reason == "count":
+            if row[_COL["count_asked"]] > 0:
+                text = "counts, as your request asks"
         elif reason == "habit":
             if row[_COL["user_count_next"]] > 0:
                 text = "what you usually do next"

@@ -45,15 +45,19 @@ from core.priors.population import POPULATION_FEATURES, PopulationView, populati
 from core.priors.transitions import RELATIONS, Transitions, normalized_segments, relation_of_segments
 from core.priors.word_vectors import DEFAULT_PATH as WORD_VECTORS_PATH
 from core.priors.word_vectors import WordVectors, load_word_vectors, operation_vectors, unit_rows
+from core.request import param_namings, request_fills, request_values
 from core.spec.index import Call, SpecIndex
 from core.spec.operations import Operation
 from core.spec_tables import PerSpecCache
 from core.vocabulary import (
     AUTH_OPERATION_WORDS,
+    COUNT_PHRASE,
+    COUNT_WORDS,
     FEATURE_CLAUSE_SPLIT,
     ID_SUFFIXES,
     PROMPT_ROLE_VERBS,
     ROLES,
+    asks_count,
     feature_stem,
     is_id_name,
     name_key,
@@ -78,6 +82,18 @@ __all__ = [
 ]
 
 FEATURE_VERSION = "10"
+
+REQUEST_FEATURES: tuple[str, ...] = (
+    "req_values",  # values the request carries
+    "req_fills",  # of them, the ones that name a parameter of the candidate
+    "req_fills_required",  # share of the candidate's required inputs the request's values fill
+    "inputs_available",  # share of its required inputs the request, history or last call give
+    "callable_now",  # all of them
+    "needs_named_id",  # it needs the id of a thing the request names, which nobody has
+    "finds_named",  # a callable list/search of such a thing, or one returning its id
+    "count_asked",  # the request asks how many, and the candidate counts
+    "prompt_param_words",  # share of the words of its parameters' names the request uses
+)
 
 METHOD_COLUMNS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
@@ -128,6 +144,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     "params_newest_age",
     "required_from_history",
     "consumes_last_output",
+    # what the request carries and names (core.request): values that fill the candidate's
+    # parameters, whether it can be called now, things named without an id and the calls
+    # that find them, a count asked for
+    *REQUEST_FEATURES,
     # structure
     "rel_same_op",
     "rel_same",
@@ -247,7 +267,7 @@ def prompt_stems(prompt: str | None) -> PromptTokens:
     tokens: list[str] = []
     parts = [p for p in FEATURE_CLAUSE_SPLIT.split(prompt or "") if p and p.strip()]
     for c, part in enumerate(parts):
-        for word in re.findall(r"[A-Za-z0-9]+", part):
+        for word in re.findall(r"[A-Za-z0-9]+", COUNT_PHRASE.sub(" how many count ", part)):
             for tok in tokenize(word):
                 stems.append(feature_stem(tok))
                 clauses.append(c)
@@ -345,6 +365,33 @@ class SpecTables:
         self.n_path_params = np.array([len(op.path_params) for op in ops], np.float32)
         self.destructive = np.array([op.destructive for op in ops], np.float32)
         self.depth = np.array([len(s) for s in self.norm_segments], np.float32)
+        # the stem of what each path parameter is an id of ("movie" of {movie_id})
+        self.path_entity_stems = [
+            tuple(feature_stem(e.rsplit("_", 1)[-1]) if e else "" for _p, _k, e in ents)
+            for ents in self.param_entities
+        ]
+        self.needed_entities = frozenset(e for es in self.path_entity_stems for e in es if e)
+        self.returns_entity_stems = [
+            frozenset(feature_stem((param_entity(r) or op.resource).rsplit("_", 1)[-1])
+                      for r in op.returns_ids if param_entity(r) or op.resource)
+            for op in ops
+        ]
+        # the words of each operation's parameter names, id words aside ("status", "date")
+        self.param_words = [
+            frozenset(feature_stem(w) for p in op.params if p.location not in ("header", "cookie")
+                      for w in tokenize(p.name) if w not in ID_SUFFIXES)
+            for op in ops
+        ]
+        self.namings = [param_namings(op) for op in ops]  # what a request's values can fill
+        self.required_nonpath_names = [
+            tuple(p.name for p in op.params if p.required and p.location not in ("path", "header", "cookie"))
+            for op in ops
+        ]
+        self.counts = np.array(
+            [bool(COUNT_WORDS & set(tokenize(" ".join(op.literal_segments) + " "
+                                             + (op.operation_id or ""))))
+             for op in ops], np.float32,
+        )
         self.required_nonpath = [
             tuple(name_key(p.name) for p in op.params if p.required and p.location != "path")
             for op in ops
@@ -552,6 +599,7 @@ class FeatureExtractor:
         cursor_clause = self._lexical(X, t, spec, idx, pt, history)
         self._semantic(X, t, spec, idx, pt, history, cursor_clause)
         self._dataflow(X, t, idx, ops, history)
+        self._request(X, t, idx, ops, history, prompt, pt)
         rels = self._structure(X, t, spec, idx, ops, history)
         self._transitions(X, ops, history, rels)
 
@@ -855,6 +903,58 @@ class FeatureExtractor:
             required = t.required_nonpath[i]
             X[r, col["required_from_history"]] = (
                 sum(p in have_names for p in required) / len(required) if required else np.nan
+            )
+
+    def _request(
+        self, X: np.ndarray, t: SpecTables, idx: np.ndarray, ops: list[Operation],
+        history: Sequence[Call], prompt: str | None, pt: PromptTokens,
+    ) -> None:
+        col = _COL
+        values = request_values(prompt)
+        X[:, col["req_values"]] = len(values)
+        by_name, by_entity = held_ids(history)
+        last_op = history[-1].operation if history else None
+        last_resource = last_op.resource if last_op is not None else ""
+        have_names = {name_key(n) for c in history for n in (*c.params, *c.path_params)}
+        held_entities = {feature_stem(e.rsplit("_", 1)[-1]) for e in by_entity}
+        valued = {w for v in values for w in v.named}
+        # things the request names that some operation needs the id of, with no id for them
+        named = (set(pt.stems) & t.needed_entities) - held_entities - valued
+        X[:, col["count_asked"]] = t.counts[idx] * asks_count(prompt)
+        words = set(pt.stems)
+        X[:, col["prompt_param_words"]] = [
+            len(t.param_words[i] & words) / len(t.param_words[i]) if t.param_words[i] else np.nan
+            for i in idx
+        ]
+        for r, (i, op) in enumerate(zip(idx, ops, strict=True)):
+            fills = request_fills(op, values, t.namings[i]) if values else {}
+            X[r, col["req_fills"]] = len(fills)
+            required = 0
+            available = filled = 0
+            path_missing = 0
+            unheld_named = False
+            for (name, key, entity), stem in zip(t.param_entities[i], t.path_entity_stems[i],
+                                                 strict=True):
+                required += 1
+                by_request = name in fills
+                filled += by_request
+                ok = (by_request or bool(matching_ids(key, entity, by_name, by_entity))
+                      or (bool(entity) and entity == last_resource))
+                available += ok
+                path_missing += not ok
+                unheld_named |= not ok and stem in named
+            for pname in t.required_nonpath_names[i]:
+                required += 1
+                filled += pname in fills
+                available += pname in fills or name_key(pname) in have_names
+            X[r, col["req_fills_required"]] = filled / required if required else np.nan
+            X[r, col["inputs_available"]] = available / required if required else 1.0
+            X[r, col["callable_now"]] = available == required
+            X[r, col["needs_named_id"]] = unheld_named
+            # a search's query is the named thing itself: only its path must be callable
+            X[r, col["finds_named"]] = bool(named) and not path_missing and (
+                (t.role_name[i] in ("list", "search") and bool(t.path_words[i] & named))
+                or bool(t.returns_entity_stems[i] & named)
             )
 
     def _structure(

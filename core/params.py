@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from core.features import IdSource, held_ids, matching_ids
+from core.request import request_fills, request_values, type_fits
 from core.spec.index import Call
 from core.spec.operations import Operation, Param
 from core.vocabulary import (
@@ -20,18 +21,6 @@ from core.vocabulary import (
 )
 
 __all__ = ["fill_params", "param_sources", "SESSION_PARAMS"]
-
-
-def _type_fits(value: Any, type_: str | None) -> bool:
-    if type_ in ("integer", "number"):
-        try:
-            float(str(value))
-        except ValueError:
-            return False
-        return type_ == "number" or str(value).lstrip("-").isdigit()
-    if type_ == "boolean":
-        return str(value).lower() in ("true", "false")
-    return isinstance(value, str | int | float) and not isinstance(value, bool)
 
 
 def param_sources(
@@ -62,7 +51,7 @@ def _param_sources(
         if not _names_something(name, entity, operation.segments):
             hits = [s for s in hits if name_key(s.name) == key]  # by its name only
         hits.sort(key=lambda s: (s.age, s.value is None, s.origin != "path"))
-        concrete = [s for s in hits if s.value is not None and _type_fits(s.value, types.get(name))]
+        concrete = [s for s in hits if s.value is not None and type_fits(s.value, types.get(name))]
         if concrete and (not hits or concrete[0].age <= hits[0].age):
             out[name] = (concrete[0], True)
         elif hits:
@@ -128,8 +117,10 @@ def fill_params(
     proposed: Mapping[str, str] | None = None,
     prompt: str | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Parameters filled with values of the history that mean the same (the newest wins), and
-    the required parameters that could not be filled. A wrong value is worse than a missing one.
+    """Parameters filled with values the request names (:func:`core.request.request_fills`:
+    "invoice in_77" fills ``invoice_id``) and with values of the history that mean the same (the
+    newest wins), and the required parameters that could not be filled. A wrong value is worse
+    than a missing one.
 
     Path parameters take ids whose entity matches: ``{invoice_id}`` takes an ``invoice_id`` the
     user passed, or the id in the path of an earlier call on invoices (``/invoices/{id}``); a
@@ -147,10 +138,14 @@ def fill_params(
     grounded: written in the prompt, or a value of the history. An LLM's value found nowhere the
     user gave it is a guess, and a parameter filled by a guess is worse than one shown missing.
     """
-    params: dict[str, Any] = {}
+    # What the request itself names wins: "delete the message 1234567" means that message,
+    # whatever message the events last showed.
+    params: dict[str, Any] = request_fills(operation, request_values(prompt))
     missing: list[str] = []
     held = held_ids(history)
     for name, (src, known) in _param_sources(operation, *held).items():
+        if name in params:
+            continue
         if known and src is not None:
             params[name] = src.value
         else:
@@ -184,7 +179,7 @@ def _same_meaning_value(
         value = call.params.get(param.name)
         declared = next((q for q in op.params if q.name == param.name), None)
         if (value is not None and declared is not None and _place(declared.location) == place
-                and _type_fits(value, param.type)):
+                and type_fits(value, param.type)):
             return value
         if param.name in call.path_params and is_id_name(param.name):
             return call.path_params[param.name]
@@ -193,7 +188,7 @@ def _same_meaning_value(
         return None
     key = name_key(param.name)
     hits = [s for s in matching_ids(key, entity, *held)
-            if s.value is not None and _type_fits(s.value, param.type) and _fits(s, key)]
+            if s.value is not None and type_fits(s.value, param.type) and _fits(s, key)]
     return min(hits, key=lambda s: (s.age, s.origin != "path")).value if hits else None
 
 
@@ -221,7 +216,7 @@ def _fill_proposed(
     seen = {str(v) for c in history for v in (*c.path_params.values(), *c.params.values())}
     for p in operation.params:
         value = str(proposed.get(p.name, "")).strip()
-        if not value or p.name in params or p.location == "header" or not _type_fits(value, p.type):
+        if not value or p.name in params or p.location == "header" or not type_fits(value, p.type):
             continue
         if value in seen or _written_in(value, prompt):
             params[p.name] = value

@@ -41,6 +41,9 @@ __all__ = [
     "PROMPT_ROLE_VERBS",
     "DESTRUCTIVE_WORDS",
     "wants_destructive",
+    "COUNT_WORDS",
+    "COUNT_PHRASE",
+    "asks_count",
     "AUTH_WORDS",
     "AUTH_OPERATION_WORDS",
     "PLAN_CLAUSE_BREAK",
@@ -314,22 +317,27 @@ PROMPT_ROLE_VERBS: dict[str, frozenset[str]] = _prompt_role_verbs()
 # -- destroying and signing in -------------------------------------------------------------------
 
 # Verbs that undo or destroy; an operation named with one is only offered when the prompt asks.
+# Also what users regret: marking as spam, redacting, suspending, banning, archiving.
 DESTRUCTIVE_WORDS = frozenset(
     "delete remove destroy purge cancel void refund revoke terminate wipe erase drop "
-    "deactivate disable unsubscribe reject discard detach unlink".split()
+    "deactivate disable unsubscribe reject discard detach unlink "
+    "spam redact suspend ban archive".split()
 )
 # A prompt asks to destroy with a word that starts like one of DESTRUCTIVE_WORDS ('deleting',
 # 'removal', 'cancellation': a final e dropped, but 'wipe' keeps it: 'wip' is a word of its own)
-# or like one of more verbs that a prompt uses for it; "drop" only whole (_DESTRUCTIVE_EXACT).
+# or like one of more verbs that a prompt uses for it; "drop" and "ban" only whole
+# (_DESTRUCTIVE_EXACT).
 _DESTRUCTIVE_PREFIXES = tuple(sorted(
-    w[:-1] if len(w) > 4 and w.endswith("e") else w for w in DESTRUCTIVE_WORDS - {"drop"}
+    w[:-1] if len(w) > 4 and w.endswith("e") else w for w in DESTRUCTIVE_WORDS - {"drop", "ban"}
 )) + (
     "revoc", "clean", "clear", "uninstall", "unregister", "dismiss", "withdraw", "unassign",
     "unfollow", "unpublish", "unshare", "unmount", "disconnect", "dissolv", "logout", "signout",
     "teardown",
 )
-# Whole words only: "dropbox", "droplet" and "expiration" ask for nothing.
-_DESTRUCTIVE_EXACT = frozenset("drop drops dropped dropping expire expires".split())
+# Whole words only: "dropbox", "droplet", "expiration", "bank" and "banner" ask for nothing.
+_DESTRUCTIVE_EXACT = frozenset(
+    "drop drops dropped dropping expire expires ban bans banned banning".split()
+)
 _UNDO_PHRASES = re.compile(
     r"\b(?:get(?:ting)? rid|(?:log|sign)(?:s|ged|ging|ed|ing)?(?: \w+){0,2}[ -]?out|"
     r"tear(?:s|ing)? down)\b", re.I,
@@ -347,6 +355,18 @@ def wants_destructive(prompt: str | None) -> bool:
         w.startswith(_DESTRUCTIVE_PREFIXES) or w in _DESTRUCTIVE_EXACT
         for w in tokenize(prompt, keep_stopwords=True)
     )
+
+
+# A request that asks how many, and the words of an operation that counts. "How many" also
+# reads as the word "count" in the features' words (COUNT_PHRASE), as a user means it.
+COUNT_PHRASE = re.compile(r"\bhow many\b", re.I)
+_COUNT_ASK = re.compile(r"\bhow many\b|\bnumber of\b|\bcount(?:s|ing)?\b|\btotal\b", re.I)
+COUNT_WORDS = frozenset({"count", "total", "tally"})
+
+
+def asks_count(prompt: str | None) -> bool:
+    """Whether the request asks how many of something there are."""
+    return bool(prompt) and _COUNT_ASK.search(prompt or "") is not None
 
 
 # Words of signing in or exchanging a token, as ``tokenize`` gives them (singular).

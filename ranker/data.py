@@ -44,12 +44,14 @@ __all__ = [
     "examples",
     "concrete_endpoint",
     "split_of",
+    "history_of",
     "summary",
 ]
 
 # "personal": a simulated returning user's step, with their earlier outcomes (ranker.returning_users)
 # "population": a step that sees what other users of its API did (ranker.population)
-Source = Literal["real", "synthetic", "personal", "population"]
+# "request": one step asked for on its own (its description as the prompt, ranker.requests)
+Source = Literal["real", "synthetic", "personal", "population", "request"]
 Split = Literal["train", "valid"]
 
 _STEP_REF = re.compile(r"\$steps\.([^.\s}]+)\.outputs\.([A-Za-z0-9_\-]+)")
@@ -64,6 +66,11 @@ class Step:
     path_params: dict[str, str]  # every template parameter -> its concrete value
     params: dict[str, str]  # non-header parameters and top-level body keys -> value string
     uses_steps: tuple[int, ...] = ()  # indices of earlier steps whose outputs this step uses
+    description: str = ""  # the step's own description: a direct ask of this one call
+    # parameter -> the earlier step whose output it takes ($steps.<id>.outputs.x), and the
+    # parameters the user gives up front ($inputs.x): what a request for this call knows
+    from_steps: tuple[tuple[str, int], ...] = ()
+    from_inputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -373,9 +380,24 @@ def _concrete_steps(
                 declared[p["name"]] = (str(p.get("in") or ""), p["value"])
         path_params: dict[str, str] = {}
         params: dict[str, str] = {}
+        from_steps: dict[str, int] = {}
+        from_inputs: list[str] = []
+
+        def origin(name: str, expr: Any, i: int = i, from_steps: dict[str, int] = from_steps,
+                   from_inputs: list[str] = from_inputs) -> None:
+            """Record where parameter ``name`` of step ``i`` takes its value from."""
+            if not isinstance(expr, str):
+                return
+            m = _STEP_REF.match(expr.strip())
+            if m and expr.strip().startswith("$steps.") and index_of.get(m.group(1), i) < i:
+                from_steps.setdefault(name, index_of[m.group(1)])
+            elif _INPUT_REF.match(expr.strip()):
+                from_inputs.append(name)
+
         for name in op.path_params:
             if name in declared:
                 value = value_of(declared[name][1], uses, i)
+                origin(name, declared[name][1])
             else:
                 value = synthetic_id(api, workflow_id, "inputs", name)
             path_params[name] = value
@@ -384,15 +406,21 @@ def _concrete_steps(
                 value_of(expr, uses, i)  # an auth token from a login step is still dataflow
             elif name not in path_params:
                 params[name] = value_of(expr, uses, i)
+                origin(name, expr)
         body = s.get("requestBody")
         payload = body.get("payload") if isinstance(body, dict) else None
         if isinstance(payload, dict):
             for name, expr in payload.items():
-                params.setdefault(str(name), value_of(expr, uses, i))
+                if str(name) not in params:
+                    params[str(name)] = value_of(expr, uses, i)
+                    origin(str(name), expr)
         elif payload is not None:
             value_of(payload, uses, i)
         steps.append(Step(key=key, path_params=path_params, params=params,
-                          uses_steps=tuple(sorted(uses))))
+                          uses_steps=tuple(sorted(uses)),
+                          description=" ".join(str(s.get("description") or "").split()),
+                          from_steps=tuple(sorted(from_steps.items())),
+                          from_inputs=tuple(dict.fromkeys(from_inputs))))
     return steps
 
 
@@ -438,6 +466,15 @@ def examples(
             )
             endpoint = concrete_endpoint(spec, step, with_base=_uses_base(wf.api, wf.workflow_id, i))
             history.append(spec.resolve(endpoint, dict(step.params)))
+
+
+def history_of(wf: Workflow, spec: SpecIndex, upto: int) -> tuple[Call, ...]:
+    """The calls of ``wf``'s steps before ``upto``, resolved as :func:`examples` resolves them."""
+    history = []
+    for i, step in enumerate(wf.steps[:upto]):
+        endpoint = concrete_endpoint(spec, step, with_base=_uses_base(wf.api, wf.workflow_id, i))
+        history.append(spec.resolve(endpoint, dict(step.params)))
+    return tuple(history)
 
 
 def split_of(api: str, *, valid_fraction: float = 0.2) -> Split:

@@ -300,7 +300,8 @@ def retrain(
 
     is_train, is_valid, is_real = base.split == "train", base.split == "valid", base.source == "real"
     base_train = base.select(is_train & base.has_target)
-    stop_on = base.select(is_valid & is_real & base.has_target)
+    # as ranker.train: early stopping watches workflow steps and direct asks alike
+    stop_on = base.select(is_valid & (is_real | (base.source == "request")) & base.has_target)
     train = concat_groups(base_train, fb_train)
     weight = np.concatenate([
         source_weights(base_train, config.synthetic_weight),

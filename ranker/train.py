@@ -221,10 +221,15 @@ def base_examples(
     population_same_flow: float = POPULATION_SAME_FLOW,
 ) -> tuple[list[Example], list[Example], list[Example]]:
     """(real, synthetic, simulated users) examples: what ``ranker.train`` and ``ranker.retrain``
-    train on. Simulated users: returning users replaying the real and synthetic routines of their
-    API (``source="personal"``), then the real workflows with other users' traffic
+    train on. The real ones are the workflows' steps and the requests built from them (one step
+    asked for on its own, or the read that finds the id a step needs: :mod:`ranker.requests`,
+    source "request"), so the model learns what users type as well as workflow summaries.
+    Simulated users: returning users replaying the real and synthetic routines of their API
+    (``source="personal"``), then the real workflows with other users' traffic
     (``source="population"``; none when ``population_same_flow`` < 0)."""
-    real = list(examples(workflows))
+    from ranker.requests import request_examples
+
+    real = [*examples(workflows), *request_examples(workflows, "training")]
     synthetic = synthetic_examples(workflows, per_api=synthetic_per_api, seed=seed)
     personal: list[Example] = []
     if personal_users_per_api > 0:
@@ -323,8 +328,9 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
     )
     is_train, is_valid = groups.split == "train", groups.split == "valid"
     is_real = groups.source == "real"
+    # early stopping watches workflow steps and direct asks alike: one must not pay for the other
     train_groups = groups.select(is_train & groups.has_target)
-    stop_on = groups.select(is_valid & is_real & groups.has_target)
+    stop_on = groups.select(is_valid & (is_real | (groups.source == "request")) & groups.has_target)
     step(f"      train {len(train_groups)} groups ({int((is_train & ~groups.has_target).sum())} with the "
          f"target missing, dropped), early stopping on {len(stop_on)} real validation groups")
 
@@ -346,7 +352,7 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
     step("[5/6] validation (held-out APIs; a target the generator missed is a miss)")
     metrics: dict[str, Any] = {}
     rows: dict[str, dict[str, float]] = {}
-    for source in ("real", "synthetic", "personal", "population"):
+    for source in ("real", "request", "synthetic", "personal", "population"):
         part = groups.select(is_valid & (groups.source == source))
         if not len(part):
             continue
@@ -389,6 +395,7 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
             "apis": {"train": len(set(groups.api[is_train])), "valid": len(set(groups.api[is_valid]))},
             "groups": {"train": len(train_groups), "early_stopping": len(stop_on),
                        "valid_real": int((is_valid & is_real).sum()),
+                       "valid_request": int((is_valid & (groups.source == "request")).sum()),
                        "valid_synthetic": int((is_valid & (groups.source == "synthetic")).sum()),
                        "valid_personal": int((is_valid & (groups.source == "personal")).sum()),
                        "valid_population": int((is_valid & (groups.source == "population")).sum())},

@@ -294,7 +294,7 @@ def test_fill_params_from_history_by_name_and_resource(spec) -> None:
 
 def test_fill_params_takes_the_llms_values_only_where_the_user_gave_them(spec) -> None:
     pay = spec.operations[spec.by_key["POST /invoices/{invoice_id}/pay"]]
-    prompt = "pay invoice in_42 today."
+    prompt = "pay in_42 today."  # named by nothing: the request alone fills no parameter
     # In the prompt, as a whole token: filled, no longer missing.
     filled = fill_params(pay, [], proposed={"invoice_id": "in_42"}, prompt=prompt)
     assert filled == ({"invoice_id": "in_42"}, [])

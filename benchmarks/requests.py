@@ -1,0 +1,149 @@
+"""What users type, on APIs held out whole: direct asks, asks that must first find an id, and
+workflow steps, each ranked by BM25 over the spec, by the generator's order and by the service.
+
+    python -m benchmarks.requests [--jentic-dir DIR] [--model ranker/models/ranker.txt]
+
+Families (built from the VALIDATION APIs' workflows by :mod:`ranker.requests`; never trained on):
+
+- ``direct``: a step's own description as the request, no history, target = that step;
+- ``direct + values``: the same, carrying the values of its path and id parameters (from the
+  workflow's inputs, or found by earlier steps: "(project 8f3a…)");
+- ``find id``: a later step's description whose id an earlier read yields and nobody has:
+  target = that read, history = the steps before it;
+- ``workflow``: every step of the real workflows (history = the steps before, the summary).
+
+Methods: ``bm25 (whole spec)`` (every operation by BM25 of the request), ``generator order``,
+and ``service`` (generator → FeatureExtractor → shipped model, the serving code path; a target the
+generator missed is a miss). Filled params on ``direct + values``: the target's ``params`` from
+:func:`core.params.fill_params` against the values the step really passed.
+
+Writes ``benchmarks/results/requests.json`` and ``requests.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.ranking import bm25_rank
+from core.candidates.retrieval import RetrievalGenerator
+from core.features import FeatureExtractor
+from core.params import fill_params
+from core.priors.transitions import load_transitions
+from core.scorer import RankerModel, default_model_path
+from core.settings import load_settings
+from ranker.data import Example, Workflow, examples, load_workflows, split_of
+from ranker.evaluate import build_groups, metrics_table, ranking_metrics, ranks_from_scores
+from ranker.requests import known_values, request_examples
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COMMAND = "python -m benchmarks.requests"
+
+
+def families(workflows: Sequence[Workflow]) -> dict[str, list[Example]]:
+    return {
+        "direct": list(request_examples(workflows, "direct")),
+        "direct + values": list(request_examples(workflows, "direct_values")),
+        "find id": list(request_examples(workflows, "find_id")),
+        "workflow": list(examples(workflows)),
+    }
+
+
+def params_quality(items: Sequence[Example], workflows: Sequence[Workflow]) -> dict[str, Any]:
+    """Of the values the request carries for its target: filled right, filled wrong, not filled."""
+    by_id = {(w.api, w.workflow_id): w for w in workflows}
+    right = wrong = given = 0
+    for ex in items:
+        step = by_id[(ex.api, ex.workflow_id)].steps[ex.position]
+        truth = {**step.params, **step.path_params}
+        given += len(known_values(ex.spec, step, with_found=True))
+        op = ex.spec.operations[ex.spec.by_key[ex.target]]
+        params, _missing = fill_params(op, ex.history, prompt=ex.prompt)
+        for name, value in params.items():
+            if name in truth:
+                right += str(value) == truth[name]
+                wrong += str(value) != truth[name]
+    filled = right + wrong
+    return {"values_given": given, "filled": filled, "right": right, "wrong": wrong,
+            "precision": right / filled if filled else float("nan"),
+            "recall": right / given if given else float("nan")}
+
+
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+def evaluate(
+    workflows: Sequence[Workflow], *, generator: RetrievalGenerator, extractor: FeatureExtractor,
+    score: Scorer,
+) -> dict[str, dict[str, Any]]:
+    """Per family: BM25 over the spec, the generator's order and ``score`` over the generator's
+    candidates (the service's rows), each a :func:`ranking_metrics` dict."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, items in families(workflows).items():
+        groups = build_groups(items, generator=generator, extractor=extractor)
+        out[name] = {
+            "apis": len({e.api for e in items}),
+            "bm25 (whole spec)": ranking_metrics([bm25_rank(generator, e) for e in items]),
+            "generator order": ranking_metrics(groups.gen_rank),
+            "service": ranking_metrics(ranks_from_scores(groups, score(groups.X))),
+        }
+    return out
+
+
+def below_bm25(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The families whose service hit@1 is below BM25's: there must be none."""
+    return [name for name, r in results.items()
+            if r["service"]["hit@1"] < r["bm25 (whole spec)"]["hit@1"]]
+
+
+def run(*, jentic_dir: Path, model_path: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    workflows = [w for w in load_workflows(jentic_dir, progress=False) if split_of(w.api) == "valid"]
+    transitions = load_transitions()
+    generator = RetrievalGenerator(transitions=transitions)
+    extractor = FeatureExtractor(transitions=transitions)
+    model = RankerModel.load(model_path)
+    results: dict[str, Any] = evaluate(workflows, generator=generator, extractor=extractor,
+                                       score=model.raw_scores)
+    tables = [metrics_table({k: v for k, v in r.items() if k != "apis"},
+                            title=f"{name}, validation APIs ({r['apis']} APIs)")
+              for name, r in results.items()]
+    results["params"] = p = params_quality(list(request_examples(workflows, "direct_values")),
+                                           workflows)
+    results["below bm25 at hit@1"] = below_bm25({k: v for k, v in results.items() if k != "params"})
+    results["meta"] = {"model_version": model.version, "command": COMMAND,
+                       "seconds": round(time.perf_counter() - started, 1)}
+    tables.append(f"**params filled from the request (direct + values, the target's params)**\n\n"
+                  f"values given {p['values_given']}, filled {p['filled']}, right {p['right']}, "
+                  f"wrong {p['wrong']}: precision {p['precision']:.3f}, recall {p['recall']:.3f}")
+    results["markdown"] = "\n\n".join(tables)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
+    parser.add_argument("--jentic-dir", type=Path, default=None)
+    parser.add_argument("--model", type=Path, default=default_model_path())
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    results = run(jentic_dir=args.jentic_dir or load_settings().jentic_dir, model_path=args.model)
+    markdown = results.pop("markdown")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "requests.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    (args.out / "requests.md").write_text(
+        f"`{COMMAND}` — model {results['meta']['model_version']}\n\n{markdown}\n")
+    print(markdown)
+    print(f"\nwrote {args.out / 'requests.json'} and requests.md ({results['meta']['seconds']}s)",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""What a request says beyond its words: the values it carries and what they are named as.
+
+"pay invoice in_77", "delete the message 1234567 in channel 998877", "flights on 2027-03-02",
+"send 'hello team'": a value is an id-like token (a digit in it), a number, an ISO date, an
+e-mail or a quoted string, with the words written just before it ("invoice", "channel"). A
+value fills a parameter only when those words name it (the parameter's own words, or the entity
+of its id: ``{id}`` of ``/invoices/{id}`` is named by "invoice"), or when its kind says which
+(an e-mail fills an ``email``, a date a ``date``), and it fits the parameter's type. A wrong
+value is worse than none: a value named by nothing fills nothing.
+
+Read once per prompt (cached); the features read which required parameters of a candidate the
+request fills, and the served ``params`` take the same values (:mod:`core.params`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from core.spec.operations import Operation, Param
+from core.vocabulary import (
+    ID_SUFFIXES,
+    STOPWORDS,
+    feature_stem,
+    is_version_entity,
+    param_entity,
+    tokenize,
+)
+
+__all__ = ["RequestValue", "request_values", "request_fills", "param_namings", "type_fits", "named_stems"]
+
+# quoted text, an e-mail, an ISO date, or a token with a digit in it (ids, numbers, codes)
+_VALUE = re.compile(
+    r"\"(?P<dq>[^\"]{1,200})\"|(?<!\w)'(?P<sq>[^']{1,200})'(?!\w)|“(?P<cq>[^”]{1,200})”"
+    r"|(?P<email>[\w.+-]+@[\w-]+(?:\.[\w-]+)+)"
+    r"|(?P<date>\b\d{4}-\d{2}-\d{2}(?:T[\d:.]+Z?)?\b)"
+    r"|(?P<token>(?<![\w@.-])[A-Za-z0-9][\w.:-]*\d[\w.:-]*|(?<![\w@.-])\d[\w.:-]*)"
+)
+_WORD = re.compile(r"[A-Za-z]+")
+# A value's name is written in its clause, right before it: never across these.
+_CLAUSE_END = re.compile(r"[.;,!?()\[\]{}]")
+# Words between a name and its value that say nothing ("the role named admins", "project is
+# 8f3a"); any other small word ends the name ("a request to 'approved'" names nothing).
+_LINKING = frozenset({"the", "a", "an", "is", "named", "called", "titled", "equal", "equals"})
+_NAME_WORDS = 3  # at most this many words name a value
+# Trailing words that only say "an id of": "invoice number 42" names the invoice's id.
+_ID_TAIL = frozenset(feature_stem(w) for w in ID_SUFFIXES | {"no"})
+
+
+@dataclass(frozen=True, slots=True)
+class RequestValue:
+    value: str
+    kind: str  # "quoted" | "email" | "date" | "number" | "id"
+    named: tuple[str, ...]  # feature stems of the words naming it, nearest last (may be empty)
+    bare: tuple[str, ...] = ()  # the same without trailing id words ("invoice number" → invoice)
+
+
+@lru_cache(maxsize=4096)
+def request_values(prompt: str | None) -> tuple[RequestValue, ...]:
+    """The values written in ``prompt``, in order, each with the (up to two) words naming it."""
+    if not prompt:
+        return ()
+    out: list[RequestValue] = []
+    for m in _VALUE.finditer(prompt):
+        kind = m.lastgroup or "token"
+        value = m.group(kind).rstrip(".:,;")
+        if kind in ("dq", "sq", "cq"):
+            kind = "quoted"
+        elif kind == "token":
+            kind = "number" if re.fullmatch(r"-?\d+(\.\d+)?", value) else "id"
+        if not value:
+            continue
+        head = prompt[max(0, m.start() - 80): m.start()]
+        cut = [c.end() for c in _CLAUSE_END.finditer(head)]
+        words: list[str] = []
+        for w in reversed(_WORD.findall(head[cut[-1]:] if cut else head)):
+            lw = w.lower()
+            if lw in _LINKING and not words:
+                continue
+            if lw in STOPWORDS or lw in _LINKING:
+                break
+            words.insert(0, feature_stem(lw))
+            if len(words) == _NAME_WORDS:
+                break
+        bare = list(words)
+        while bare and bare[-1] in _ID_TAIL:
+            bare.pop()
+        out.append(RequestValue(value, kind, tuple(words), tuple(bare)))
+    return tuple(out)
+
+
+def named_stems(prompt: str | None) -> frozenset[str]:
+    """The stems of the words that name a value of the request ("invoice" of "invoice in_77")."""
+    return frozenset(w for v in request_values(prompt) for w in v.named)
+
+
+def type_fits(value: Any, type_: str | None) -> bool:
+    """Whether ``value`` can be a value of a parameter of JSON-schema type ``type_``."""
+    if type_ in ("integer", "number"):
+        try:
+            float(str(value))
+        except ValueError:
+            return False
+        return type_ == "number" or str(value).lstrip("-").isdigit()
+    if type_ == "boolean":
+        return str(value).lower() in ("true", "false")
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
+
+
+@lru_cache(maxsize=65536)
+def _param_names(name: str, segments: tuple[str, ...]) -> tuple[tuple[tuple[str, ...], ...], ...]:
+    """(full, core) word sequences that name a parameter. Full: all its words (``culture_code``,
+    ``name``, ``project_id``); core: its words without id words, and the entity of its id
+    (``project_id`` → project; ``{id}`` of ``/invoices/{id}`` → invoice)."""
+    words = tokenize(name, keep_stopwords=True)
+    full = (tuple(feature_stem(w) for w in words),) if words else ()
+    core = tuple(feature_stem(w) for w in words if w not in ID_SUFFIXES)
+    cores = {core} if core else set()
+    entity = param_entity(name, segments)
+    if entity and not is_version_entity(entity):
+        cores.add(tuple(feature_stem(w) for w in entity.split("_")))
+    return full, tuple(sorted(cores))
+
+
+def _ends_with(named: tuple[str, ...], words: tuple[str, ...]) -> bool:
+    return 0 < len(words) <= len(named) and named[-len(words):] == words
+
+
+def _names(value: RequestValue, name: str, full: tuple[tuple[str, ...], ...],
+           cores: tuple[tuple[str, ...], ...]) -> bool:
+    if value.kind == "email" and "email" in name.lower():
+        return True
+    if value.kind == "date" and _DATE_NAME.search(name):
+        return True
+    return (any(_ends_with(value.named, words) for words in full)
+            or any(_ends_with(value.bare, words) for words in cores))
+
+
+_DATE_NAME = re.compile(r"date|day|since|until|from|to$", re.I)
+
+
+# A parameter as the request can name it: (name, type, full words, core words).
+Naming = tuple[str, str | None, tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]
+
+
+def param_namings(operation: Operation) -> tuple[Naming, ...]:
+    """The parameters of ``operation`` a request can fill (not headers or cookies; path ones
+    the spec forgot to declare too), with the words that name them. Per spec, cached by the
+    features' tables."""
+    params = [p for p in operation.params if p.location not in ("header", "cookie")]
+    declared = {p.name for p in params}
+    params += [Param(n, "path", True) for n in operation.path_params if n not in declared]
+    out: list[Naming] = []
+    for p in params:
+        full, cores = _param_names(p.name, operation.segments if p.location == "path" else ())
+        out.append((p.name, p.type, full, cores))
+    return tuple(out)
+
+
+def request_fills(
+    operation: Operation, values: tuple[RequestValue, ...],
+    namings: tuple[Naming, ...] | None = None,
+) -> dict[str, str]:
+    """The parameters of ``operation`` (not headers) that a value of the request fills: named by
+    the words before it (or by its kind), of the parameter's type; each value fills one parameter
+    and each parameter takes the first value that names it. ``namings``: the operation's
+    :func:`param_namings`, when already computed."""
+    if not values:
+        return {}
+    # a parameter whose last word names no value (and no e-mail or date to fill) is passed over
+    last_words = {w[-1] for v in values for w in (v.named, v.bare) if w}
+    by_kind = any(v.kind in ("email", "date") for v in values)
+    out: dict[str, str] = {}
+    used: set[int] = set()
+    for name, type_, full, cores in namings if namings is not None else param_namings(operation):
+        if not by_kind and not any(w[-1] in last_words for w in (*full, *cores)):
+            continue
+        for k, v in enumerate(values):
+            if k not in used and _names(v, name, full, cores) and type_fits(v.value, type_):
+                out[name] = v.value
+                used.add(k)
+                break
+    return out

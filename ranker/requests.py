@@ -1,0 +1,110 @@
+"""Requests as users type them, built from the workflows' own data without inventing answers.
+
+- ``direct``: one step asked for on its own: the step's ``description`` as the prompt, no
+  history, target = that step's call. With ``values``, the request also carries the values of
+  the step's path and id parameters (from the workflow's ``$inputs``, and the ids earlier steps
+  found), each after the words that name it ("… (project 8f3a01bc22)"), as a user writes
+  "pay invoice in_77".
+- ``find_id``: a step needs an id that an earlier step's output gives (``$steps.x.outputs``) and
+  nobody has yet: the later step's description (with its known values) as the prompt, the
+  history before the earlier step, target = the earlier step's call, the read that finds it.
+
+The values are the ones :mod:`ranker.data` gives the steps, so a filled parameter can be checked
+against the value the step really passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from typing import Literal
+
+from core.spec.index import SpecIndex
+from core.vocabulary import is_id_name, param_entity, tokenize
+from ranker.data import Example, Step, Workflow, history_of, load_spec
+
+__all__ = ["RequestKind", "request_examples", "known_values", "needs_found_id", "MAX_VALUES"]
+
+RequestKind = Literal["direct", "direct_values", "find_id"]
+MAX_VALUES = 3
+_FINDING_ROLES = ("list", "search", "get")
+
+
+def known_values(spec: SpecIndex, step: Step, *, with_found: bool = False) -> dict[str, str]:
+    """The values the user gives for ``step``: its path parameters and id-named parameters that
+    come from the workflow's inputs, and with ``with_found`` those an earlier step's output gave
+    (a user asking for this one call who has the id: "delete the message 1234567"); at most
+    :data:`MAX_VALUES`."""
+    op = spec.operations[spec.by_key[step.key]]
+    names = [*step.from_inputs, *(n for n, _j in step.from_steps if with_found)]
+    out: dict[str, str] = {}
+    for name in names:
+        value = step.path_params.get(name) if name in op.path_params else step.params.get(name)
+        if value and (name in op.path_params or is_id_name(name)) and len(out) < MAX_VALUES:
+            out[name] = value
+    return out
+
+
+def needs_found_id(spec: SpecIndex, step: Step) -> bool:
+    """Whether ``step`` takes an id that only an earlier step's output gave."""
+    op = spec.operations[spec.by_key[step.key]]
+    return any(n in op.path_params or is_id_name(n) for n, _j in step.from_steps)
+
+
+def _render(description: str, spec: SpecIndex, step: Step, values: dict[str, str]) -> str:
+    if not values:
+        return description
+    op = spec.operations[spec.by_key[step.key]]
+    parts = []
+    for name, value in values.items():
+        entity = param_entity(name, op.segments if name in op.path_params else ())
+        words = entity.replace("_", " ") if entity else " ".join(tokenize(name, keep_stopwords=True))
+        parts.append(f"{words} {value}")
+    return f"{description.rstrip('.')} ({', '.join(parts)})"
+
+
+def _with_values(api: str, workflow_id: str, position: int) -> bool:
+    """Half the training asks carry their values, half don't (a stable hash)."""
+    return hashlib.sha1(f"values|{api}|{workflow_id}|{position}".encode()).digest()[0] % 2 == 0
+
+
+def request_examples(
+    workflows: Iterable[Workflow], kind: RequestKind | Literal["training"]
+) -> Iterator[Example]:
+    """The ``kind`` requests of every step of ``workflows`` that has a description.
+    ``training``: direct asks (half with their values) and find-id asks together."""
+    for wf in workflows:
+        if wf.source != "real":
+            continue
+        spec = load_spec(wf.spec_path)
+        if kind in ("direct", "direct_values", "training"):
+            for i, step in enumerate(wf.steps):
+                if not step.description:
+                    continue
+                with_values = kind == "direct_values" or (
+                    kind == "training" and _with_values(wf.api, wf.workflow_id, i))
+                # Asked without the id an earlier step found, the right next call is the one
+                # that finds it (the find_id asks): not a direct ask to train on.
+                if kind == "training" and not with_values and needs_found_id(spec, step):
+                    continue
+                values = known_values(spec, step, with_found=True) if with_values else {}
+                yield Example(api=wf.api, workflow_id=wf.workflow_id, spec=spec, history=(),
+                              prompt=_render(step.description, spec, step, values),
+                              target=step.key, source="request", position=i)
+        if kind in ("find_id", "training"):
+            done: set[int] = set()
+            for step in wf.steps:
+                if not step.description:
+                    continue
+                op = spec.operations[spec.by_key[step.key]]
+                for name, j in step.from_steps:
+                    finder = spec.operations[spec.by_key[wf.steps[j].key]]
+                    if (j in done or finder.role not in _FINDING_ROLES or finder.method != "GET"
+                            or not (name in op.path_params or is_id_name(name))):
+                        continue
+                    done.add(j)
+                    values = known_values(spec, step)
+                    yield Example(api=wf.api, workflow_id=wf.workflow_id, spec=spec,
+                                  history=history_of(wf, spec, j),
+                                  prompt=_render(step.description, spec, step, values),
+                                  target=finder.key, source="request", position=j)

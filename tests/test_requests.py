@@ -1,0 +1,183 @@
+"""Requests as users type them (issue 17): what the request carries and names, the shipped model
+on the kinds of asks that went wrong, and the guard that no family of requests ranks below BM25."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from core.candidates.retrieval import RetrievalGenerator
+from core.features import FeatureExtractor
+from core.params import fill_params
+from core.priors.transitions import load_transitions
+from core.request import request_fills, request_values
+from core.scorer import RankerModel
+from core.spec.index import SpecIndex
+from core.spec.openapi import parse_spec
+from core.vocabulary import wants_destructive
+
+
+def _op(summary: str, params: list[dict[str, Any]] | None = None, op_id: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "ok"}}}
+    if op_id:
+        out["operationId"] = op_id
+    if params:
+        out["parameters"] = params
+    return out
+
+
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _query(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": True, "schema": {"type": "string"}}
+
+
+def _spec(paths: dict[str, Any]) -> SpecIndex:
+    doc = {"openapi": "3.0.3", "info": {"title": "t", "version": "1"}, "paths": paths}
+    return parse_spec(json.dumps(doc).encode())
+
+
+# -- reading the request ------------------------------------------------------------------------
+
+
+def test_values_fill_the_parameters_they_are_named_for() -> None:
+    spec = _spec({"/channels/{channel_id}/messages/{message_id}": {
+        "delete": _op("Delete a message", [_path("channel_id"), _path("message_id")])}})
+    op = spec.operations[0]
+    prompt = "delete the message 1234567 in channel 998877"
+    assert request_fills(op, request_values(prompt)) == {"message_id": "1234567",
+                                                         "channel_id": "998877"}
+    params, missing = fill_params(op, [], prompt=prompt)
+    assert params == {"message_id": "1234567", "channel_id": "998877"} and missing == []
+
+
+def test_a_value_named_by_nothing_fills_nothing() -> None:
+    spec = _spec({"/roles/{id}": {"delete": _op("Delete a role", [_path("id")])},
+                  "/users/{user_id}": {"get": _op("Get a user", [_path("user_id")])}})
+    role, user = spec.operations
+    assert request_fills(role, request_values("delete the role role456")) == {"id": "role456"}
+    # the role's id is no user's; a bare number named by nothing stays missing
+    assert request_fills(user, request_values("delete the role role456")) == {}
+    params, missing = fill_params(user, [], prompt="show me 42")
+    assert params == {} and missing == ["user_id"]
+    # a quoted word across a clause or after a small word names nothing
+    assert request_fills(role, request_values("set the role to 'admin'")) == {}
+
+
+def test_the_destructive_vocabulary_covers_what_users_regret() -> None:
+    for prompt in ("mark this ticket as spam", "redact the comment", "suspend the account",
+                   "ban that user", "revoke the key", "archive the project"):
+        assert wants_destructive(prompt), prompt
+    for prompt in ("reply and mark the ticket as solved", "open a bank account",
+                   "update the banner", "show the tickets"):
+        assert not wants_destructive(prompt), prompt
+    spec = _spec({
+        "/tickets/{ticket_id}/mark_as_spam": {"put": _op("Mark a ticket as spam",
+                                                         [_path("ticket_id")])},
+        "/comments/{id}/redact": {"post": _op("Redact a comment", [_path("id")])},
+        "/users/{id}/suspend": {"post": _op("Suspend a user", [_path("id")])},
+        "/projects/{id}/archive": {"post": _op("Archive a project", [_path("id")])},
+        "/tickets/{ticket_id}": {"put": _op("Update a ticket", [_path("ticket_id")])},
+    })
+    assert [op.destructive for op in spec.operations] == [True, True, True, True, False]
+
+
+# -- the shipped model on the kinds of asks that went wrong ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served():
+    transitions = load_transitions()
+    generator = RetrievalGenerator(transitions=transitions)
+    extractor = FeatureExtractor(transitions=transitions)
+    model = RankerModel.load()
+
+    def rank(spec: SpecIndex, prompt: str, history=()) -> list[str]:
+        cands = generator.generate(spec, list(history), prompt, limit=30)
+        X = extractor.extract(spec, list(history), prompt, cands)
+        [(probs, _)] = model.score_groups([X])
+        return [spec.operations[cands[j].index].key for j in np.argsort(-probs, kind="stable")]
+
+    return rank
+
+
+def test_count_asked_puts_the_count_first(served) -> None:
+    spec = _spec({
+        "/products": {"get": _op("List products", op_id="listProducts"),
+                      "post": _op("Create a product", op_id="createProduct")},
+        "/products/count": {"get": _op("Count products", op_id="countProducts")},
+        "/products/{product_id}": {"get": _op("Get a product", [_path("product_id")])},
+        "/categories": {"get": _op("List categories")},
+    })
+    assert served(spec, "How many products are in the catalogue?")[0] == "GET /products/count"
+
+
+def test_a_value_given_outranks_the_list(served) -> None:
+    spec = _spec({
+        "/banners": {"get": _op("List banners", op_id="listBanners")},
+        "/banner/{text}": {"get": _op("Render a banner with a text", [_path("text")],
+                                      op_id="getBanner")},
+        "/fonts": {"get": _op("List fonts")},
+    })
+    ranked = served(spec, "Put the text 'Happy birthday' on a banner")
+    assert ranked.index("GET /banner/{text}") < ranked.index("GET /banners"), ranked
+
+
+def test_a_named_thing_without_id_is_searched_first(served) -> None:
+    spec = _spec({
+        "/search/movie": {"get": _op("Search movies by title", [_query("query")],
+                                     op_id="searchMovie")},
+        "/movie/{movie_id}": {"get": _op("Get the details of a movie", [_path("movie_id")])},
+        "/movie/{movie_id}/credits": {"get": _op("Get the cast and crew of a movie",
+                                                 [_path("movie_id")])},
+        "/movie/popular": {"get": _op("List popular movies")},
+        "/person/{person_id}": {"get": _op("Get a person", [_path("person_id")])},
+    })
+    ranked = served(spec, "Who directed the movie Heat? Show its cast and crew")
+    assert ranked.index("GET /search/movie") < ranked.index("GET /movie/{movie_id}/credits"), ranked
+
+
+def test_an_explicit_delete_ask_puts_the_delete_first(served) -> None:
+    spec = _spec({
+        "/roles": {"get": _op("List roles", op_id="listRoles"),
+                   "post": _op("Create a role", op_id="createRole")},
+        "/roles/{id}": {"get": _op("Get a role", [_path("id")], op_id="getRole"),
+                        "patch": _op("Update a role", [_path("id")], op_id="updateRole"),
+                        "delete": _op("Delete a role", [_path("id")], op_id="deleteRole")},
+    })
+    assert served(spec, "I no longer need the role role456, delete it")[0] == "DELETE /roles/{id}"
+    assert "DELETE /roles/{id}" not in served(spec, "I no longer need the role role456")[:1]
+
+
+# -- no family of requests below BM25 (validation APIs, never trained on) -------------------------
+
+
+@pytest.fixture(scope="module")
+def validation(jentic_dir):
+    from ranker.data import load_workflows, split_of
+
+    return [w for w in load_workflows(jentic_dir, progress=False) if split_of(w.api) == "valid"]
+
+
+def test_no_family_of_requests_below_bm25(validation) -> None:
+    """Direct asks, asks with values, find-the-id asks and workflow steps: the service's hit@1 is
+    at least BM25's over the whole spec on each."""
+    from benchmarks.requests import below_bm25, evaluate
+
+    transitions = load_transitions()
+    generator = RetrievalGenerator(transitions=transitions)
+    extractor = FeatureExtractor(transitions=transitions)
+    model = RankerModel.load()
+    results = evaluate(validation, generator=generator, extractor=extractor, score=model.raw_scores)
+    assert set(results) == {"direct", "direct + values", "find id", "workflow"}
+    assert all(r["service"]["n"] > 150 for r in results.values()), results
+    assert below_bm25(results) == [], results
+    # the guard can fail: ranking against the generator's own order is below BM25 on some family
+    worst = evaluate(validation, generator=generator, extractor=extractor,
+                     score=lambda X: np.asarray(model.raw_scores(X)) * -1.0)
+    assert below_bm25(worst), worst
