@@ -106,6 +106,8 @@ def type_fits(value: Any, type_: str | None) -> bool:
         return type_ == "number" or str(value).lstrip("-").isdigit()
     if type_ == "boolean":
         return str(value).lower() in ("true", "false")
+    if type_ in ("array", "object"):
+        return False  # one word of a request is no list or object ("messages" of a bulk delete)
     return isinstance(value, str | int | float) and not isinstance(value, bool)
 
 

@@ -65,6 +65,13 @@ def test_a_value_named_by_nothing_fills_nothing() -> None:
     assert request_fills(user, request_values("delete the role role456")) == {}
     params, missing = fill_params(user, [], prompt="show me 42")
     assert params == {} and missing == ["user_id"]
+    # one word of a request is no list: the ``messages`` array of a bulk delete stays empty
+    bulk = _spec({"/messages/bulk-delete": {"post": {
+        "summary": "Delete messages", "responses": {"200": {"description": "ok"}},
+        "requestBody": {"content": {"application/json": {"schema": {
+            "type": "object", "required": ["messages"],
+            "properties": {"messages": {"type": "array", "items": {"type": "string"}}}}}}}}}})
+    assert request_fills(bulk.operations[0], request_values("delete the message 1234567")) == {}
     # a quoted word across a clause or after a small word names nothing
     assert request_fills(role, request_values("set the role to 'admin'")) == {}
 
