@@ -66,7 +66,7 @@ def test_train_entry_point_end_to_end(jentic_dir, tmp_path) -> None:
     card = json.loads((out / CARD_FILE).read_text())
     assert card["feature_names"] == list(FEATURE_NAMES)
     assert card["data"]["apis"] == {"train": 4, "valid": 2}
-    kinds = {"real", "synthetic", "personal", "population"}
+    kinds = {"real", "request", "synthetic", "personal", "population"}
     assert {"real", "synthetic"} <= set(card["metrics"]["validation"]) <= kinds
     assert card["data"]["personal_users_per_api"] == 1
     assert card["data"]["population_same_flow"] == 0.5
