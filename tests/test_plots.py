@@ -54,3 +54,16 @@ def test_nothing_to_plot_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         metric_bars({"hit@1": {}}, tmp_path / "e.png", title="empty")
     assert not (tmp_path / "e.png").exists()
+
+
+def test_evaluate_plot_writes_a_png(tmp_path: Path) -> None:
+    from tools.cli import _parser, plot_evaluation
+
+    args = _parser().parse_args(["evaluate", "--plot", str(tmp_path / "eval.png"), "--max-apis", "2"])
+    assert args.plot == tmp_path / "eval.png"
+    m = {"n": 10, "hit@1": 0.5, "hit@3": 0.8, "hit@5": 0.9, "mrr": 0.65, "ndcg@5": 0.7}
+    rows = {"real: generator order": m, "real: heuristic fallback": {**m, "hit@1": 0.3},
+            "real: lgbm-test": {**m, "hit@1": 0.6}, "feedback: as served": m, "feedback: lgbm-test": m}
+    out = plot_evaluation(rows, args.plot, model="lgbm-test")
+    assert out == args.plot
+    assert_png(out)

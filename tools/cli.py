@@ -7,7 +7,8 @@
     retrain    retrain on base data + recorded feedback, gate, promote (python -m tools.retrain)
     rollback   put the previous model version back (python -m tools.retrain rollback)
     models     the model versions and which one is current
-    evaluate   ranking metrics of a model on the held-out APIs (and on recorded feedback)
+    evaluate   ranking metrics of a model on the held-out APIs (and on recorded feedback);
+               --plot FILE also draws them as bars
     bench      a bounded load against a running service (or the in-process pipeline)
     population what the population memory holds per API, and clearing an API (tools.population)
 
@@ -280,10 +281,32 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 # -- evaluate ------------------------------------------------------------------------------------
 
 
+PLOT_METRICS = ("hit@1", "hit@3", "mrr")
+
+
+def plot_evaluation(rows: dict[str, dict[str, float]], path: Path, *, model: str) -> Path:
+    """evaluate's rows ("group: method" -> metrics) as bars of hit@1 / hit@3 / MRR per group."""
+    from tools.plotting import metric_bars, split_rows
+
+    panels = {("MRR" if m == "mrr" else m): v for m, v in split_rows(rows, PLOT_METRICS).items()}
+    return metric_bars(panels, path,
+                       title=f"opensesame evaluate: model {model} (held-out APIs; a target the "
+                             "generator missed is a miss)")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import hashlib
 
     import numpy as np
+
+    if args.plot:
+        from tools.plotting import PlotUnavailable, pyplot
+
+        try:  # before the minutes of evaluation, not after
+            pyplot()
+        except PlotUnavailable as exc:
+            print(exc, file=sys.stderr)
+            return 2
 
     from core.candidates.retrieval import RetrievalGenerator
     from core.features import FeatureExtractor
@@ -344,6 +367,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           "seconds": round(time.perf_counter() - started, 1)}))
     else:
         print(metrics_table(rows, title="held-out APIs (a target the generator missed is a miss)"))
+    if args.plot:
+        plot_evaluation(rows, args.plot, model=model.version)
+        if not args.json:
+            print(f"\nplot: {args.plot}")
     return 0
 
 
@@ -498,6 +525,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--feedback", type=Path, help="a feedback store to evaluate on as well")
     e.add_argument("--no-workflows", action="store_true", help="only the feedback store")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--plot", type=Path, metavar="FILE",
+                   help="also write a bar chart (PNG) of hit@1 / hit@3 / MRR per group (needs the "
+                   "bench extra: matplotlib)")
     e.set_defaults(func=cmd_evaluate)
 
     b = sub.add_parser("bench", parents=[out], help="a bounded load against the service",
