@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("matplotlib")
-
-from benchmarks.plots import RESULTS, main, plot_accuracy, plot_llm_weight  # noqa: E402
-from tools.plotting import metric_bars, split_rows  # noqa: E402
+from benchmarks.plots import RESULTS, main, plot_accuracy, plot_llm_weight
+from tools.plotting import metric_bars, split_rows
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
