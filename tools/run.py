@@ -170,6 +170,9 @@ def start(ports: Ports, *, access_log: bool = False) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    # SIGINT too, explicitly: a process started in the background by a non-interactive shell
+    # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt for it.
+    signal.signal(signal.SIGINT, on_signal)
     try:
         head.start()
         # The serve CLI talks to this head only: --address, never RAY_ADDRESS or a default.
