@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -228,3 +229,26 @@ def test_make_stop_leaves_nothing(run: tuple[Ports, subprocess.Popen[str]]) -> N
     assert proc.wait(30) is not None  # `make run` itself ends with what it started
     assert marked_pids(ports.temp_dir) == []
     assert preflight(ports) is None  # every port free again: the next `make run` starts
+
+
+@pytest.mark.serve
+@pytest.mark.slow
+def test_sigint_stops_a_run_started_in_the_background(tmp_path: Path) -> None:
+    """Ctrl-C stops everything; so does SIGINT from a script, whose background jobs inherit
+    SIGINT ignored (Python then raises no KeyboardInterrupt unless the launcher asks for it)."""
+    ports = _ports()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled",
+           "OPENSESAME_DATA_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "tools.run", "start", *_args(ports)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        wait_http(f"http://127.0.0.1:{ports.http}/livez", timeout_s=240, head=proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(90) == 0
+        assert marked_pids(ports.temp_dir) == []
+        assert preflight(ports) is None
+    finally:
+        subprocess.run([sys.executable, "-m", "tools.run", "stop", *_args(ports)], cwd=ROOT, timeout=120)
+        if proc.poll() is None:
+            proc.kill()
