@@ -22,6 +22,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,31 @@ from core.priors.transitions import load_transitions
 from core.scorer import HeuristicRanker, RankerModel, default_model_path
 from core.settings import load_settings
 from core.vocabulary import tokenize
-from ranker.data import Example, examples, load_workflows, split_of
+from ranker.data import Example, Workflow, examples, load_workflows, split_of
 from ranker.evaluate import MISS, build_groups, metrics_table, ranking_metrics, ranks_from_scores
 from ranker.synth import synthesize_for_apis
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"hit@1": 0.60, "hit@3": 0.85, "mrr": 0.70, "hit@1 vs bm25": 2.0}
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """What every ranking benchmark scores on: the validation APIs' workflows (never trained on),
+    and the generator and feature extractor built as serving builds them."""
+
+    workflows: list[Workflow]
+    generator: RetrievalGenerator
+    extractor: FeatureExtractor
+
+
+def held_out(jentic_dir: Path) -> HeldOut:
+    transitions = load_transitions()
+    return HeldOut(
+        workflows=[w for w in load_workflows(jentic_dir, progress=False) if split_of(w.api) == "valid"],
+        generator=RetrievalGenerator(transitions=transitions),
+        extractor=FeatureExtractor(transitions=transitions),
+    )
 
 
 def bm25_rank(generator: RetrievalGenerator, example: Example) -> int:
@@ -51,10 +71,8 @@ def run(
     *, jentic_dir: Path, model_path: Path, synthetic_per_api: int, seed: int
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    workflows = [w for w in load_workflows(jentic_dir, progress=False) if split_of(w.api) == "valid"]
-    transitions = load_transitions()
-    generator = RetrievalGenerator(transitions=transitions)
-    extractor = FeatureExtractor(transitions=transitions)
+    data = held_out(jentic_dir)
+    workflows, generator, extractor = data.workflows, data.generator, data.extractor
     model = RankerModel.load(model_path)
     heuristic = HeuristicRanker(reason="benchmark baseline")
     sets = {

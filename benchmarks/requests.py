@@ -32,14 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.ranking import bm25_rank
+from benchmarks.ranking import bm25_rank, held_out
 from core.candidates.retrieval import RetrievalGenerator
 from core.features import FeatureExtractor
 from core.params import fill_params
-from core.priors.transitions import load_transitions
 from core.scorer import RankerModel, default_model_path
 from core.settings import load_settings
-from ranker.data import Example, Workflow, examples, load_workflows, split_of
+from ranker.data import Example, Workflow, examples
 from ranker.evaluate import build_groups, metrics_table, ranking_metrics, ranks_from_scores
 from ranker.requests import known_values, request_examples
 
@@ -105,12 +104,10 @@ def below_bm25(results: dict[str, dict[str, Any]]) -> list[str]:
 
 def run(*, jentic_dir: Path, model_path: Path) -> dict[str, Any]:
     started = time.perf_counter()
-    workflows = [w for w in load_workflows(jentic_dir, progress=False) if split_of(w.api) == "valid"]
-    transitions = load_transitions()
-    generator = RetrievalGenerator(transitions=transitions)
-    extractor = FeatureExtractor(transitions=transitions)
+    data = held_out(jentic_dir)
+    workflows = data.workflows
     model = RankerModel.load(model_path)
-    results: dict[str, Any] = evaluate(workflows, generator=generator, extractor=extractor,
+    results: dict[str, Any] = evaluate(workflows, generator=data.generator, extractor=data.extractor,
                                        score=model.raw_scores)
     tables = [metrics_table({k: v for k, v in r.items() if k != "apis"},
                             title=f"{name}, validation APIs ({r['apis']} APIs)")

@@ -166,9 +166,9 @@ def test_an_explicit_delete_ask_puts_the_delete_first(served) -> None:
 
 @pytest.fixture(scope="module")
 def validation(jentic_dir):
-    from ranker.data import load_workflows, split_of
+    from benchmarks.ranking import held_out
 
-    return [w for w in load_workflows(jentic_dir, progress=False) if split_of(w.api) == "valid"]
+    return held_out(jentic_dir)
 
 
 def test_no_family_of_requests_below_bm25(validation) -> None:
@@ -176,15 +176,14 @@ def test_no_family_of_requests_below_bm25(validation) -> None:
     at least BM25's over the whole spec on each."""
     from benchmarks.requests import below_bm25, evaluate
 
-    transitions = load_transitions()
-    generator = RetrievalGenerator(transitions=transitions)
-    extractor = FeatureExtractor(transitions=transitions)
+    generator, extractor = validation.generator, validation.extractor
     model = RankerModel.load()
-    results = evaluate(validation, generator=generator, extractor=extractor, score=model.raw_scores)
+    results = evaluate(validation.workflows, generator=generator, extractor=extractor,
+                       score=model.raw_scores)
     assert set(results) == {"direct", "direct + values", "find id", "workflow"}
     assert all(r["service"]["n"] > 150 for r in results.values()), results
     assert below_bm25(results) == [], results
     # the guard can fail: ranking against the generator's own order is below BM25 on some family
-    worst = evaluate(validation, generator=generator, extractor=extractor,
+    worst = evaluate(validation.workflows, generator=generator, extractor=extractor,
                      score=lambda X: np.asarray(model.raw_scores(X)) * -1.0)
     assert below_bm25(worst), worst
