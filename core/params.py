@@ -12,6 +12,7 @@ from core.spec.index import Call
 from core.spec.operations import Operation, Param
 from core.vocabulary import (
     REFERENCE_WORDS,
+    VERSION_SEGMENT,
     is_id_name,
     is_version_entity,
     name_key,
@@ -29,11 +30,14 @@ def param_sources(
     """For each path parameter: the id it takes (newest first, concrete values preferred) and
     whether that value is known.
 
-    An id fits by its name, or by its entity (:func:`matching_ids`) when that entity names
-    something: a version segment (``/v1beta1/{+name}``, ``/api/{id}``) names nothing, and neither
-    does the literal before a segment for any parameter but the segment's first
-    (``/media/{id}.{extension}``: the extension is no media id)."""
-    return _param_sources(operation, *held_ids(history))
+    A value the history shows fits by its name only: ``{invoice_id}`` takes an ``invoice_id``,
+    and a bare ``{id}`` the ``{id}`` of its own resource; an id of the same entity under another
+    name (``{Sid}`` of ``/Sims/{Sid}`` for ``{SimSid}``) is not taken. An id the last call
+    returns (value unseen, never filled) fits by its entity too (:func:`matching_ids`), when that
+    entity names something: a version segment (``/v1beta1/{+name}``, ``/api/{id}``) names
+    nothing, and neither does the literal before a segment for any parameter but the segment's
+    first (``/media/{id}.{extension}``: the extension is no media id)."""
+    return _param_sources(operation, *held_ids(_placed(history)))
 
 
 # The history's ids by name key and by entity (:func:`held_ids`).
@@ -47,7 +51,8 @@ def _param_sources(
     out: dict[str, tuple[IdSource | None, bool]] = {}
     for name in operation.path_params:
         key, entity = name_key(name), param_entity(name, operation.segments)
-        hits = [s for s in matching_ids(key, entity, by_name, by_entity) if _fits(s, key)]
+        hits = [s for s in matching_ids(key, entity, by_name, by_entity) if _fits(s, key)
+                and (s.origin == "returns" or name_key(s.name) == key)]
         if not _names_something(name, entity, operation.segments):
             hits = [s for s in hits if name_key(s.name) == key]  # by its name only
         hits.sort(key=lambda s: (s.age, s.value is None, s.origin != "path"))
@@ -58,6 +63,26 @@ def _param_sources(
             out[name] = (hits[0], False)
         else:
             out[name] = (None, False)
+    return out
+
+
+def _placed(history: Sequence[Call]) -> list[Call]:
+    """The history with the values of calls the spec placed on a shifted template emptied (the
+    call stays, unknown, so the others keep their age).
+
+    A path whose first segment is a parameter (``/{country}/{region}``) also matches the spec's
+    base path taken for that parameter: ``/api/tz/dar`` read as country ``api``, region ``tz``,
+    district ``dar``. A record's id is no ``api`` or ``v1`` (:data:`VERSION_SEGMENT`): when the
+    first parameter holds one, every value of the call sits one place off and would fill the
+    wrong parameter. (A version parameter, ``/{apiVersion}/accounts``, holds ``v1`` rightly.)"""
+    out = []
+    for call in history:
+        op = call.operation
+        first = path_param_names(op.segments[0]) if op is not None and op.segments else []
+        if (first and "version" not in tokenize(first[0], keep_stopwords=True)
+                and VERSION_SEGMENT.match(str(call.path_params.get(first[0], "")))):
+            call = Call(call.method, call.path, None, {}, {})
+        out.append(call)
     return out
 
 
@@ -122,16 +147,19 @@ def fill_params(
     newest wins), and the required parameters that could not be filled. A wrong value is worse
     than a missing one.
 
-    Path parameters take ids whose entity matches: ``{invoice_id}`` takes an ``invoice_id`` the
-    user passed, or the id in the path of an earlier call on invoices (``/invoices/{id}``); a
-    bare ``{id}`` takes an id of its own resource only. An id the last call returns but whose
-    value the history doesn't show stays missing.
+    Path parameters take ids of their own name (:func:`param_sources`): ``{invoice_id}`` an
+    ``invoice_id`` the user passed or had in a path, a bare ``{id}`` the ``{id}`` of its own
+    resource. An id of the same entity under another name is left out: carried across names
+    (the ``{Sid}`` of ``/Sims/{Sid}`` into ``{SimSid}``), an id was wrong on the real workflows
+    as often as it could be checked at all (``benchmarks.params_precision``). An id the
+    last call returns but whose value the history doesn't show stays missing, and so do the
+    values of a call read with the spec's base path as its first parameter (:func:`_placed`).
 
     Other required parameters (query, body) take a value only where its meaning is certain: the
     same name in the same place (query or body) of an earlier call on the same resource (of any
     call, for credentials and the API version: :data:`SESSION_PARAMS`), or, for an id
-    (``customer_id``), an id of its entity. ``lat`` of ``GET /eta`` is never the ``lat`` of
-    ``PUT /rides/{id}/destination``: those stay missing.
+    (``customer_id``), an id of the same name from any call. ``lat`` of ``GET /eta`` is never
+    the ``lat`` of ``PUT /rides/{id}/destination``: those stay missing.
 
     ``proposed``: the values an LLM proposed for this operation. What the history leaves unfilled
     takes one when the operation declares the parameter, the value fits its type, and it is
@@ -142,7 +170,8 @@ def fill_params(
     # whatever message the events last showed.
     params: dict[str, Any] = request_fills(operation, request_values(prompt))
     missing: list[str] = []
-    held = held_ids(history)
+    placed = _placed(history)
+    held = held_ids(placed)
     for name, (src, known) in _param_sources(operation, *held).items():
         if name in params:
             continue
@@ -154,7 +183,7 @@ def fill_params(
     for p in operation.params:
         if not p.required or p.location in ("path", "header", "cookie") or p.name in params:
             continue
-        value = _same_meaning_value(operation, p, history, held)
+        value = _same_meaning_value(operation, p, placed, held)
         if value is None:
             missing.append(p.name)
         else:
@@ -187,8 +216,9 @@ def _same_meaning_value(
     if not _refers(param.name) or not _names_something(param.name, entity, ()):
         return None
     key = name_key(param.name)
+    # an id of its own name, as a path parameter takes one (:func:`_param_sources`)
     hits = [s for s in matching_ids(key, entity, *held)
-            if s.value is not None and type_fits(s.value, param.type) and _fits(s, key)]
+            if name_key(s.name) == key and s.value is not None and type_fits(s.value, param.type)]
     return min(hits, key=lambda s: (s.age, s.origin != "path")).value if hits else None
 
 

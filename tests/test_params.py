@@ -37,6 +37,8 @@ def spec() -> SpecIndex:
         "paths": {
             "/v1/eta": {"get": {"parameters": [_query("lat", "number"), _query("lng", "number"),
                                                _query("api_key")], "responses": _OK}},
+            "/v1/estimates": {"post": {"requestBody": _body("lat", "lng", lat="number", lng="number"),
+                                       "responses": _OK}},
             "/v1/rides": {
                 "get": {"parameters": [_query("status")], "responses": _OK},
                 "post": {"requestBody": _body("status", "customer_id", status="string",
@@ -47,6 +49,8 @@ def spec() -> SpecIndex:
                 "parameters": [_path("id"), _query("api_key")],
                 "requestBody": _body("lat", "lng", lat="number", lng="number"), "responses": _OK}},
             "/v1/customers/{id}": {"get": {"parameters": [_path("id")], "responses": _OK}},
+            "/v1/customers/{customer_id}/cards": {"get": {"parameters": [_path("customer_id")],
+                                                          "responses": _OK}},
             "/v1/projects": {"post": {"requestBody": _body("name", name="string"), "responses": _OK}},
             "/v1/projects/{id}/keys": {"post": {"parameters": [_path("id")], "responses": _OK}},
             "/v1beta1/{+name}": {"get": {"parameters": [_path("name")], "responses": _OK}},
@@ -72,6 +76,11 @@ def test_the_pickup_point_is_not_the_new_destination(spec) -> None:
     # the ride's id, and the session's credential; the ETA's coordinates stay missing
     assert params == {"id": "r_1", "api_key": "k1"}
     assert missing == ["lat", "lng"]
+    # so do a price estimate's, though sent in a body too: another resource's point
+    estimate = spec.resolve("POST /v1/estimates", {"lat": 37.77, "lng": -122.41})
+    params, missing = fill_params(_op(spec, "PUT /v1/rides/{id}/destination"),
+                                  [estimate, spec.resolve("GET /v1/rides/r_1")])
+    assert params == {"id": "r_1"} and missing == ["api_key", "lat", "lng"]
 
 
 def test_a_field_comes_only_from_the_same_resource_and_place(spec) -> None:
@@ -84,10 +93,13 @@ def test_a_field_comes_only_from_the_same_resource_and_place(spec) -> None:
     assert fill_params(create, [earlier]) == ({"status": "booked", "customer_id": "cu_1"}, [])
 
 
-def test_an_id_field_takes_an_id_of_its_entity(spec) -> None:
+def test_an_id_field_takes_an_id_of_its_own_name(spec) -> None:
     create = _op(spec, "POST /v1/rides")
-    params, missing = fill_params(create, [spec.resolve("GET /v1/customers/cu_9")])
+    # from a call on another resource, under its name
+    params, missing = fill_params(create, [spec.resolve("GET /v1/customers/cu_9/cards")])
     assert params == {"customer_id": "cu_9"} and missing == ["status"]
+    # the same entity's id under another name ({id} of /customers/{id}) is left out
+    assert fill_params(create, [spec.resolve("GET /v1/customers/cu_9")]) == ({}, ["status", "customer_id"])
 
 
 def test_a_name_given_to_a_new_record_is_not_its_id(spec) -> None:
@@ -106,3 +118,56 @@ def test_ids_are_not_matched_by_a_version_segment_or_a_shared_segment(spec) -> N
     # /jobs/{id}/{key}: the job's id is no key of it
     params, missing = fill_params(_op(spec, "GET /jobs/{id}/{key}"), [spec.resolve("GET /jobs/j_1")])
     assert params == {"id": "j_1"} and missing == ["key"]
+
+
+def test_a_path_parameter_takes_an_id_under_its_own_name_only() -> None:
+    sims = parse_spec({
+        "openapi": "3.0.3",
+        "info": {"title": "Wireless", "version": "1"},
+        "paths": {
+            "/v1/Sims/{Sid}": {"get": {"parameters": [_path("Sid")], "responses": _OK},
+                               "post": {"parameters": [_path("Sid")], "responses": _OK}},
+            "/v1/Sims/{SimSid}/DataSessions": {"get": {"parameters": [_path("SimSid")],
+                                                       "responses": _OK}},
+            "/v1/Sims": {"get": {"parameters": [_query("SimSid")], "responses": _OK}},
+        },
+    })
+    sessions = _op(sims, "GET /v1/Sims/{SimSid}/DataSessions")
+    update = _op(sims, "POST /v1/Sims/{Sid}")
+    # the {Sid} of /Sims/{Sid} is a SIM id, but under another name: {SimSid} is left missing
+    assert fill_params(sessions, [sims.resolve("GET /v1/Sims/DE1")]) == ({}, ["SimSid"])
+    assert fill_params(update, [sims.resolve("GET /v1/Sims/DE1/DataSessions")]) == ({}, ["Sid"])
+    # and so is {Sid} after a filter of the list under another name
+    assert fill_params(update, [sims.resolve("GET /v1/Sims", {"SimSid": "DE1"})]) == ({}, ["Sid"])
+    # under its own name it is filled
+    assert fill_params(sessions, [sims.resolve("GET /v1/Sims", {"SimSid": "DE1"})]) == ({"SimSid": "DE1"}, [])
+    assert fill_params(update, [sims.resolve("GET /v1/Sims/DE1")]) == ({"Sid": "DE1"}, [])
+
+
+def test_a_call_read_with_its_base_path_as_a_parameter_gives_no_value() -> None:
+    places = parse_spec({
+        "openapi": "3.0.3",
+        "info": {"title": "Places", "version": "1"},
+        "servers": [{"url": "https://places.example/api"}],
+        "paths": {
+            "/{country}": {"get": {"parameters": [_path("country")], "responses": _OK}},
+            "/{country}/{region}": {"get": {"parameters": [_path("country"), _path("region")],
+                                            "responses": _OK}},
+            "/{country}/{region}/{district}": {"get": {
+                "parameters": [_path("country"), _path("region"), _path("district")], "responses": _OK}},
+            "/{apiVersion}/accounts/{id}": {"get": {
+                "parameters": [_path("apiVersion"), _path("id")], "responses": _OK}},
+            "/{apiVersion}/accounts/{id}/keys": {"get": {
+                "parameters": [_path("apiVersion"), _path("id")], "responses": _OK}},
+        },
+    })
+    districts = _op(places, "GET /{country}/{region}/{district}")
+    shifted = places.resolve("GET /api/tz/dar")  # the base path read as the country
+    assert shifted.path_params == {"country": "api", "region": "tz", "district": "dar"}
+    history = [places.resolve("GET /tz"), shifted]
+    # country from the call read right; region and district, one place off in the other, missing
+    assert fill_params(districts, history) == ({"country": "tz"}, ["region", "district"])
+    # a version parameter holds a version rightly
+    keys = _op(places, "GET /{apiVersion}/accounts/{id}/keys")
+    assert fill_params(keys, [places.resolve("GET /v1/accounts/ac_1")]) == (
+        {"apiVersion": "v1", "id": "ac_1"}, [])
