@@ -14,7 +14,9 @@ compared with the step's own values, per location (path / query / body):
   step (a response's value, an undeclared path input), which may or may not be the step's.
   These count neither way;
 * **missing_but_known**: not filled, though the step passes a known value that an earlier call of
-  the history shows (the value was there to take).
+  the history shows (the value was there to take);
+* **from the request**: of the filled (and of the wrong), those the request itself names
+  (:func:`core.request.request_fills`: the workflow's prompt); the rest come from the events.
 
 ``wrong_rate`` = wrong / (correct + wrong). Of the wrong, two kinds are told apart, as the data
 may be what is wrong: **event misresolved** (the value came from an event that ``SpecIndex.resolve``
@@ -45,6 +47,7 @@ from core.candidates.retrieval import RetrievalGenerator
 from core.features import FeatureExtractor
 from core.params import fill_params, param_sources
 from core.priors.transitions import load_transitions
+from core.request import request_fills, request_values
 from core.scorer import RankerModel, default_model_path
 from core.settings import load_settings
 from core.spec.index import Call
@@ -53,8 +56,8 @@ from ranker.data import Step, Workflow, examples, load_workflows, split_of, synt
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LOCATIONS = ("path", "query", "body")
-_KEYS = ("filled", "correct", "wrong", "wrong_misresolved_event", "wrong_other_input",
-         "unverifiable", "missing_but_known")
+_KEYS = ("filled", "filled_from_request", "correct", "wrong", "wrong_from_request",
+         "wrong_misresolved_event", "wrong_other_input", "unverifiable", "missing_but_known")
 _STEP_REF = re.compile(r"\$steps\.([^.\s}]+)\.outputs\.([A-Za-z0-9_\-]+)")
 _INPUT_REF = re.compile(r"\$inputs\.([A-Za-z0-9_\-]+)")
 _REQUEST_REF = re.compile(r"\$request\.(?:path|query|body)[.#/]+([A-Za-z0-9_\-]+)")
@@ -190,9 +193,11 @@ def measure(jentic_dir: Path, k: int = 5, split: str = "valid") -> dict[str, Any
             # may or may not be the step's: a fill that takes one can't be judged
             made_up = set().union(*made[: ex.position]) - set().union(*sure[: ex.position])
             params, _missing = fill_params(op, ex.history, prompt=ex.prompt)
+            asked = request_fills(op, request_values(ex.prompt))
             for name, value in params.items():
                 c = counts[_location(locations, name)]
                 c["filled"] += 1
+                c["filled_from_request"] += name in asked
                 if name not in true or not known.get(name, False) or (
                         str(value) != str(true[name]) and str(value) in made_up):
                     c["unverifiable"] += 1
@@ -200,6 +205,7 @@ def measure(jentic_dir: Path, k: int = 5, split: str = "valid") -> dict[str, Any
                     c["correct"] += 1
                 else:
                     c["wrong"] += 1
+                    c["wrong_from_request"] += name in asked
                     kind = "other"
                     if str(value) not in resolved:
                         kind = "misresolved_event"
@@ -210,8 +216,10 @@ def measure(jentic_dir: Path, k: int = 5, split: str = "valid") -> dict[str, Any
                     if len(wrong_examples) < 60:
                         wrong_examples.append({"api": wf.api, "workflow": wf.workflow_id,
                                                "target": ex.target, "param": name, "kind": kind,
+                                               "from_request": name in asked,
                                                "filled": str(value)[:40], "true": str(true[name])[:40],
-                                               "from": _source(name, op, ex.history),
+                                               "from": "the request" if name in asked
+                                               else _source(name, op, ex.history),
                                                "history": [h.key for h in ex.history]})
             for name, value in true.items():
                 if (name not in params and name in locations and known.get(name, False)
@@ -244,12 +252,14 @@ def to_markdown(result: Mapping[str, Any], k: int) -> str:
         f"{result['apis']} {'' if which == 'all' else which + ' '}APIs; the target is in the top {k} on "
         f"{result[f'target_in_top{k}']}, and its filled params are compared with the step's.",
         "",
-        "| location | filled | correct | wrong | wrong rate | of the wrong: event misresolved "
+        "| location | filled | of the filled: from the request | correct | wrong "
+        "| of the wrong: from the request | wrong rate | of the wrong: event misresolved "
         "| of the wrong: another input | wrong rate of the rest | unverifiable | missing but known |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for loc, r in result["by_location"].items():
-        lines.append(f"| {loc} | {r['filled']} | {r['correct']} | {r['wrong']} | "
+        lines.append(f"| {loc} | {r['filled']} | {r['filled_from_request']} | {r['correct']} | "
+                     f"{r['wrong']} | {r['wrong_from_request']} | "
                      f"{100 * r['wrong_rate']:.1f} % | {r['wrong_misresolved_event']} | "
                      f"{r['wrong_other_input']} | {100 * r['wrong_rate_rest']:.1f} % | "
                      f"{r['unverifiable']} | {r['missing_but_known']} |")
