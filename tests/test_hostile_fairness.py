@@ -22,7 +22,7 @@ import pytest
 
 from core.errors import Overloaded, SpecFetchTimeout
 from deployments.serving.spec_fetch import DnsResolver
-from tests.faults import HealthProbe, record
+from tests.faults import HEALTH_MAX_MS, HealthProbe, record
 from tests.spec_server import SpecServer, spec_server
 from tests.specs import billing_spec
 
@@ -33,7 +33,6 @@ SHARE = 4
 FLOOD_CLIENTS = 48  # more than the Ingress's 32 slots: without a share they are all the flooder's
 FLOOD_ROUTES = 20000
 NORMAL_REQUESTS = 150
-HEALTH_MAX_MS = 1000.0
 
 
 def _p99(values: list[float]) -> float:
