@@ -33,6 +33,7 @@ SHARE = 4
 FLOOD_CLIENTS = 48  # more than the Ingress's 32 slots: without a share they are all the flooder's
 FLOOD_ROUTES = 20000
 NORMAL_REQUESTS = 150
+P99_RATIO_MAX = 6.0
 
 
 def _p99(values: list[float]) -> float:
@@ -139,7 +140,7 @@ def test_serve_timeout_headers_from_the_client_are_ignored(app: str, specs: Spec
     assert took < REQUEST_TIMEOUT_S + 1.0, took
 
 
-def _flood(url: str, slow_base: str, clients: int, stop: Any, counts: Any) -> None:
+def _flood(url: str, slow_base: str, clients: int, ready: Any, stop: Any, counts: Any) -> None:
     """The flooder, in a process of its own: ``clients`` threads post a new slow spec URL each,
     back to back, honouring ``Retry-After`` on a 429 (a slow-request flood, not a request-rate
     one, which is HAProxy admission's). Its own process so that its threads do not hold the GIL
@@ -147,6 +148,7 @@ def _flood(url: str, slow_base: str, clients: int, stop: Any, counts: Any) -> No
     At the lowest CPU priority, as the replicas run (``admission.lower_priority``): on a real
     network the flooder's CPU is not the service's; here it would otherwise outrank the replicas."""
     os.nice(19 - os.nice(0))
+    ready.set()  # the interpreter has started (its imports are not the attack)
     tally: dict[str, int] = {}
     lock = threading.Lock()
     counter = iter(range(1, FLOOD_ROUTES))
@@ -197,11 +199,12 @@ def test_one_client_flooding_slow_specs_does_not_fail_or_slow_another(app: str, 
         assert set(quiet_statuses) == {200}
 
         spawn = multiprocessing.get_context("spawn")
-        stop, counts = spawn.Event(), spawn.Queue()
+        ready, stop, counts = spawn.Event(), spawn.Event(), spawn.Queue()
         flooder = spawn.Process(target=_flood, args=(app + "/predict", specs.base_url, FLOOD_CLIENTS,
-                                                      stop, counts), daemon=True)
+                                                      ready, stop, counts), daemon=True)
         flooder.start()
         try:
+            assert ready.wait(60), "the flooding process did not start"
             # /livez: the Ingress alone; Serve's /-/healthz: the proxy alone (the floor).
             with (HealthProbe(app + "/health") as health, HealthProbe(app + "/livez") as livez,
                   HealthProbe(app.removesuffix("/fair") + "/-/healthz") as floor):
@@ -226,9 +229,11 @@ def test_one_client_flooding_slow_specs_does_not_fail_or_slow_another(app: str, 
     record("one client's slow-spec flood against another", **report)
     assert flood.get("429", 0) > 0, report  # the flooder did hit its share
     assert ok >= 0.99, report
-    # The target is 2x the quiet p99, measured and recorded (RELIABILITY.md); a timed test on a
-    # shared 2-CPU machine holds 4x, which the missing share breaks by far (90x).
-    assert _p99(loud) <= 4 * _p99(quiet), report
+    # The target is 2x the quiet p99, measured and recorded (RELIABILITY.md: median 1.9-2.6x,
+    # up to 5.1x at load average 15-29 from other engineers' work); a timed test on a shared
+    # 2-CPU machine holds 6x. The missing share fails the success rate above (52 % ok) and this
+    # by far (90x).
+    assert _p99(loud) <= P99_RATIO_MAX * _p99(quiet), report
     assert health.failed == 0 and health.summary()["max_ms"] < HEALTH_MAX_MS, report
 
 
