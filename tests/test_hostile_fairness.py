@@ -89,6 +89,27 @@ def test_a_fast_name_resolves_through_the_bounded_resolver() -> None:
     assert {info[4][0] for info in infos} & {"127.0.0.1", "::1"}
 
 
+# -- the share's refusals ------------------------------------------------------------------------
+
+
+def test_a_client_past_its_share_is_refused_and_others_keep_theirs() -> None:
+    """Past its share a client is refused at once, holding nothing; another client keeps its own
+    share; a finished request frees its place, and no entry is kept per client gone."""
+    from deployments.serving.fairness import ClientOverShare, ClientShares
+
+    shares = ClientShares(2)
+    with shares.hold("a"), shares.hold("a"):
+        with shares.hold("b"):
+            pass
+        for _ in range(20):
+            with pytest.raises(ClientOverShare, match="client_max_concurrent = 2"):
+                with shares.hold("a"):
+                    pass
+    assert shares.status() == {"limit": 2, "clients": 0, "refused": 20}
+    with shares.hold("a"):
+        pass
+
+
 # -- on the cluster ------------------------------------------------------------------------------
 
 
