@@ -76,6 +76,22 @@ def client(app) -> Iterator[httpx.Client]:
         yield c
 
 
+@pytest.fixture(autouse=True)
+def health_throughout(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every attack on the app is answered while ``/health`` is asked every 0.1 s: it must keep
+    answering (issue 19's target is 100 ms; the bound asserted is what holds on the shared 2-CPU
+    machine, and RELIABILITY.md has the numbers per attack)."""
+    if "client" not in request.fixturenames:
+        yield
+        return
+    app = request.getfixturevalue("app")
+    with HealthProbe(app["url"] + "/health") as health:
+        yield
+    summary = health.summary()
+    record(f"/health during {request.node.name}", **summary)
+    assert health.failed == 0 and summary["max_ms"] < HEALTH_MAX_MS, summary
+
+
 def _body(**kw: Any) -> dict[str, Any]:
     body = {"user_id": "u", "prompt": "pay the invoice", "events": [{"endpoint": "GET /v1/invoices/in_1"}]}
     body.update(kw)
@@ -296,42 +312,30 @@ def test_hostile_spec_paths_do_not_stall_the_service(client: httpx.Client) -> No
     assert client.post("/predict", json=_body()).status_code == 200
 
 
-def _health_throughout(app: dict[str, Any], what: str, health: HealthProbe) -> None:
-    """``/health`` kept answering while the request was worked on (issue 19: 100 ms is the target;
-    the bound asserted is what holds on the shared 2-CPU machine, RELIABILITY.md has the numbers)."""
-    summary = health.summary()
-    record(f"/health during {what}", **summary)
-    assert health.failed == 0 and summary["max_ms"] < HEALTH_MAX_MS, summary
-
-
-def test_inline_spec_with_5000_operations(client: httpx.Client, app: dict[str, Any]) -> None:
+def test_inline_spec_with_5000_operations(client: httpx.Client) -> None:
     paths = {
         f"/r{i}/{{id}}": {"get": {"summary": f"get r{i}"}, "post": {"summary": f"act on r{i}"}}
         for i in range(2500)
     }
     t0 = time.monotonic()
-    with HealthProbe(app["url"] + "/health") as health:
-        r = client.post(
-            "/predict",
-            json=_body(spec={"openapi": "3.0.0", "paths": paths}, events=[{"endpoint": "GET /r7/abc"}]),
-        )
+    r = client.post(
+        "/predict",
+        json=_body(spec={"openapi": "3.0.0", "paths": paths}, events=[{"endpoint": "GET /r7/abc"}]),
+    )
     assert r.status_code == 200, r.text[:300]
     assert time.monotonic() - t0 < 15
-    _health_throughout(app, "an inline spec of 5,000 operations", health)
 
 
-def test_inline_spec_that_expands_past_the_caps_gets_413(client: httpx.Client, app: dict[str, Any]) -> None:
+def test_inline_spec_that_expands_past_the_caps_gets_413(client: httpx.Client) -> None:
     # 500 path items sharing one of 5 operations × 200 parameters: 24 KB, 501,000 parameters.
     shared: dict[str, Any] = {m: {"summary": m} for m in ("get", "put", "post", "delete", "patch")}
     shared["parameters"] = [{"name": f"p{i}", "in": "query"} for i in range(200)]
     paths = {"/shared": shared, **{f"/p{i}": {"$ref": "#/paths/~1shared"} for i in range(500)}}
     t0 = time.monotonic()
-    with HealthProbe(app["url"] + "/health") as health:
-        r = client.post("/predict", json=_body(spec={"openapi": "3.0.0", "paths": paths}))
+    r = client.post("/predict", json=_body(spec={"openapi": "3.0.0", "paths": paths}))
     error = _is_clean_error(r, 413)
     assert "100000 parameters" in error["message"] and "cap" in error["message"], error
     assert time.monotonic() - t0 < 10
-    _health_throughout(app, "a spec expanding past the caps", health)
 
 
 # -- schemathesis from the service's own schema --------------------------------------------------
