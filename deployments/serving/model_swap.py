@@ -14,7 +14,8 @@ would read the same settings and die again). A refused model is replaced by the 
 checked the same way, and failing that by the heuristic ranker; ``/health`` says which and why
 (``model_refused_at_start``) and the log names the file. A file whose bytes passed the check
 once (its sha256, under ``data_dir/verified-models`` with the LightGBM version) is not checked
-again: replicas restarting or scaling up pay nothing; a first start pays ~0.6 s quiet.
+again: replicas restarting or scaling up pay ~2 ms; a new file pays the child's ~1 s and more
+on a loaded node (``python -m benchmarks.model_start_check``).
 
 No Ray import: unit-tested on its own.
 """
@@ -104,7 +105,7 @@ def load_warm(path: Path, *, require_sha256: bool = False, pinned_sha256: str | 
         raise ModelMismatch(_NOT_PINNED)
     model = RankerModel.load(path)
     if require_sha256 and not model.card.data.get("model_sha256"):
-        raise ModelMismatch("the model card has no model_sha256; a swap verifies the file against it")
+        raise ModelMismatch("the model card has no model_sha256; the file is verified against it")
     model.ensure_loaded()
     # One scored row: LightGBM's first predict allocates; a broken model fails here, not live.
     check_model_scores(model)
