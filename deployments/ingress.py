@@ -19,7 +19,6 @@ from ray.serve.handle import DeploymentHandle
 from core.priors.personal import user_transitions
 from deployments.serving.api_docs import install_docs
 from deployments.serving.batching import Coalescer, IngressConfig
-from deployments.serving.failures import failure_text
 from deployments.serving.fairness import ClientShares, EdgeGuard, client_key, source_address
 from deployments.serving.feedback import (
     FeedbackUnavailable,
@@ -36,7 +35,7 @@ from deployments.serving.messages import GraphRequest, Ranked
 from deployments.serving.metrics import RequestMetrics, metrics
 from deployments.serving.population_store import start_population_feed
 from deployments.serving.prior_feed import start_prior_feed
-from deployments.serving.probes import check_feedback_writer, not_ready_reasons
+from deployments.serving.probes import DownstreamHealth, check_feedback_writer, not_ready_reasons
 from deployments.serving.replica import Replica
 from deployments.serving.resources import deployment_options
 from deployments.serving.respond import respond
@@ -59,6 +58,9 @@ __all__ = ["Ingress", "api"]
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 2.0
+# How long /health and /readyz wait for the deployments' own answers before they give the last
+# ones (a busy graph answers later; the probe must not wait with it).
+HEALTH_FRESH_WAIT_S = 0.25
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -125,6 +127,12 @@ class Ingress(Replica):
         self.population = start_population_feed(self.settings, self.outcomes)
         # Concurrent requests go down the graph together: one handle call per stage per batch.
         self.graph: Coalescer[GraphRequest, Ranked] = Coalescer(self._down_the_graph)
+        # What /health and /readyz say of the other deployments, asked without waiting on them.
+        self.downstream = DownstreamHealth(
+            {"candidate_generator": lambda: generator.health.remote(),
+             "feature_extractor": lambda: extractor.health.remote(),
+             "ranker": lambda: ranker.health.remote()},
+            timeout_s=HEALTH_TIMEOUT_S, fresh_wait_s=HEALTH_FRESH_WAIT_S)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.graph.configure(IngressConfig.from_user_config(user_config).batching.model_dump())
@@ -234,10 +242,7 @@ class Ingress(Replica):
     @api.get("/readyz", responses={503: {"description": "not ready, with the reasons"}})
     async def readyz(self) -> JSONResponse:
         """Readiness: a trained model loaded, the stores writable (deployments/serving/probes.py)."""
-        try:
-            ranker = await asyncio.wait_for(self.ranker.health.remote(), HEALTH_TIMEOUT_S)
-        except Exception:  # noqa: BLE001 - not answering in time is the answer
-            ranker = {"ok": False}
+        ranker = (await self.downstream.answers())["ranker"]
         reasons = not_ready_reasons(ranker=ranker, feedback=self.outcomes.status() if self.outcomes else None,
                                     feedback_enabled=self.settings.feedback_enabled,
                                     spec_cache=self.store.status())
@@ -262,17 +267,7 @@ class Ingress(Replica):
 
     @api.get("/health", response_model=HealthResponse, responses=_errors(503, 504))
     async def health(self) -> HealthResponse:
-        names = ("candidate_generator", "feature_extractor", "ranker")
-        handles = (self.generator, self.extractor, self.ranker)
-
-        async def ask(handle: DeploymentHandle) -> dict[str, Any]:
-            try:
-                return await asyncio.wait_for(handle.health.remote(), HEALTH_TIMEOUT_S)
-            except Exception as exc:  # noqa: BLE001 - any failure is reported, not raised
-                log.warning("health of a deployment failed: %r", exc)
-                return {"ok": False, "error": failure_text(exc)}
-
-        answers = dict(zip(names, await asyncio.gather(*(ask(h) for h in handles)), strict=True))
+        answers = await self.downstream.answers()  # never waits long (probes.DownstreamHealth)
         answers["ingress"] = {
             "ok": True,
             "batch_sizes": self.graph.stats.summary(),
@@ -282,6 +277,7 @@ class Ingress(Replica):
             "personal_prior": self.prior_feed.status() if self.prior_feed else {"off": True},
             "client_shares": self.shares.status(),
             "population": self.population.status() if self.population else {"off": True},
+            "stale_health_answers": self.downstream.stale_answers,
         }
         degraded = (
             not all(a.get("ok") for a in answers.values())

@@ -88,8 +88,8 @@ class RankerDeployment(BatchedReplica):
         return {
             "ok": True,
             **self.slot.status(),
-            # A refused swap serves an older model than asked for: that is degraded too.
-            "degraded": self.slot.ranker.degraded or self.slot.last_error is not None,
+            # A refused swap or start serves another model than asked for: degraded too.
+            "degraded": self.slot.degraded,
             **self.batching_status(),
             **self.latency.stats(),
         }

@@ -3,10 +3,18 @@ cluster; tests/test_ops_run.py asks the running graph."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from core.scorer import HeuristicRanker
-from deployments.serving.probes import check_feedback_writer, check_model_scores, not_ready_reasons
+from deployments.serving.probes import (
+    DownstreamHealth,
+    check_feedback_writer,
+    check_model_scores,
+    not_ready_reasons,
+)
 
 RANKER = {"ok": True, "heuristic_reason": None}
 STORE = {"writer_alive": True, "failing": False}
@@ -48,3 +56,48 @@ def test_check_health_fails_only_on_what_a_restart_repairs() -> None:
 
     with pytest.raises(ValueError):
         check_model_scores(Broken())
+
+
+def test_health_answers_do_not_wait_on_a_busy_deployment() -> None:
+    """A deployment that stops answering: /health gets the last round at once (with its age)
+    instead of waiting; one round at a time is in flight, however many ask; once the deployment
+    answers again, so does the next call, and an error is reported by its kind only."""
+    calls = {"ranker": 0}
+    busy = asyncio.Event()
+    failing = False
+
+    async def ranker() -> dict[str, Any]:
+        calls["ranker"] += 1
+        if busy.is_set():
+            await asyncio.sleep(3600)  # a replica whose loop is taken: never answers in time
+        if failing:
+            raise RuntimeError("/secret/path/model.txt is gone")
+        return {"ok": True, "n": calls["ranker"]}
+
+    async def scenario() -> None:
+        nonlocal failing
+        health = DownstreamHealth({"ranker": ranker}, timeout_s=0.5, fresh_wait_s=0.01)
+        first = await health.answers()
+        assert first["ranker"] == {"ok": True, "n": 1, "answered_s_ago": 0.0}
+        busy.set()
+        stale = await asyncio.gather(*(health.answers() for _ in range(20)))
+        assert all(a["ranker"]["n"] == 1 and a["ranker"]["answered_s_ago"] >= 0 for a in stale)
+        assert calls["ranker"] == 2 and health.stale_answers == 20  # one round for twenty callers
+        await asyncio.sleep(0.6)  # the stuck round ends at its timeout: ok False, the kind only
+        timed_out = (await health.answers())["ranker"]  # a new round, stuck too: that one's answer
+        assert timed_out["ok"] is False and timed_out["error"] == "TimeoutError", timed_out
+        assert timed_out["answered_s_ago"] >= 0.5, timed_out
+        busy.clear()
+        await asyncio.sleep(0.6)  # the round started stuck ends
+        again = await health.answers()
+        assert again["ranker"]["ok"] and again["ranker"]["answered_s_ago"] == 0.0, again
+        failing = True
+        assert (await health.answers())["ranker"] == {"ok": False, "error": "RuntimeError",
+                                                      "answered_s_ago": 0.0}
+
+    asyncio.run(scenario())
+
+
+def test_health_rounds_need_a_wait_shorter_than_the_timeout() -> None:
+    with pytest.raises(ValueError, match="fresh_wait_s"):
+        DownstreamHealth({}, timeout_s=1.0, fresh_wait_s=2.0)

@@ -8,12 +8,22 @@ the replica keeps serving the old one, and the reference is switched in one assi
 that started before the switch finishes on the model it started with. A model that cannot be
 loaded leaves the previous one serving, and the failure is logged and reported by ``/health``.
 
+A replica starting does the same with the model its settings name (``model_path``): checked in a
+child first, so a file that crashes LightGBM cannot crash-loop the Ranker (each replacement
+would read the same settings and die again). A refused model is replaced by the shipped one,
+checked the same way, and failing that by the heuristic ranker; ``/health`` says which and why
+(``model_refused_at_start``) and the log names the file. A file whose bytes passed the check
+once (its sha256, under ``data_dir/verified-models`` with the LightGBM version) is not checked
+again: replicas restarting or scaling up pay ~2 ms; a new file pays the child's ~1 s and more
+on a loaded node (``python -m benchmarks.model_start_check``).
+
 No Ray import: unit-tested on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import os
 import signal
@@ -34,7 +44,6 @@ from core.scorer import (
     file_sha256,
 )
 from core.settings import PROJECT_ROOT, Settings
-from deployments.serving.components import build_ranker
 from deployments.serving.failures import without_paths
 from deployments.serving.probes import check_model_scores
 
@@ -87,13 +96,16 @@ class ModelRefused(Exception):
     """The model did not pass its check in a child process."""
 
 
+_NOT_PINNED = "the model file is not the one rolled out (sha256 differs from the pin)"
+
+
 def load_warm(path: Path, *, require_sha256: bool = False, pinned_sha256: str | None = None) -> RankerModel:
     """Load, check and warm up a model (blocking: run it in a thread)."""
     if pinned_sha256 is not None and file_sha256(path) != pinned_sha256:
-        raise ModelMismatch("the model file is not the one rolled out (sha256 differs from the pin)")
+        raise ModelMismatch(_NOT_PINNED)
     model = RankerModel.load(path)
     if require_sha256 and not model.card.data.get("model_sha256"):
-        raise ModelMismatch("the model card has no model_sha256; a swap verifies the file against it")
+        raise ModelMismatch("the model card has no model_sha256; the file is verified against it")
     model.ensure_loaded()
     # One scored row: LightGBM's first predict allocates; a broken model fails here, not live.
     check_model_scores(model)
@@ -127,6 +139,64 @@ def check_in_child(path: Path, *, pinned_sha256: str | None = None,
         raise ModelRefused(f"the model failed its check: {reason}")
 
 
+def verify(path: Path, *, pinned_sha256: str | None = None, verified_dir: Path | None = None) -> str:
+    """Check the model in a child process (:func:`check_in_child`) unless these very bytes
+    passed it before under ``verified_dir``; returns the file's sha256, which the caller pins
+    when it loads the file itself. Raises :class:`ModelRefused` or :class:`ModelMismatch`."""
+    if not path.is_file():
+        raise ModelRefused("no such model file")
+    sha = file_sha256(path)
+    if pinned_sha256 is not None and sha != pinned_sha256:
+        raise ModelMismatch(_NOT_PINNED)
+    # A crash depends on the bytes and on the LightGBM that parses them.
+    marker = (verified_dir / f"{sha}-lightgbm-{importlib.metadata.version('lightgbm')}"
+              if verified_dir is not None else None)
+    if marker is not None and marker.is_file():
+        return sha
+    check_in_child(path, pinned_sha256=sha)
+    if marker is not None:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError as exc:  # not remembered: the next start checks again
+            log.warning("could not record the verified model %s: %r", marker, exc)
+    return sha
+
+
+def _refusal(exc: BaseException) -> str:
+    """What a refused model's error may say in /health: our own checks' messages without paths,
+    otherwise the exception's kind (the log has the rest)."""
+    if isinstance(exc, ModelRefused | ModelMismatch):
+        return without_paths(str(exc))
+    return type(exc).__name__
+
+
+def _shown(path: Path) -> str:
+    return f"{path.parent.name}/{path.name}"
+
+
+def start_model(settings: Settings, *, verified_dir: Path | None = None,
+                ) -> tuple[RankerModel | HeuristicRanker, Path | None, str | None]:
+    """The model a starting replica serves: (the model, its file or None, why the configured
+    model was refused or None). The settings' model, else the shipped one, each verified in a
+    child first; else the heuristic ranker."""
+    configured = _model_file(settings.model_path or default_model_path())
+    refused: list[str] = []
+    for target in dict.fromkeys([configured, _model_file(default_model_path())]):
+        try:
+            sha = verify(target, verified_dir=verified_dir)
+            model = load_warm(target, require_sha256=True, pinned_sha256=sha)
+        except Exception as exc:  # noqa: BLE001 - any unusable model: try the next one
+            log.warning("ranker model %s refused at start: %r", target, exc)
+            refused.append(f"model {_shown(target)} refused at start: {_refusal(exc)}")
+            continue
+        if refused:
+            log.warning("ranker serves %s (%s) instead: %s", model.version, target, "; ".join(refused))
+        return model, target, "; ".join(refused) or None
+    log.warning("no ranker model usable at start; serving the heuristic ranker: %s", "; ".join(refused))
+    return HeuristicRanker(reason="; ".join(refused)), None, "; ".join(refused)
+
+
 def _check_main(argv: list[str]) -> int:
     path = Path(argv[0])
     try:
@@ -148,9 +218,11 @@ class RankerSlot:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.verified_dir = settings.data_dir / "verified-models"
         self.default_path = _model_file(settings.model_path or default_model_path())
-        self.ranker: RankerModel | HeuristicRanker = build_ranker(settings)
-        self.path: Path | None = self.default_path if isinstance(self.ranker, RankerModel) else None
+        started = time.perf_counter()
+        self.ranker, self.path, self.refused_at_start = start_model(settings, verified_dir=self.verified_dir)
+        self.start_check_s = round(time.perf_counter() - started, 3)
         self.swaps = 0
         self.previous_version: str | None = None
         self.last_error: str | None = None
@@ -166,32 +238,38 @@ class RankerSlot:
         if target == self.path:
             self.last_error = None
             return False
+        if target == self.default_path and self.refused_at_start and not config.model_sha256:
+            return False  # the settings' model, refused when this replica started: not again
         start = time.perf_counter()
         try:
-            if not target.is_file():
-                raise ModelRefused("no such model file")
-            await asyncio.to_thread(check_in_child, target, pinned_sha256=config.model_sha256)
-            model = await asyncio.to_thread(load_warm, target, require_sha256=True,
-                                            pinned_sha256=config.model_sha256)
+            sha = await asyncio.to_thread(verify, target, pinned_sha256=config.model_sha256,
+                                          verified_dir=self.verified_dir)
+            model = await asyncio.to_thread(load_warm, target, require_sha256=True, pinned_sha256=sha)
         except Exception as exc:  # noqa: BLE001 - any unusable model: keep serving the old one
             # /health names the model by its directory, never the full path (details in the log)
-            shown = f"{target.parent.name}/{target.name}"
-            why = str(exc) if isinstance(exc, ModelRefused) else type(exc).__name__
-            self.last_error = f"model {shown} not loaded, still serving {self.ranker.version}: {why}"
+            self.last_error = (f"model {_shown(target)} not loaded, still serving {self.ranker.version}: "
+                               f"{_refusal(exc)}")
             log.warning("ranker swap of %s refused: %r", target, exc)
             return False
         previous, self.ranker = self.ranker, model  # the switch: one reference assignment
         self.previous_version, self.path = previous.version, target
         self.swaps += 1
-        self.last_error = None
+        self.last_error = self.refused_at_start = None
         self.last_swap_s = time.perf_counter() - start
         log.warning("ranker swapped %s -> %s in %.2fs", previous.version, model.version, self.last_swap_s)
         return True
 
+    @property
+    def degraded(self) -> bool:
+        """Not the model asked for: the heuristic, a refused swap, or a refused model at start."""
+        return self.ranker.degraded or self.last_error is not None or self.refused_at_start is not None
+
     def status(self) -> dict[str, Any]:
         return {
             "model_version": self.ranker.version,
-            "model_path": f"{self.path.parent.name}/{self.path.name}" if self.path else None,
+            "model_path": _shown(self.path) if self.path else None,
+            "model_refused_at_start": self.refused_at_start,
+            "start_check_s": self.start_check_s,
             "swaps": self.swaps,
             "previous_version": self.previous_version,
             "swap_error": self.last_error,
