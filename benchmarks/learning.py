@@ -71,6 +71,10 @@ class Bench:
             overrides["model_path"] = str(model)
         self.settings = load_settings(**overrides)
         self.components = build_components(self.settings)
+        if self.components.ranker.degraded:
+            # serving falls back to the heuristic; a measure of what the model learned must not
+            raise SystemExit(f"the model could not be loaded ({self.components.ranker.version}): "
+                             "its features differ from the code's? retrain, or pass --model")
         self.feedback = FeedbackStore(self.settings.feedback_db_path)
         self.population = PopulationStore(self.settings.population_db_path,
                                           config=population_config(self.settings))
