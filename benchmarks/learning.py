@@ -71,6 +71,10 @@ class Bench:
             overrides["model_path"] = str(model)
         self.settings = load_settings(**overrides)
         self.components = build_components(self.settings)
+        if self.components.ranker.degraded:
+            # serving falls back to the heuristic; a measure of what the model learned must not
+            raise SystemExit(f"the model could not be loaded (serving would fall back to "
+                             f"{self.components.ranker.version}): see the warning above")
         self.feedback = FeedbackStore(self.settings.feedback_db_path)
         self.population = PopulationStore(self.settings.population_db_path,
                                           config=population_config(self.settings))
