@@ -34,8 +34,8 @@ __all__ = ["explain"]
 _REASON_OF: dict[str, str] = {}
 for _reason, _names in {
     "prompt": "bm25 bm25_norm bm25_rank overlap_path overlap_summary overlap_description "
-    "prompt_coverage prompt_resource prompt_role_verb prompt_new_coverage prompt_ahead "
-    "prompt_next_clause clause_next_score clause_first_best src_bm25 has_bm25 bm25_grank "
+    "prompt_coverage prompt_resource prompt_role_verb lead_role lead_read_get prompt_new_coverage "
+    "prompt_ahead prompt_next_clause clause_next_score clause_first_best src_bm25 has_bm25 bm25_grank "
     "prompt_coverage_grank prompt_new_coverage_grank overlap_path_grank overlap_summary_grank "
     "clause_next_score_grank prompt_ahead_grank sem_prompt sem_prompt_rank sem_next_clause "
     "sem_clause_next_score soft_coverage soft_new_coverage soft_clause_next_score src_semantic "
@@ -57,7 +57,7 @@ for _reason, _names in {
     "repeat": "times_called called_last steps_since_called rel_same_op",
     "intent": "prompt_destructive",
     "request": "req_fills req_fills_required inputs_available callable_now",
-    "finds": "finds_named",
+    "finds": "finds_named yields_asked_id",
     "count": "count_asked",
     "habit": "user_p_next user_count_next",
     "crowd": "pop_p_next pop_n_context pop_p_next2 pop_n_context2 pop_p_prompt pop_n_prompt "
@@ -304,6 +304,8 @@ def explain(
         elif reason == "finds":
             if row[_COL["finds_named"]] > 0:
                 text = "finds what your request names, whose id nothing gave yet"
+            elif row[_COL["yields_asked_id"]] > 0:
+                text = "gives the id the call you ask for needs, which nothing gave yet"
         elif reason == "count":
             if row[_COL["count_asked"]] > 0:
                 text = "counts, as your request asks"

@@ -57,6 +57,7 @@ from core.vocabulary import (
     ID_SUFFIXES,
     PROMPT_ROLE_VERBS,
     ROLES,
+    VERSION_SEGMENT,
     asks_count,
     feature_stem,
     is_id_name,
@@ -81,7 +82,7 @@ __all__ = [
     "COLD",
 ]
 
-FEATURE_VERSION = "10"
+FEATURE_VERSION = "11"
 
 REQUEST_FEATURES: tuple[str, ...] = (
     "req_values",  # values the request carries
@@ -93,6 +94,13 @@ REQUEST_FEATURES: tuple[str, ...] = (
     "finds_named",  # a callable list/search of such a thing, or one returning its id
     "count_asked",  # the request asks how many, and the candidate counts
     "prompt_param_words",  # share of the words of its parameters' names the request uses
+    "prompt_words",  # words of the request: a direct ask is short, a workflow summary long
+    "prompt_clauses",  # its clauses
+    "lead_role",  # the candidate's role is one the request's first verb asks for (NaN: no verb)
+    "lead_read_get",  # the first verb reads and the candidate is a GET, or neither (NaN: no verb)
+    "asked_needs_id",  # the request's best match needs an id nobody has, nor the request gives
+    "yields_asked_id",  # a callable read giving that id: its collection, a search or list of
+    # the thing, or one whose response carries the thing's id
 )
 
 METHOD_COLUMNS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -370,6 +378,9 @@ class SpecTables:
             tuple(feature_stem(e.rsplit("_", 1)[-1]) if e else "" for _p, _k, e in ents)
             for ents in self.param_entities
         ]
+        # where each path parameter sits in the normalized path (its collection is before it)
+        self.param_positions = [_param_positions(op, segs)
+                                for op, segs in zip(ops, self.norm_segments, strict=True)]
         self.needed_entities = frozenset(e for es in self.path_entity_stems for e in es if e)
         self.returns_entity_stems = [
             frozenset(feature_stem((param_entity(r) or op.resource).rsplit("_", 1)[-1])
@@ -397,6 +408,7 @@ class SpecTables:
             for op in ops
         ]
         self.role_name = [op.role for op in ops]
+        self.is_get = [op.method == "GET" for op in ops]
         self.auth = np.array(
             [bool(AUTH_OPERATION_WORDS & set(tokenize(" ".join(op.literal_segments) + " "
                                              + (op.operation_id or ""))))
@@ -499,6 +511,25 @@ class SpecTables:
         return found
 
 
+def _param_positions(op: Operation, segments: tuple[str, ...]) -> tuple[int, ...]:
+    """For each of ``op.path_params``, the index of its ``{}`` in :func:`normalized_segments`
+    (0 when it is not a segment of its own: the path before it is then no collection)."""
+    out: list[int] = []
+    for name in op.path_params:
+        k = 0
+        n = 0
+        for s in op.segments:
+            if VERSION_SEGMENT.match(s):
+                continue
+            if "{" + name + "}" == s or s == "{+" + name + "}":
+                k = n
+                break
+            n += 1
+        out.append(k)
+    return tuple(out)
+
+
+_READ_ROLES = frozenset({"get", "list", "search"})
 _COLUMN_BUDGET = 250_000  # match columns kept per spec, in floats (1 MB; 64 specs are cached)
 _NONE = np.zeros(0, np.int64)
 
@@ -926,15 +957,28 @@ class FeatureExtractor:
             len(t.param_words[i] & words) / len(t.param_words[i]) if t.param_words[i] else np.nan
             for i in idx
         ]
+        X[:, col["prompt_words"]] = len(pt.stems)
+        X[:, col["prompt_clauses"]] = pt.n_clauses if not pt.empty else 0
+        lead = next((PROMPT_ROLE_VERBS[w] for w in pt.stems if w in PROMPT_ROLE_VERBS), None)
+        if lead is None:
+            X[:, col["lead_role"]] = np.nan
+            X[:, col["lead_read_get"]] = np.nan
+        else:
+            reads = lead <= _READ_ROLES
+            X[:, col["lead_role"]] = [t.role_name[i] in lead for i in idx]
+            X[:, col["lead_read_get"]] = [t.is_get[i] == reads for i in idx]
+        # per candidate: its path parameters nobody has, as (position in its path, entity stem)
+        missing: list[list[tuple[int, str]]] = []
         for r, (i, op) in enumerate(zip(idx, ops, strict=True)):
+            missing.append([])
             fills = request_fills(op, values, t.namings[i]) if values else {}
             X[r, col["req_fills"]] = len(fills)
             required = 0
             available = filled = 0
             path_missing = 0
             unheld_named = False
-            for (name, key, entity), stem in zip(t.param_entities[i], t.path_entity_stems[i],
-                                                 strict=True):
+            for k, ((name, key, entity), stem) in enumerate(
+                    zip(t.param_entities[i], t.path_entity_stems[i], strict=True)):
                 required += 1
                 by_request = name in fills
                 filled += by_request
@@ -943,6 +987,8 @@ class FeatureExtractor:
                 available += ok
                 path_missing += not ok
                 unheld_named |= not ok and stem in named
+                if not ok:
+                    missing[r].append((t.param_positions[i][k], stem))
             for pname in t.required_nonpath_names[i]:
                 required += 1
                 filled += pname in fills
@@ -955,6 +1001,37 @@ class FeatureExtractor:
             X[r, col["finds_named"]] = bool(named) and not path_missing and (
                 (t.role_name[i] in ("list", "search") and bool(t.path_words[i] & named))
                 or bool(t.returns_entity_stems[i] & named)
+            )
+        self._asked_id(X, t, idx, missing)
+
+    @staticmethod
+    def _asked_id(
+        X: np.ndarray, t: SpecTables, idx: np.ndarray, missing: list[list[tuple[int, str]]],
+    ) -> None:
+        """The candidate the request names most directly (best BM25): whether it needs an id
+        nobody has, and which callable reads give it (its collection: the path before the
+        missing parameter; a list or search of the thing; a response carrying its id)."""
+        col = _COL
+        bm25 = X[:, col["bm25"]]
+        if not len(idx) or not (bm25.max() > 0):
+            X[:, col["asked_needs_id"]] = np.nan
+            X[:, col["yields_asked_id"]] = np.nan
+            return
+        a = int(bm25.argmax())
+        need = missing[a]
+        X[:, col["asked_needs_id"]] = bool(need)
+        if not need:
+            return
+        asked = t.norm_segments[idx[a]]
+        stems = {s for _k, s in need if s}
+        prefixes = {asked[:k] for k, _s in need if k > 0}
+        for r, i in enumerate(idx):
+            if r == a or missing[r] or not t.is_get[i]:
+                continue
+            X[r, col["yields_asked_id"]] = (
+                t.norm_segments[i] in prefixes
+                or bool(t.returns_entity_stems[i] & stems)
+                or (t.role_name[i] in ("list", "search") and bool(t.path_words[i] & stems))
             )
 
     def _structure(

@@ -161,6 +161,20 @@ def test_an_explicit_delete_ask_puts_the_delete_first(served) -> None:
     assert "DELETE /roles/{id}" not in served(spec, "I no longer need the role role456")[:1]
 
 
+def test_a_reading_verb_puts_the_read_before_the_create(served) -> None:
+    """The request's first verb reads: the list of the thing, not its create (the shipped model
+    before the lead-verb features put ``POST /employees`` first)."""
+    spec = _spec({
+        "/employees": {"get": _op("List employees", op_id="listEmployees"),
+                       "post": _op("Create an employee", op_id="createEmployee")},
+        "/employees/{id}": {"get": _op("Get an employee", [_path("id")]),
+                            "delete": _op("Delete an employee", [_path("id")])},
+        "/departments": {"get": _op("List departments")},
+    })
+    ranked = served(spec, "Find the employee using filter parameters.")
+    assert ranked[0] == "GET /employees", ranked
+
+
 # -- no family of requests below BM25 (validation APIs, never trained on) -------------------------
 
 
@@ -187,3 +201,59 @@ def test_no_family_of_requests_below_bm25(validation) -> None:
     worst = evaluate(validation.workflows, generator=generator, extractor=extractor,
                      score=lambda X: np.asarray(model.raw_scores(X)) * -1.0)
     assert below_bm25(worst), worst
+
+
+# -- what the request asks for, read by the features ----------------------------------------------
+
+
+def _games() -> SpecIndex:
+    return _spec({
+        "/games": {"get": _op("Get a list of games", op_id="listGames"),
+                   "post": _op("Create a game", op_id="createGame")},
+        "/games/{game_pk}": {"get": _op("Get details of the game", [_path("game_pk")])},
+        "/games/{game_pk}/game-series": {"get": _op(
+            "Get a list of games that are part of the same series", [_path("game_pk")])},
+        "/platforms": {"get": _op("Get a list of platforms")},
+    })
+
+
+def _row(spec: SpecIndex, prompt: str, history=()) -> dict[str, dict[str, float]]:
+    """Every operation as a candidate: its request features by operation key."""
+    from core.candidates.types import Candidate
+    from core.features import FEATURE_NAMES
+
+    extractor = FeatureExtractor(transitions=load_transitions(), word_vectors=None)
+    cands = [Candidate(index=i, sources={}) for i in range(len(spec.operations))]
+    X = extractor.extract(spec, list(history), prompt, cands)
+    names = ("lead_role", "lead_read_get", "asked_needs_id", "yields_asked_id", "prompt_words")
+    return {op.key: {n: float(X[i, FEATURE_NAMES.index(n)]) for n in names}
+            for i, op in enumerate(spec.operations)}
+
+
+def test_the_asked_call_needs_an_id_and_its_collection_gives_it() -> None:
+    spec = _games()
+    rows = _row(spec, "List the games of the same series as the game")
+    assert all(r["asked_needs_id"] == 1.0 for r in rows.values())
+    # the collection before {game_pk} gives it; a call on another collection, a create, or one
+    # that itself needs the id does not
+    assert rows["GET /games"]["yields_asked_id"] == 1.0
+    for key in ("POST /games", "GET /platforms", "GET /games/{game_pk}"):
+        assert rows[key]["yields_asked_id"] == 0.0, key
+    # the request gives the id, or an earlier call did: nothing is missing
+    given = _row(spec, "List the games of the same series as the game 3498")
+    assert given["GET /games"]["asked_needs_id"] == 0.0
+    assert given["GET /games"]["yields_asked_id"] == 0.0
+    had = _row(spec, "List the games of the same series as the game",
+               [spec.resolve("GET /games/3498")])
+    assert had["GET /games"]["asked_needs_id"] == 0.0
+
+
+def test_the_first_verb_says_read_or_write() -> None:
+    spec = _games()
+    rows = _row(spec, "Find the game using filters, then create a copy")
+    assert rows["GET /games"]["lead_read_get"] == 1.0 and rows["POST /games"]["lead_read_get"] == 0.0
+    rows = _row(spec, "Create a game")
+    assert rows["POST /games"]["lead_role"] == 1.0 and rows["GET /games"]["lead_role"] == 0.0
+    assert rows["POST /games"]["lead_read_get"] == 1.0
+    rows = _row(spec, "games and platforms")  # no verb; "and" is no word of the request's
+    assert np.isnan(rows["GET /games"]["lead_role"]) and rows["GET /games"]["prompt_words"] == 2
