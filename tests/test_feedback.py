@@ -19,6 +19,7 @@ import pytest
 from core.errors import InvalidRequest
 from core.settings import PROJECT_ROOT
 from core.spec.openapi import parse_spec
+from deployments.serving import metrics as metrics_module
 from deployments.serving.feedback import (
     FeedbackReader,
     FeedbackStore,
@@ -122,6 +123,34 @@ def test_implicit_outcome_from_the_next_request(store) -> None:
     store.flush()
     assert store.prediction("a1").source == "explicit"
     assert store.prediction("a2").actual_key == "GET /invoices"
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.counts: dict[tuple[tuple[str, str], ...], float] = {}
+
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
+        key = tuple(sorted((tags or {}).items()))
+        self.counts[key] = self.counts.get(key, 0.0) + value
+
+
+def test_a_correction_is_counted_once(store, monkeypatch) -> None:
+    """outcomes_total counts a prediction's outcome once: an explicit outcome that corrects the
+    implicit one replaces it, and adds only the hit the implicit one did not have."""
+    recorder = metrics_module.Metrics(enabled=False)
+    recorder.enabled = True
+    recorder.outcomes, recorder.outcome_hits = _Counter(), _Counter()
+    monkeypatch.setattr(metrics_module, "_current", recorder)
+    e1, e2 = ("GET /v1/invoices", {}, None), ("GET /v1/invoices/in_5", {}, None)
+    store.record_prediction(_ctx("c1", events=[e1]))
+    store.record_prediction(_ctx("c2", events=[e1, e2]))  # settles c1: GET in_5, rank 1
+    store.flush()
+    assert store.prediction("c1").source == "implicit"
+    store.record_outcome("c1", actual_endpoint="POST /v1/invoices/in_5/pay")  # rank 2: corrects
+    store.record_outcome("c2", accepted=True)  # a first outcome: counted
+    assert sum(recorder.outcomes.counts.values()) == 2, recorder.outcomes.counts
+    hits = {dict(k)["k"]: v for k, v in recorder.outcome_hits.counts.items()}
+    assert hits == {"1": 2, "3": 2}  # c1's implicit rank 1 (k=1, k=3), c2's accepted rank 1
 
 
 def test_implicit_window(tmp_path) -> None:

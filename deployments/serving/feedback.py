@@ -806,7 +806,8 @@ class FeedbackStore(FeedbackReader):
         )
         self.stats["explicit"] += 1
         if metrics().enabled:  # the API's title is one cached lookup; outcomes are few
-            metrics().outcome(api=self._spec_in(conn, spec_hash).title, source=source, rank=rank)
+            metrics().outcome(api=self._spec_in(conn, spec_hash).title, source=source, rank=rank,
+                              corrects=old_source is not None, corrected_rank=old_rank)
         return OutcomeResult(item.prediction_id, endpoint, key, rank, source, recorded=True)
 
     def _spec_in(self, conn: sqlite3.Connection, spec_hash: str) -> SpecIndex:
