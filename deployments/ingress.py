@@ -25,7 +25,6 @@ from deployments.serving.feedback import (
     FeedbackUnavailable,
     UnknownPrediction,
     feedback_response,
-    open_store,
     prediction_context,
     stored_response,
 )
@@ -53,6 +52,7 @@ from deployments.serving.schemas import (
     UserErasedResponse,
 )
 from deployments.serving.spec_store import SpecStore, send_with_spec
+from deployments.serving.store_actor import open_feedback
 
 __all__ = ["Ingress", "api"]
 
@@ -113,8 +113,9 @@ class Ingress(Replica):
         _edge.seconds = self.settings.request_timeout_s
         self.shares = ClientShares(self.settings.client_max_concurrent)
         KEYS.keys = ApiKeys.from_settings(self.settings)  # None: no keys, clients say who they are
-        # Outcomes of predictions (deployments/serving/feedback.py); None: predictions still served.
-        self.outcomes, self.outcomes_off_reason = open_store(self.settings)
+        # Outcomes of predictions (deployments/serving/feedback.py): this node's file, or the
+        # store actor on the data node (store_actor.py); None: predictions still served.
+        self.outcomes, self.outcomes_off_reason = open_feedback(self.settings, settings)
         # Each user's habits, learned from those outcomes: the ranker's user_* features (and,
         # with personal_prior_weight > 0, blended into the scores after the model).
         self.prior_feed = start_prior_feed(self.settings, self.outcomes)
@@ -220,8 +221,7 @@ class Ingress(Replica):
         tenant = KEYS.tenant_of(http)
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
-        await self.outcomes.aflush()
-        stored = await asyncio.to_thread(self.outcomes.prediction, prediction_id)
+        stored = await self.outcomes.aprediction(prediction_id)
         if stored is None or not owned_by(tenant, stored.user_id):
             raise UnknownPrediction(f"no prediction with id {prediction_id!r}")
         return stored_response(stored)

@@ -46,6 +46,7 @@ __all__ = [
     "wait_http",
     "make_run_env",
     "replica_failures",
+    "listening_sockets",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,6 +198,33 @@ def _holds_file_under(pid: str, prefix: str) -> bool:
             if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
                 return True
     return False
+
+
+def listening_sockets(pids: set[int] | list[int]) -> list[tuple[int, str, int]]:
+    """The TCP sockets these processes listen on: (pid, address, port), from /proc (IPv4 and
+    IPv6; an IPv4-mapped or any-address IPv6 socket shows as its IPv6 form, e.g. ``::``)."""
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        inodes[link[8:-1]] = pid
+    out = []
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                    continue
+                hex_addr, hex_port = fields[1].split(":")
+                raw = bytes.fromhex(hex_addr)
+                # /proc prints each 32-bit word in host (little-endian) order
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))
+                address = socket.inet_ntop(socket.AF_INET if width == 4 else socket.AF_INET6, raw)
+                out.append((inodes[fields[9]], address, int(hex_port, 16)))
+    return out
 
 
 class RayHead:

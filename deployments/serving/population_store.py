@@ -35,8 +35,8 @@ from core.priors.population import (
 )
 from core.settings import Settings
 from core.spec.index import Call, SpecIndex
-from deployments.serving.feedback import FeedbackReader, FeedbackStore
-from deployments.serving.prior_feed import OutcomeFollower
+from deployments.serving.feedback import FeedbackWriter
+from deployments.serving.prior_feed import OutcomeFollower, OutcomeStream
 
 __all__ = ["PopulationStore", "PopulationFeed", "population_config", "start_population_feed"]
 
@@ -158,19 +158,16 @@ class PopulationStore:
 
     # -- learning from the feedback store --------------------------------------------------------
 
-    def ingest(self, reader: FeedbackReader, *, limit: int = 2000, now: float | None = None) -> int:
+    def ingest(self, reader: OutcomeStream, *, limit: int = 2000, now: float | None = None) -> int:
         """Adds the outcomes committed to the feedback store since the file's cursor; returns how
         many were read (0: up to date)."""
         with self._lock:
             return int(self._transaction(lambda: self._ingest(reader, limit, now)))
 
-    def _ingest(self, reader: FeedbackReader, limit: int, now: float | None) -> int:
+    def _ingest(self, reader: OutcomeStream, limit: int, now: float | None) -> int:
         self._refresh()
         cursor = int(self._meta("cursor") or 0)
-        rows = reader._conn().execute(
-            "SELECT o.rowid, p.user_id, p.spec_hash, p.prompt, p.events, o.actual_key, o.recorded_at "
-            "FROM outcomes o JOIN predictions p USING (prediction_id) WHERE o.rowid > ? "
-            "ORDER BY o.rowid LIMIT ?", (cursor, limit)).fetchall()
+        rows = reader.outcomes_after(cursor, limit)
         seq = self.seq + 1
         touched: dict[tuple[tuple[str, str, str], str], set[str]] = {}
         for rowid, user_id, spec_hash, prompt, events, actual_key, recorded_at in rows:
@@ -188,8 +185,7 @@ class PopulationStore:
                 touched.setdefault((key, nxt), set()).add(obs.user)
         clock = time.time() if now is None else now
         erased = int(self._meta("erased") or 0)
-        for rowid, user_id in reader._conn().execute(
-                "SELECT rowid, user_id FROM erasures WHERE rowid > ? ORDER BY rowid", (erased,)).fetchall():
+        for rowid, user_id in reader.erasures_after(erased):
             erased = rowid
             digest = user_digest(user_id, self.salt)
             for key, nxt, _cell in self.memory.erase(digest, clock):
@@ -268,8 +264,9 @@ class PopulationFeed(OutcomeFollower):
 
     name = "population-feed"
 
-    def __init__(self, store: PopulationStore, feedback_path: str | Path, *, interval_s: float = 1.0) -> None:
-        super().__init__(feedback_path, interval_s=interval_s)
+    def __init__(self, store: PopulationStore, feedback: str | Path | OutcomeStream, *,
+                 interval_s: float = 1.0) -> None:
+        super().__init__(feedback, interval_s=interval_s)
         self.store = store
 
     def poll_once(self) -> int:
@@ -290,11 +287,11 @@ class PopulationFeed(OutcomeFollower):
         return {**self.store.status(), "last_error": self.last_error}
 
 
-def start_population_feed(settings: Settings, feedback: FeedbackStore | None) -> PopulationFeed | None:
+def start_population_feed(settings: Settings, feedback: FeedbackWriter | None) -> PopulationFeed | None:
     """The replica's population memory, learning from the feedback store; None when switched
     off or when no outcomes are recorded."""
     if feedback is None or not settings.population_enabled:
         return None
     store = PopulationStore(settings.population_db_path, config=population_config(settings),
                             tenants=settings.api_keys is not None or settings.api_keys_file is not None)
-    return PopulationFeed(store, feedback.path).start()
+    return PopulationFeed(store, feedback.follow()).start()
