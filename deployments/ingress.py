@@ -33,7 +33,6 @@ from deployments.serving.identity import KEYS, ApiKeys, owned_by, scoped_user
 from deployments.serving.logs import log_outcome, log_prediction
 from deployments.serving.messages import GraphRequest, Ranked
 from deployments.serving.metrics import RequestMetrics, metrics
-from deployments.serving.population_store import start_population_feed
 from deployments.serving.prior_feed import start_prior_feed
 from deployments.serving.probes import check_feedback_writer, not_ready_reasons
 from deployments.serving.replica import Replica
@@ -52,7 +51,7 @@ from deployments.serving.schemas import (
     UserErasedResponse,
 )
 from deployments.serving.spec_store import SpecStore, send_with_spec
-from deployments.serving.store_actor import open_feedback
+from deployments.serving.store_actor import open_feedback, open_population
 
 __all__ = ["Ingress", "api"]
 
@@ -123,7 +122,7 @@ class Ingress(Replica):
                               if self.prior_feed is not None and self.settings.personal_prior_feature
                               else None)
         # What all users of each API did next, learned from the same outcomes: the pop_* features.
-        self.population = start_population_feed(self.settings, self.outcomes)
+        self.population = open_population(self.settings, self.outcomes)
         # Concurrent requests go down the graph together: one handle call per stage per batch.
         self.graph: Coalescer[GraphRequest, Ranked] = Coalescer(self._down_the_graph)
 

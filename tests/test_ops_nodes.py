@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -144,6 +145,19 @@ def test_feedback_reaches_one_store_whichever_node_took_it(tmp_path: Path) -> No
                        if any(f.endswith("/feedback.sqlite") for f in _open_files(pid))}
             head_only = on_head()
             assert len(holders) == 1 and holders <= head_only, holders
+            # The population memory too: the actor learns it into its file, each node mirrors it.
+            learners = {pid for pid in process_tree([head.proc.pid, second.pid])
+                        if any(f.endswith("/population.sqlite") for f in _open_files(pid))}
+            assert learners == holders, learners
+            for node in ("head", "second"):
+                deadline = time.monotonic() + 30
+                while True:
+                    health = client.get(url[node] + "/health").json()
+                    population = health["deployments"]["ingress"]["population"]
+                    if population.get("seq", 0) > 0 or time.monotonic() > deadline:
+                        break
+                    time.sleep(1)
+                assert population["seq"] > 0 and population["last_error"] is None, (node, population)
             placed: dict[str, set[str]] = {}
             for node, pids in (("second", process_tree([second.pid])), ("head", head_only)):
                 for pid in pids:
@@ -163,6 +177,27 @@ def test_feedback_reaches_one_store_whichever_node_took_it(tmp_path: Path) -> No
             assert {s.prediction_id for s in stored_all} == set(everything)
             assert set(fb.ids) == set(everything), fb.skipped
             reader.close()
+
+            # The actor's process killed: Ray restarts it on the data node. Predictions made
+            # meanwhile are kept by each replica and sent again: feedback on them, refused
+            # (503, with the reason) while the actor is down, is recorded once it is back.
+            os.kill(holders.pop(), signal.SIGKILL)
+            during = [client.post(url[node] + "/predict", json={**REQUEST, "user_id": f"during-{node}"})
+                      for node in ("head", "second")]
+            assert [a.status_code for a in during] == [200, 200], [a.text for a in during]
+            for node, answer in zip(("second", "head"), during, strict=True):  # through the other
+                body = {"prediction_id": answer.json()["prediction_id"], "accepted": True}
+                refusals = []
+                for _ in range(60):
+                    told = client.post(url[node] + "/feedback", json=body)
+                    if told.status_code != 503:
+                        break
+                    refusals.append(told.json()["error"]["message"])
+                    time.sleep(1)
+                assert told.status_code == 200, (told.text, refusals)
+            restarted = {pid for pid in process_tree([head.proc.pid, second.pid])
+                         if any(f.endswith("/feedback.sqlite") for f in _open_files(pid))}
+            assert len(restarted) == 1 and restarted <= on_head(), restarted
 
             # The actor gone for good: feedback answers 503 with the reason, at once; predictions
             # are still served.

@@ -606,10 +606,12 @@ class FeedbackStore(FeedbackReader):
     def record_outcome(self, prediction_id: str, *, timeout: float = 30.0, **kw: Any) -> OutcomeResult:
         return self.submit_outcome(prediction_id, **kw).result(timeout)
 
-    async def arecord_outcome(self, prediction_id: str, **kw: Any) -> OutcomeResult:
+    async def arecord_outcome(
+        self, prediction_id: str, *, unknown_retry_s: Sequence[float] = _UNKNOWN_RETRY_S, **kw: Any
+    ) -> OutcomeResult:
         """Record an outcome without blocking the event loop; an id not found yet is retried
-        briefly, as another replica may still be committing it."""
-        for delay in (*_UNKNOWN_RETRY_S, None):
+        after each of ``unknown_retry_s``, as another replica may still be committing it."""
+        for delay in (*unknown_retry_s, None):
             try:
                 return await self._committed(self.submit_outcome(prediction_id, **kw))
             except UnknownPrediction:

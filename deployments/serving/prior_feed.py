@@ -92,9 +92,14 @@ class PriorFeed(OutcomeFollower):
         # At start only the latest ``replay_max`` outcomes are replayed: the work and memory of
         # a restart must not grow with everything ever recorded (retention bounds the rest).
         # Erasures: those recorded from now on (those before are already gone from the outcomes).
-        self.cursor, self.erasure_cursor = self.reader.cursors(replay_max=replay_max)
+        # Asked at the first poll, in the thread: a store actor that does not answer yet must
+        # not fail the replica's start.
+        self.replay_max = replay_max
+        self.cursor = self.erasure_cursor = -1
 
     def poll_once(self, limit: int = 5000) -> int:
+        if self.cursor < 0:
+            self.cursor, self.erasure_cursor = self.reader.cursors(replay_max=self.replay_max)
         for rowid, user_id in self.reader.erasures_after(self.erasure_cursor):
             self.erasure_cursor = rowid
             self.prior.forget(user_id)

@@ -12,12 +12,14 @@ retention, erasures) and answers reads; the Ingress talks to it through :class:`
   enqueues; a sender thread ships what arrived within ``linger_s`` in one actor call (a spec's
   index only the first time). A batch the actor does not take (unreachable, restarting, timed
   out) is kept and sent again, the newest ``feedback_queue_max`` of them; what the replica's
-  queue or that bound drops is counted and logged, and feedback on such an id answers 503
-  saying so. A context the actor took is in its writer's queue: committed within its linger,
-  lost only if the actor's process dies first (as with the local writer). A retried batch the
-  actor had already taken is written once (prediction ids are keys).
+  queue or that bound drops, and what a replica stopped while the actor was unreachable still
+  held, is counted and logged, and feedback on such an id answers 503 saying so. A context the
+  actor took is in its writer's queue: committed within its linger, lost only if the actor's
+  process dies first (as with the local writer). A retried batch the actor had already taken is
+  written once (prediction ids are keys).
 - an outcome first waits until this replica's earlier contexts are with the actor, then is
-  recorded by it and acknowledged once committed with a full sync, as locally. Every call has a
+  recorded by it and acknowledged once committed with a full sync, as locally. An id the actor
+  has not seen waits up to 2 s for another replica's context before its 404. Every call has a
   deadline (``feedback_wait_s`` plus a second): an actor that cannot be reached, is not placed
   yet or does not answer gives :class:`FeedbackUnavailable` (503 with the reason); sending the
   outcome again is safe (an identical repeat is answered as already recorded).
@@ -63,9 +65,19 @@ from deployments.serving.feedback import (
 )
 from deployments.serving.metrics import enable as enable_metrics
 from deployments.serving.metrics import metrics
+from deployments.serving.population_store import (
+    MirrorFeed,
+    PopulationChanges,
+    PopulationFeed,
+    PopulationMirror,
+    PopulationStore,
+    has_tenants,
+    population_config,
+    start_population_feed,
+)
 
 __all__ = ["ACTOR_NAME", "NAMESPACE", "DATA_RESOURCE", "FeedbackStoreActor", "StoreClient",
-           "RemoteReader", "store_actor", "open_feedback"]
+           "RemoteReader", "store_actor", "open_feedback", "open_population"]
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +86,11 @@ NAMESPACE = "opensesame"
 DATA_RESOURCE = "opensesame_data"
 _LINGER_S = 0.05
 _MAX_BATCH = 256
-_RETRY_EVERY_S = 1.0  # a batch the actor did not take is sent again this often
+_RETRY_EVERY_S = 0.5  # a batch the actor did not take is sent again this often
+# An outcome for an id the actor has not seen waits this long (in steps) before its 404: the
+# context may still be on its way from another replica (up to a linger, or a retry after the
+# actor was unreachable).
+_UNKNOWN_RETRY_S = (0.05, 0.15, 0.3, 0.5, 1.0)
 _MAX_SPECS = 32  # decoded spec indexes kept by the actor and by each reader
 _MAX_LOST = 10_000
 # The errors an outcome answer may carry back, rebuilt on the caller's side by name.
@@ -120,6 +136,12 @@ class FeedbackStoreActor:
             retention_days=s.feedback_retention_days,
         )
         self._specs = _SpecCache()
+        # The population memory, learned here from the outcomes as they are committed: its file
+        # has one writer too, and every node's replicas mirror it (population_changes).
+        self.population = (PopulationFeed(PopulationStore(s.population_db_path, config=population_config(s),
+                                                          tenants=has_tenants(s)),
+                                          self.store.follow()).start()
+                           if s.population_enabled else None)
         log.info("feedback store actor on %s", s.feedback_db_path)
 
     def _spec(self, spec_hash: str, payloads: dict[str, bytes]) -> SpecIndex | None:
@@ -151,7 +173,8 @@ class FeedbackStoreActor:
         return {"unknown_specs": unknown, "dropped": dropped}
 
     async def record_outcome(self, prediction_id: str, kw: dict[str, Any]) -> tuple[Any, ...]:
-        return await _answer(self.store.arecord_outcome(prediction_id, **kw))
+        return await _answer(self.store.arecord_outcome(prediction_id, unknown_retry_s=_UNKNOWN_RETRY_S,
+                                                        **kw))
 
     async def prediction(self, prediction_id: str) -> tuple[Any, ...]:
         return await _answer(self.store.aprediction(prediction_id))
@@ -161,6 +184,12 @@ class FeedbackStoreActor:
 
     def status(self) -> dict[str, Any]:
         return self.store.status()
+
+    async def population_changes(self, since: int) -> PopulationChanges | None:
+        """What the population memory committed after commit ``since`` (None: switched off)."""
+        if self.population is None:
+            return None
+        return await asyncio.to_thread(self.population.store.changes, since)
 
     # The outcome stream (FeedbackReader's), read in a thread: a batch can be thousands of rows.
 
@@ -371,6 +400,9 @@ class StoreClient:
                         item.future.set_exception(FeedbackUnavailable(
                             f"the feedback store actor is unavailable ({self.last_error}); retry shortly"))
             if any(i is _STOP for i in items):
+                if self._retry:
+                    self._drop([c.prediction_id for c in self._retry],
+                               "the replica stopped before the store actor took them")
                 return
 
     def _send(self, contexts: list[PredictionContext]) -> bool:
@@ -458,6 +490,30 @@ class RemoteReader:
 
     def close(self) -> None:
         pass
+
+
+def open_population(
+    settings: Settings, feedback: FeedbackWriter | None
+) -> PopulationFeed | MirrorFeed | None:
+    """The replica's population memory: learned from this node's file (``local``), or a mirror
+    of the one the store actor keeps (``actor``); None when off or no outcomes are recorded."""
+    if not isinstance(feedback, StoreClient):
+        return start_population_feed(settings, feedback)
+    if not settings.population_enabled:
+        return None
+    import ray
+
+    actor, timeout_s = feedback.actor, feedback.wait_s + 1.0
+
+    def fetch(since: int) -> PopulationChanges:
+        changes: PopulationChanges | None = ray.get(actor.population_changes.remote(since), timeout=timeout_s)
+        if changes is None:
+            raise FeedbackUnavailable("the store actor keeps no population memory (population_enabled "
+                                      "is false there)")
+        return changes
+
+    mirror = PopulationMirror(config=population_config(settings), tenants=has_tenants(settings))
+    return MirrorFeed(mirror, fetch).start()
 
 
 def open_feedback(settings: Settings, overrides: dict[str, Any] | None = None
