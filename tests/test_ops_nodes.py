@@ -1,10 +1,12 @@
-"""Two Ray nodes on this machine, with the feedback store on several nodes as configs/rayservice.yaml
-runs it (``feedback_store = "actor"``): the head holds the data (custom resource
-``opensesame_data``), so the one store actor, the only writer of the SQLite file, runs there; a
-second node joined with ``ray start --address`` has resources and a temp dir of its own. One
+"""Two Ray nodes on this machine, with the feedback store of several nodes (``feedback_store =
+"actor"``): the head holds the data (custom resource ``opensesame_data``, as in
+configs/rayservice.yaml), so the one store actor, the only writer of the SQLite files, runs there;
+a second node joined with ``ray start --address`` has resources and a temp dir of its own. One
 Ingress replica runs on each node. Feedback on a prediction served by either node's replica,
-posted through either, is found; only the actor holds the file; a retrain reading the store sees
-every outcome; with the actor gone, feedback answers 503 saying why (predictions still 200)."""
+posted through either, is found; only the actor holds the files, both nodes mirror the
+population memory; a retrain reading the store sees every outcome; predictions made while the
+actor restarts are not lost; with the actor gone, feedback answers 503 saying why (predictions
+still 200)."""
 
 from __future__ import annotations
 

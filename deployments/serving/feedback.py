@@ -2,8 +2,9 @@
 what the user really did next.
 
 One SQLite file in WAL mode (``settings.feedback_db_path``), shared by every ingress replica of a
-node and read by retraining. No Ray import: the ingress, the in-process pipeline, retraining, the
-CLI and the benchmarks use the same class.
+node and read by retraining; on several nodes its one writer is the store actor
+(deployments/serving/store_actor.py), which wraps this class. No Ray import: the ingress, the
+store actor, the in-process pipeline, retraining, the CLI and the benchmarks use the same class.
 
 Writes go through one writer thread per store, fed by a queue:
 

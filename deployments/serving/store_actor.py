@@ -4,7 +4,7 @@ on the node that holds the data; the Ingress replicas of every node call it.
 With ``feedback_store = "actor"`` (``OPENSESAME_FEEDBACK_STORE=actor``) each Ingress replica gets
 (or, the first one, creates) the named, detached actor :data:`ACTOR_NAME`. Its only placement
 constraint is the custom resource :data:`DATA_RESOURCE`, which only the node with the volume
-announces (``ray start --resources '{"opensesame_data": 1}'``; configs/rayservice.yaml's head). The
+announces (``ray start --resources '{"opensesame_data": 1}'``, as configs/rayservice.yaml's head). The
 actor wraps the plain :class:`~deployments.serving.feedback.FeedbackStore` (its writer thread, WAL,
 retention, erasures) and answers reads; the Ingress talks to it through :class:`StoreClient`:
 
@@ -23,8 +23,10 @@ retention, erasures) and answers reads; the Ingress talks to it through :class:`
   deadline (``feedback_wait_s`` plus a second): an actor that cannot be reached, is not placed
   yet or does not answer gives :class:`FeedbackUnavailable` (503 with the reason); sending the
   outcome again is safe (an identical repeat is answered as already recorded).
-- the prior feeds and the population memory of every node follow the outcomes through
-  :class:`RemoteReader`, the actor's view of the outcome stream (rowid cursors, as on the file).
+- the prior feeds of every node follow the outcomes through :class:`RemoteReader`, the actor's
+  view of the outcome stream (rowid cursors, as on the file). The population memory is learned
+  by the actor itself into its file (one writer there too); each replica mirrors its changes
+  (:func:`open_population`).
 
 The actor is detached: it outlives Serve redeploys and replicas and ends with the cluster (or
 ``ray kill``); Ray restarts it (same node, same file) if its process dies.
