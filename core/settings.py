@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -39,6 +39,10 @@ class Settings(BaseModel):
     feedback_retention_days: float = Field(90.0, gt=0)
     # How long POST /feedback and GET /feedback/{id} wait for the writer's commit before a 503.
     feedback_wait_s: float = Field(5.0, gt=0)
+    # Who writes the file: "local", each Ingress replica's own writer on its node's disk (one
+    # node); "actor", one writer actor on the node with the `opensesame_data` resource, which the
+    # replicas of every node call (several nodes: deployments/serving/store_actor.py).
+    feedback_store: Literal["local", "actor"] = "local"
     # The per-user transition prior learned from outcomes (core/priors/personal.py): as
     # the ranker's user_* features, and/or blended after the model with this weight (0: off);
     # measured by `python -m benchmarks.personalisation` (benchmarks/results/personalisation.md).

@@ -24,7 +24,6 @@ from deployments.serving.feedback import (
     FeedbackUnavailable,
     UnknownPrediction,
     feedback_response,
-    open_store,
     prediction_context,
     stored_response,
 )
@@ -33,7 +32,6 @@ from deployments.serving.identity import KEYS, ApiKeys, owned_by, scoped_user
 from deployments.serving.logs import log_outcome, log_prediction
 from deployments.serving.messages import GraphRequest, Ranked
 from deployments.serving.metrics import RequestMetrics, metrics
-from deployments.serving.population_store import start_population_feed
 from deployments.serving.prior_feed import start_prior_feed
 from deployments.serving.probes import DownstreamHealth, check_feedback_writer, not_ready_reasons
 from deployments.serving.replica import Replica
@@ -52,6 +50,7 @@ from deployments.serving.schemas import (
     UserErasedResponse,
 )
 from deployments.serving.spec_store import SpecStore, send_with_spec
+from deployments.serving.store_actor import open_feedback, open_population
 
 __all__ = ["Ingress", "api"]
 
@@ -115,8 +114,9 @@ class Ingress(Replica):
         _edge.seconds = self.settings.request_timeout_s
         self.shares = ClientShares(self.settings.client_max_concurrent)
         KEYS.keys = ApiKeys.from_settings(self.settings)  # None: no keys, clients say who they are
-        # Outcomes of predictions (deployments/serving/feedback.py); None: predictions still served.
-        self.outcomes, self.outcomes_off_reason = open_store(self.settings)
+        # Outcomes of predictions (deployments/serving/feedback.py): this node's file, or the
+        # store actor on the data node (store_actor.py); None: predictions still served.
+        self.outcomes, self.outcomes_off_reason = open_feedback(self.settings, settings)
         # Each user's habits, learned from those outcomes: the ranker's user_* features (and,
         # with personal_prior_weight > 0, blended into the scores after the model).
         self.prior_feed = start_prior_feed(self.settings, self.outcomes)
@@ -124,7 +124,7 @@ class Ingress(Replica):
                               if self.prior_feed is not None and self.settings.personal_prior_feature
                               else None)
         # What all users of each API did next, learned from the same outcomes: the pop_* features.
-        self.population = start_population_feed(self.settings, self.outcomes)
+        self.population = open_population(self.settings, self.outcomes)
         # Concurrent requests go down the graph together: one handle call per stage per batch.
         self.graph: Coalescer[GraphRequest, Ranked] = Coalescer(self._down_the_graph)
         # What /health and /readyz say of the other deployments, asked without waiting on them.
@@ -228,8 +228,7 @@ class Ingress(Replica):
         tenant = KEYS.tenant_of(http)
         if self.outcomes is None:
             raise FeedbackUnavailable(f"feedback is not recorded here: {self.outcomes_off_reason}")
-        await self.outcomes.aflush()
-        stored = await asyncio.to_thread(self.outcomes.prediction, prediction_id)
+        stored = await self.outcomes.aprediction(prediction_id)
         if stored is None or not owned_by(tenant, stored.user_id):
             raise UnknownPrediction(f"no prediction with id {prediction_id!r}")
         return stored_response(stored)

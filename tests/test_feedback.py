@@ -4,6 +4,7 @@ redeploy."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -19,15 +20,18 @@ import pytest
 from core.errors import InvalidRequest
 from core.settings import PROJECT_ROOT
 from core.spec.openapi import parse_spec
+from deployments.serving import metrics as metrics_module
 from deployments.serving.feedback import (
     FeedbackReader,
     FeedbackStore,
+    FeedbackUnavailable,
     OutcomeConflict,
     PredictionContext,
     UnknownPrediction,
     follow_up_index,
     resolve_operation,
 )
+from deployments.serving.store_actor import FeedbackStoreActor, StoreClient
 from tests.specs import billing_spec
 
 SPEC = parse_spec(billing_spec())
@@ -122,6 +126,34 @@ def test_implicit_outcome_from_the_next_request(store) -> None:
     store.flush()
     assert store.prediction("a1").source == "explicit"
     assert store.prediction("a2").actual_key == "GET /invoices"
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.counts: dict[tuple[tuple[str, str], ...], float] = {}
+
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
+        key = tuple(sorted((tags or {}).items()))
+        self.counts[key] = self.counts.get(key, 0.0) + value
+
+
+def test_a_correction_is_counted_once(store, monkeypatch) -> None:
+    """outcomes_total counts a prediction's outcome once: an explicit outcome that corrects the
+    implicit one replaces it, and adds only the hit the implicit one did not have."""
+    recorder = metrics_module.Metrics(enabled=False)
+    recorder.enabled = True
+    recorder.outcomes, recorder.outcome_hits = _Counter(), _Counter()
+    monkeypatch.setattr(metrics_module, "_current", recorder)
+    e1, e2 = ("GET /v1/invoices", {}, None), ("GET /v1/invoices/in_5", {}, None)
+    store.record_prediction(_ctx("c1", events=[e1]))
+    store.record_prediction(_ctx("c2", events=[e1, e2]))  # settles c1: GET in_5, rank 1
+    store.flush()
+    assert store.prediction("c1").source == "implicit"
+    store.record_outcome("c1", actual_endpoint="POST /v1/invoices/in_5/pay")  # rank 2: corrects
+    store.record_outcome("c2", accepted=True)  # a first outcome: counted
+    assert sum(recorder.outcomes.counts.values()) == 2, recorder.outcomes.counts
+    hits = {dict(k)["k"]: v for k, v in recorder.outcome_hits.counts.items()}
+    assert hits == {"1": 2, "3": 2}  # c1's implicit rank 1 (k=1, k=3), c2's accepted rank 1
 
 
 def test_implicit_window(tmp_path) -> None:
@@ -456,3 +488,63 @@ def test_the_users_own_habit_moves_their_next_prediction(client) -> None:
     fresh = _predict(client, **{**body, "user_id": "u-no-habit"})["predictions"]
     other = {p["endpoint"]: p["score"] for p in fresh}
     assert other.get(habit["endpoint"], 0.0) == pytest.approx(habit["score"], abs=1e-3)
+
+
+# -- the store actor (several nodes; tests/test_ops_nodes.py runs it on two) -------------------
+
+
+@serve_mark
+def test_the_store_actor_records_reads_and_streams(serve_cluster, tmp_path) -> None:
+    """The client and the actor on the session's cluster: contexts batched to it, outcomes and
+    their errors as the local store gives them, the outcome stream and erasures for followers."""
+    import ray
+
+    actor = ray.remote(FeedbackStoreActor).options(num_cpus=0).remote({"data_dir": str(tmp_path)})
+    client = StoreClient(actor, wait_s=5.0)
+
+    async def scenario() -> None:
+        assert client.record_prediction(_ctx("s1")) and client.record_prediction(_ctx("s2", user="u2"))
+        first = await client.arecord_outcome("s1", accepted=True)  # after this replica's contexts
+        assert (first.recorded, first.rank, first.source) == (True, 1, "accepted")
+        with pytest.raises(UnknownPrediction):
+            await client.arecord_outcome("nope", accepted=True)
+        with pytest.raises(OutcomeConflict, match="already has the outcome"):
+            await client.arecord_outcome("s1", actual_endpoint="GET /v1/invoices")
+        stored = await client.aprediction("s1")
+        assert stored is not None and stored.source == "accepted"
+        reader = client.follow()
+        rows = reader.outcomes_after(0, 10)
+        assert [(r[1], r[5]) for r in rows] == [("u1", SHOWN[0][0])]
+        assert reader.spec(rows[0][2]).spec_hash == SPEC.spec_hash
+        assert await client.aerase_user("u2") == {"predictions": 1, "outcomes": 0}
+        assert [u for _, u in reader.erasures_after(0)] == ["u2"]
+
+    try:
+        asyncio.run(scenario())
+        assert client.status()["predictions"] == 2 and not client.status()["failing"]
+    finally:
+        client.close()
+        ray.kill(actor)
+    reader = FeedbackReader(tmp_path / "feedback.sqlite")  # the actor's file: what a retrain reads
+    assert reader.counts()["outcomes"] == 1 and reader.counts()["predictions"] == 1
+    reader.close()
+
+
+@serve_mark
+def test_an_unreachable_store_actor_answers_503_and_keeps_the_contexts(serve_cluster, tmp_path) -> None:
+    """An actor that is not placed (no node has its resource): feedback is refused with the
+    reason within the deadline, never hangs; the context is kept to be sent again."""
+    import ray
+
+    actor = ray.remote(FeedbackStoreActor).options(num_cpus=0, resources={"no_such_node": 1}).remote(
+        {"data_dir": str(tmp_path)})
+    client = StoreClient(actor, wait_s=0.5)
+    try:
+        client.record_prediction(_ctx("x1"))
+        with pytest.raises(FeedbackUnavailable, match="feedback store actor"):
+            asyncio.run(client.arecord_outcome("x1", accepted=True))
+        status = client.status()
+        assert status["failing"] and status["queued"] == 1 and status["dropped"] == 0, status
+    finally:
+        client.close(timeout=1)
+        ray.kill(actor)

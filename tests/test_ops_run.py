@@ -6,6 +6,7 @@ through its dashboard, and ``make stop`` leaves none of its processes or ports b
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import pytest
 from benchmarks.cluster import free_port, marked_pids, wait_http
 from deployments.serving.metrics import METRICS, exported_names
 from tests.test_metrics_dashboard import dashboard_queries, metric_names
+from tools.cluster import listening_sockets
 from tools.run import Ports, preflight
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,6 +218,24 @@ def test_liveness_and_readiness(run: tuple[Ports, subprocess.Popen[str]]) -> Non
     assert httpx.get(base + "/livez", timeout=10).json() == {"status": "ok"}
     ready = httpx.get(base + "/readyz", timeout=10)
     assert ready.status_code == 200 and ready.json() == {"status": "ready", "reasons": []}, ready.text
+
+
+@pytest.mark.serve
+def test_make_run_listens_on_loopback_only(run: tuple[Ports, subprocess.Popen[str]]) -> None:
+    """HOST unset: every TCP socket of the run (Ray's GCS, raylet, agents and metrics export,
+    HAProxy's HTTP, metrics and stats frontends, the dashboard) is on loopback — but for the one
+    Ray Serve 2.60 hard-codes: each replica's inter-deployment gRPC server on ``[::]:0``
+    (ray/serve/_private/replica.py; README, Operations)."""
+    ports, _proc = run
+    sockets = listening_sockets(marked_pids(ports.temp_dir))
+    ours = {port for _pid, _address, port in sockets}
+    assert {ports.http, ports.ray, ports.metrics, ports.haproxy_metrics, ports.haproxy_stats} <= ours, sockets
+    opened = [(pid, Path(f"/proc/{pid}/comm").read_text().strip(), address, port)
+              for pid, address, port in sockets
+              if not (ipaddress.ip_address(address).is_loopback or address.startswith("::ffff:127."))]
+    grpc = [o for o in opened if o[1].startswith("ray::ServeRepli") and o[2] == "::"]
+    assert sorted(opened) == sorted(grpc), opened
+    assert len(grpc) == len({o[0] for o in grpc}), grpc  # one a replica
 
 
 @pytest.mark.serve

@@ -5,8 +5,10 @@ of one committed transaction, whatever the replicas write meanwhile (copying the
 file without its ``-wal``, can give a torn or stale database). Each copy is checked with
 ``PRAGMA integrity_check`` and listed, with its row counts and sha256, in ``DIR/manifest.json``.
 
-The stores are those the settings (``OPENSESAME_*``) name: the feedback database and the spec
-cache; ``--data-dir`` overrides ``OPENSESAME_DATA_DIR``. A store that does not exist is skipped.
+The stores are those the settings (``OPENSESAME_*``) name: the feedback database, the population
+memory learned from it and the spec cache; ``--data-dir`` overrides ``OPENSESAME_DATA_DIR``. A
+store that does not exist is skipped. With the store actor (several nodes), run it on the node
+that holds the data (``opensesame_data``): the files are there.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ def backup_store(src: Path, dst: Path) -> dict[str, Any]:
 
 def backup_all(out: Path, *, data_dir: str | None = None) -> dict[str, Any]:
     settings = load_settings(data_dir=data_dir) if data_dir else load_settings()
-    stores: dict[str, Path] = {"feedback": settings.feedback_db_path, "spec_cache": settings.spec_cache_path}
+    stores: dict[str, Path] = {"feedback": settings.feedback_db_path,
+                               "population": settings.population_db_path,
+                               "spec_cache": settings.spec_cache_path}
     manifest: dict[str, Any] = {"created_at": time.time(), "stores": {}}
     for name, path in stores.items():
         if path.is_file():

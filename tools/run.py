@@ -59,15 +59,16 @@ class Ports:
                 f"dashboard http://127.0.0.1:{self.dashboard} — `make stop` stops it all")
 
     def checked(self) -> list[tuple[str, str, int]]:
-        """(what, the address its server binds, port): HAProxy's metrics and stats ports and
-        Ray's own bind every interface whatever the host."""
+        """(what, the address its server binds, port): Ray's servers, its metrics export and
+        HAProxy's metrics and stats bind the host (``RayHead(bind_host=…)``), the dashboard
+        loopback."""
         return [
             ("HTTP", self.host, self.http),
-            ("Ray", "", self.ray),
-            ("metrics", "", self.metrics),
+            ("Ray", self.host, self.ray),
+            ("metrics", self.host, self.metrics),
             ("dashboard", "127.0.0.1", self.dashboard),
-            ("HAProxy metrics", "", self.haproxy_metrics),
-            ("HAProxy stats", "", self.haproxy_stats),
+            ("HAProxy metrics", self.host, self.haproxy_metrics),
+            ("HAProxy stats", self.host, self.haproxy_stats),
         ]
 
 
@@ -154,7 +155,7 @@ def start(ports: Ports, *, access_log: bool = False) -> int:
     env = {**make_run_env(), **({"RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"} if access_log else {})}
     head = RayHead(
         env=env, port=ports.ray, temp_dir=ports.temp_dir, dashboard=True,
-        haproxy_ports=(ports.haproxy_metrics, ports.haproxy_stats),
+        haproxy_ports=(ports.haproxy_metrics, ports.haproxy_stats), bind_host=ports.host,
         extra_args=("--metrics-export-port", str(ports.metrics),
                     "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports.dashboard)),
     )

@@ -2,8 +2,9 @@
 what the user really did next.
 
 One SQLite file in WAL mode (``settings.feedback_db_path``), shared by every ingress replica of a
-node and read by retraining. No Ray import: the ingress, the in-process pipeline, retraining, the
-CLI and the benchmarks use the same class.
+node and read by retraining; on several nodes its one writer is the store actor
+(deployments/serving/store_actor.py), which wraps this class. No Ray import: the ingress, the
+store actor, the in-process pipeline, retraining, the CLI and the benchmarks use the same class.
 
 Writes go through one writer thread per store, fed by a queue:
 
@@ -42,7 +43,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from core.errors import (
     FeedbackUnavailable,
@@ -66,7 +67,9 @@ from deployments.serving.schemas import (
 
 __all__ = [
     "FeedbackStore",
+    "FeedbackWriter",
     "FeedbackReader",
+    "OutcomeRow",
     "PredictionContext",
     "StoredPrediction",
     "OutcomeResult",
@@ -143,6 +146,8 @@ _IMPLICIT_LOOKBACK = 5
 _UNKNOWN_RETRY_S = (0.05, 0.15, 0.3)
 _MAX_LOST = 10_000
 T = TypeVar("T")
+# (outcome rowid, user_id, spec_hash, prompt, events JSON, actual_key, recorded_at)
+OutcomeRow = tuple[int, str, str, str | None, str, str | None, float]
 # Spec indexes kept decoded (implicit settlement, the prior feed): a few recent specs, not one per
 # spec the store ever saw (a 5,000-operation index is tens of MB).
 _MAX_CACHED_SPECS = 32
@@ -370,6 +375,39 @@ class FeedbackReader:
                 self._specs.popitem(last=False)
         return index
 
+    # -- the outcome stream the prior feeds and the population memory follow ---------------------
+
+    def outcomes_after(self, cursor: int, limit: int) -> list[OutcomeRow]:
+        """Outcomes committed after ``cursor`` (an outcome rowid: SQLite commits one writer at a
+        time, so rowids arrive in commit order), oldest first, with what learning needs."""
+        return [tuple(r) for r in self._conn().execute(
+            "SELECT o.rowid, p.user_id, p.spec_hash, p.prompt, p.events, o.actual_key, o.recorded_at "
+            "FROM outcomes o JOIN predictions p USING (prediction_id) WHERE o.rowid > ? "
+            "ORDER BY o.rowid LIMIT ?", (cursor, limit))]
+
+    def erasures_after(self, cursor: int) -> list[tuple[int, str]]:
+        """Users erased after ``cursor`` (an erasure rowid): (rowid, user_id), oldest first."""
+        return [(int(r[0]), str(r[1])) for r in self._conn().execute(
+            "SELECT rowid, user_id FROM erasures WHERE rowid > ? ORDER BY rowid", (cursor,))]
+
+    def cursors(self, *, replay_max: int | None = None) -> tuple[int, int]:
+        """Where a new follower starts: (outcome cursor, erasure cursor). The outcome cursor
+        replays the latest ``replay_max`` outcomes (None: all); erasures from now on only (those
+        before are gone from the outcomes already)."""
+        conn = self._conn()
+        outcome = 0
+        if replay_max is not None:
+            row = conn.execute("SELECT rowid FROM outcomes ORDER BY rowid DESC LIMIT 1 OFFSET ?",
+                               (replay_max,)).fetchone()
+            outcome = int(row[0]) if row else 0
+        erasure = int(conn.execute("SELECT coalesce(max(rowid), 0) FROM erasures").fetchone()[0])
+        return outcome, erasure
+
+    def spec_payload(self, spec_hash: str) -> bytes | None:
+        """The stored spec index, compressed as stored (what a remote reader fetches)."""
+        row = self._conn().execute("SELECT payload FROM specs WHERE spec_hash = ?", (spec_hash,)).fetchone()
+        return bytes(row[0]) if row else None
+
     def counts(self) -> dict[str, int]:
         conn = self._conn()
         out = {"predictions": conn.execute("SELECT count(*) FROM predictions").fetchone()[0]}
@@ -388,6 +426,25 @@ class FeedbackReader:
 
 
 # -- writing -------------------------------------------------------------------------------------
+
+
+class FeedbackWriter(Protocol):
+    """What the Ingress records and reads through: a :class:`FeedbackStore` of its own process
+    (one node), or the client of the store actor (several nodes: deployments/serving/store_actor.py)."""
+
+    def record_prediction(self, ctx: PredictionContext) -> bool: ...
+
+    async def arecord_outcome(self, prediction_id: str, **kw: Any) -> OutcomeResult: ...
+
+    async def aprediction(self, prediction_id: str) -> StoredPrediction | None: ...
+
+    async def aerase_user(self, user_id: str) -> dict[str, int]: ...
+
+    def follow(self) -> Any: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -550,10 +607,12 @@ class FeedbackStore(FeedbackReader):
     def record_outcome(self, prediction_id: str, *, timeout: float = 30.0, **kw: Any) -> OutcomeResult:
         return self.submit_outcome(prediction_id, **kw).result(timeout)
 
-    async def arecord_outcome(self, prediction_id: str, **kw: Any) -> OutcomeResult:
+    async def arecord_outcome(
+        self, prediction_id: str, *, unknown_retry_s: Sequence[float] = _UNKNOWN_RETRY_S, **kw: Any
+    ) -> OutcomeResult:
         """Record an outcome without blocking the event loop; an id not found yet is retried
-        briefly, as another replica may still be committing it."""
-        for delay in (*_UNKNOWN_RETRY_S, None):
+        after each of ``unknown_retry_s``, as another replica may still be committing it."""
+        for delay in (*unknown_retry_s, None):
             try:
                 return await self._committed(self.submit_outcome(prediction_id, **kw))
             except UnknownPrediction:
@@ -576,6 +635,15 @@ class FeedbackStore(FeedbackReader):
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._enqueue(_Flush(future))
         await self._committed(future)
+
+    async def aprediction(self, prediction_id: str) -> StoredPrediction | None:
+        """A stored prediction with its outcome, once what is queued before it is committed."""
+        await self.aflush()
+        return await asyncio.to_thread(self.prediction, prediction_id)
+
+    def follow(self) -> FeedbackReader:
+        """A reader of its own for a follower thread (a prior feed, the population memory)."""
+        return FeedbackReader(self.path, create=True)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -806,7 +874,8 @@ class FeedbackStore(FeedbackReader):
         )
         self.stats["explicit"] += 1
         if metrics().enabled:  # the API's title is one cached lookup; outcomes are few
-            metrics().outcome(api=self._spec_in(conn, spec_hash).title, source=source, rank=rank)
+            metrics().outcome(api=self._spec_in(conn, spec_hash).title, source=source, rank=rank,
+                              corrects=old_source is not None, corrected_rank=old_rank)
         return OutcomeResult(item.prediction_id, endpoint, key, rank, source, recorded=True)
 
     def _spec_in(self, conn: sqlite3.Connection, spec_hash: str) -> SpecIndex:

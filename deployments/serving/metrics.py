@@ -127,14 +127,23 @@ class Metrics:
 
     # The few records that are more than one call: kept here so each hook stays one line.
 
-    def outcome(self, *, api: str, source: str, rank: int | None) -> None:
-        """An outcome was recorded: count it, and whether the prediction had it first / in its top 3."""
+    def outcome(self, *, api: str, source: str, rank: int | None, corrects: bool = False,
+                corrected_rank: int | None = None) -> None:
+        """An outcome was recorded: count it, and whether the prediction had it first / in its top 3.
+
+        ``corrects``: it replaces the implicit outcome (of rank ``corrected_rank``) already counted
+        for the same prediction, so it is not counted again; only a hit the implicit one lacked
+        is added. Counters cannot go down: a hit the correction takes away stays counted.
+        """
         if not self.enabled:
             return
         api = self.api_name(api)
-        self.outcomes.inc(tags={"api": api, "source": source})
+        if not corrects:
+            self.outcomes.inc(tags={"api": api, "source": source})
         for k in (1, 3):
-            if rank is not None and rank <= k:
+            hit = rank is not None and rank <= k
+            counted = corrects and corrected_rank is not None and corrected_rank <= k
+            if hit and not counted:
                 self.outcome_hits.inc(tags={"api": api, "k": str(k)})
 
     def serving_model(self, version: str) -> None:

@@ -21,6 +21,8 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +37,12 @@ from core.priors.population import (
 )
 from core.settings import Settings
 from core.spec.index import Call, SpecIndex
-from deployments.serving.feedback import FeedbackReader, FeedbackStore
-from deployments.serving.prior_feed import OutcomeFollower
+from deployments.serving.failures import failure_text
+from deployments.serving.feedback import FeedbackWriter
+from deployments.serving.prior_feed import OutcomeFollower, OutcomeStream
 
-__all__ = ["PopulationStore", "PopulationFeed", "population_config", "start_population_feed"]
+__all__ = ["PopulationStore", "PopulationFeed", "PopulationChanges", "PopulationMirror", "MirrorFeed",
+           "apply_changes", "population_config", "start_population_feed", "has_tenants"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,45 @@ def population_config(settings: Settings) -> PopulationConfig:
     return PopulationConfig(min_users=settings.population_min_users,
                             half_life_s=settings.population_half_life_days * 86400.0,
                             user_cap=settings.population_user_cap)
+
+
+@dataclass(frozen=True, slots=True)
+class PopulationChanges:
+    """The rows of the file changed after a commit, and the commit they bring a mirror to."""
+
+    cleared: list[str]
+    cells: list[tuple[str, str, str, str, float, float]]
+    contributors: list[tuple[str, str, str, str, str, float, float]]
+    seq: int
+
+
+def apply_changes(memory: PopulationMemory, changes: PopulationChanges) -> int:
+    """Brings ``memory`` up to ``changes``; returns the commit it mirrors now."""
+    for api in changes.cleared:
+        memory.clear(api)
+    changed: dict[tuple[tuple[str, str, str], str], Cell] = {}
+    for api, kind, ctx, nxt, total, t in changes.cells:
+        key = ((api, kind, ctx), nxt)
+        old = memory.cell(*key)
+        changed[key] = Cell(total=total, t=t, users=dict(old.users) if old else {})
+    for api, kind, ctx, nxt, user, weight, t in changes.contributors:
+        key = ((api, kind, ctx), nxt)
+        cell = changed.get(key)
+        if cell is None:
+            old = memory.cell(*key)
+            cell = changed[key] = (Cell(total=old.total, t=old.t, users=dict(old.users))
+                                   if old is not None else Cell())
+        if weight > 0:
+            cell.users[user] = (weight, t)
+        else:
+            cell.users.pop(user, None)
+    for (context, nxt), cell in changed.items():
+        memory.set_cell(context, nxt, cell)
+    return changes.seq
+
+
+def _tenant_of(user_id: str, tenants: bool) -> str:
+    return user_id.split("/", 1)[0] if tenants and "/" in user_id else ""
 
 
 class PopulationStore:
@@ -130,47 +173,37 @@ class PopulationStore:
 
     def _refresh(self) -> None:
         """Mirror what was committed since the last look (by any process)."""
-        last = self.seq
+        self.seq = apply_changes(self.memory, self._changes(self.seq))
+
+    def _changes(self, since: int) -> PopulationChanges:
         c = self._conn
-        for api, _seq in c.execute("SELECT api, seq FROM cleared WHERE seq > ?", (last,)).fetchall():
-            self.memory.clear(api)
-        changed: dict[tuple[tuple[str, str, str], str], Cell] = {}
-        for api, kind, ctx, nxt, total, t in c.execute(
-                "SELECT api, kind, context, next, total, t FROM cells WHERE seq > ?", (last,)):
-            key = ((api, kind, ctx), nxt)
-            old = self.memory.cell(*key)
-            changed[key] = Cell(total=total, t=t, users=dict(old.users) if old else {})
-        for api, kind, ctx, nxt, user, weight, t in c.execute(
-                "SELECT api, kind, context, next, user, weight, t FROM contributors WHERE seq > ?", (last,)):
-            key = ((api, kind, ctx), nxt)
-            cell = changed.get(key)
-            if cell is None:
-                old = self.memory.cell(*key)
-                cell = changed[key] = (Cell(total=old.total, t=old.t, users=dict(old.users))
-                                       if old is not None else Cell())
-            if weight > 0:
-                cell.users[user] = (weight, t)
-            else:
-                cell.users.pop(user, None)
-        for (context, nxt), cell in changed.items():
-            self.memory.set_cell(context, nxt, cell)
-        self.seq = int(self._meta("seq") or 0)
+        return PopulationChanges(
+            cleared=[api for api, _seq in c.execute("SELECT api, seq FROM cleared WHERE seq > ?", (since,))],
+            cells=c.execute("SELECT api, kind, context, next, total, t FROM cells WHERE seq > ?",
+                            (since,)).fetchall(),
+            contributors=c.execute("SELECT api, kind, context, next, user, weight, t FROM contributors "
+                                   "WHERE seq > ?", (since,)).fetchall(),
+            seq=int(self._meta("seq") or 0),
+        )
+
+    def changes(self, since: int) -> PopulationChanges:
+        """What was committed after commit ``since``: for a mirror of the memory elsewhere
+        (:class:`PopulationMirror`, on a node without the file)."""
+        with self._lock:
+            return self._changes(since)
 
     # -- learning from the feedback store --------------------------------------------------------
 
-    def ingest(self, reader: FeedbackReader, *, limit: int = 2000, now: float | None = None) -> int:
+    def ingest(self, reader: OutcomeStream, *, limit: int = 2000, now: float | None = None) -> int:
         """Adds the outcomes committed to the feedback store since the file's cursor; returns how
         many were read (0: up to date)."""
         with self._lock:
             return int(self._transaction(lambda: self._ingest(reader, limit, now)))
 
-    def _ingest(self, reader: FeedbackReader, limit: int, now: float | None) -> int:
+    def _ingest(self, reader: OutcomeStream, limit: int, now: float | None) -> int:
         self._refresh()
         cursor = int(self._meta("cursor") or 0)
-        rows = reader._conn().execute(
-            "SELECT o.rowid, p.user_id, p.spec_hash, p.prompt, p.events, o.actual_key, o.recorded_at "
-            "FROM outcomes o JOIN predictions p USING (prediction_id) WHERE o.rowid > ? "
-            "ORDER BY o.rowid LIMIT ?", (cursor, limit)).fetchall()
+        rows = reader.outcomes_after(cursor, limit)
         seq = self.seq + 1
         touched: dict[tuple[tuple[str, str, str], str], set[str]] = {}
         for rowid, user_id, spec_hash, prompt, events, actual_key, recorded_at in rows:
@@ -188,8 +221,7 @@ class PopulationStore:
                 touched.setdefault((key, nxt), set()).add(obs.user)
         clock = time.time() if now is None else now
         erased = int(self._meta("erased") or 0)
-        for rowid, user_id in reader._conn().execute(
-                "SELECT rowid, user_id FROM erasures WHERE rowid > ? ORDER BY rowid", (erased,)).fetchall():
+        for rowid, user_id in reader.erasures_after(erased):
             erased = rowid
             digest = user_digest(user_id, self.salt)
             for key, nxt, _cell in self.memory.erase(digest, clock):
@@ -225,7 +257,7 @@ class PopulationStore:
     # -- serving --------------------------------------------------------------------------------
 
     def tenant_of(self, user_id: str) -> str:
-        return user_id.split("/", 1)[0] if self.tenants and "/" in user_id else ""
+        return _tenant_of(user_id, self.tenants)
 
     def view(self, spec: SpecIndex, history: list[Call], prompt: str | None, *, user_id: str = "",
              now: float | None = None) -> PopulationView:
@@ -268,8 +300,9 @@ class PopulationFeed(OutcomeFollower):
 
     name = "population-feed"
 
-    def __init__(self, store: PopulationStore, feedback_path: str | Path, *, interval_s: float = 1.0) -> None:
-        super().__init__(feedback_path, interval_s=interval_s)
+    def __init__(self, store: PopulationStore, feedback: str | Path | OutcomeStream, *,
+                 interval_s: float = 1.0) -> None:
+        super().__init__(feedback, interval_s=interval_s)
         self.store = store
 
     def poll_once(self) -> int:
@@ -290,11 +323,79 @@ class PopulationFeed(OutcomeFollower):
         return {**self.store.status(), "last_error": self.last_error}
 
 
-def start_population_feed(settings: Settings, feedback: FeedbackStore | None) -> PopulationFeed | None:
+class PopulationMirror:
+    """The memory as another node sees it: no file, only what :meth:`PopulationStore.changes`
+    of the one that has it says (deployments/serving/store_actor.py, several nodes)."""
+
+    def __init__(self, *, config: PopulationConfig | None = None, tenants: bool = False) -> None:
+        self.memory = PopulationMemory(config)
+        self.tenants = tenants
+        self.seq = 0
+        self._lock = threading.Lock()
+
+    def apply(self, changes: PopulationChanges) -> int:
+        with self._lock:
+            before, self.seq = self.seq, apply_changes(self.memory, changes)
+        return self.seq - before
+
+    def view(self, spec: SpecIndex, history: list[Call], prompt: str | None, *, user_id: str = "",
+             now: float | None = None) -> PopulationView:
+        return self.memory.view(api_key(spec, _tenant_of(user_id, self.tenants)), history, prompt,
+                                now=time.time() if now is None else now)
+
+    def status(self) -> dict[str, Any]:
+        return {"seq": self.seq, "min_users": self.memory.config.min_users, "apis": self.memory.status()}
+
+
+class MirrorFeed:
+    """Keeps a :class:`PopulationMirror` up to date, in a thread: every ``interval_s``, the
+    changes ``fetch(seq)`` returns (a failure is kept in ``last_error`` and retried)."""
+
+    def __init__(self, mirror: PopulationMirror, fetch: Callable[[int], PopulationChanges], *,
+                 interval_s: float = 1.0) -> None:
+        self.store = mirror
+        self.fetch = fetch
+        self.interval_s = interval_s
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="population-mirror", daemon=True)
+
+    def start(self) -> MirrorFeed:
+        self._thread.start()
+        return self
+
+    def sync(self) -> int:
+        return self.store.apply(self.fetch(self.store.seq))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync()
+                self.last_error = None
+            except Exception as exc:  # noqa: BLE001 - keep serving; retried next tick
+                self.last_error = failure_text(exc)
+                log.warning("population mirror: %s", self.last_error)
+            self._stop.wait(self.interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def status(self) -> dict[str, Any]:
+        return {**self.store.status(), "last_error": self.last_error}
+
+
+def start_population_feed(settings: Settings, feedback: FeedbackWriter | None) -> PopulationFeed | None:
     """The replica's population memory, learning from the feedback store; None when switched
     off or when no outcomes are recorded."""
     if feedback is None or not settings.population_enabled:
         return None
     store = PopulationStore(settings.population_db_path, config=population_config(settings),
-                            tenants=settings.api_keys is not None or settings.api_keys_file is not None)
-    return PopulationFeed(store, feedback.path).start()
+                            tenants=has_tenants(settings))
+    return PopulationFeed(store, feedback.follow()).start()
+
+
+def has_tenants(settings: Settings) -> bool:
+    """API keys are on: a user id is ``tenant/user``, each tenant with a memory of its own."""
+    return settings.api_keys is not None or settings.api_keys_file is not None

@@ -7,16 +7,31 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from core.priors.personal import TransitionPrior, previous_key
 from core.settings import Settings
+from core.spec.index import SpecIndex
 from deployments.serving.failures import failure_text
-from deployments.serving.feedback import FeedbackReader, FeedbackStore
+from deployments.serving.feedback import FeedbackReader, FeedbackWriter, OutcomeRow
 
-__all__ = ["PriorFeed", "start_prior_feed", "OutcomeFollower"]
+__all__ = ["PriorFeed", "start_prior_feed", "OutcomeFollower", "OutcomeStream"]
 
 log = logging.getLogger(__name__)
+
+
+class OutcomeStream(Protocol):
+    """What a follower reads: :class:`FeedbackReader` on the file, or the store actor's reader."""
+
+    def outcomes_after(self, cursor: int, limit: int) -> list[OutcomeRow]: ...
+
+    def erasures_after(self, cursor: int) -> list[tuple[int, str]]: ...
+
+    def cursors(self, *, replay_max: int | None = None) -> tuple[int, int]: ...
+
+    def spec(self, spec_hash: str) -> SpecIndex: ...
+
+    def close(self) -> None: ...
 
 
 class OutcomeFollower:
@@ -26,8 +41,11 @@ class OutcomeFollower:
 
     name = "outcome-follower"
 
-    def __init__(self, path: str | Path, *, interval_s: float = 1.0) -> None:
-        self.reader = FeedbackReader(path, create=True)
+    def __init__(self, source: str | Path | OutcomeStream, *, interval_s: float = 1.0) -> None:
+        """``source``: the feedback store's file, or a reader of it (the store actor's, on a
+        node without the file: deployments/serving/store_actor.py)."""
+        self.reader: OutcomeStream = (FeedbackReader(source, create=True)
+                                      if isinstance(source, str | Path) else source)
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -67,34 +85,26 @@ class PriorFeed(OutcomeFollower):
 
     name = "prior-feed"
 
-    def __init__(self, prior: TransitionPrior, path: str | Path, *, interval_s: float = 1.0,
-                 replay_max: int | None = None) -> None:
-        super().__init__(path, interval_s=interval_s)
+    def __init__(self, prior: TransitionPrior, source: str | Path | OutcomeStream, *,
+                 interval_s: float = 1.0, replay_max: int | None = None) -> None:
+        super().__init__(source, interval_s=interval_s)
         self.prior = prior
         # At start only the latest ``replay_max`` outcomes are replayed: the work and memory of
         # a restart must not grow with everything ever recorded (retention bounds the rest).
-        self.cursor = self._replay_from(replay_max) if replay_max is not None else 0
-        # Erasures recorded from now on (those before are already gone from the outcomes).
-        self.erasure_cursor = int(self.reader._conn().execute(
-            "SELECT coalesce(max(rowid), 0) FROM erasures").fetchone()[0])
-
-    def _replay_from(self, replay_max: int) -> int:
-        row = self.reader._conn().execute(
-            "SELECT rowid FROM outcomes ORDER BY rowid DESC LIMIT 1 OFFSET ?", (replay_max,)).fetchone()
-        return int(row[0]) if row else 0
+        # Erasures: those recorded from now on (those before are already gone from the outcomes).
+        # Asked at the first poll, in the thread: a store actor that does not answer yet must
+        # not fail the replica's start.
+        self.replay_max = replay_max
+        self.cursor = self.erasure_cursor = -1
 
     def poll_once(self, limit: int = 5000) -> int:
-        for rowid, user_id in self.reader._conn().execute(
-                "SELECT rowid, user_id FROM erasures WHERE rowid > ? ORDER BY rowid",
-                (self.erasure_cursor,)).fetchall():
+        if self.cursor < 0:
+            self.cursor, self.erasure_cursor = self.reader.cursors(replay_max=self.replay_max)
+        for rowid, user_id in self.reader.erasures_after(self.erasure_cursor):
             self.erasure_cursor = rowid
             self.prior.forget(user_id)
-        rows = self.reader._conn().execute(
-            "SELECT o.rowid, p.user_id, p.spec_hash, p.events, o.actual_key FROM outcomes o "
-            "JOIN predictions p USING (prediction_id) WHERE o.rowid > ? ORDER BY o.rowid LIMIT ?",
-            (self.cursor, limit),
-        ).fetchall()
-        for rowid, user_id, spec_hash, events, actual_key in rows:
+        rows = self.reader.outcomes_after(self.cursor, limit)
+        for rowid, user_id, spec_hash, _prompt, events, actual_key, _at in rows:
             self.cursor = rowid
             try:
                 spec = self.reader.spec(spec_hash)
@@ -107,10 +117,10 @@ class PriorFeed(OutcomeFollower):
         return {**self.prior.status(), "cursor": self.cursor, "last_error": self.last_error}
 
 
-def start_prior_feed(settings: Settings, store: FeedbackStore | None) -> PriorFeed | None:
+def start_prior_feed(settings: Settings, store: FeedbackWriter | None) -> PriorFeed | None:
     """The serving replica's prior, following the feedback store; None when switched off (no
     ``personal_prior_feature`` and ``personal_prior_weight`` 0) or when no outcomes are recorded."""
     if store is None or not (settings.personal_prior_feature or settings.personal_prior_weight > 0):
         return None
     prior = TransitionPrior(weight=settings.personal_prior_weight)
-    return PriorFeed(prior, store.path, replay_max=settings.personal_prior_replay_max).start()
+    return PriorFeed(prior, store.follow(), replay_max=settings.personal_prior_replay_max).start()
