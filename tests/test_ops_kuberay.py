@@ -27,7 +27,7 @@ def test_no_field_kuberay_ignores() -> None:
     assert spec["upgradeStrategy"] == {"type": "NewCluster"}
 
 
-def test_data_on_a_volume_and_the_ingress_beside_it() -> None:
+def test_data_on_a_volume_written_by_the_store_actor_beside_it() -> None:
     head = _head()
     [container] = head["template"]["spec"]["containers"]
     env = {e["name"]: e for e in container["env"]}
@@ -35,13 +35,17 @@ def test_data_on_a_volume_and_the_ingress_beside_it() -> None:
     assert mount["mountPath"] == env["OPENSESAME_DATA_DIR"]["value"]
     [volume] = head["template"]["spec"]["volumes"]
     assert volume["persistentVolumeClaim"]["claimName"] == OPS["PersistentVolumeClaim"]["metadata"]["name"]
-    # Only the head announces the resource the Ingress asks for: outcomes land on the volume.
+    # Only the head announces the resource the store actor asks for: outcomes land on the volume.
     assert "opensesame_data" in head["rayStartParams"]["resources"]
     workers = MANIFEST["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     assert all("resources" not in w["rayStartParams"] for w in workers)
+    # Every pod's Ingress sends its outcomes to that actor, so the Ingress may run anywhere.
+    for group in (head, *workers):
+        [c] = group["template"]["spec"]["containers"]
+        assert {"name": "OPENSESAME_FEEDBACK_STORE", "value": "actor"} in c["env"]
     serve = yaml.safe_load(MANIFEST["spec"]["serveConfigV2"])
     ingress = next(d for d in serve["applications"][0]["deployments"] if d["name"] == "Ingress")
-    assert ingress["ray_actor_options"]["resources"] == {"opensesame_data": 0.01}
+    assert "resources" not in ingress["ray_actor_options"]
 
 
 def test_metrics_port_scraped_and_llm_key_from_a_secret() -> None:
