@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy import sparse  # lightgbm's own dependency
 
 __all__ = ["LeafContributions"]
 
@@ -30,6 +31,11 @@ class LeafContributions:
         self.table = table  # (total leaves, features) float32
         self.offsets = offsets  # (trees,) int64: first row of each tree
         self.bias = bias
+        # A leaf's path splits on a few features only (at most its depth of the ~150): summed as
+        # a sparse product, a row costs a few thousand additions instead of a dense gather of
+        # trees × features (~7x less CPU in the Ranker: docs/performance.md). float64, as the
+        # dense sum accumulated: the same additions in the same (tree) order, bit for bit.
+        self._sparse = sparse.csr_matrix(table.astype(np.float64))
 
     @classmethod
     def from_booster(cls, booster: Any) -> LeafContributions:
@@ -52,13 +58,17 @@ class LeafContributions:
     def contributions(self, booster: Any, X: np.ndarray) -> np.ndarray:
         """(rows, features + 1): per-feature contributions, the bias in the last column; a row
         sums to ``booster.predict(X)``."""
-        n_features = self.table.shape[1]
+        n_features, trees = self.table.shape[1], len(self.offsets)
         out = np.zeros((len(X), n_features + 1), np.float64)
-        if not len(X):
+        if not len(X) or not trees:
             return out
         leaves = np.asarray(booster.predict(X, pred_leaf=True, num_threads=1), np.int64)
-        out[:, :n_features] = self.table[leaves.reshape(len(X), -1) + self.offsets].sum(
-            axis=1, dtype=np.float64)
+        rows = (leaves.reshape(len(X), -1) + self.offsets).ravel()
+        # One 1.0 per (row, tree) at the leaf the row reached: the product sums those leaves'
+        # table rows in tree order, as ``table[rows].sum(axis=1)`` does.
+        picked = sparse.csr_matrix((np.ones(len(rows)), rows, np.arange(0, len(rows) + 1, trees)),
+                                   shape=(len(X), len(self.table)))
+        out[:, :n_features] = (picked @ self._sparse).toarray()
         out[:, n_features] = self.bias
         return out
 

@@ -53,3 +53,13 @@ def test_no_rows_and_constant_trees() -> None:
     c = leaves.contributions(const, X[:3])
     np.testing.assert_allclose(c.sum(1), const.predict(X[:3]), atol=1e-9)
     assert not c[:, :2].any()
+
+
+def test_the_sparse_sum_is_the_dense_sum_bit_for_bit(booster) -> None:
+    """The served contributions are the leaf table's rows summed in tree order, in float64: the
+    sparse product adds exactly what the dense gather adds, in the same order."""
+    X = np.random.default_rng(3).normal(size=(300, 4)).astype(np.float32)
+    leaves = LeafContributions.from_booster(booster)
+    reached = np.asarray(booster.predict(X, pred_leaf=True), np.int64) + leaves.offsets
+    dense = leaves.table[reached].sum(axis=1, dtype=np.float64)
+    assert leaves.contributions(booster, X)[:, :-1].tobytes() == dense.tobytes()
