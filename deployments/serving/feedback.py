@@ -174,6 +174,27 @@ class PredictionContext:
     population: dict[str, Any] | None = None
 
 
+def next_batch(q: queue.Queue[Any], *, linger_s: float, first_wait_s: float | None = None) -> list[Any]:
+    """What is queued, once the first item is in (``[]`` if none came within ``first_wait_s``):
+    contexts only wait up to ``linger_s`` for more, so they are written in batches; anything else
+    (an outcome, a flush, the stop) ends the wait, so it is not held back."""
+    try:
+        items = [q.get(timeout=first_wait_s)]
+    except queue.Empty:
+        return []
+    deadline = time.monotonic() + linger_s
+    while len(items) < _MAX_BATCH:
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining > 0 and isinstance(items[-1], PredictionContext):
+                items.append(q.get(timeout=remaining))
+            else:
+                items.append(q.get_nowait())
+        except queue.Empty:
+            break
+    return items
+
+
 @dataclass(frozen=True, slots=True)
 class OutcomeResult:
     prediction_id: str
@@ -675,29 +696,13 @@ class FeedbackStore(FeedbackReader):
             self._writer_conn.execute(f"PRAGMA synchronous = {mode}")
             self._synchronous = mode
 
-    def _next_batch(self) -> list[Any]:
-        """What is queued, once the first item is in: contexts only wait up to ``linger_s`` for
-        more; anything else (an outcome, a flush, the stop) ends the wait."""
-        items = [self._queue.get()]
-        deadline = time.monotonic() + self.linger_s
-        while len(items) < _MAX_BATCH:
-            remaining = deadline - time.monotonic()
-            try:
-                if remaining > 0 and isinstance(items[-1], PredictionContext):
-                    items.append(self._queue.get(timeout=remaining))
-                else:
-                    items.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return items
-
     def _run(self) -> None:
         while True:
             if self.retention_days is not None and time.monotonic() >= self._next_purge:
                 self._next_purge = time.monotonic() + _PURGE_EVERY_S
                 # in the writer's own transaction; a failure is counted like any batch's
                 self._write([_Task(self._purge, concurrent.futures.Future())])
-            items = self._next_batch()
+            items = next_batch(self._queue, linger_s=self.linger_s)
             stop = any(i is _STOP for i in items)
             try:
                 self._write([i for i in items if i is not _STOP])

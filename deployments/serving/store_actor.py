@@ -39,7 +39,6 @@ import concurrent.futures
 import logging
 import queue
 import threading
-import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable
@@ -63,6 +62,7 @@ from deployments.serving.feedback import (
     OutcomeResult,
     OutcomeRow,
     PredictionContext,
+    next_batch,
     open_store,
 )
 from deployments.serving.metrics import enable as enable_metrics
@@ -87,7 +87,6 @@ ACTOR_NAME = "opensesame-feedback-store"
 NAMESPACE = "opensesame"
 DATA_RESOURCE = "opensesame_data"
 _LINGER_S = 0.05
-_MAX_BATCH = 256
 _RETRY_EVERY_S = 0.5  # a batch the actor did not take is sent again this often
 # An outcome for an id the actor has not seen waits this long (in steps) before its 404: the
 # context may still be on its way from another replica (up to a linger, or a retry after the
@@ -368,26 +367,10 @@ class StoreClient:
 
     # -- the sender thread --------------------------------------------------------------------
 
-    def _next_batch(self) -> list[Any]:
-        try:
-            items = [self._queue.get(timeout=_RETRY_EVERY_S if self._retry else None)]
-        except queue.Empty:
-            return []
-        deadline = time.monotonic() + self.linger_s
-        while len(items) < _MAX_BATCH:
-            remaining = deadline - time.monotonic()
-            try:
-                if remaining > 0 and isinstance(items[-1], PredictionContext):
-                    items.append(self._queue.get(timeout=remaining))
-                else:
-                    items.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return items
-
     def _run(self) -> None:
         while True:
-            items = self._next_batch()
+            items = next_batch(self._queue, linger_s=self.linger_s,
+                               first_wait_s=_RETRY_EVERY_S if self._retry else None)
             contexts = [*self._retry, *(i for i in items if isinstance(i, PredictionContext))]
             try:
                 taken = self._send(contexts)
