@@ -21,7 +21,7 @@ workflows of each API are cut in two halves by a hash of their id:
 
 "without the memory" is the same model with the memory switched off (its features zero), which
 the 0 % point must match. The memory lookup is timed on every scored request. Writes
-``benchmarks/results/learning.{json,md}``.
+``benchmarks/results/learning.{json,md}`` (each protocol alone: ``learning_<protocol>_min<N>.{json,md}``).
 """
 
 from __future__ import annotations
