@@ -46,6 +46,18 @@ def total(series: list[tuple[str, dict[str, str], float]], name: str, **labels: 
     return sum(v for n, lab, v in series if n == name and all(lab.get(k) == w for k, w in labels.items()))
 
 
+_ACCESS = re.compile(r"^[A-Z]+ /\S* \d{3} ")
+
+
+def _access(ports: Ports) -> list[str]:
+    """Serve's access lines of the run's Ingress (``POST /predict 422 1.0ms``), one a request
+    it answered: which requests the counts came from, when they are off."""
+    logs = Path(ports.temp_dir) / "session_latest" / "logs" / "serve"
+    lines = [json.loads(line) for f in logs.glob("replica_opensesame_Ingress_*.log")
+             for line in f.read_text(errors="replace").splitlines() if line.startswith("{")]
+    return [f"{d['asctime']} {d['message']}" for d in lines if _ACCESS.match(d.get("message", ""))]
+
+
 def _ports() -> Ports:
     return Ports(http=free_port(), ray=free_port(), metrics=free_port(), dashboard=free_port(),
                  haproxy_metrics=free_port(), haproxy_stats=free_port())
@@ -143,8 +155,9 @@ def test_make_run_exports_every_metric_with_the_counts_sent(run: tuple[Ports, su
     names = {n for n, _, _ in series}
     missing = [m for m in METRICS if not exported_names([m]) & names]
     assert missing == [], missing
-    assert total(series, "ray_opensesame_http_requests_total", route="/predict", status="200") == sent
-    assert total(series, "ray_opensesame_http_requests_total", route="/predict", status="422") == 1
+    seen = [s for s in series if s[0] == "ray_opensesame_http_requests_total"], _access(ports)
+    assert total(series, "ray_opensesame_http_requests_total", route="/predict", status="200") == sent, seen
+    assert total(series, "ray_opensesame_http_requests_total", route="/predict", status="422") == 1, seen
     assert total(series, "ray_opensesame_http_requests_total", route="/feedback", status="200") == 4
     assert total(series, "ray_opensesame_http_request_ms_count", route="/predict") == sent + 1
     for stage in ("spec", "candidates", "features", "rank"):
@@ -236,6 +249,24 @@ def test_make_run_listens_on_loopback_only(run: tuple[Ports, subprocess.Popen[st
     grpc = [o for o in opened if o[1].startswith("ray::ServeRepli") and o[2] == "::"]
     assert sorted(opened) == sorted(grpc), opened
     assert len(grpc) == len({o[0] for o in grpc}), grpc  # one a replica
+
+
+@pytest.mark.serve
+def test_make_run_shares_no_port_with_another_cluster(run: tuple[Ports, subprocess.Popen[str]]) -> None:
+    """Serve's Python proxy (HAProxy's fallback until the Ingress replica is in its backend)
+    binds with SO_REUSEPORT: on Serve's default port, 8500, every cluster on the machine would
+    share it, and the kernel would hand one cluster's requests (a readiness probe) to another's
+    proxy and Ingress, and count them there. The run's proxy has a port of its own, and no
+    process outside the run listens on any port of the run."""
+    ports, _proc = run
+    pids = set(marked_pids(ports.temp_dir))
+    sockets = listening_sockets(pids)
+    proxy = {port for pid, _address, port in sockets
+             if Path(f"/proc/{pid}/comm").read_text().startswith("ray::ProxyActor")}
+    assert proxy and not proxy & {8500, 9500}, proxy  # Serve's defaults (HTTP, gRPC)
+    others = {int(p) for p in os.listdir("/proc") if p.isdigit()} - pids
+    shared = {port for _pid, _address, port in listening_sockets(others)} & {p for _, _, p in sockets}
+    assert shared == set(), shared
 
 
 @pytest.mark.serve

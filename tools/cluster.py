@@ -288,6 +288,12 @@ class RayHead:
         haproxy_dir = Path(self.temp_dir) / "haproxy"
         self.env = {
             **os.environ,
+            # Serve's Python proxy, which HAProxy falls back to while no Ingress replica is in
+            # its backend (at start), binds a fixed port (8500, gRPC 9500) with SO_REUSEPORT:
+            # every head on the machine would share it, and the kernel would hand one cluster's
+            # requests to another's proxy and Ingress. Each head gets its own.
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(hap_metrics),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(hap_stats),
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy_dir / "haproxy.cfg"),
