@@ -303,3 +303,20 @@ def test_sigint_stops_a_run_started_in_the_background(tmp_path: Path) -> None:
         subprocess.run([sys.executable, "-m", "tools.run", "stop", *_args(ports)], cwd=ROOT, timeout=120)
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_ports_a_head_draws_are_none_of_those_it_was_given(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    # A port given to the launcher is bound only once the head and the app are up; a port the
+    # head draws meanwhile (Ray's client server, the fallback proxy, …) must not be one of them.
+    # Twelve ports in all, seven given: without the guard, some draw lands on a given one.
+    import tools.cluster as cluster
+
+    monkeypatch.setattr(cluster, "_PORTS", range(24000, 24012))
+    given = [24000, 24001, 24002, 24003, 24004, 24005, 24006]
+    extra = ("--metrics-export-port", str(given[3]), "--dashboard-port", str(given[4]))
+    head = cluster.RayHead(port=given[0], haproxy_ports=(given[1], given[2]), temp_dir=str(tmp_path),
+                           extra_args=extra, reserved_ports=(given[5], given[6]))
+    drawn = {int(head.env[f"RAY_SERVE_FALLBACK_PROXY_{kind}_PORT"]) for kind in ("HTTP", "GRPC")}
+    drawn |= {head._free_port(), head._free_port()}  # as start() draws the client and agent ports
+    assert len(drawn) == 4 and not drawn & set(given), drawn

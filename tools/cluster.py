@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -73,8 +73,12 @@ def make_run_env() -> dict[str, str]:
 _PORTS = range(20000, 32768)
 
 
-def free_port() -> int:
-    for port in random.sample(_PORTS, 200):
+def free_port(avoid: Collection[int] = ()) -> int:
+    """A port nothing listens on now. ``avoid``: ports already chosen but not yet bound (a port
+    is only taken once its server starts, so two draws must not hand out the same one)."""
+    for port in random.sample(_PORTS, min(200, len(_PORTS))):
+        if port in avoid:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("", port))  # every address: HAProxy binds 0.0.0.0
@@ -264,7 +268,7 @@ class RayHead:
     def __init__(self, *, env: Mapping[str, str] | None = None, extra_args: tuple[str, ...] = (),
                  root: Path = ROOT, port: int | None = None, temp_dir: str | None = None,
                  haproxy_ports: tuple[int, int] | None = None, dashboard: bool = False,
-                 bind_host: str | None = None) -> None:
+                 bind_host: str | None = None, reserved_ports: Collection[int] = ()) -> None:
         """``root``: the checkout whose code (and ``.venv``) the head and its apps run; another
         one than this lets an A/B compare two versions of the code side by side. ``port``,
         ``temp_dir``, ``haproxy_ports`` (metrics, stats) fixed rather than free ones: ``make run``'s
@@ -276,9 +280,15 @@ class RayHead:
         # Short path: Ray's unix sockets live under it and must stay under ~107 characters.
         self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="os5-", dir="/tmp")
         Path(self.temp_dir).mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
+        # Ports given (by ``make run``: HTTP, metrics, dashboard, …) are bound only once the head
+        # and the app are up: the ports drawn here must not be one of them.
+        self._chosen: set[int] = {*reserved_ports, *(haproxy_ports or ()),
+                                  *(int(a) for a in extra_args if a.isdigit())}
+        if port:
+            self._chosen.add(port)
+        self.port = port or self._free_port()
         self.dashboard = dashboard
-        hap_metrics, hap_stats = haproxy_ports or (free_port(), free_port())
+        hap_metrics, hap_stats = haproxy_ports or (self._free_port(), self._free_port())
         # Every process the head starts inherits this marker, including those that outlive their
         # parent (HAProxy): stop() ends exactly the processes that carry it. HAProxy's own ports
         # are fixed by default (8404, 9101); a head of our own takes free ones.
@@ -292,8 +302,8 @@ class RayHead:
             # its backend (at start), binds a fixed port (8500, gRPC 9500) with SO_REUSEPORT:
             # every head on the machine would share it, and the kernel would hand one cluster's
             # requests to another's proxy and Ingress. Each head gets its own.
-            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
-            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(self._free_port()),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(self._free_port()),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(hap_metrics),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(hap_stats),
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy_dir / "haproxy.cfg"),
@@ -326,6 +336,11 @@ class RayHead:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def _free_port(self) -> int:
+        port = free_port(avoid=self._chosen)
+        self._chosen.add(port)
+        return port
+
     def start(self, timeout_s: float = 60) -> RayHead:
         cmd = [
             str(self.bin / "ray"),
@@ -335,9 +350,9 @@ class RayHead:
             "--port",
             str(self.port),
             "--ray-client-server-port",
-            str(free_port()),
+            str(self._free_port()),
             "--dashboard-agent-listen-port",
-            str(free_port()),
+            str(self._free_port()),
             "--temp-dir",
             self.temp_dir,
             *NODE.ray_start_args(dashboard=self.dashboard),

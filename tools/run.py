@@ -156,6 +156,7 @@ def start(ports: Ports, *, access_log: bool = False) -> int:
     head = RayHead(
         env=env, port=ports.ray, temp_dir=ports.temp_dir, dashboard=True,
         haproxy_ports=(ports.haproxy_metrics, ports.haproxy_stats), bind_host=ports.host,
+        reserved_ports=(ports.http,),
         extra_args=("--metrics-export-port", str(ports.metrics),
                     "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports.dashboard)),
     )
