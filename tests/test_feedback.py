@@ -261,6 +261,10 @@ def test_a_full_queue_drops_predictions_without_blocking(tmp_path) -> None:
         blocker.close()
     store.flush()
     assert store.counts()["predictions"] == accepted.count(True)
+    # An outcome for a dropped one says it was lost and why (503), not that it never existed (404).
+    dropped = f"q{accepted.index(False)}"
+    with pytest.raises(FeedbackUnavailable, match="was not stored .the feedback queue was full"):
+        store.record_outcome(dropped, actual_endpoint="GET /v1/invoices")
     store.close()
 
 

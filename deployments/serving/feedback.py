@@ -66,6 +66,9 @@ from deployments.serving.schemas import (
 )
 
 __all__ = [
+    "LostPredictions",
+    "drop_contexts",
+    "enqueue_context",
     "FeedbackStore",
     "FeedbackWriter",
     "FeedbackReader",
@@ -494,6 +497,64 @@ class _Task:
 _STOP = object()
 
 
+class LostPredictions:
+    """Predictions whose context was not stored, and why (a failed commit, a full queue): an
+    outcome for one is refused as unavailable, saying why, rather than answered as unknown.
+    The newest ``_MAX_LOST`` are kept; the request path and the writer both add."""
+
+    def __init__(self) -> None:
+        self._why: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, prediction_ids: Sequence[str], why: str) -> None:
+        with self._lock:
+            for prediction_id in prediction_ids:
+                self._why[prediction_id] = why
+            while len(self._why) > _MAX_LOST:
+                self._why.popitem(last=False)
+
+    def check(self, prediction_id: str) -> None:
+        """Raises :class:`FeedbackUnavailable` if that prediction's context was lost."""
+        why = self._why.get(prediction_id)
+        if why is not None:
+            raise FeedbackUnavailable(
+                f"prediction {prediction_id!r} was not stored ({why}); its outcome cannot be recorded")
+
+
+class _ContextQueue(Protocol):
+    _closed: bool
+    _queue: queue.Queue[Any]
+    _lost: LostPredictions
+    stats: dict[str, int]
+
+
+def enqueue_context(writer: _ContextQueue, ctx: PredictionContext, full: str) -> bool:
+    """A writer's hot path: the context queued for its thread, never blocking the request. False
+    if it was dropped (``full`` says why to whoever sends its outcome)."""
+    if writer._closed:
+        return False
+    try:
+        writer._queue.put_nowait(ctx)
+    except queue.Full:
+        drop_contexts(writer.stats, writer._lost, [ctx.prediction_id], full)
+        return False
+    return True
+
+
+def drop_contexts(stats: dict[str, int], lost: LostPredictions, prediction_ids: Sequence[str],
+                  why: str) -> None:
+    """Contexts that will never be stored: counted, exported, remembered, and logged at the 1st,
+    10th, 100th and every 1000th (a full queue drops many in a row)."""
+    if not prediction_ids:
+        return
+    before = stats["dropped"]
+    stats["dropped"] = after = before + len(prediction_ids)
+    metrics().feedback.inc(len(prediction_ids), tags={"result": "dropped"})
+    lost.add(prediction_ids, why)
+    if any(before < n <= after for n in (1, 10, 100)) or before // 1000 != after // 1000:
+        log.warning("feedback: %d prediction contexts dropped so far (%s)", after, why)
+
+
 class FeedbackStore(FeedbackReader):
     """The store a serving process writes to (see the module docstring for the guarantees).
 
@@ -531,9 +592,7 @@ class FeedbackStore(FeedbackReader):
                       "errors": 0, "timeouts": 0, "purged": 0, "erased": 0}
         self.last_error: str | None = None
         self.failing = False  # the last commit failed: /health reports the store degraded
-        # Predictions whose context a failed commit lost (writer thread only): feedback on them
-        # is refused as unavailable, saying why, rather than "unknown".
-        self._lost: OrderedDict[str, str] = OrderedDict()
+        self._lost = LostPredictions()
         self._writer_conn = _connect(self.path)
         self._synchronous = ""
         self._set_synchronous("FULL")
@@ -544,17 +603,7 @@ class FeedbackStore(FeedbackReader):
 
     def record_prediction(self, ctx: PredictionContext) -> bool:
         """Enqueue a prediction's context; never blocks. False if it was dropped."""
-        if self._closed:
-            return False
-        try:
-            self._queue.put_nowait(ctx)
-        except queue.Full:
-            self.stats["dropped"] += 1
-            metrics().feedback.inc(tags={"result": "dropped"})
-            if self.stats["dropped"] in (1, 10, 100) or self.stats["dropped"] % 1000 == 0:
-                log.warning("feedback queue full: %d prediction contexts dropped", self.stats["dropped"])
-            return False
-        return True
+        return enqueue_context(self, ctx, "the feedback queue was full")
 
     # -- outcomes -----------------------------------------------------------------------------
 
@@ -758,9 +807,7 @@ class FeedbackStore(FeedbackReader):
             self.last_error = failure_text(exc)
             for item in items:
                 if isinstance(item, PredictionContext):
-                    self._lost[item.prediction_id] = self.last_error
-                    if len(self._lost) > _MAX_LOST:
-                        self._lost.popitem(last=False)
+                    self._lost.add([item.prediction_id], f"the feedback store failed ({self.last_error})")
             log.error("feedback store %s: could not write %d items: %s", self.path, len(items), exc)
             failure = FeedbackUnavailable(f"the feedback store could not commit ({failure_text(exc)})")
             for item in items:
@@ -843,11 +890,7 @@ class FeedbackStore(FeedbackReader):
         if row is not None and not owned_by(item.tenant, row[6]):
             row = None  # another tenant's prediction: as unknown as one that does not exist
         if row is None:
-            if item.prediction_id in self._lost:
-                raise FeedbackUnavailable(
-                    f"prediction {item.prediction_id!r} was not stored, the feedback store failed "
-                    f"({self._lost[item.prediction_id]}); its outcome cannot be recorded"
-                )
+            self._lost.check(item.prediction_id)
             raise UnknownPrediction(f"no prediction with id {item.prediction_id!r}")
         spec_hash, raw_shown, old_endpoint, old_key, old_rank, old_source, _ = row
         shown = [s[0] for s in json.loads(raw_shown)]

@@ -59,14 +59,16 @@ from deployments.serving.failures import failure_text
 from deployments.serving.feedback import (
     FeedbackStore,
     FeedbackWriter,
+    LostPredictions,
     OutcomeResult,
     OutcomeRow,
     PredictionContext,
+    drop_contexts,
+    enqueue_context,
     next_batch,
     open_store,
 )
 from deployments.serving.metrics import enable as enable_metrics
-from deployments.serving.metrics import metrics
 from deployments.serving.population_store import (
     MirrorFeed,
     PopulationChanges,
@@ -93,7 +95,6 @@ _RETRY_EVERY_S = 0.5  # a batch the actor did not take is sent again this often
 # actor was unreachable).
 _UNKNOWN_RETRY_S = (0.05, 0.15, 0.3, 0.5, 1.0)
 _MAX_SPECS = 32  # decoded spec indexes kept by the actor and by each reader
-_MAX_LOST = 10_000
 # The errors an outcome answer may carry back, rebuilt on the caller's side by name.
 _ERRORS: dict[str, type[PredictorError]] = {
     e.__name__: e for e in (FeedbackUnavailable, UnknownPrediction, OutcomeConflict, InvalidRequest)
@@ -257,7 +258,7 @@ class StoreClient:
         self._retry: list[PredictionContext] = []  # a batch the actor did not take (sender only)
         self._sent_specs: set[str] = set()
         # Predictions whose context this replica dropped: feedback on them says so (503).
-        self._lost: OrderedDict[str, str] = OrderedDict()
+        self._lost = LostPredictions()
         self.stats = {"predictions": 0, "dropped": 0, "batches": 0, "send_errors": 0, "timeouts": 0}
         self.failing = False  # the actor did not take the last batch: readiness says so
         self.last_error: str | None = None
@@ -269,25 +270,10 @@ class StoreClient:
 
     def record_prediction(self, ctx: PredictionContext) -> bool:
         """Enqueue a prediction's context; never blocks. False if it was dropped."""
-        if self._closed:
-            return False
-        try:
-            self._queue.put_nowait(ctx)
-        except queue.Full:
-            self._drop([ctx.prediction_id], "the replica's queue to the store actor was full")
-            return False
-        return True
+        return enqueue_context(self, ctx, "the replica's queue to the store actor was full")
 
     def _drop(self, ids: list[str], why: str) -> None:
-        if not ids:
-            return
-        self.stats["dropped"] += len(ids)
-        metrics().feedback.inc(len(ids), tags={"result": "dropped"})
-        for prediction_id in ids:
-            self._lost[prediction_id] = why
-        while len(self._lost) > _MAX_LOST:
-            self._lost.popitem(last=False)
-        log.warning("feedback: %d prediction contexts dropped (%s)", len(ids), why)
+        drop_contexts(self.stats, self._lost, ids, why)
 
     # -- calls with a deadline ----------------------------------------------------------------
 
@@ -330,9 +316,7 @@ class StoreClient:
         if (kw.get("actual_endpoint") is None) == (not kw.get("accepted")):
             raise InvalidRequest("give exactly one of actual_endpoint or accepted=true")
         await self._sent()
-        if prediction_id in self._lost:
-            raise FeedbackUnavailable(f"prediction {prediction_id!r} was not stored "
-                                      f"({self._lost[prediction_id]}); its outcome cannot be recorded")
+        self._lost.check(prediction_id)
         result: OutcomeResult = await self._call(self.actor.record_outcome.remote(prediction_id, kw))
         return result
 
