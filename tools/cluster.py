@@ -205,31 +205,41 @@ def _holds_file_under(pid: str, prefix: str) -> bool:
     return False
 
 
-def listening_sockets(pids: set[int] | list[int]) -> list[tuple[int, str, int]]:
-    """The TCP sockets these processes listen on: (pid, address, port), from /proc (IPv4 and
-    IPv6; an IPv4-mapped or any-address IPv6 socket shows as its IPv6 form, e.g. ``::``)."""
-    inodes: dict[str, int] = {}
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if link.startswith("socket:["):
-                        inodes[link[8:-1]] = pid
+def listening_table() -> list[tuple[str, str, int]]:
+    """Every listening TCP socket of this machine: (socket inode, address, port), from /proc
+    (IPv4 and IPv6; an IPv4-mapped or any-address IPv6 socket shows as its IPv6 form, ``::``)."""
     out = []
     for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
-                if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                if fields[3] != "0A":  # 0A: LISTEN
                     continue
                 hex_addr, hex_port = fields[1].split(":")
                 raw = bytes.fromhex(hex_addr)
                 # /proc prints each 32-bit word in host (little-endian) order
                 raw = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))
                 address = socket.inet_ntop(socket.AF_INET if width == 4 else socket.AF_INET6, raw)
-                out.append((inodes[fields[9]], address, int(hex_port, 16)))
+                out.append((fields[9], address, int(hex_port, 16)))
     return out
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` holds open (empty if it cannot be read)."""
+    out = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    out.add(link[8:-1])
+    return out
+
+
+def listening_sockets(pids: set[int] | list[int]) -> list[tuple[int, str, int]]:
+    """The TCP sockets these processes listen on: (pid, address, port)."""
+    owner = {inode: pid for pid in pids for inode in socket_inodes(pid)}
+    return [(owner[inode], address, port) for inode, address, port in listening_table() if inode in owner]
 
 
 def _haproxy_bound_to(host: str, directory: Path) -> Path:

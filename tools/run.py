@@ -29,7 +29,15 @@ from pathlib import Path
 
 import yaml
 
-from tools.cluster import ROOT, RayHead, make_run_env, marked_pids, write_config
+from tools.cluster import (
+    ROOT,
+    RayHead,
+    listening_table,
+    make_run_env,
+    marked_pids,
+    socket_inodes,
+    write_config,
+)
 
 __all__ = ["Ports", "preflight", "port_owner", "stop", "main"]
 
@@ -74,22 +82,13 @@ class Ports:
 
 def port_owner(port: int) -> str | None:
     """``name (pid N)`` of the process listening on TCP ``port``, if this user can see it."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                    inodes.add(f"socket:[{fields[9]}]")
+    inodes = {inode for inode, _, p in listening_table() if p == port}
     if not inodes:
         return None
     for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                        name = Path(f"/proc/{pid}/comm").read_text().strip()
-                        return f"{name} (pid {pid})"
+        if socket_inodes(int(pid)) & inodes:
+            with contextlib.suppress(OSError):
+                return f"{Path(f'/proc/{pid}/comm').read_text().strip()} (pid {pid})"
     return "another user's process"
 
 
