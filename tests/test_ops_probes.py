@@ -101,3 +101,26 @@ def test_health_answers_do_not_wait_on_a_busy_deployment() -> None:
 def test_health_rounds_need_a_wait_shorter_than_the_timeout() -> None:
     with pytest.raises(ValueError, match="fresh_wait_s"):
         DownstreamHealth({}, timeout_s=1.0, fresh_wait_s=2.0)
+
+
+def test_callers_waiting_on_a_round_get_that_round_when_the_next_one_has_started() -> None:
+    """Callers woken by the end of a round resume one after another; one that returned and asked
+    again meanwhile has started the next round. The others still get the round they waited on
+    (a /health burst once got 500 "Result is not set" reading the round in flight instead)."""
+    calls = 0
+
+    async def ranker() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.001)
+        return {"ok": True, "n": calls}
+
+    async def caller(health: DownstreamHealth) -> list[int]:
+        return [(await health.answers())["ranker"]["n"] for _ in range(5)]
+
+    async def scenario() -> list[list[int]]:
+        health = DownstreamHealth({"ranker": ranker}, timeout_s=0.5, fresh_wait_s=0.25)
+        return await asyncio.gather(*(caller(health) for _ in range(20)))
+
+    seen = asyncio.run(scenario())
+    assert all(len(s) == 5 for s in seen) and calls > 1, (calls, seen)

@@ -61,13 +61,16 @@ class DownstreamHealth:
     async def answers(self) -> dict[str, dict[str, Any]]:
         if self._round is None or self._round.done():
             self._round = asyncio.ensure_future(self._ask_all())
+        # This caller's round: by the time it resumes, another caller may have started the next.
+        current = self._round
         # The first round has nothing older to fall back on: it is waited for in full.
         wait = self.fresh_wait_s if self._last is not None else self.timeout_s + 1
-        done, _ = await asyncio.wait({self._round}, timeout=wait)
+        done, _ = await asyncio.wait({current}, timeout=wait)
         if done:
-            return {name: {**a, "answered_s_ago": 0.0} for name, a in self._round.result().items()}
-        assert self._last is not None
+            return {name: {**a, "answered_s_ago": 0.0} for name, a in current.result().items()}
         self.stale_answers += 1
+        if self._last is None:  # the first round has not ended even so (a starved loop)
+            return {name: {"ok": False, "error": "no answer yet"} for name in self._askers}
         age = round(time.monotonic() - self._last_at, 2)
         return {name: {**a, "answered_s_ago": age} for name, a in self._last.items()}
 
