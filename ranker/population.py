@@ -13,8 +13,12 @@ the "none" amount), so here each real workflow's steps also see a memory built, 
   workflow run by other users (never by the user being scored) — the case of a product whose
   users repeat a few flows, which a live service sees most.
 
-Each run in a memory is by :data:`USERS_PER_RUN` distinct users (at least the distinct-user
-threshold, or it would be invisible). A quarter of the groups go without the prompt.
+An API's memories count a pattern from one of :data:`MIN_USERS` distinct users on, and each run
+in them is by one of :data:`USERS_PER_RUN` distinct users: the counts a request sees then range
+from one user's (a service configured with a threshold of 1, an API with little traffic) to
+many users', and runs by fewer users than the threshold stay invisible unless other runs made the
+same transitions — so the ``pop_n_*`` features take every value serving gives them, and the model
+learns how much a small count is worth. A quarter of the groups go without the prompt.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ from collections.abc import Iterator, Sequence
 from core.priors.population import PopulationConfig, PopulationMemory, api_key, observation
 from ranker.data import Example, Workflow, examples
 
-__all__ = ["population_examples", "memory_of", "FOLDS", "TRAFFIC"]
+__all__ = ["population_examples", "memory_of", "FOLDS", "TRAFFIC", "MIN_USERS", "USERS_PER_RUN"]
 
 FOLDS = 3
 TRAFFIC = (0.25, 0.5, 1.0)  # share of the other folds' workflows the memory was built from
-USERS_PER_RUN = (3, 4, 6)
+MIN_USERS = (1, 3)  # distinct-user thresholds of the memories (drawn per API)
+USERS_PER_RUN = (1, 2, 3, 4, 6)
 MIN_STEPS = 2
 
 
@@ -50,12 +55,10 @@ def memory_of(
 
 def population_examples(
     workflows: Sequence[Workflow], *, seed: int = 0, same_flow: float = 0.5, drop_prompt: float = 0.25,
-    config: PopulationConfig | None = None,
 ) -> Iterator[Example]:
     """Per real workflow of an API with other workflows: one group per step with an out-of-fold
     memory, and (with probability ``same_flow``) one more with the same flow run by others;
     ``source="population"``."""
-    config = config or PopulationConfig()
     pool: dict[str, list[Workflow]] = defaultdict(list)
     for w in workflows:
         if len(w.steps) >= MIN_STEPS and w.source == "real":
@@ -66,6 +69,7 @@ def population_examples(
             continue
         rng = random.Random(f"{seed}|{api}|population")
         fold = {w.workflow_id: i % FOLDS for i, w in enumerate(rng.sample(flows, len(flows)))}
+        config = PopulationConfig(min_users=rng.choice(MIN_USERS))
 
         def runs(chosen: Sequence[Workflow], tag: str,
                  rng: random.Random = rng) -> list[tuple[str, Workflow]]:

@@ -400,3 +400,28 @@ def test_with_api_keys_each_tenant_has_its_own_memory(tmp_path, feedback) -> Non
     assert store.view(SPEC, AFTER_LIST_GET, None, user_id="globex/new", now=1e10).empty
     assert store.view(SPEC, AFTER_LIST_GET, None, now=1e10).empty
     feed.stop()
+
+
+def test_training_memories_hold_every_amount_of_traffic_serving_sees(tmp_path) -> None:
+    """The training groups (ranker.population) see counts from a single user's (a threshold of 1,
+    an API with little traffic) to many users': the ``pop_n_*`` features take the values serving
+    gives them, not only those of runs by at least the default threshold's 3 users."""
+    from ranker.data import Step, Workflow
+    from ranker.population import population_examples
+
+    path = tmp_path / "billing.json"
+    path.write_text(json.dumps(billing_spec()))
+
+    def flow(name: str, *keys: str) -> Workflow:
+        steps = tuple(Step(key=k, path_params={"invoice_id": "in_1"} if "{invoice_id}" in k else {},
+                           params={}) for k in keys)
+        return Workflow(api="billing", workflow_id=name, prompt="get it paid", spec_path=path, steps=steps)
+
+    flows = [flow(f"w{i}", LIST, GET, PAY if i % 2 else CREATE) for i in range(6)]
+    totals: set[float] = set()
+    for seed in range(8):
+        for g in population_examples(flows, seed=seed):
+            assert g.source == "population"
+            if g.population is not None:
+                totals |= {round(c) for c in g.population.prev.values()}
+    assert min(totals) < PopulationConfig().min_users and max(totals) >= 6
