@@ -159,7 +159,11 @@ def test_make_run_exports_every_metric_with_the_counts_sent(run: tuple[Ports, su
     assert total(series, "ray_opensesame_http_requests_total", route="/predict", status="200") == sent, seen
     assert total(series, "ray_opensesame_http_requests_total", route="/predict", status="422") == 1, seen
     assert total(series, "ray_opensesame_http_requests_total", route="/feedback", status="200") == 4
-    assert total(series, "ray_opensesame_http_request_ms_count", route="/predict") == sent + 1
+    # Every answer is timed once: the 200s, the 422, and any the fixture's probe got while the
+    # graph was still starting (a 503 under load).
+    answered = total(series, "ray_opensesame_http_requests_total", route="/predict")
+    assert answered >= sent + 1, seen
+    assert total(series, "ray_opensesame_http_request_ms_count", route="/predict") == answered, seen
     for stage in ("spec", "candidates", "features", "rank"):
         assert total(series, "ray_opensesame_stage_ms_count", stage=stage) == sent, stage
         assert total(series, "ray_opensesame_stage_ms_sum", stage=stage) > 0, stage
