@@ -4,6 +4,8 @@ accepts the result (deployments/serving/admission.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import subprocess
 import sys
 import threading
@@ -64,8 +66,9 @@ def test_the_value_is_what_ray_reads_and_the_module_prints() -> None:
     printed = subprocess.run(
         [sys.executable, "-m", "deployments.serving.admission"], capture_output=True, text=True, check=True
     ).stdout
-    share = load_settings().client_max_concurrent  # the Ingress's share, also enforced at the edge
-    assert printed.rstrip("\n") == haproxy_health_check_inter(client_share=share)
+    settings = load_settings()  # the Ingress's share, also enforced at the edge
+    assert printed.rstrip("\n") == haproxy_health_check_inter(client_share=settings.client_max_concurrent,
+                                                               body_wait_s=settings.request_timeout_s)
     assert ENV_VAR == "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER"
     assert ENV_VAR in Path(haproxy.__file__).with_name("constants.py").read_text()
 
@@ -123,7 +126,8 @@ def test_haproxy_refuses_a_client_past_its_share_and_only_that_client(tmp_path: 
     """A real HAProxy with the share's lines in front of a loopback server that answers after
     0.5 s: ten concurrent requests of one user get 2 through and 8 refused 429 by HAProxy (none
     reaches the server); two other users' and a GET go through meanwhile; an API key is a
-    client of its own whatever user ids it sends; once the requests end the share is free."""
+    client of its own whatever user ids it sends; once the requests end the share is free; a
+    body sent slowly is waited for."""
     hits: list[str] = []
 
     class Slow(BaseHTTPRequestHandler):
@@ -181,6 +185,14 @@ def test_haproxy_refuses_a_client_past_its_share_and_only_that_client(tmp_path: 
         assert sum('"flooder"' in h for h in hits) == 2  # the refused never reached the server
         again = asyncio.run(burst([("flooder", {})] * 2))
         assert [s for _, s, _ in again] == [200, 200], again
+        # A body that comes slowly is waited for (body_wait_s), not cut at once with a 408.
+        body = json.dumps({"user_id": "slow", "prompt": "x"}).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+            time.sleep(1.5)
+            sock.sendall(body[10:])
+            assert sock.recv(64).startswith(b"HTTP/1.1 200"), "a slow body was not waited for"
     finally:
         proc.terminate()
         proc.wait(10)

@@ -60,14 +60,16 @@ def make_run_env(*, client_share: int | None = None) -> dict[str, str]:
     throughput-optimised Serve, HAProxy in place of the Python proxy with admission control and a
     per-client share (:mod:`deployments.serving.admission`), user code on the replica's own loop.
     ``client_share``: the share HAProxy enforces; by default ``client_max_concurrent`` from the
-    ``OPENSESAME_*`` environment, as the Ingress reads it."""
-    if client_share is None:
-        client_share = load_settings().client_max_concurrent
+    ``OPENSESAME_*`` environment, as the Ingress reads it (its ``request_timeout_s`` too: how long
+    HAProxy waits for a body)."""
+    settings = load_settings()
+    admission = haproxy_health_check_inter(client_share=client_share or settings.client_max_concurrent,
+                                           body_wait_s=settings.request_timeout_s)
     return {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-        ADMISSION_ENV_VAR: haproxy_health_check_inter(client_share=client_share),
+        ADMISSION_ENV_VAR: admission,
     }
 
 

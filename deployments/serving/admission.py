@@ -67,13 +67,16 @@ REFUSED_BY = "admission"
 CLIENT_SHARE_REFUSED_BY = "client-share"
 # A client's key at the edge is cut past this many characters (user ids are at most 256).
 CLIENT_KEY_LEN = 300
+# How long HAProxy waits for a body to key its client: the default request_timeout_s.
+BODY_WAIT_S = 30.0
 # Serve's per-request hints (names in ray/serve/_private/constants.py) that a client could use to
 # disable its request timeout and disconnect handling: removed here, at the edge, and ignored by
 # the Ingress (deployments/serving/fairness.py). Only the operator may set them.
 STRIPPED_HEADERS = (b"x-request-timeout-seconds", b"x-request-disconnect-disabled")
 
 
-def client_share_lines(share: int, *, retry_after_s: int = RETRY_AFTER_S) -> list[str]:
+def client_share_lines(share: int, *, body_wait_s: float = BODY_WAIT_S,
+                       retry_after_s: int = RETRY_AFTER_S) -> list[str]:
     """HAProxy lines that refuse a client past ``share`` requests in flight with 429, before any
     replica is asked. The client is keyed as the Ingress keys its share
     (:func:`deployments.serving.fairness.client_key`): its API key when it sends one (hashed),
@@ -83,9 +86,15 @@ def client_share_lines(share: int, *, retry_after_s: int = RETRY_AFTER_S) -> lis
 
     A refusal here costs microseconds; in the Ingress it costs a request's work (Serve's routing,
     the replica's share of the request, the body read), and a client's refused requests come
-    back in bursts that took admission's slots from everyone else (RELIABILITY.md, issue 19)."""
+    back in bursts that took admission's slots from everyone else (RELIABILITY.md, issue 19).
+
+    The key needs the body: HAProxy waits for it (or for a full buffer) up to ``body_wait_s``,
+    then answers 408; the Ingress's own deadline (``request_timeout_s``) would have cut such a
+    request at the same time."""
     if share < 1:
         raise ValueError(f"client_share must be at least 1, got {share}")
+    if body_wait_s <= 0:
+        raise ValueError(f"body_wait_s must be positive, got {body_wait_s}")
     message = (f"this client already has its share of requests in flight (client_max_concurrent = "
                f"{share}); retry when one has finished")
     body = json.dumps({"error": {"status": 429, "message": message}}, separators=(",", ":"))
@@ -93,7 +102,7 @@ def client_share_lines(share: int, *, retry_after_s: int = RETRY_AFTER_S) -> lis
     return [
         "# Per-client share (deployments/serving/admission.py client_share_lines).",
         f"stick-table type string len {CLIENT_KEY_LEN} size 100k expire 60s store conn_cur",
-        "http-request wait-for-body time 1s if METH_POST",
+        f"http-request wait-for-body time {round(body_wait_s * 1000)}ms if METH_POST",
         "http-request set-var(txn.client_src) src",
         "http-request set-var(txn.client) req.body,json_query('$.user_id'),concat(@,txn.client_src)"
         " if METH_POST",
@@ -111,6 +120,7 @@ def haproxy_health_check_inter(
     inter: str = HEALTH_CHECK_INTER,
     retry_after_s: int = RETRY_AFTER_S,
     client_share: int | None = None,
+    body_wait_s: float = BODY_WAIT_S,
 ) -> str:
     """The value of ``RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER`` that adds admission control and,
     with ``client_share``, a per-client share (:func:`client_share_lines`)."""
@@ -131,7 +141,8 @@ def haproxy_health_check_inter(
             f"{inter} maxconn {max_concurrent} check",
             "# Admission control (deployments/serving/admission.py): refuse while waiting for a slot.",
             *(f"http-request del-header {h.decode()}" for h in STRIPPED_HEADERS),
-            *(client_share_lines(client_share, retry_after_s=retry_after_s) if client_share else ()),
+            *(client_share_lines(client_share, body_wait_s=body_wait_s, retry_after_s=retry_after_s)
+              if client_share else ()),
             "http-request return status 503 content-type application/json"
             f" hdr Retry-After {retry_after_s} hdr {REFUSED_BY_HEADER} {REFUSED_BY}"
             f" string '{body}' if {{ queue gt 0 }}",
@@ -173,4 +184,6 @@ def lower_priority(increment: int = REPLICA_NICE_INCREMENT) -> int:
 if __name__ == "__main__":
     from core.settings import load_settings
 
-    sys.stdout.write(haproxy_health_check_inter(client_share=load_settings().client_max_concurrent) + "\n")
+    settings = load_settings()
+    sys.stdout.write(haproxy_health_check_inter(client_share=settings.client_max_concurrent,
+                                                body_wait_s=settings.request_timeout_s) + "\n")
