@@ -3,16 +3,28 @@ accepts the result (deployments/serving/admission.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
+from benchmarks.cluster import free_port, wait_http
+from core.settings import load_settings
 from deployments.serving.admission import (
+    CLIENT_SHARE_REFUSED_BY,
     ENV_VAR,
     MAX_CONCURRENT_PER_INGRESS,
+    client_share_lines,
     haproxy_health_check_inter,
 )
 
@@ -54,7 +66,9 @@ def test_the_value_is_what_ray_reads_and_the_module_prints() -> None:
     printed = subprocess.run(
         [sys.executable, "-m", "deployments.serving.admission"], capture_output=True, text=True, check=True
     ).stdout
-    assert printed.rstrip("\n") == haproxy_health_check_inter()
+    settings = load_settings()  # the Ingress's share, also enforced at the edge
+    assert printed.rstrip("\n") == haproxy_health_check_inter(client_share=settings.client_max_concurrent,
+                                                               body_wait_s=settings.request_timeout_s)
     assert ENV_VAR == "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER"
     assert ENV_VAR in Path(haproxy.__file__).with_name("constants.py").read_text()
 
@@ -92,6 +106,97 @@ def test_haproxy_accepts_the_config(tmp_path: Path) -> None:
         timeout=30,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_client_share_goes_before_admission_and_haproxy_accepts_it(tmp_path: Path) -> None:
+    backend = _backend(_render(tmp_path, haproxy_health_check_inter(client_share=4)))
+    [share] = [i for i, line in enumerate(backend) if line.startswith("http-request return status 429")]
+    [admission] = [i for i, line in enumerate(backend) if line.startswith("http-request return status 503")]
+    # A client past its share is refused before it could wait for (and take) an admission slot.
+    assert share < admission and backend[share].endswith("if { sc1_conn_cur gt 4 }"), backend
+    assert f"hdr X-Refused-By {CLIENT_SHARE_REFUSED_BY}" in backend[share]
+    assert "client_max_concurrent = 4" in backend[share]
+    assert any(line.startswith("stick-table type string") for line in backend)
+    done = subprocess.run([haproxy.get_haproxy_binary(), "-c", "-f", str(tmp_path / "haproxy.cfg")],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_haproxy_refuses_a_client_past_its_share_and_only_that_client(tmp_path: Path) -> None:
+    """A real HAProxy with the share's lines in front of a loopback server that answers after
+    0.5 s: ten concurrent requests of one user get 2 through and 8 refused 429 by HAProxy (none
+    reaches the server); two other users' and a GET go through meanwhile; an API key is a
+    client of its own whatever user ids it sends; once the requests end the share is free; a
+    body sent slowly is waited for."""
+    hits: list[str] = []
+
+    class Slow(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            hits.append(self.rfile.read(int(self.headers["content-length"])).decode())
+            self._answer()
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._answer()
+
+        def _answer(self) -> None:
+            time.sleep(0.5)
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = free_port()
+    share = "\n    ".join(client_share_lines(2))
+    (tmp_path / "h.cfg").write_text(
+        "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
+        f"frontend f\n    bind 127.0.0.1:{port}\n    default_backend b\n"
+        f"backend b\n    {share}\n    server s 127.0.0.1:{server.server_address[1]} maxconn 64\n")
+    proc = subprocess.Popen([haproxy.get_haproxy_binary(), "-f", str(tmp_path / "h.cfg")])
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", timeout_s=10)
+        url = f"http://127.0.0.1:{port}/predict"
+
+        async def burst(calls: list[tuple[str, dict[str, str]]]) -> list[tuple[str, int, str | None]]:
+            async with httpx.AsyncClient(timeout=10) as c:
+                async def one(user: str, headers: dict[str, str]) -> tuple[str, int, str | None]:
+                    if user == "GET":
+                        r = await c.get(url.replace("/predict", "/health"))
+                    else:
+                        r = await c.post(url, json={"user_id": user, "prompt": "x"}, headers=headers)
+                    return user, r.status_code, r.headers.get("x-refused-by")
+                return await asyncio.gather(*(one(u, h) for u, h in calls))
+
+        key = {"authorization": "Bearer a-tenant-token-0123456789"}
+        got = asyncio.run(burst([("flooder", {})] * 10 + [("alice", {}), ("bob", {}), ("GET", {})]
+                                + [(f"k{i}", key) for i in range(4)]))
+        flooder = Counter((s, by) for u, s, by in got if u == "flooder")
+        assert flooder == {(200, None): 2, (429, CLIENT_SHARE_REFUSED_BY): 8}, got
+        assert {(u, s) for u, s, _ in got if u in ("alice", "bob", "GET")} == {
+            ("alice", 200), ("bob", 200), ("GET", 200)}
+        keyed = Counter(s for u, s, _ in got if u.startswith("k"))
+        assert keyed == {200: 2, 429: 2}, got  # one key, one client: its user ids do not matter
+        assert sum('"flooder"' in h for h in hits) == 2  # the refused never reached the server
+        again = asyncio.run(burst([("flooder", {})] * 2))
+        assert [s for _, s, _ in again] == [200, 200], again
+        # A body that comes slowly is waited for (body_wait_s), not cut at once with a 408.
+        body = json.dumps({"user_id": "slow", "prompt": "x"}).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+            time.sleep(1.5)
+            sock.sendall(body[10:])
+            assert sock.recv(64).startswith(b"HTTP/1.1 200"), "a slow body was not waited for"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        server.shutdown()
 
 
 def test_without_the_value_ray_writes_no_limit(tmp_path: Path) -> None:

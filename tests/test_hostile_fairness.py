@@ -15,12 +15,14 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from core.errors import Overloaded, SpecFetchTimeout
+from deployments.serving.admission import CLIENT_SHARE_REFUSED_BY
 from deployments.serving.spec_fetch import DnsResolver
 from tests.faults import HEALTH_MAX_MS, HealthProbe, record
 from tests.spec_server import SpecServer, spec_server
@@ -34,6 +36,10 @@ FLOOD_CLIENTS = 48  # more than the Ingress's 32 slots: without a share they are
 FLOOD_ROUTES = 20000
 NORMAL_REQUESTS = 150
 P99_RATIO_MAX = 6.0
+# As `make run` deploys it (HAProxy refusing a client past its share at the edge): what held in
+# every run on the shared machine (RELIABILITY.md).
+MAKE_RUN_P99_RATIO_MAX = 6.0
+MAKE_RUN_HEALTH_MAX_MS = HEALTH_MAX_MS
 
 
 def _p99(values: list[float]) -> float:
@@ -181,13 +187,15 @@ def _flood(url: str, slow_base: str, clients: int, ready: Any, stop: Any, counts
                     i = next(counter, 0)
                 try:
                     r = fc.post(url, json=_body("flooder", f"{slow_base}/slow/{i}.json"))
-                    key = str(r.status_code)
+                    by = r.headers.get("x-refused-by")  # HAProxy's refusals say so
+                    key = f"{r.status_code} {by}" if by else str(r.status_code)
+                    retry_after = float(r.headers["retry-after"]) if r.status_code == 429 else 0.0
                 except httpx.HTTPError as exc:
-                    key = type(exc).__name__
+                    key, retry_after = type(exc).__name__, 0.0
                 with lock:
                     tally[key] = tally.get(key, 0) + 1
-                if key == "429":
-                    stop.wait(float(r.headers["retry-after"]))
+                if retry_after:
+                    stop.wait(retry_after)
 
     threads = [threading.Thread(target=one) for _ in range(clients)]
     for t in threads:
@@ -197,11 +205,14 @@ def _flood(url: str, slow_base: str, clients: int, ready: Any, stop: Any, counts
     counts.put(tally)
 
 
-def test_one_client_flooding_slow_specs_does_not_fail_or_slow_another(app: str, specs: SpecServer) -> None:
+def _flood_against(base: str, floor_url: str, specs: SpecServer) -> dict[str, Any]:
+    """The normal client's 150 requests on a quiet service, then 150 more while the flooder (a
+    process of its own) floods; ``/health``, ``/livez`` and ``floor_url`` asked every 0.1 s
+    throughout the flood. What was measured, as recorded."""
     normal_url = specs.url("/spec.json")
     with httpx.Client(timeout=30) as c:
         for _ in range(5):  # warm: the spec is cached, the graph has run
-            assert c.post(app + "/predict", json=_body("normal", normal_url)).status_code == 200
+            assert c.post(base + "/predict", json=_body("normal", normal_url)).status_code == 200
 
         failures: list[str] = []
 
@@ -209,7 +220,7 @@ def test_one_client_flooding_slow_specs_does_not_fail_or_slow_another(app: str, 
             latencies, statuses = [], []
             for _ in range(n):
                 t = time.perf_counter()
-                r = c.post(app + "/predict", json=_body("normal", normal_url))
+                r = c.post(base + "/predict", json=_body("normal", normal_url))
                 latencies.append(time.perf_counter() - t)
                 statuses.append(r.status_code)
                 if r.status_code != 200:
@@ -221,14 +232,14 @@ def test_one_client_flooding_slow_specs_does_not_fail_or_slow_another(app: str, 
 
         spawn = multiprocessing.get_context("spawn")
         ready, stop, counts = spawn.Event(), spawn.Event(), spawn.Queue()
-        flooder = spawn.Process(target=_flood, args=(app + "/predict", specs.base_url, FLOOD_CLIENTS,
+        flooder = spawn.Process(target=_flood, args=(base + "/predict", specs.base_url, FLOOD_CLIENTS,
                                                       ready, stop, counts), daemon=True)
         flooder.start()
         try:
             assert ready.wait(60), "the flooding process did not start"
-            # /livez: the Ingress alone; Serve's /-/healthz: the proxy alone (the floor).
-            with (HealthProbe(app + "/health") as health, HealthProbe(app + "/livez") as livez,
-                  HealthProbe(app.removesuffix("/fair") + "/-/healthz") as floor):
+            # /livez: the Ingress alone; the floor: the edge alone, no replica.
+            with (HealthProbe(base + "/health") as health, HealthProbe(base + "/livez") as livez,
+                  HealthProbe(floor_url) as floor):
                 time.sleep(SLOW_S + 2)  # the flood is in full swing: slots held by slow fetches
                 loud, loud_statuses = normal_run(NORMAL_REQUESTS)
         finally:
@@ -236,26 +247,31 @@ def test_one_client_flooding_slow_specs_does_not_fail_or_slow_another(app: str, 
             flood: dict[str, int] = counts.get(timeout=60)
             flooder.join(30)
 
-    ok = loud_statuses.count(200) / len(loud_statuses)
     ms = lambda s: round(s * 1000, 1)  # noqa: E731
-    report = {
+    return {
         "quiet_p50_ms": ms(statistics.median(quiet)), "quiet_p99_ms": ms(_p99(quiet)),
         "flood_p50_ms": ms(statistics.median(loud)), "flood_p99_ms": ms(_p99(loud)),
         "p99_ratio": round(_p99(loud) / _p99(quiet), 2),
-        "normal_ok": ok, "normal_statuses": {s: loud_statuses.count(s) for s in set(loud_statuses)},
-        "flooder": flood, "health": health.summary(),
+        "normal_ok": loud_statuses.count(200) / len(loud_statuses),
+        "normal_statuses": {s: loud_statuses.count(s) for s in set(loud_statuses)},
+        "flooder": flood, "health": health.summary(), "health_failed": health.failed,
         "livez": livez.summary(), "floor": floor.summary(), "normal_failures": failures[:3],
+        "load_average": os.getloadavg(),
     }
+
+
+def test_one_client_flooding_slow_specs_does_not_fail_or_slow_another(app: str, specs: SpecServer) -> None:
+    report = _flood_against(app, app.removesuffix("/fair") + "/-/healthz", specs)  # Serve's proxy
     print("fairness:", json.dumps(report))
     record("one client's slow-spec flood against another", **report)
-    assert flood.get("429", 0) > 0, report  # the flooder did hit its share
-    assert ok >= 0.99, report
-    # The target is 2x the quiet p99, measured and recorded (RELIABILITY.md: 1.1-5.1x, median
-    # 2.9x, at load average 11-29 from other engineers' work); a timed test on a shared
+    assert report["flooder"].get("429", 0) > 0, report  # the flooder did hit its share (the Ingress's)
+    assert report["normal_ok"] >= 0.99, report
+    # The target is 2x the quiet p99, measured and recorded (RELIABILITY.md: 1.3-5.1x, median
+    # 2.4x, at load average 0-15 with other engineers' work); a timed test on a shared
     # 2-CPU machine holds 6x. The missing share fails the success rate above (52 % ok) and this
     # by far (90x).
-    assert _p99(loud) <= P99_RATIO_MAX * _p99(quiet), report
-    assert health.failed == 0 and health.summary()["max_ms"] < HEALTH_MAX_MS, report
+    assert report["p99_ratio"] <= P99_RATIO_MAX, report
+    assert report["health_failed"] == 0 and report["health"]["max_ms"] < HEALTH_MAX_MS, report
 
 
 def test_the_spec_fetcher_resolves_through_the_bounded_resolver() -> None:
@@ -288,3 +304,46 @@ def test_the_spec_fetcher_resolves_through_the_bounded_resolver() -> None:
         release.set()
     assert isinstance(error, SpecFetchTimeout) and "resolving the spec host" in str(error), error
     assert took < 1.5, took
+
+
+# -- as `make run` deploys it: HAProxy with admission control, throughput-optimised Serve -------
+
+
+@pytest.fixture(scope="module")
+def make_run_app(specs: SpecServer, tmp_path_factory) -> Iterator[str]:
+    from benchmarks.cluster import RayHead, ServeApp, free_port, make_run_env, write_config
+
+    env = {
+        **make_run_env(client_share=SHARE),
+        "RAY_AUTH_MODE": "disabled",
+        "OPENSESAME_ALLOW_PRIVATE_SPEC_HOSTS": "1",  # the spec host is on loopback
+        "OPENSESAME_DATA_DIR": str(tmp_path_factory.mktemp("fairness-make-run")),
+        "OPENSESAME_SPEC_FETCH_TIMEOUT_S": "5",
+        "OPENSESAME_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
+        "OPENSESAME_CLIENT_MAX_CONCURRENT": str(SHARE),
+    }
+    head = RayHead(env=env).start()
+    failed = True
+    try:
+        config = write_config(Path(head.temp_dir) / "serve.yaml", port=free_port())
+        probe = json.dumps(_body("normal", specs.url("/spec.json"))).encode()
+        yield ServeApp(head, config).start(probe).url
+        failed = False
+    finally:
+        head.stop(keep_logs=failed)
+
+
+@pytest.mark.serve
+@pytest.mark.slow
+@pytest.mark.faults
+def test_one_client_flooding_slow_specs_as_make_run_deploys_it(make_run_app: str, specs: SpecServer) -> None:
+    report = _flood_against(make_run_app, make_run_app + "/-/healthz", specs)  # HAProxy's own
+    print("fairness (make run):", json.dumps(report))
+    record("one client's slow-spec flood against another, as make run deploys it", **report)
+    # HAProxy refuses the flooder's excess itself (admission.client_share_lines): none of it
+    # reaches the Ingress, whose own share then never has to refuse.
+    assert report["flooder"].get(f"429 {CLIENT_SHARE_REFUSED_BY}", 0) > 0, report
+    assert "429" not in report["flooder"], report
+    assert report["normal_ok"] >= 0.99, report
+    assert report["p99_ratio"] <= MAKE_RUN_P99_RATIO_MAX, report
+    assert report["health_failed"] == 0 and report["health"]["max_ms"] < MAKE_RUN_HEALTH_MAX_MS, report

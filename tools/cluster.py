@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from core.settings import load_settings
 from deployments.serving.admission import ENV_VAR as ADMISSION_ENV_VAR
 from deployments.serving.admission import haproxy_health_check_inter
 from deployments.serving.resources import NODE
@@ -54,15 +55,21 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 
-def make_run_env() -> dict[str, str]:
+def make_run_env(*, client_share: int | None = None) -> dict[str, str]:
     """The Serve settings ``make run`` (and the image) put in the Ray head's environment:
-    throughput-optimised Serve, HAProxy in place of the Python proxy with admission control
-    (:mod:`deployments.serving.admission`), user code on the replica's own loop."""
+    throughput-optimised Serve, HAProxy in place of the Python proxy with admission control and a
+    per-client share (:mod:`deployments.serving.admission`), user code on the replica's own loop.
+    ``client_share``: the share HAProxy enforces; by default ``client_max_concurrent`` from the
+    ``OPENSESAME_*`` environment, as the Ingress reads it (its ``request_timeout_s`` too: how long
+    HAProxy waits for a body)."""
+    settings = load_settings()
+    admission = haproxy_health_check_inter(client_share=client_share or settings.client_max_concurrent,
+                                           body_wait_s=settings.request_timeout_s)
     return {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-        ADMISSION_ENV_VAR: haproxy_health_check_inter(),
+        ADMISSION_ENV_VAR: admission,
     }
 
 

@@ -16,7 +16,14 @@ appends into a comment. So at most a request or so per backend waits, everything
 by HAProxy without touching a replica. ``tests/test_admission.py`` renders Ray's own template
 with it and has HAProxy check the result.
 
-``python -m deployments.serving.admission`` prints the value; ``make run`` and the Dockerfile put it in
+The same lines also give each client a share at the edge (:func:`client_share_lines`, the
+Ingress's ``client_max_concurrent``): a client past it is answered 429 by HAProxy, so its excess
+neither reaches a replica nor takes the admission slots every other client needs (measured: a
+slow-spec flood whose refused requests passed HAProxy took them, and HAProxy answered 503 to
+the other client's requests and to ``/health``; RELIABILITY.md, issue 19).
+
+``python -m deployments.serving.admission`` prints the value (with the share from the
+``OPENSESAME_*`` environment); ``make run`` and the Dockerfile put it in
 the Ray head's environment (the HAProxy manager started by the head reads it).
 
 Replicas also lower their own CPU priority (:func:`lower_priority`): on a 2-CPU node HAProxy, the
@@ -32,6 +39,7 @@ import sys
 from pathlib import Path
 
 __all__ = [
+    "CLIENT_SHARE_REFUSED_BY",
     "ENV_VAR",
     "MAX_CONCURRENT_PER_INGRESS",
     "OVERLOAD_MESSAGE",
@@ -39,6 +47,7 @@ __all__ = [
     "REFUSED_BY_HEADER",
     "REPLICA_NICE_INCREMENT",
     "STRIPPED_HEADERS",
+    "client_share_lines",
     "haproxy_health_check_inter",
     "lower_priority",
 ]
@@ -55,10 +64,54 @@ REPLICA_NICE_INCREMENT = 5
 # Says who refused (clients and the load generator can tell HAProxy's refusals from a replica's).
 REFUSED_BY_HEADER = "X-Refused-By"
 REFUSED_BY = "admission"
+CLIENT_SHARE_REFUSED_BY = "client-share"
+# A client's key at the edge is cut past this many characters (user ids are at most 256).
+CLIENT_KEY_LEN = 300
+# How long HAProxy waits for a body to key its client: the default request_timeout_s.
+BODY_WAIT_S = 30.0
 # Serve's per-request hints (names in ray/serve/_private/constants.py) that a client could use to
 # disable its request timeout and disconnect handling: removed here, at the edge, and ignored by
 # the Ingress (deployments/serving/fairness.py). Only the operator may set them.
 STRIPPED_HEADERS = (b"x-request-timeout-seconds", b"x-request-disconnect-disabled")
+
+
+def client_share_lines(share: int, *, body_wait_s: float = BODY_WAIT_S,
+                       retry_after_s: int = RETRY_AFTER_S) -> list[str]:
+    """HAProxy lines that refuse a client past ``share`` requests in flight with 429, before any
+    replica is asked. The client is keyed as the Ingress keys its share
+    (:func:`deployments.serving.fairness.client_key`): its API key when it sends one (hashed),
+    else the ``user_id`` of its JSON body and its own address (which the Ingress, behind
+    HAProxy, cannot see). A request without either (a GET, a body with no ``user_id``) is not
+    counted here; the Ingress's share still is. The Ingress counts per replica, this per service.
+
+    A refusal here costs microseconds; in the Ingress it costs a request's work (Serve's routing,
+    the replica's share of the request, the body read), and a client's refused requests come
+    back in bursts that took admission's slots from everyone else (RELIABILITY.md, issue 19).
+
+    The key needs the body: HAProxy waits for it (or for a full buffer) up to ``body_wait_s``,
+    then answers 408; the Ingress's own deadline (``request_timeout_s``) would have cut such a
+    request at the same time."""
+    if share < 1:
+        raise ValueError(f"client_share must be at least 1, got {share}")
+    if body_wait_s <= 0:
+        raise ValueError(f"body_wait_s must be positive, got {body_wait_s}")
+    message = (f"this client already has its share of requests in flight (client_max_concurrent = "
+               f"{share}); retry when one has finished")
+    body = json.dumps({"error": {"status": 429, "message": message}}, separators=(",", ":"))
+    assert "'" not in body
+    return [
+        "# Per-client share (deployments/serving/admission.py client_share_lines).",
+        f"stick-table type string len {CLIENT_KEY_LEN} size 100k expire 60s store conn_cur",
+        f"http-request wait-for-body time {round(body_wait_s * 1000)}ms if METH_POST",
+        "http-request set-var(txn.client_src) src",
+        "http-request set-var(txn.client) req.body,json_query('$.user_id'),concat(@,txn.client_src)"
+        " if METH_POST",
+        "http-request set-var(txn.client) req.hdr(authorization),xxh3 if { req.hdr(authorization) -m found }",
+        "http-request track-sc1 var(txn.client) if { var(txn.client) -m found }",
+        "http-request return status 429 content-type application/json"
+        f" hdr Retry-After {retry_after_s} hdr {REFUSED_BY_HEADER} {CLIENT_SHARE_REFUSED_BY}"
+        f" string '{body}' if {{ sc1_conn_cur gt {share} }}",
+    ]
 
 
 def haproxy_health_check_inter(
@@ -66,10 +119,15 @@ def haproxy_health_check_inter(
     max_concurrent: int = MAX_CONCURRENT_PER_INGRESS,
     inter: str = HEALTH_CHECK_INTER,
     retry_after_s: int = RETRY_AFTER_S,
+    client_share: int | None = None,
+    body_wait_s: float = BODY_WAIT_S,
 ) -> str:
-    """The value of ``RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER`` that adds admission control."""
+    """The value of ``RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER`` that adds admission control and,
+    with ``client_share``, a per-client share (:func:`client_share_lines`)."""
     if max_concurrent < 1:
         raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
+    if client_share is not None and client_share < 1:
+        raise ValueError(f"client_share must be at least 1, got {client_share}")
     if retry_after_s < 0:
         raise ValueError(f"retry_after_s must not be negative, got {retry_after_s}")
     if not inter or any(c.isspace() or c in "#'" for c in inter):
@@ -83,6 +141,8 @@ def haproxy_health_check_inter(
             f"{inter} maxconn {max_concurrent} check",
             "# Admission control (deployments/serving/admission.py): refuse while waiting for a slot.",
             *(f"http-request del-header {h.decode()}" for h in STRIPPED_HEADERS),
+            *(client_share_lines(client_share, body_wait_s=body_wait_s, retry_after_s=retry_after_s)
+              if client_share else ()),
             "http-request return status 503 content-type application/json"
             f" hdr Retry-After {retry_after_s} hdr {REFUSED_BY_HEADER} {REFUSED_BY}"
             f" string '{body}' if {{ queue gt 0 }}",
@@ -122,4 +182,8 @@ def lower_priority(increment: int = REPLICA_NICE_INCREMENT) -> int:
 
 
 if __name__ == "__main__":
-    sys.stdout.write(haproxy_health_check_inter() + "\n")
+    from core.settings import load_settings
+
+    settings = load_settings()
+    sys.stdout.write(haproxy_health_check_inter(client_share=settings.client_max_concurrent,
+                                                body_wait_s=settings.request_timeout_s) + "\n")

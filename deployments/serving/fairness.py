@@ -12,6 +12,9 @@ Three things a client could otherwise use against everyone else (issue 19, RELIA
   32 queued, one client sending 64 of them made every other client's requests wait or fail.
   :class:`ClientShares` lets each client hold at most ``client_max_concurrent`` requests per
   Ingress replica; past it the client is answered 429 at once, and everyone else keeps theirs.
+  Behind HAProxy (``make run``, the image) the same share is enforced first at the edge
+  (:func:`deployments.serving.admission.client_share_lines`): a refusal here still costs a
+  request's work in Serve and takes a slot of HAProxy's admission control while it lasts.
 """
 
 from __future__ import annotations
