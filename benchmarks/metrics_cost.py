@@ -1,14 +1,20 @@
 """What the Prometheus metrics cost a prediction, in CPU: every record a prediction makes
-(deployments/serving/metrics.py's hooks), timed inside a real Serve replica, against the service's
-CPU per request measured side by side with metrics on and off.
+(deployments/serving/metrics.py's hooks), timed inside a real Serve replica — on the request path
+(an append to the recorder's deque), in the recorder thread (counters and gauges summed per series,
+every histogram value), and, for comparison, with one Ray call per record — against the service's
+throughput and CPU per request measured side by side with metrics on and off.
 
     python -m benchmarks.serving_ab --variant metrics_on --variant metrics_off:OPENSESAME_METRICS=0 \\
-        --out benchmarks/results/serving_ab_metrics.json      # the side-by-side (~10 min)
-    python -m benchmarks.metrics_cost                          # this (~30 s)
+        --rounds 6 --levels 1,16 --duration 15 \\
+        --out benchmarks/results/serving_ab_metrics_aggregated.json   # the side-by-side (~22 min)
+    python -m benchmarks.metrics_cost                                 # this (~1 min)
 
-Writes benchmarks/results/metrics_cost.json. On a shared 2-CPU machine the throughput of the
-side-by-side swings with the neighbours' load far more than 5 % between rounds; the CPU the
-service spends per request, and the records' own cost below, are the steadier measures.
+Writes benchmarks/results/metrics_cost.json: the replica's numbers and, from the side-by-side
+files in ``SIDE_BY_SIDE`` (two runs of the command above, the second written to ``..._2.json``),
+metrics on over off round by round and the medians. On this shared 2-CPU machine throughput swings
+with the neighbours' load by far more than 5 % between rounds (the load average moved between 5
+and 28 during one run), so only the median of many alternated rounds says anything about a few
+per cent; the records' own cost, measured in the replica, is the steady measure.
 """
 
 from __future__ import annotations
@@ -75,7 +81,8 @@ def _replica_cost(per_period: int = 10) -> dict[str, Any]:
         handle = serve.run(Recorder.bind(), name="metrics-cost", route_prefix="/metrics-cost")
         handle.run.remote(500).result()  # warm: series created
         runs = [handle.run.remote(N).result() for _ in range(5)]
-        out: dict[str, Any] = {"records_per_prediction": RECORDS, "predictions_per_flush": per_period}
+        out: dict[str, Any] = {"records_per_prediction": RECORDS, "predictions_per_flush": per_period,
+                               "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
         for key in runs[0]:
             out[f"{key}_median"] = round(statistics.median(r[key] for r in runs), 2)
             out[f"{key}_runs"] = [round(r[key], 2) for r in runs]
@@ -101,21 +108,53 @@ def _one_prediction(m: Any) -> None:
 RECORDS = 16  # in _one_prediction: at batch size 1; larger batches make fewer
 
 
+def side_by_side(paths: list[Path]) -> dict[str, Any]:
+    """Per level: metrics on over off, round by round (both measured in the same round of the same
+    run), and the medians of those ratios, for throughput and the service's CPU per request."""
+    by: dict[tuple[str, tuple[int, int], int], dict[str, Any]] = {}
+    for i, path in enumerate(paths):
+        for r in json.loads(path.read_text())["runs"]:
+            variant, _, rnd = r["setup"].rpartition(" r")
+            by[(variant, (i, int(rnd)), r["level"])] = r
+    out: dict[str, Any] = {}
+    for level in sorted({lv for _, _, lv in by}):
+        rounds = sorted({rnd for _, rnd, lv in by if lv == level and (ON, rnd, level) in by
+                         and (OFF, rnd, level) in by})
+        level_out: dict[str, Any] = {"rounds": len(rounds)}
+        for key in ("throughput_rps", "service_cpu_ms_per_request"):
+            ratios = [by[(ON, rnd, level)][key] / by[(OFF, rnd, level)][key] for rnd in rounds]
+            level_out[key] = {
+                "on_median": round(statistics.median(by[(ON, rnd, level)][key] for rnd in rounds), 2),
+                "off_median": round(statistics.median(by[(OFF, rnd, level)][key] for rnd in rounds), 2),
+                "on_over_off_median": round(statistics.median(ratios), 3),
+                "on_over_off_per_round": [round(x, 3) for x in ratios],
+            }
+        out[f"{level} clients"] = level_out
+    return out
+
+
+ON, OFF = "metrics_on", "metrics_off"
+# Two runs of 6 rounds each, pooled (the same code and settings; see the module's docstring).
+SIDE_BY_SIDE = [RESULTS / "serving_ab_metrics_aggregated.json",
+                RESULTS / "serving_ab_metrics_aggregated_2.json"]
+
+
 def main() -> None:
     out: dict[str, Any] = {"replica": _replica_cost()}
-    ab = RESULTS / "serving_ab_metrics.json"
-    if ab.exists():
-        medians = json.loads(ab.read_text())["medians"]
-        out["side_by_side"] = medians
+    found = [p for p in SIDE_BY_SIDE if p.exists()]
     r = out["replica"]
     print(f"metrics, µs of CPU per prediction ({r['records_per_prediction']} records): "
           f"{r['request_path_us_median']} on the request path, {r['recorder_us_median']} in the recorder "
           f"({r['recorder_ray_calls_median']} Ray calls), "
           f"{r['one_ray_call_each_us_median']} with one Ray call each")
-    for variant, levels in out.get("side_by_side", {}).items():
-        for level, m in levels.items():
-            print(f"  {variant:12} {level:>10}: {m['throughput_rps']} req/s, "
-                  f"{m['service_cpu_ms_per_request']} ms CPU/request")
+    if found:
+        out["side_by_side_files"] = [p.name for p in found]
+        out["side_by_side"] = side_by_side(found)
+        for level, numbers in out["side_by_side"].items():
+            for key in ("throughput_rps", "service_cpu_ms_per_request"):
+                m = numbers[key]
+                print(f"  {level:>10} {key}: on/off {m['on_over_off_median']} (median of "
+                      f"{numbers['rounds']} rounds: {m['on_over_off_per_round']})")
     (RESULTS / "metrics_cost.json").write_text(json.dumps(out, indent=1) + "\n")
 
 
