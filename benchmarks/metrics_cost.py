@@ -8,6 +8,7 @@ throughput and CPU per request measured side by side with metrics on and off.
         --rounds 6 --levels 1,16 --duration 15 \\
         --out benchmarks/results/serving_ab_metrics_aggregated.json   # the side-by-side (~22 min)
     python -m benchmarks.metrics_cost                                 # this (~1 min)
+    python -m benchmarks.metrics_cost --paired 8     # both heads at once, 8 pairs (~5 min)
 
 Writes benchmarks/results/metrics_cost.json: the replica's numbers and, from the side-by-side
 files in ``SIDE_BY_SIDE`` (two runs of the command above, the second written to ``..._2.json``),
@@ -19,6 +20,8 @@ per cent; the records' own cost, measured in the replica, is the steady measure.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -133,13 +136,75 @@ def side_by_side(paths: list[Path]) -> dict[str, Any]:
     return out
 
 
+async def paired(rounds: int, *, duration_s: float = 15.0, clients: int = 16) -> dict[str, Any]:
+    """Both heads (metrics on, off) up at once and loaded at the same time, ``rounds`` times: the
+    neighbours' load, which moves throughput by 2x from one minute to the next here, hits both
+    alike, so the ratio of each pair is steadier than that of the alternated side-by-side (each
+    head is slower than alone: they share the CPUs)."""
+    from contextlib import ExitStack
+
+    from benchmarks.cluster import ROOT, RayHead, ServeApp, spec_server, write_config
+    from benchmarks.serving import SERVE_ENV, post
+    from benchmarks.serving_ab import DEPLOYMENTS, PINNED
+    from benchmarks.workload import build_workload
+    from core.settings import load_settings
+    from tools.loadgen import closed_loop, tree_cpu_ticks
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    workload = build_workload(load_settings().jentic_dir)
+    rows: list[dict[str, Any]] = []
+    with spec_server(workload.specs) as specs, ExitStack() as stack:
+        bodies = workload.with_base_url(specs.base_url)
+        heads = {}
+        for name, env in ((ON, {}), (OFF, {"OPENSESAME_METRICS": "0"})):
+            head = stack.enter_context(RayHead(env={
+                **SERVE_ENV, "RAY_AUTH_MODE": "disabled", "OPENSESAME_ALLOW_PRIVATE_SPEC_HOSTS": "1",
+                "OPENSESAME_DATA_DIR": f"/tmp/metrics-cost-{name}-{int(time.time())}", **env}))
+            config = write_config(Path(head.temp_dir) / "serve.yaml", port=free_port(),
+                                  base=ROOT / "serve_config.yaml",
+                                  deployments=dict.fromkeys(DEPLOYMENTS, PINNED))
+            app = ServeApp(head, config).start(json.dumps(bodies[0]).encode())
+            for body in bodies:  # warm: every spec in every replica's cache
+                post(app.url + "/predict", body)
+            heads[name] = (head, app.url + "/predict")
+        urls = [url for _, url in heads.values()]
+        await asyncio.gather(*(closed_loop(url, bodies, concurrency=4, duration_s=20) for url in urls))
+        for i in range(rounds):
+            cpu0 = {n: tree_cpu_ticks(h.pids()) for n, (h, _) in heads.items()}
+            runs = await asyncio.gather(*(closed_loop(url, bodies, concurrency=clients,
+                                                      duration_s=duration_s, seed=i) for url in urls))
+            cpu1 = {n: tree_cpu_ticks(h.pids()) for n, (h, _) in heads.items()}
+            row: dict[str, Any] = {"load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+            for n, run in zip(heads, runs, strict=True):
+                rps = run.summary()["throughput_rps"]
+                cpu_s = sum(t - cpu0[n].get(pid, 0) for pid, t in cpu1[n].items()) / ticks
+                row[n] = {"throughput_rps": rps,
+                          "service_cpu_ms_per_request": round(cpu_s * 1000 / (rps * duration_s), 2)}
+            for key in ("throughput_rps", "service_cpu_ms_per_request"):
+                row[f"{key}_on_over_off"] = round(row[ON][key] / row[OFF][key], 3)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return {"clients": clients, "duration_s": duration_s, "rounds": rows, "medians": {
+        key: round(statistics.median(r[f"{key}_on_over_off"] for r in rows), 3)
+        for key in ("throughput_rps", "service_cpu_ms_per_request")}}
+
+
 ON, OFF = "metrics_on", "metrics_off"
 # Two runs of 6 rounds each, pooled (the same code and settings; see the module's docstring).
 SIDE_BY_SIDE = [RESULTS / "serving_ab_metrics_aggregated.json",
                 RESULTS / "serving_ab_metrics_aggregated_2.json"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.metrics_cost", description=__doc__.splitlines()[0])
+    p.add_argument("--paired", type=int, metavar="ROUNDS",
+                   help="instead: both heads at once, ROUNDS times (results/serving_ab_metrics_paired.json)")
+    args = p.parse_args(argv)
+    if args.paired:
+        result = asyncio.run(paired(args.paired))
+        (RESULTS / "serving_ab_metrics_paired.json").write_text(json.dumps(result, indent=1) + "\n")
+        print("medians, on over off:", result["medians"])
+        return
     out: dict[str, Any] = {"replica": _replica_cost()}
     found = [p for p in SIDE_BY_SIDE if p.exists()]
     r = out["replica"]
