@@ -140,7 +140,9 @@ async def paired(rounds: int, *, duration_s: float = 15.0, clients: int = 16) ->
     """Both heads (metrics on, off) up at once and loaded at the same time, ``rounds`` times: the
     neighbours' load, which moves throughput by 2x from one minute to the next here, hits both
     alike, so the ratio of each pair is steadier than that of the alternated side-by-side (each
-    head is slower than alone: they share the CPUs)."""
+    head is slower than alone: they share the CPUs). The head started first (metrics on) is not
+    like the second: an A/A run, both off, read 1.09x CPU per request and 0.95x throughput for the
+    first (results/serving_ab_metrics_paired_aa.json), so read a pair against that."""
     from contextlib import ExitStack
 
     from benchmarks.cluster import ROOT, RayHead, ServeApp, spec_server, write_config
