@@ -19,12 +19,13 @@ import pytest
 import yaml
 
 from benchmarks.cluster import free_port, wait_http
-from core.settings import load_settings
+from core.settings import Settings, load_settings
 from deployments.serving.admission import (
     CLIENT_SHARE_REFUSED_BY,
     ENV_VAR,
     MAX_CONCURRENT_PER_INGRESS,
     client_share_lines,
+    deployed_lines,
     haproxy_health_check_inter,
 )
 
@@ -67,8 +68,9 @@ def test_the_value_is_what_ray_reads_and_the_module_prints() -> None:
         [sys.executable, "-m", "deployments.serving.admission"], capture_output=True, text=True, check=True
     ).stdout
     settings = load_settings()  # the Ingress's share, also enforced at the edge
-    assert printed.rstrip("\n") == haproxy_health_check_inter(client_share=settings.client_max_concurrent,
-                                                               body_wait_s=settings.request_timeout_s)
+    assert printed.rstrip("\n") == deployed_lines(settings)
+    assert deployed_lines(settings) == haproxy_health_check_inter(
+        client_share=settings.client_max_concurrent, body_wait_s=settings.request_timeout_s)
     assert ENV_VAR == "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER"
     assert ENV_VAR in Path(haproxy.__file__).with_name("constants.py").read_text()
 
@@ -238,7 +240,7 @@ def test_the_kuberay_manifest_sets_the_same_value() -> None:
     pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
     for pod in pods:
         env = {e["name"]: e.get("value") for e in pod["template"]["spec"]["containers"][0]["env"]}
-        assert env[ENV_VAR] == haproxy_health_check_inter()
+        assert env[ENV_VAR] == deployed_lines(Settings())  # what make run and the image deploy
 
 
 def test_the_images_health_check_is_answered_outside_admission(tmp_path: Path) -> None:

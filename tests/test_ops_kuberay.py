@@ -10,8 +10,6 @@ from pathlib import Path
 
 import yaml
 
-from core.settings import Settings
-from deployments.serving.admission import ENV_VAR, haproxy_health_check_inter
 from tools.kuberay import rayservice_patch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,15 +74,3 @@ def test_a_rollout_patch_changes_only_the_rankers_model() -> None:
     assert ranker["user_config"].pop("model_path") == "/app/var/models/v7"
     assert after == before
 
-
-def test_every_pods_haproxy_lines_are_what_admission_builds() -> None:
-    """The manifest's admission and per-client share are the ones `make run` deploys (a copy
-    that drifts would leave the cluster without the edge share)."""
-    defaults = Settings()
-    want = haproxy_health_check_inter(client_share=defaults.client_max_concurrent,
-                                      body_wait_s=defaults.request_timeout_s)
-    groups = [_head(), *MANIFEST["spec"]["rayClusterConfig"]["workerGroupSpecs"]]
-    values = [e["value"] for g in groups for c in g["template"]["spec"]["containers"]
-              for e in c["env"] if e["name"] == ENV_VAR]
-    assert len(values) == len(groups)
-    assert all(v == want for v in values)

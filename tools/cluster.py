@@ -32,7 +32,7 @@ import yaml
 
 from core.settings import load_settings
 from deployments.serving.admission import ENV_VAR as ADMISSION_ENV_VAR
-from deployments.serving.admission import haproxy_health_check_inter
+from deployments.serving.admission import deployed_lines
 from deployments.serving.resources import NODE
 from tools.loadgen import process_tree
 
@@ -62,9 +62,7 @@ def make_run_env(*, client_share: int | None = None) -> dict[str, str]:
     ``client_share``: the share HAProxy enforces; by default ``client_max_concurrent`` from the
     ``OPENSESAME_*`` environment, as the Ingress reads it (its ``request_timeout_s`` too: how long
     HAProxy waits for a body)."""
-    settings = load_settings()
-    admission = haproxy_health_check_inter(client_share=client_share or settings.client_max_concurrent,
-                                           body_wait_s=settings.request_timeout_s)
+    admission = deployed_lines(load_settings(), client_share=client_share)
     return {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",

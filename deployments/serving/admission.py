@@ -37,6 +37,10 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 __all__ = [
     "CLIENT_SHARE_REFUSED_BY",
@@ -48,6 +52,7 @@ __all__ = [
     "REPLICA_NICE_INCREMENT",
     "STRIPPED_HEADERS",
     "client_share_lines",
+    "deployed_lines",
     "haproxy_health_check_inter",
     "lower_priority",
 ]
@@ -181,9 +186,15 @@ def lower_priority(increment: int = REPLICA_NICE_INCREMENT) -> int:
         return 0
 
 
+def deployed_lines(settings: Settings, *, client_share: int | None = None) -> str:
+    """What ``make run``, the image and the KubeRay manifest deploy: admission and a client's
+    share (``client_share``, else the settings' ``client_max_concurrent``), HAProxy waiting for
+    a body as long as the Ingress would (``request_timeout_s``)."""
+    return haproxy_health_check_inter(client_share=client_share or settings.client_max_concurrent,
+                                      body_wait_s=settings.request_timeout_s)
+
+
 if __name__ == "__main__":
     from core.settings import load_settings
 
-    settings = load_settings()
-    sys.stdout.write(haproxy_health_check_inter(client_share=settings.client_max_concurrent,
-                                                body_wait_s=settings.request_timeout_s) + "\n")
+    sys.stdout.write(deployed_lines(load_settings()) + "\n")
