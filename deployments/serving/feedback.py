@@ -66,9 +66,8 @@ from deployments.serving.schemas import (
 )
 
 __all__ = [
+    "ContextQueue",
     "LostPredictions",
-    "drop_contexts",
-    "enqueue_context",
     "FeedbackStore",
     "FeedbackWriter",
     "FeedbackReader",
@@ -521,41 +520,42 @@ class LostPredictions:
                 f"prediction {prediction_id!r} was not stored ({why}); its outcome cannot be recorded")
 
 
-class _ContextQueue(Protocol):
+class ContextQueue:
+    """A writer's queue of prediction contexts, for the classes that own one (the local store,
+    the store actor's client): ``_queue``, ``_lost``, ``stats`` and ``_closed`` are theirs."""
+
     _closed: bool
     _queue: queue.Queue[Any]
     _lost: LostPredictions
     stats: dict[str, int]
+    _FULL = "the feedback queue was full"  # why a context its full queue refused was lost
+
+    def record_prediction(self, ctx: PredictionContext) -> bool:
+        """Enqueue a prediction's context; never blocks. False if it was dropped."""
+        if self._closed:
+            return False
+        try:
+            self._queue.put_nowait(ctx)
+        except queue.Full:
+            self._drop([ctx.prediction_id], self._FULL)
+            return False
+        return True
+
+    def _drop(self, prediction_ids: Sequence[str], why: str) -> None:
+        """Contexts that will never be stored: counted, exported, remembered (feedback on one
+        says ``why``), and logged at the 1st, 10th, 100th and every 1000th (a full queue drops
+        many in a row)."""
+        if not prediction_ids:
+            return
+        before = self.stats["dropped"]
+        self.stats["dropped"] = after = before + len(prediction_ids)
+        metrics().feedback.inc(len(prediction_ids), tags={"result": "dropped"})
+        self._lost.add(prediction_ids, why)
+        if any(before < n <= after for n in (1, 10, 100)) or before // 1000 != after // 1000:
+            log.warning("feedback: %d prediction contexts dropped so far (%s)", after, why)
 
 
-def enqueue_context(writer: _ContextQueue, ctx: PredictionContext, full: str) -> bool:
-    """A writer's hot path: the context queued for its thread, never blocking the request. False
-    if it was dropped (``full`` says why to whoever sends its outcome)."""
-    if writer._closed:
-        return False
-    try:
-        writer._queue.put_nowait(ctx)
-    except queue.Full:
-        drop_contexts(writer.stats, writer._lost, [ctx.prediction_id], full)
-        return False
-    return True
-
-
-def drop_contexts(stats: dict[str, int], lost: LostPredictions, prediction_ids: Sequence[str],
-                  why: str) -> None:
-    """Contexts that will never be stored: counted, exported, remembered, and logged at the 1st,
-    10th, 100th and every 1000th (a full queue drops many in a row)."""
-    if not prediction_ids:
-        return
-    before = stats["dropped"]
-    stats["dropped"] = after = before + len(prediction_ids)
-    metrics().feedback.inc(len(prediction_ids), tags={"result": "dropped"})
-    lost.add(prediction_ids, why)
-    if any(before < n <= after for n in (1, 10, 100)) or before // 1000 != after // 1000:
-        log.warning("feedback: %d prediction contexts dropped so far (%s)", after, why)
-
-
-class FeedbackStore(FeedbackReader):
+class FeedbackStore(FeedbackReader, ContextQueue):
     """The store a serving process writes to (see the module docstring for the guarantees).
 
     ``implicit_window_s``: how old a pending prediction may be for a later request of the same
@@ -600,10 +600,6 @@ class FeedbackStore(FeedbackReader):
         self._thread.start()
 
     # -- the hot path -------------------------------------------------------------------------
-
-    def record_prediction(self, ctx: PredictionContext) -> bool:
-        """Enqueue a prediction's context; never blocks. False if it was dropped."""
-        return enqueue_context(self, ctx, "the feedback queue was full")
 
     # -- outcomes -----------------------------------------------------------------------------
 

@@ -57,14 +57,13 @@ from core.settings import Settings, load_settings
 from core.spec.index import SpecIndex
 from deployments.serving.failures import failure_text
 from deployments.serving.feedback import (
+    ContextQueue,
     FeedbackStore,
     FeedbackWriter,
     LostPredictions,
     OutcomeResult,
     OutcomeRow,
     PredictionContext,
-    drop_contexts,
-    enqueue_context,
     next_batch,
     open_store,
 )
@@ -245,8 +244,10 @@ class _Flush:
 _STOP = object()
 
 
-class StoreClient:
+class StoreClient(ContextQueue):
     """An Ingress replica's side of the store actor (a :class:`FeedbackWriter`)."""
+
+    _FULL = "the replica's queue to the store actor was full"
 
     def __init__(self, actor: Any, *, wait_s: float = 5.0, max_queue: int = 10_000,
                  linger_s: float = _LINGER_S) -> None:
@@ -267,13 +268,6 @@ class StoreClient:
         self._thread.start()
 
     # -- the hot path -------------------------------------------------------------------------
-
-    def record_prediction(self, ctx: PredictionContext) -> bool:
-        """Enqueue a prediction's context; never blocks. False if it was dropped."""
-        return enqueue_context(self, ctx, "the replica's queue to the store actor was full")
-
-    def _drop(self, ids: list[str], why: str) -> None:
-        drop_contexts(self.stats, self._lost, ids, why)
 
     # -- calls with a deadline ----------------------------------------------------------------
 
