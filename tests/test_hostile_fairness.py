@@ -40,6 +40,12 @@ P99_RATIO_MAX = 6.0
 # every run on the shared machine (RELIABILITY.md).
 MAKE_RUN_P99_RATIO_MAX = 6.0
 MAKE_RUN_HEALTH_MAX_MS = HEALTH_MAX_MS
+# Issue 19's bounds: held in 8 of 8 runs where nothing but the test loaded the machine (load
+# average 1.4-5.3 at the run's end, RELIABILITY.md); with others' work on both CPUs the replicas
+# (nice 15-19) wait for a CPU and only the bounds above held.
+QUIET_P99_RATIO_MAX = 2.0
+QUIET_HEALTH_MAX_MS = 100.0
+QUIET_LOAD_MAX = 3 * (os.cpu_count() or 1)
 
 
 def _p99(values: list[float]) -> float:
@@ -347,3 +353,6 @@ def test_one_client_flooding_slow_specs_as_make_run_deploys_it(make_run_app: str
     assert report["normal_ok"] >= 0.99, report
     assert report["p99_ratio"] <= MAKE_RUN_P99_RATIO_MAX, report
     assert report["health_failed"] == 0 and report["health"]["max_ms"] < MAKE_RUN_HEALTH_MAX_MS, report
+    if report["load_average"][0] <= QUIET_LOAD_MAX:
+        assert report["p99_ratio"] <= QUIET_P99_RATIO_MAX, report
+        assert report["health"]["max_ms"] < QUIET_HEALTH_MAX_MS, report
