@@ -145,9 +145,8 @@ async def paired(rounds: int, *, duration_s: float = 15.0, clients: int = 16) ->
     first (results/serving_ab_metrics_paired_aa.json), so read a pair against that."""
     from contextlib import ExitStack
 
-    from benchmarks.cluster import ROOT, RayHead, ServeApp, spec_server, write_config
-    from benchmarks.serving import SERVE_ENV, post
-    from benchmarks.serving_ab import DEPLOYMENTS, PINNED
+    from benchmarks.cluster import spec_server
+    from benchmarks.serving_ab import DEPLOYMENTS, PINNED, warm_head
     from benchmarks.workload import build_workload
     from core.settings import load_settings
     from tools.loadgen import closed_loop, tree_cpu_ticks
@@ -159,16 +158,9 @@ async def paired(rounds: int, *, duration_s: float = 15.0, clients: int = 16) ->
         bodies = workload.with_base_url(specs.base_url)
         heads = {}
         for name, env in ((ON, {}), (OFF, {"OPENSESAME_METRICS": "0"})):
-            head = stack.enter_context(RayHead(env={
-                **SERVE_ENV, "RAY_AUTH_MODE": "disabled", "OPENSESAME_ALLOW_PRIVATE_SPEC_HOSTS": "1",
-                "OPENSESAME_DATA_DIR": f"/tmp/metrics-cost-{name}-{int(time.time())}", **env}))
-            config = write_config(Path(head.temp_dir) / "serve.yaml", port=free_port(),
-                                  base=ROOT / "serve_config.yaml",
-                                  deployments=dict.fromkeys(DEPLOYMENTS, PINNED))
-            app = ServeApp(head, config).start(json.dumps(bodies[0]).encode())
-            for body in bodies:  # warm: every spec in every replica's cache
-                post(app.url + "/predict", body)
-            heads[name] = (head, app.url + "/predict")
+            heads[name] = stack.enter_context(warm_head(
+                env, f"/tmp/metrics-cost-{name}-{int(time.time())}",
+                dict.fromkeys(DEPLOYMENTS, PINNED), bodies))
         urls = [url for _, url in heads.values()]
         await asyncio.gather(*(closed_loop(url, bodies, concurrency=4, duration_s=20) for url in urls))
         for i in range(rounds):

@@ -22,6 +22,8 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,25 @@ class Variant:
         return cls(name=name, root=path, env=env, config=config)
 
 
+@contextmanager
+def warm_head(
+    env: Mapping[str, str], data_dir: str | Path, deployments: Mapping[str, dict[str, Any]],
+    bodies: Sequence[dict[str, Any]], root: Path = ROOT,
+) -> Iterator[tuple[RayHead, str]]:
+    """A capped head as ``make run`` starts it (loopback spec hosts allowed, its own data dir),
+    the app of ``root``'s ``serve_config.yaml`` with ``deployments``' overrides deployed on it,
+    and every spec of ``bodies`` in every replica's cache; yields the head and its predict URL."""
+    env = {**SERVE_ENV, "RAY_AUTH_MODE": "disabled", "OPENSESAME_ALLOW_PRIVATE_SPEC_HOSTS": "1",
+           "OPENSESAME_DATA_DIR": str(data_dir), **env}
+    with RayHead(env=env, root=root) as head:
+        config = write_config(Path(head.temp_dir) / "serve.yaml", port=free_port(),
+                              base=root / "serve_config.yaml", deployments=dict(deployments))
+        app = ServeApp(head, config).start(json.dumps(bodies[0]).encode())
+        for body in bodies:
+            post(app.url + "/predict", body)
+        yield head, app.url + "/predict"
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
     workload = build_workload(settings.jentic_dir)
@@ -80,22 +101,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         bodies = workload.with_base_url(specs.base_url)
         for r in range(args.rounds):
             for v in args.variant if r % 2 == 0 else reversed(args.variant):
-                env = {**SERVE_ENV, "RAY_AUTH_MODE": "disabled", "OPENSESAME_ALLOW_PRIVATE_SPEC_HOSTS": "1",
-                       "OPENSESAME_DATA_DIR": str(Path(args.data_dir) / f"{v.name}-{r}"), **v.env}
-                with RayHead(env=env, root=v.root) as head:
-                    overrides = {d: merged({} if args.autoscale else PINNED, v.config.get(d, {}))
-                                 for d in DEPLOYMENTS}
-                    config = write_config(Path(head.temp_dir) / "serve.yaml", port=free_port(),
-                                          base=v.root / "serve_config.yaml", deployments=overrides)
-                    app = ServeApp(head, config).start(json.dumps(bodies[0]).encode())
-                    for body in bodies:  # warm: every spec in every replica's cache
-                        post(app.url + "/predict", body)
-                    await settle(bench, app.url + "/predict", bodies)
+                overrides = {d: merged({} if args.autoscale else PINNED, v.config.get(d, {}))
+                             for d in DEPLOYMENTS}
+                with warm_head(v.env, Path(args.data_dir) / f"{v.name}-{r}", overrides, bodies,
+                               root=v.root) as (head, url):
+                    await settle(bench, url, bodies)
                     log(f"round {r}: {v.name} up ({v.root}, env {v.env or 'as make run'}, "
                         f"config {v.config or 'as is'})")
                     for level in levels:
-                        await bench.measure(f"{v.name} r{r}", app.url + "/predict", bodies,
-                                            roots=head.pids, concurrency=level)
+                        await bench.measure(f"{v.name} r{r}", url, bodies, roots=head.pids,
+                                            concurrency=level)
     return {"variants": {v.name: {"root": str(v.root), "env": v.env, "config": v.config}
                          for v in args.variant},
             "levels": levels, "rounds": args.rounds, "duration_s": args.duration, "settle_s": args.settle,
