@@ -478,6 +478,7 @@ def test_unusable_l2_leaves_l1_working(settings: Settings, tmp_path: Path) -> No
         assert await store.resolve(spec=billing_spec()) is index
         assert await store.by_hash(index.spec_hash) is index
         assert store.status()["l2"]["state"] == "bypassed"
+        assert store.status()["healthy"] is False  # what makes /health say degraded
         await store.aclose()
 
     run(scenario())
