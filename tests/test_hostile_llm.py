@@ -1,12 +1,14 @@
-"""An LLM endpoint that answers a byte at a time: each read comes well within httpx's read
-timeout, so only the call's total budget (``llm_budget_s``) can end it. A real server on
-loopback, the real LLMGenerator."""
+"""The LLM path against what its tests elsewhere did not reach: an endpoint that answers a byte at
+a time (each read well within httpx's read timeout, so only the call's total budget,
+``llm_budget_s``, can end it) and an answer cache another process holds locked. A real server on
+loopback, the real LLMGenerator, a real SQLite file."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 
 from core.settings import Settings
 from core.spec.operations import Operation
-from deployments.serving.llm import LLMGenerator, LLMUnavailable
+from deployments.serving.llm import LLMAnswerCache, LLMGenerator, LLMProposal, LLMUnavailable
 
 BUDGET_S = 0.3
 BYTE_EVERY_S = 0.1  # under the read timeout (the budget): httpx alone never times out
@@ -77,3 +79,23 @@ def test_a_trickling_llm_is_cut_at_the_budget(trickling_llm: str, tmp_path: Path
             await gen.aclose()
 
     assert asyncio.run(call()).reason == "timeout"
+
+
+def test_a_locked_answer_cache_is_skipped_then_used_again(tmp_path: Path) -> None:
+    """Another process holds the answer cache's write lock: a write is skipped (counted, never
+    the request's failure), the cache stays enabled and works once the lock goes."""
+    path = tmp_path / "llm_cache.sqlite"
+    cache = LLMAnswerCache(path, ttl_s=60)
+    proposal = LLMProposal("GET /invoices", {}, 0.5, "r")
+    cache.put("before", [proposal])
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        cache.put("during", [proposal])
+        assert cache.errors == 1 and not cache.disabled
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    cache.put("after", [proposal])
+    assert cache.get("after") == [proposal] and cache.get("during") is None
+    cache.close()
