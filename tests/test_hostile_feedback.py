@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import random
 import sqlite3
 import time
 from pathlib import Path
@@ -235,3 +237,39 @@ def test_an_acknowledged_outcome_is_committed_with_synchronous_full(tmp_path: Pa
             break
     else:
         raise AssertionError(f"no commit of the outcome seen: {statements}")
+
+
+def test_a_failed_commit_is_reported_and_its_specs_are_stored_again(tmp_path: Path) -> None:
+    """A commit that fails mid-batch (the file cannot grow: a full disk, as on the cluster)
+    loses its contexts: the store must say it is failing (``/health`` degraded), an outcome for a
+    lost prediction is a 503 saying why (not 404 "no prediction"), and the spec the rolled-back
+    batch inserted is written again with the next prediction that needs it (it was believed
+    stored, and feedback on its predictions failed for ever)."""
+    path = tmp_path / "f.sqlite"
+    store = FeedbackStore(path, linger_s=0)
+    store.record_prediction(_ctx("p0", _spec(0)))
+    store.flush()
+    writer = store._writer_conn  # idle between batches; max_page_count stands in for a full disk
+    pages = writer.execute("PRAGMA page_count").fetchone()[0]
+    writer.execute(f"PRAGMA max_page_count = {pages}")
+    # The batch fails after its new spec's row went in (the spec is small, the prompt is not):
+    # the rollback takes the spec with it.
+    new_spec = _spec(1)
+    noise = random.Random(0).randbytes(16_000).hex()  # zlib cannot shrink it into a free page
+    store.record_prediction(dataclasses.replace(_ctx("lost", new_spec), prompt=noise))
+    deadline = time.monotonic() + 30
+    while not store.status()["errors"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert store.status()["failing"] and "full" in store.status()["last_error"], store.status()
+    writer.execute("PRAGMA max_page_count = 1073741823")  # space freed
+    with pytest.raises(FeedbackUnavailable, match="'lost' was not stored .the feedback store failed"):
+        store.record_outcome("lost", actual_endpoint="POST /v1/invoices")
+    store.record_prediction(_ctx("after", new_spec))
+    store.flush()
+    assert not store.status()["failing"]
+    store.close()
+    # The spec is in the file, not only in the store's memory: what a restarted replica, an
+    # outcome for "after" and training read.
+    reader = FeedbackReader(path)
+    assert reader.spec(new_spec.spec_hash).spec_hash == new_spec.spec_hash
+    reader.close()

@@ -103,6 +103,9 @@ def _recompose(template: str, params: dict[str, str]) -> str:
     values=st.lists(_VALUE, min_size=12, max_size=12),
     base=st.sampled_from([None, "/v1", "/api/v2"]),
 )
+# Two operations sharing a trie node under different parameter names: each match is named by its
+# own template (hypothesis did not find this one again once fixed; the example keeps it).
+@example(ops=[("/pets/{petId}", "get"), ("/pets/{id}", "delete")], pick=1, values=["7"] * 12, base=None)
 def test_a_call_built_from_a_template_matches_and_recomposes(ops, pick, values, base) -> None:
     index = _spec(ops, [f"https://api.example.com{base}"] if base else None)
     path, method = ops[pick % len(ops)]
