@@ -674,16 +674,27 @@ def test_disk_full(client: httpx.Client, app, scratch, free_space_after) -> None
     # file, and there will be no room to.
     _free(directory)
     wait_for(lambda: _ingress_health(client)[0] == "ok", 30, "healthy before the disk fills")
+    spec = _new_spec()  # first seen while the disk is full: its row goes with the rolled-back batch
     try:
         _fill(directory)
         left = shutil.disk_usage(directory).free
         took = _predict_new_specs(client, 4)
-        fb = _feedback(client)
+        lost = client.post("/predict", json=_body(spec=spec)).json()["prediction_id"]
+        fb = _feedback(client)  # its outcome's commit fails: lost's context failed before it
         status, ingress = _ingress_health(client)
     finally:
         _free(directory)
     recovered = _recovers(client, "space is freed")
+    # The prediction whose context the full disk lost: 503 saying so, not 404 "no prediction".
+    fb_lost = client.post("/feedback", json={"prediction_id": lost, "actual_endpoint": "POST /v1/invoices"})
+    # The same spec once more: stored this time, not believed stored after the rollback.
+    again = client.post("/predict", json=_body(spec=spec)).json()["prediction_id"]
+    fb_again = client.post("/feedback", json={"prediction_id": again, "actual_endpoint": "POST /v1/invoices"})
     assert _feedback(client).status_code == 200
+    with sqlite3.connect(f"file:{app['settings']['feedback_path']}?mode=ro", uri=True) as conn:
+        orphans = conn.execute("SELECT count(*) FROM predictions WHERE spec_hash NOT IN "
+                               "(SELECT spec_hash FROM specs)").fetchone()[0]
+    conn.close()
     record(
         "disk full",
         latency_ms=[round(t * 1000) for t in took],
@@ -691,9 +702,12 @@ def test_disk_full(client: httpx.Client, app, scratch, free_space_after) -> None
         health=status,
         feedback_status=fb.status_code,
         feedback=fb.text[:160],
+        lost_feedback=fb_lost.text[:160],
         l2=ingress["spec_cache"]["l2"]["state"],
         healthy_again_s=recovered,
     )
+    assert fb_lost.status_code == 503 and "was not stored" in fb_lost.json()["error"]["message"], fb_lost.text
+    assert fb_again.status_code == 200 and orphans == 0, (fb_again.text, orphans)
     assert left < 64 * 1024, left  # the disk was full
     assert fb.status_code == 503 and fb.headers.get("retry-after"), fb.text
     assert "feedback" in fb.json()["error"]["message"] and "full" in fb.json()["error"]["message"]
