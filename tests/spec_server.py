@@ -19,6 +19,7 @@ class Route:
     redirect_to: str | None = None  # answer 302 to this URL
     hang: bool = False  # read the request, never answer (until the server stops)
     stream_bytes: int = 0  # then send this many more bytes, without a Content-Length
+    headers: dict[str, str] | None = None  # more response headers (e.g. Content-Encoding)
 
 
 class SpecServer:
@@ -50,6 +51,8 @@ class SpecServer:
                     return
                 self.send_response(route.status)
                 self.send_header("Content-Type", route.content_type)
+                for name, value in (route.headers or {}).items():
+                    self.send_header(name, value)
                 if not route.stream_bytes:
                     self.send_header("Content-Length", str(len(route.body)))
                 self.end_headers()

@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -310,6 +311,17 @@ def _many_operations(n: int = 5000) -> dict[str, Any]:
     return {"openapi": "3.0.0", "info": {"title": "Huge", "version": "1"}, "paths": paths}
 
 
+def _gzip_gzip_bomb(decoded_mib: int = 64) -> bytes:
+    """``Content-Encoding: gzip, gzip``: a few hundred bytes on the wire, ``decoded_mib`` MiB
+    after both layers (httpx alone inflated each network chunk whole, every layer)."""
+
+    def gzip(chunks: Iterator[bytes]) -> bytes:
+        compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+        return b"".join([*(compressor.compress(c) for c in chunks), compressor.flush()])
+
+    return gzip(iter([gzip(b" " * (1 << 20) for _ in range(decoded_mib))]))
+
+
 def _spec_faults(specs: SpecServer) -> dict[str, tuple[str, int, float]]:
     """name → (spec_url, expected status, the most seconds it may take)."""
     good = json.dumps(billing_spec()).encode()
@@ -321,6 +333,11 @@ def _spec_faults(specs: SpecServer) -> dict[str, tuple[str, int, float]]:
         "huge, Content-Length": (specs.add("/f/huge.json", b" " * (SPEC_CAP + 1)), 413, quick),
         "huge, no Content-Length": (
             specs.add("/f/stream.json", b"{", stream_bytes=50 * SPEC_CAP),
+            413,
+            quick,
+        ),
+        "gzip, gzip bomb (64 MiB decoded)": (
+            specs.add("/f/bomb.json", _gzip_gzip_bomb(), headers={"Content-Encoding": "gzip, gzip"}),
             413,
             quick,
         ),
@@ -415,6 +432,40 @@ def test_spec_host_faults_get_the_documented_status_quickly_and_harm_no_replica(
     assert not failures, failures
     assert _health(client)["status"] == "ok"
     assert replicas(APP) == before  # no replica died or was replaced
+
+
+def test_a_non_http_port_gets_502_without_its_banner(client: httpx.Client) -> None:
+    """A spec_url naming a port that is not HTTP: 502 naming the kind of failure; the bytes it
+    sent instead of a status line (a banner, here naming an internal host) never come back."""
+    import socket
+    import threading
+
+    banner = b"SSH-2.0-OpenSSH_9.9 build-7.internal.example\r\n"
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve_banner() -> None:
+        server.settimeout(30)
+        try:
+            while True:
+                conn, _ = server.accept()
+                conn.recv(65536)  # the GET; a banner where the status line should be
+                conn.sendall(banner)
+                time.sleep(0.5)
+                conn.close()
+        except OSError:
+            return
+
+    threading.Thread(target=serve_banner, daemon=True).start()
+    try:
+        r = client.post("/predict", json=_body(spec=None, spec_url=f"http://127.0.0.1:{port}/spec.json"))
+    finally:
+        server.close()
+    assert r.status_code == 502, r.text
+    message = r.json()["error"]["message"]
+    assert "did not answer valid HTTP" in message, message
+    assert "SSH" not in r.text and "internal.example" not in r.text, r.text
+    record("non-HTTP port", status=r.status_code, message=message)
 
 
 # -- replicas killed under load ------------------------------------------------------------------
@@ -623,16 +674,27 @@ def test_disk_full(client: httpx.Client, app, scratch, free_space_after) -> None
     # file, and there will be no room to.
     _free(directory)
     wait_for(lambda: _ingress_health(client)[0] == "ok", 30, "healthy before the disk fills")
+    spec = _new_spec()  # first seen while the disk is full: its row goes with the rolled-back batch
     try:
         _fill(directory)
         left = shutil.disk_usage(directory).free
         took = _predict_new_specs(client, 4)
-        fb = _feedback(client)
+        lost = client.post("/predict", json=_body(spec=spec)).json()["prediction_id"]
+        fb = _feedback(client)  # its outcome's commit fails: lost's context failed before it
         status, ingress = _ingress_health(client)
     finally:
         _free(directory)
     recovered = _recovers(client, "space is freed")
+    # The prediction whose context the full disk lost: 503 saying so, not 404 "no prediction".
+    fb_lost = client.post("/feedback", json={"prediction_id": lost, "actual_endpoint": "POST /v1/invoices"})
+    # The same spec once more: stored this time, not believed stored after the rollback.
+    again = client.post("/predict", json=_body(spec=spec)).json()["prediction_id"]
+    fb_again = client.post("/feedback", json={"prediction_id": again, "actual_endpoint": "POST /v1/invoices"})
     assert _feedback(client).status_code == 200
+    with sqlite3.connect(f"file:{app['settings']['feedback_path']}?mode=ro", uri=True) as conn:
+        orphans = conn.execute("SELECT count(*) FROM predictions WHERE spec_hash NOT IN "
+                               "(SELECT spec_hash FROM specs)").fetchone()[0]
+    conn.close()
     record(
         "disk full",
         latency_ms=[round(t * 1000) for t in took],
@@ -640,9 +702,12 @@ def test_disk_full(client: httpx.Client, app, scratch, free_space_after) -> None
         health=status,
         feedback_status=fb.status_code,
         feedback=fb.text[:160],
+        lost_feedback=fb_lost.text[:160],
         l2=ingress["spec_cache"]["l2"]["state"],
         healthy_again_s=recovered,
     )
+    assert fb_lost.status_code == 503 and "was not stored" in fb_lost.json()["error"]["message"], fb_lost.text
+    assert fb_again.status_code == 200 and orphans == 0, (fb_again.text, orphans)
     assert left < 64 * 1024, left  # the disk was full
     assert fb.status_code == 503 and fb.headers.get("retry-after"), fb.text
     assert "feedback" in fb.json()["error"]["message"] and "full" in fb.json()["error"]["message"]

@@ -10,6 +10,7 @@ import random
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,8 +164,9 @@ def test_erasing_a_user_deletes_their_rows_and_every_prior_forgets_them(tmp_path
 
 def test_backup_while_writing_is_consistent_and_runs_as_a_command(tmp_path: Path) -> None:
     """tools.backup copies the feedback store while a writer commits predictions and outcomes
-    as fast as it can: the copy passes integrity_check and every outcome in it has its prediction
-    (one consistent state, not a torn file)."""
+    as fast as it can: the copy passes integrity_check, every outcome in it has its prediction
+    (one consistent state, not a torn file) and it holds every outcome acknowledged before it
+    began (a copy of the main file alone misses those still in the WAL)."""
     import subprocess
     import sys
     import threading
@@ -178,6 +180,7 @@ def test_backup_while_writing_is_consistent_and_runs_as_a_command(tmp_path: Path
     store = FeedbackStore(path)
     spec = _spec(0)
     stop = threading.Event()
+    acknowledged = [0]
 
     def write() -> None:
         i = 0
@@ -185,12 +188,17 @@ def test_backup_while_writing_is_consistent_and_runs_as_a_command(tmp_path: Path
             store.record_prediction(_ctx(f"w{i}", spec))
             store.record_outcome(f"w{i}", actual_endpoint="POST /v1/invoices")
             i += 1
+            acknowledged[0] = i
+
+    def backup(n: int) -> dict[str, Any]:
+        before = acknowledged[0]  # committed before the copy began: the copy must hold them
+        return {**backup_store(path, tmp_path / "out" / f"copy{n}.sqlite"), "before": before}
 
     writer = threading.Thread(target=write)
     writer.start()
     try:
         time.sleep(0.3)
-        copies = [backup_store(path, tmp_path / "out" / f"copy{n}.sqlite") for n in range(3)]
+        copies = [backup(n) for n in range(3)]
         run = subprocess.run([sys.executable, "-m", "tools.backup", "--out", str(tmp_path / "cli"),
                               "--data-dir", str(data)], cwd=PROJECT_ROOT, capture_output=True,
                              text=True, timeout=60)
@@ -205,7 +213,7 @@ def test_backup_while_writing_is_consistent_and_runs_as_a_command(tmp_path: Path
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         orphans = conn.execute("SELECT count(*) FROM outcomes WHERE prediction_id NOT IN "
                                "(SELECT prediction_id FROM predictions)").fetchone()[0]
-        assert orphans == 0 and copy["rows"]["outcomes"] > 0
+        assert orphans == 0 and copy["rows"]["outcomes"] >= copy["before"] > 0, copy
         conn.close()
     assert copies[-1]["rows"]["predictions"] >= copies[0]["rows"]["predictions"]
 

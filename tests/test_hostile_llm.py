@@ -99,3 +99,30 @@ def test_a_locked_answer_cache_is_skipped_then_used_again(tmp_path: Path) -> Non
     cache.put("after", [proposal])
     assert cache.get("after") == [proposal] and cache.get("during") is None
     cache.close()
+
+
+def test_answers_naming_only_invented_endpoints_leave_the_breaker_closed(tmp_path: Path) -> None:
+    """A server that answers well with a model that invents endpoints: each call falls back
+    (``no_valid``), but the server works, so the breaker must not open and stop asking it."""
+    from tests.llm_server import FakeLLMServer, Reply
+
+    invented = Reply.predictions([{"endpoint": "POST /invoices/{invoice_id}/teleport", "confidence": 0.9}])
+    with FakeLLMServer(default=invented) as server:
+        settings = Settings(data_dir=tmp_path, llm_base_url=server.base_url, llm_model="m",
+                            llm_breaker_failures=2, llm_breaker_reset_s=60)
+        op = Operation(method="GET", path="/invoices", operation_id="listInvoices", summary="List")
+
+        async def calls() -> list[str]:
+            gen = LLMGenerator(settings)
+            try:
+                reasons = []
+                for i in range(4):  # twice the failures that would open it; new prompts, no cache
+                    with pytest.raises(LLMUnavailable) as info:
+                        await gen.propose(shortlist=[op], history=[], prompt=f"p{i}", spec_hash="s", k=1)
+                    reasons.append(info.value.reason)
+                return [*reasons, gen.status()["breaker"]]
+            finally:
+                await gen.aclose()
+
+        assert asyncio.run(calls()) == ["no_valid"] * 4 + ["closed"]
+        assert len(server.requests) == 4  # every call reached the server
