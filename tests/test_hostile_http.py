@@ -251,6 +251,18 @@ def test_oversized_bodies_get_413_without_being_read(client: httpx.Client) -> No
     assert time.monotonic() - t0 < 20
 
 
+def test_a_declared_body_over_the_cap_is_refused_before_it_is_sent(client: httpx.Client, app) -> None:
+    """Content-Length over the cap and only the body's first bytes sent: the 413 comes from the
+    header alone (a cap counted only while reading would wait for the other 27 MB)."""
+    url = httpx.URL(app["url"])
+    head = (f"POST {url.path}/predict HTTP/1.1\r\nHost: {url.host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {27 * 2**20}\r\n\r\n").encode()
+    with socket.create_connection((url.host, url.port), timeout=30) as sock:
+        sock.sendall(head + b'{"user_id": "u", "spec": {"x": "')
+        answer = sock.recv(65536)  # nothing more is sent: without the check, no answer comes
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+
+
 @pytest.mark.parametrize(
     "raw",
     [
