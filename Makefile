@@ -74,7 +74,7 @@ test-faults: $(STAMP)
 	mkdir -p var && rm -f var/faults.jsonl
 	FAULTS_REPORT=var/faults.jsonl $(PY) -m pytest -q -s tests/test_hostile_properties.py \
 	    tests/test_faults_cluster.py tests/test_faults_model.py tests/test_hostile_http.py \
-	    tests/test_overload.py
+	    tests/test_overload.py tests/test_faults_admission.py tests/test_hostile_llm.py
 
 # Rebuilds the shipped model (ranker/models) from ../shared/data/jentic; prints the validation table.
 train: $(STAMP)
