@@ -6,6 +6,9 @@ workflow steps, each ranked by BM25 over the spec, by the generator's order and 
 Families (built from the VALIDATION APIs' workflows by :mod:`ranker.requests`; never trained on):
 
 - ``direct``: a step's own description as the request, no history, target = that step;
+- ``direct, one call``: the direct asks whose step needs no id that only an earlier step found
+  (:func:`ranker.requests.needs_found_id`): the issue's "direct requests (one call)", reported
+  beside ``direct``, not instead of it;
 - ``direct + values``: the same, carrying the values of its path and id parameters (from the
   workflow's inputs, or found by earlier steps: "(project 8f3a…)");
 - ``find id``: a later step's description whose id an earlier read yields and nobody has:
@@ -40,15 +43,19 @@ from core.scorer import RankerModel, default_model_path
 from core.settings import load_settings
 from ranker.data import Example, Workflow, examples
 from ranker.evaluate import build_groups, metrics_table, ranking_metrics, ranks_from_scores
-from ranker.requests import known_values, request_examples
+from ranker.requests import known_values, needs_found_id, request_examples
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "python -m benchmarks.requests"
 
 
 def families(workflows: Sequence[Workflow]) -> dict[str, list[Example]]:
+    by_id = {(w.api, w.workflow_id): w for w in workflows}
+    direct = list(request_examples(workflows, "direct"))
     return {
-        "direct": list(request_examples(workflows, "direct")),
+        "direct": direct,
+        "direct, one call": [e for e in direct if not needs_found_id(
+            e.spec, by_id[(e.api, e.workflow_id)], e.position)],
         "direct + values": list(request_examples(workflows, "direct_values")),
         "find id": list(request_examples(workflows, "find_id")),
         "workflow": list(examples(workflows)),

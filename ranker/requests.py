@@ -8,6 +8,7 @@
 - ``find_id``: a step needs an id that an earlier step's output gives (``$steps.x.outputs``) and
   nobody has yet: the later step's description (with its known values) as the prompt, the
   history before the earlier step, target = the earlier step's call, the read that finds it.
+  An id the earlier step was itself given is no find (:func:`found_ids`).
 
 The values are the ones :mod:`ranker.data` gives the steps, so a filled parameter can be checked
 against the value the step really passed.
@@ -20,10 +21,12 @@ from collections.abc import Iterable, Iterator
 from typing import Literal
 
 from core.spec.index import SpecIndex
-from core.vocabulary import is_id_name, param_entity, tokenize
+from core.spec.operations import Operation
+from core.vocabulary import is_id_name, is_version_entity, name_key, param_entity, tokenize
 from ranker.data import Example, Step, Workflow, history_of, load_spec
 
-__all__ = ["RequestKind", "request_examples", "known_values", "needs_found_id", "MAX_VALUES"]
+__all__ = ["RequestKind", "request_examples", "known_values", "found_ids", "needs_found_id",
+           "MAX_VALUES"]
 
 RequestKind = Literal["direct", "direct_values", "find_id"]
 MAX_VALUES = 3
@@ -45,10 +48,44 @@ def known_values(spec: SpecIndex, step: Step, *, with_found: bool = False) -> di
     return out
 
 
-def needs_found_id(spec: SpecIndex, step: Step) -> bool:
-    """Whether ``step`` takes an id that only an earlier step's output gave."""
+def _entity(name: str, op: Operation) -> str:
+    """What an id parameter of ``op`` is the id of ('' when nothing, or a version segment)."""
+    entity = param_entity(name, op.segments if name in op.path_params else ())
+    return "" if not entity or is_version_entity(entity) else entity
+
+
+def _given(spec: SpecIndex, earlier: Step, name: str, value: str | None, entity: str) -> bool:
+    """Whether ``earlier`` was itself given the id a later step takes from its output as
+    ``name``: the same value (its output echoes an input: ``zone_id`` of
+    ``GET /dns_zones/{zone_id}``), or, reading one thing by its id, an id of the same name or
+    the same entity (``server_id`` from ``GET /servers/{id}``). Whoever called it had the id."""
+    if value is not None and value in (*earlier.path_params.values(), *earlier.params.values()):
+        return True
+    op = spec.operations[spec.by_key[earlier.key]]
+    return op.role == "get" and bool(entity) and any(
+        _entity(p, op) == entity and (is_id_name(p) or name_key(p) == name_key(name))
+        for p in op.path_params)
+
+
+def found_ids(spec: SpecIndex, wf: Workflow, i: int) -> dict[str, int]:
+    """The ids step ``i`` of ``wf`` takes that an earlier step found and nobody had before it:
+    parameter name → that step's index. An id the earlier step was given (:func:`_given`) is
+    no find: the user or the history had it already."""
+    step = wf.steps[i]
     op = spec.operations[spec.by_key[step.key]]
-    return any(n in op.path_params or is_id_name(n) for n, _j in step.from_steps)
+    out: dict[str, int] = {}
+    for name, j in step.from_steps:
+        if not (name in op.path_params or is_id_name(name)):
+            continue
+        value = step.path_params.get(name) if name in op.path_params else step.params.get(name)
+        if not _given(spec, wf.steps[j], name, value, _entity(name, op)):
+            out[name] = j
+    return out
+
+
+def needs_found_id(spec: SpecIndex, wf: Workflow, i: int) -> bool:
+    """Whether step ``i`` of ``wf`` takes an id that only an earlier step's output gave."""
+    return bool(found_ids(spec, wf, i))
 
 
 def _render(description: str, spec: SpecIndex, step: Step, values: dict[str, str]) -> str:
@@ -85,7 +122,7 @@ def request_examples(
                     kind == "training" and _with_values(wf.api, wf.workflow_id, i))
                 # Asked without the id an earlier step found, the right next call is the one
                 # that finds it (the find_id asks): not a direct ask to train on.
-                if kind == "training" and not with_values and needs_found_id(spec, step):
+                if kind == "training" and not with_values and needs_found_id(spec, wf, i):
                     continue
                 values = known_values(spec, step, with_found=True) if with_values else {}
                 yield Example(api=wf.api, workflow_id=wf.workflow_id, spec=spec, history=(),
@@ -93,14 +130,12 @@ def request_examples(
                               target=step.key, source="request", position=i)
         if kind in ("find_id", "training"):
             done: set[int] = set()
-            for step in wf.steps:
+            for k, step in enumerate(wf.steps):
                 if not step.description:
                     continue
-                op = spec.operations[spec.by_key[step.key]]
-                for name, j in step.from_steps:
+                for j in dict.fromkeys(found_ids(spec, wf, k).values()):
                     finder = spec.operations[spec.by_key[wf.steps[j].key]]
-                    if (j in done or finder.role not in _FINDING_ROLES or finder.method != "GET"
-                            or not (name in op.path_params or is_id_name(name))):
+                    if j in done or finder.role not in _FINDING_ROLES or finder.method != "GET":
                         continue
                     done.add(j)
                     values = known_values(spec, step)

@@ -94,6 +94,83 @@ def test_the_destructive_vocabulary_covers_what_users_regret() -> None:
     assert [op.destructive for op in spec.operations] == [True, True, True, True, False]
 
 
+# -- the asks built from workflows (ranker.requests) ---------------------------------------------
+
+
+def _workflow_asks(tmp_path) -> list[Any]:
+    """Four workflows on one spec; in each the second step takes an id from the first's output."""
+    from ranker.data import parse_workflow_document
+
+    ok = {"200": {"description": "ok"}}
+    paths = {
+        "/dns_zones": {"get": {"operationId": "listZones", "summary": "List DNS zones",
+                               "responses": ok}},
+        "/dns_zones/{zone_id}": {"get": _op("Get a DNS zone", [_path("zone_id")], "getZone")},
+        "/dns_zones/{zone_id}/dns_records": {"get": _op("List the DNS records of a zone",
+                                                        [_path("zone_id")], "listRecords")},
+        "/servers/{id}": {"get": _op("Get a server", [_path("id")], "getServer")},
+        "/servers/{id}/actions/shutdown": {"post": {
+            **_op("Shut a server down", [_path("id")], "shutdown"),
+            "requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "properties": {"server_id": {"type": "string"}}}}}}}},
+        "/sentences/{id}": {"get": _op("Get a sentence", [_path("id")], "getSentence")},
+        "/books/{id}/sentences": {"get": _op("List a book's sentences", [_path("id")],
+                                             "bookSentences")},
+    }
+    spec_file = tmp_path / "openapi.json"
+    spec_file.write_text(json.dumps({"openapi": "3.0.3", "info": {"title": "t", "version": "1"},
+                                     "paths": paths}))
+
+    def step(sid: str, op: str, params: dict[str, str], outputs: dict[str, str] | None = None,
+             body: dict[str, str] | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"stepId": sid, "operationId": op, "description": f"Do {sid}.",
+                               "parameters": [{"name": n, "in": "path", "value": v}
+                                              for n, v in params.items()]}
+        if outputs:
+            out["outputs"] = outputs
+        if body:
+            out["requestBody"] = {"contentType": "application/json", "payload": body}
+        return out
+
+    def workflow(wid: str, *steps: dict[str, Any]) -> dict[str, Any]:
+        return {"workflowId": wid, "summary": wid, "steps": list(steps)}
+
+    doc = {"sourceDescriptions": [{"name": "s", "url": "./openapi.json", "type": "openapi"}],
+           "workflows": [
+        # the zone read by the id the user gives, its output that very id: nothing is found
+        workflow("echo", step("zone", "getZone", {"zone_id": "$inputs.zone_id"},
+                              {"zone_id": "$response.body#/id"}),
+                 step("records", "listRecords", {"zone_id": "$steps.zone.outputs.zone_id"})),
+        # the server read by its id, its output the server's id: the user had it
+        workflow("same", step("server", "getServer", {"id": "$inputs.id"},
+                              {"server_id": "$response.body#/id"}),
+                 step("stop", "shutdown", {"id": "$inputs.id"},
+                      body={"server_id": "$steps.server.outputs.server_id"})),
+        # the zones listed: the zone's id is found
+        workflow("list", step("zones", "listZones", {}, {"zone_id": "$response.body#/0/id"}),
+                 step("records", "listRecords", {"zone_id": "$steps.zones.outputs.zone_id"})),
+        # a sentence read by its id gives its book's id: another thing's id is found
+        workflow("other", step("sentence", "getSentence", {"id": "$inputs.id"},
+                                {"book_id": "$response.body#/book/id"}),
+                 step("book", "bookSentences", {"id": "$steps.sentence.outputs.book_id"})),
+    ]}
+    return parse_workflow_document(doc, api="t", root=tmp_path)
+
+
+def test_an_id_the_finder_was_given_is_no_find(tmp_path) -> None:
+    """A find-id ask's read gives an id nobody had: not one the read was itself called with
+    (its output echoing it, or a read of one thing by its id giving that thing's id)."""
+    from ranker.data import load_spec
+    from ranker.requests import needs_found_id, request_examples
+
+    workflows = _workflow_asks(tmp_path)
+    asks = list(request_examples(workflows, "find_id"))
+    assert [(e.workflow_id, e.target) for e in asks] == [
+        ("list", "GET /dns_zones"), ("other", "GET /sentences/{id}")]
+    spec = load_spec(workflows[0].spec_path)
+    assert [needs_found_id(spec, wf, 1) for wf in workflows] == [False, False, True, True]
+
+
 # -- the shipped model on the kinds of asks that went wrong ---------------------------------------
 
 
@@ -194,7 +271,7 @@ def test_no_family_of_requests_below_bm25(validation) -> None:
     model = RankerModel.load()
     results = evaluate(validation.workflows, generator=generator, extractor=extractor,
                        score=model.raw_scores)
-    assert set(results) == {"direct", "direct + values", "find id", "workflow"}
+    assert set(results) == {"direct", "direct, one call", "direct + values", "find id", "workflow"}
     assert all(r["service"]["n"] > 150 for r in results.values()), results
     assert below_bm25(results) == [], results
     # the guard can fail: ranking against the generator's own order is below BM25 on some family
