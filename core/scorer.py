@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,16 +294,21 @@ class _Scorer:
         return self.calibration.probabilities(raw, group_sizes)
 
     def score_groups(
-        self, groups: Sequence[np.ndarray], *, explain_top: int = 5, contributions: bool = True
+        self, groups: Sequence[np.ndarray], *, explain_top: int | Sequence[int] = 5,
+        contributions: bool = True,
     ) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """(probabilities, contributions) per group, with one stacked model call for all groups.
 
         Contributions (a gather per tree, ~0.05 ms a row) are computed only for each group's
-        ``explain_top`` best candidates — pass the request's ``k``; other rows are NaN, and
-        :func:`explain` then falls back to what it can say without them. ``contributions=False``
-        skips them altogether (``None``), e.g. to compute them later for chosen rows only.
+        ``explain_top`` best candidates — pass the request's ``k``, or one ``k`` per group; other
+        rows are NaN, and :func:`explain` then falls back to what it can say without them.
+        ``contributions=False`` skips them altogether (``None``), e.g. to compute them later for
+        chosen rows only.
         """
-        if explain_top < 0:
+        tops_k = [explain_top] * len(groups) if isinstance(explain_top, int) else list(explain_top)
+        if len(tops_k) != len(groups):
+            raise ValueError(f"{len(groups)} groups but {len(tops_k)} values of explain_top")
+        if any(k < 0 for k in tops_k):
             raise ValueError(f"explain_top must be >= 0, got {explain_top}")
         width = len(FEATURE_NAMES)
         sizes = [len(g) for g in groups]
@@ -311,19 +316,23 @@ class _Scorer:
             return [(np.zeros(0), np.zeros((0, width + 1)) if contributions else None)
                     for _ in groups]
         X = np.vstack([np.asarray(g, np.float32).reshape(-1, width) for g in groups])
-        raw = self.raw_scores(X)
+        raw, explain_rows = self._scored(X)
         probs = self.probabilities(raw, sizes)
         bounds = np.concatenate([[0], np.cumsum(sizes)])
         if not contributions:
             return [(probs[s:e], None) for s, e in zip(bounds[:-1], bounds[1:], strict=True)]
         top = np.concatenate([
-            s + np.argsort(-probs[s:e], kind="stable")[:explain_top]
-            for s, e in zip(bounds[:-1], bounds[1:], strict=True)
+            s + np.argsort(-probs[s:e], kind="stable")[:k]
+            for s, e, k in zip(bounds[:-1], bounds[1:], tops_k, strict=True)
         ]).astype(int)
         contrib = np.full((len(X), width + 1), np.nan)
         if len(top):
-            contrib[top] = self.contributions(X[top])
+            contrib[top] = explain_rows(top)
         return [(probs[s:e], contrib[s:e]) for s, e in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def _scored(self, X: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+        """The raw scores of ``X``'s rows, and the contributions of some of them by row index."""
+        return self.raw_scores(X), lambda rows: self.contributions(X[rows])
 
     @staticmethod
     def _check_X(X: np.ndarray) -> np.ndarray:
@@ -408,6 +417,25 @@ class RankerModel(_Scorer):
         contrib = leaves.contributions(self._booster, X)
         contrib[:, _DWI] += _policy(X)
         return contrib
+
+    def _scored(self, X: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+        """One pass over the trees for both: the leaves every row reaches give its raw score (the
+        same sum as ``predict``, bit for bit) and, for the rows explained, their contributions;
+        ~0.2 ms a request less than a predict of every row and a second one of the shown rows."""
+        leaves = self.ensure_loaded()._leaves
+        assert leaves is not None  # set by ensure_loaded
+        if not leaves.raw_output:
+            return super()._scored(X)
+        X = self._check_X(X)
+        reached = leaves.leaves(self._booster, X)
+        policy = _policy(X)
+
+        def explain_rows(rows: np.ndarray) -> np.ndarray:
+            contrib = leaves.contributions_of(reached[rows])
+            contrib[:, _DWI] += policy[rows]
+            return contrib
+
+        return leaves.raw(reached) + policy, explain_rows
 
 
 # Policy, not learned: a destructive operation the prompt doesn't ask for goes below every

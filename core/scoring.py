@@ -3,7 +3,8 @@
 The ranker's per-feature contributions cost more than its predict (~0.05 ms a row from the leaf
 table of :mod:`core.saabas`, against ~1.3 ms for TreeSHAP); a response shows at most ``k``
 candidates, so only those ``k`` rows of each group are explained (benchmarks/SERVING.md). Rows
-are stacked across the groups of a batch: one predict call and one contributions call per batch.
+are stacked across the groups of a batch: one model call per batch (the trained ranker reads
+both the scores and the shown rows' contributions from one pass over its trees).
 The Ranker deployment and the in-process pipeline both use this, so they do the same work.
 
 After the model, :func:`after_model` blends in what the model was not trained on (the LLM's
@@ -28,7 +29,8 @@ __all__ = ["Scorer", "TopK", "top_rows", "unexplained_rows", "score_top_k", "exp
 
 class Scorer(Protocol):
     def score_groups(
-        self, groups: Sequence[np.ndarray], *, contributions: bool = True
+        self, groups: Sequence[np.ndarray], *, explain_top: int | Sequence[int] = 5,
+        contributions: bool = True,
     ) -> list[tuple[np.ndarray, np.ndarray | None]]: ...
 
     def contributions(self, X: np.ndarray) -> np.ndarray: ...
@@ -60,18 +62,13 @@ def score_top_k(ranker: Scorer, groups: Sequence[np.ndarray], ks: Sequence[int])
     """Every group scored; contributions for each group's top ``k`` rows only, in one call."""
     if len(groups) != len(ks):
         raise ValueError(f"{len(groups)} groups but {len(ks)} values of k")
-    scored = ranker.score_groups(groups, contributions=False)
-    tops = [top_rows(probs, k) for (probs, _), k in zip(scored, ks, strict=True)]
-    picked = [np.asarray(g)[t] for g, t in zip(groups, tops, strict=True)]
-    counts = [len(t) for t in tops]
-    if sum(counts):
-        contrib = ranker.contributions(np.vstack([p for p in picked if len(p)]))
-    else:
-        contrib = np.zeros((0, 0))
-    out, start = [], 0
-    for (probs, _), top, rows, n in zip(scored, tops, picked, counts, strict=True):
-        out.append(TopK(probs=probs, top=top, features_top=rows, contribs_top=contrib[start: start + n]))
-        start += n
+    # One model call: the scorer explains each group's top k rows (NaN elsewhere, never read).
+    scored = ranker.score_groups(groups, explain_top=ks)
+    out = []
+    for g, (probs, contrib), k in zip(groups, scored, ks, strict=True):
+        top = top_rows(probs, k)
+        assert contrib is not None
+        out.append(TopK(probs=probs, top=top, features_top=np.asarray(g)[top], contribs_top=contrib[top]))
     return out
 
 

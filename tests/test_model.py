@@ -175,6 +175,24 @@ def test_scores_are_probabilities_non_increasing_with_rank(model, pipeline, spec
     np.testing.assert_array_equal(probs3, probs)
 
 
+def test_one_pass_scoring_is_predict_and_contributions_bit_for_bit(model, pipeline, spec) -> None:
+    """score_groups reads scores and the shown rows' contributions from one pass over the trees
+    (the leaves each row reaches): the same numbers as a predict of every row and the
+    contributions of the explained rows, bit for bit, per-group k included."""
+    _, extractor = pipeline
+    cands = [Candidate(index=i) for i in range(len(spec))]
+    groups = [extractor.extract(spec, [spec.resolve("GET /v1/invoices")], prompt, cands)
+              for prompt in ("pay an invoice", "delete the customer", None)]
+    scored = model.score_groups(groups, explain_top=[3, 1, 5])
+    raw = model.raw_scores(np.vstack(groups))
+    assert model.probabilities(raw, [len(g) for g in groups]).tobytes() == np.concatenate(
+        [p for p, _ in scored]).tobytes()
+    for g, (probs, contribs), k in zip(groups, scored, [3, 1, 5], strict=True):
+        shown = np.argsort(-probs, kind="stable")[:k]
+        assert sorted(np.flatnonzero(~np.isnan(contribs).any(1))) == sorted(shown.tolist())
+        assert contribs[shown].tobytes() == model.contributions(g[shown]).tobytes()
+
+
 def test_calibration_fit_is_monotone_and_reduces_error() -> None:
     rng = np.random.default_rng(0)
     sizes = [10] * 400

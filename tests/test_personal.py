@@ -273,13 +273,16 @@ def test_the_blend_after_the_model_explains_the_rows_it_moves_up(tmp_path) -> No
     feed = PriorFeed(TransitionPrior(weight=0.9, shrink=1.0), settings.feedback_db_path)
     pipeline = Pipeline(settings, feedback=store, prior=feed.prior)
     explained: list[int] = []
-    contributions = pipeline.c.ranker.contributions
+    # Every row explained, by the model's one pass (its top k) or afterwards, goes through the
+    # leaf table (core/saabas.py).
+    leaves = pipeline.c.ranker.ensure_loaded()._leaves
+    contributions_of = leaves.contributions_of
 
-    def counting(X: np.ndarray) -> np.ndarray:
-        explained.append(len(X))
-        return contributions(X)
+    def counting(reached: np.ndarray) -> np.ndarray:
+        explained.append(len(reached))
+        return contributions_of(reached)
 
-    pipeline.c.ranker.contributions = counting  # type: ignore[method-assign]
+    leaves.contributions_of = counting  # type: ignore[method-assign]
 
     def request(user: str, k: int) -> PredictRequest:
         return PredictRequest(user_id=user, spec=billing_spec(), events=[{"endpoint": "GET /v1/invoices"}],

@@ -63,3 +63,23 @@ def test_the_sparse_sum_is_the_dense_sum_bit_for_bit(booster) -> None:
     reached = np.asarray(booster.predict(X, pred_leaf=True), np.int64) + leaves.offsets
     dense = leaves.table[reached].sum(axis=1, dtype=np.float64)
     assert leaves.contributions(booster, X)[:, :-1].tobytes() == dense.tobytes()
+
+
+def test_the_leaves_sum_is_predict_bit_for_bit(booster) -> None:
+    """Scores read from the leaves (one pass over the trees serves scores and contributions) are
+    LightGBM's own, bit for bit: its leaf values added in tree order from 0.0, for many rows and
+    for one (where numpy's own sum would add pairwise)."""
+    X = np.random.default_rng(4).normal(size=(300, 4)).astype(np.float32)
+    leaves = LeafContributions.from_booster(booster)
+    assert leaves.raw_output  # lambdarank: predict is the raw sum
+    for rows in (X, X[:1], X[:7]):
+        reached = leaves.leaves(booster, rows)
+        assert leaves.raw(reached).tobytes() == np.asarray(booster.predict(rows), np.float64).tobytes()
+        assert leaves.contributions_of(reached).tobytes() == leaves.contributions(booster, rows).tobytes()
+
+
+def test_a_link_function_is_not_a_raw_sum() -> None:
+    X = np.random.default_rng(5).normal(size=(200, 3)).astype(np.float32)
+    binary = lgb.train({"objective": "binary", "verbosity": -1, "num_threads": 1},
+                       lgb.Dataset(X, label=(X[:, 0] > 0).astype(float)), num_boost_round=3)
+    assert not LeafContributions.from_booster(binary).raw_output

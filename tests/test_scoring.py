@@ -12,16 +12,32 @@ from core.scoring import blend_llm, expand_rows, score_top_k, top_rows
 
 
 class LinearScorer:
-    """A stand-in ranker: score = sum of the row; contributions = the row itself plus a bias."""
+    """A stand-in ranker: score = sum of the row; contributions = the row itself plus a bias.
+    Explains each group's top ``explain_top`` rows as the trained ranker does (core/scorer.py),
+    counting the rows it explains and the calls."""
 
     def __init__(self) -> None:
         self.explained_rows = 0
+        self.calls = 0
 
     def score_groups(
-        self, groups: Sequence[np.ndarray], *, contributions: bool = True
+        self, groups: Sequence[np.ndarray], *, explain_top: int | Sequence[int] = 5,
+        contributions: bool = True,
     ) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        assert not contributions, "score_top_k must not ask for every row's contributions"
-        return [(np.asarray(g, np.float64).sum(axis=1), None) for g in groups]
+        self.calls += 1
+        ks = [explain_top] * len(groups) if isinstance(explain_top, int) else list(explain_top)
+        out: list[tuple[np.ndarray, np.ndarray | None]] = []
+        for g, k in zip(groups, ks, strict=True):
+            g = np.asarray(g, np.float64)
+            probs = g.sum(axis=1)
+            if not contributions:
+                out.append((probs, None))
+                continue
+            contrib = np.full((len(g), g.shape[1] + 1), np.nan)
+            top = np.argsort(-probs, kind="stable")[:k]
+            contrib[top] = self.contributions(g[top])
+            out.append((probs, contrib))
+        return out
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
         self.explained_rows += len(X)
@@ -34,6 +50,7 @@ def test_only_the_top_k_rows_are_explained_in_one_call() -> None:
     scorer = LinearScorer()
     out = score_top_k(scorer, groups, [5, 3, 5])
     assert scorer.explained_rows == 8
+    assert scorer.calls == 1
     for g, o, k in zip(groups, out, [5, 3, 5], strict=True):
         assert np.array_equal(o.top, top_rows(g.sum(axis=1), k))
         assert np.array_equal(o.features_top, g[o.top])
