@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -93,3 +94,28 @@ def spec_server() -> Iterator[SpecServer]:
         server.stopping.set()
         server.httpd.shutdown()
         server.httpd.server_close()
+
+
+@contextmanager
+def banner_server(banner: bytes, *, accept_timeout_s: float = 30.0) -> Iterator[int]:
+    """A loopback port that is not HTTP: each connection's request is read and answered with
+    ``banner`` where a status line should be. Yields the port; closed on exit."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        server.settimeout(accept_timeout_s)
+        try:
+            while True:
+                conn, _ = server.accept()
+                conn.recv(65536)  # the GET, then a banner where an HTTP status line should be
+                conn.sendall(banner)
+                time.sleep(0.5)
+                conn.close()
+        except OSError:
+            return
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()

@@ -26,7 +26,7 @@ import pytest
 from deployments.serving.resources import deployment_options
 from tests.faults import Load, kill_replica, percentile, record, replicas, statuses, wait_for
 from tests.llm_server import FakeLLMServer, Reply
-from tests.spec_server import SpecServer, spec_server
+from tests.spec_server import SpecServer, banner_server, spec_server
 from tests.specs import billing_spec, yaml_alias_bomb
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow, pytest.mark.faults]
@@ -437,30 +437,9 @@ def test_spec_host_faults_get_the_documented_status_quickly_and_harm_no_replica(
 def test_a_non_http_port_gets_502_without_its_banner(client: httpx.Client) -> None:
     """A spec_url naming a port that is not HTTP: 502 naming the kind of failure; the bytes it
     sent instead of a status line (a banner, here naming an internal host) never come back."""
-    import socket
-    import threading
-
     banner = b"SSH-2.0-OpenSSH_9.9 build-7.internal.example\r\n"
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-
-    def serve_banner() -> None:
-        server.settimeout(30)
-        try:
-            while True:
-                conn, _ = server.accept()
-                conn.recv(65536)  # the GET; a banner where the status line should be
-                conn.sendall(banner)
-                time.sleep(0.5)
-                conn.close()
-        except OSError:
-            return
-
-    threading.Thread(target=serve_banner, daemon=True).start()
-    try:
+    with banner_server(banner) as port:
         r = client.post("/predict", json=_body(spec=None, spec_url=f"http://127.0.0.1:{port}/spec.json"))
-    finally:
-        server.close()
     assert r.status_code == 502, r.text
     message = r.json()["error"]["message"]
     assert "did not answer valid HTTP" in message, message

@@ -22,7 +22,7 @@ from hypothesis.errors import Unsatisfiable
 from deployments.serving.schemas import PredictResponse
 from tests.faults import HEALTH_MAX_MS, HealthProbe, record
 from tests.llm_server import FakeLLMServer, Reply
-from tests.spec_server import SpecServer, spec_server
+from tests.spec_server import SpecServer, banner_server, spec_server
 from tests.specs import billing_spec
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow, pytest.mark.faults]
@@ -422,27 +422,8 @@ def test_no_secret_or_traceback_in_the_logs(client: httpx.Client, app) -> None:
 def test_a_non_http_port_banner_is_not_echoed() -> None:
     """A spec_url pointing at a service that is not HTTP: its banner bytes must not come back
     (httpx's error quotes them); the answer names the kind of failure only."""
-    import threading
-
     banner = b"SSH-2.0-OpenSSH_9.9 secret-internal-banner\r\n"
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-
-    def serve_banner() -> None:
-        server.settimeout(10)
-        try:
-            while True:
-                conn, _ = server.accept()
-                conn.recv(65536)  # the GET, then a banner where an HTTP status line should be
-                conn.sendall(banner)
-                time.sleep(0.5)
-                conn.close()
-        except OSError:
-            return
-
-    thread = threading.Thread(target=serve_banner, daemon=True)
-    thread.start()
-    try:
+    with banner_server(banner, accept_timeout_s=10) as port:
         # loopback is refused by this app (the production default): the fetcher the Ingress
         # uses is asked directly, with private hosts allowed
         from core.errors import SpecFetchFailed
@@ -462,8 +443,6 @@ def test_a_non_http_port_banner_is_not_echoed() -> None:
         import asyncio
 
         message = asyncio.run(fetch())
-    finally:
-        server.close()
     assert "did not answer valid HTTP" in message, message
     assert "secret-internal-banner" not in message and "SSH" not in message, message
 
