@@ -33,6 +33,7 @@ from core.features import (
     FEATURE_VERSION,
 )
 from core.saabas import LeafContributions
+from core.scoring import top_rows
 from core.settings import SHIPPED_MODELS_DIR
 
 __all__ = [
@@ -322,7 +323,7 @@ class _Scorer:
         if not contributions:
             return [(probs[s:e], None) for s, e in zip(bounds[:-1], bounds[1:], strict=True)]
         top = np.concatenate([
-            s + np.argsort(-probs[s:e], kind="stable")[:k]
+            s + top_rows(probs[s:e], k)  # the rows the response shows
             for s, e, k in zip(bounds[:-1], bounds[1:], tops_k, strict=True)
         ]).astype(int)
         contrib = np.full((len(X), width + 1), np.nan)
