@@ -42,10 +42,15 @@ def known_values(spec: SpecIndex, step: Step, *, with_found: bool = False) -> di
     names = [*step.from_inputs, *(n for n, _j in step.from_steps if with_found)]
     out: dict[str, str] = {}
     for name in names:
-        value = step.path_params.get(name) if name in op.path_params else step.params.get(name)
+        value = _value(op, step, name)
         if value and (name in op.path_params or is_id_name(name)) and len(out) < MAX_VALUES:
             out[name] = value
     return out
+
+
+def _value(op: Operation, step: Step, name: str) -> str | None:
+    """The value ``step`` passed as its parameter ``name`` of ``op``."""
+    return step.path_params.get(name) if name in op.path_params else step.params.get(name)
 
 
 def _entity(name: str, op: Operation) -> str:
@@ -77,8 +82,7 @@ def found_ids(spec: SpecIndex, wf: Workflow, i: int) -> dict[str, int]:
     for name, j in step.from_steps:
         if not (name in op.path_params or is_id_name(name)):
             continue
-        value = step.path_params.get(name) if name in op.path_params else step.params.get(name)
-        if not _given(spec, wf.steps[j], name, value, _entity(name, op)):
+        if not _given(spec, wf.steps[j], name, _value(op, step, name), _entity(name, op)):
             out[name] = j
     return out
 

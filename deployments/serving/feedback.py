@@ -599,8 +599,6 @@ class FeedbackStore(FeedbackReader, ContextQueue):
         self._thread = threading.Thread(target=self._run, name="feedback-writer", daemon=True)
         self._thread.start()
 
-    # -- the hot path -------------------------------------------------------------------------
-
     # -- outcomes -----------------------------------------------------------------------------
 
     def submit_outcome(

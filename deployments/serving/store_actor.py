@@ -267,8 +267,6 @@ class StoreClient(ContextQueue):
         self._thread = threading.Thread(target=self._run, name="feedback-sender", daemon=True)
         self._thread.start()
 
-    # -- the hot path -------------------------------------------------------------------------
-
     # -- calls with a deadline ----------------------------------------------------------------
 
     async def _call(self, ref: Any) -> Any:
