@@ -11,8 +11,10 @@ compared with the step's own values, per location (path / query / body):
 * **unverifiable**: filled, but the step's value is unknown: the workflow does not pass the param,
   or passes an expression the data cannot resolve (``$response...``, a dangling ``$steps`` ref,
   text with an embedded expression); or the filled value is one the data made up for an earlier
-  step (a response's value, an undeclared path input), which may or may not be the step's.
-  These count neither way;
+  step (a response's value, an undeclared path input), which may or may not be the step's; or a
+  value the request gives in words (an enum member, an ISO code: :mod:`core.coded_values`) for a
+  parameter the workflow takes from an input, whose value the data does not hold. These count
+  neither way;
 * **missing_but_known**: not filled, though the step passes a known value that an earlier call of
   the history shows (the value was there to take);
 * **from the request**: of the filled (and of the wrong), those the request itself names
@@ -44,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from core.candidates.retrieval import RetrievalGenerator
+from core.coded_values import coded_fills
 from core.features import FeatureExtractor
 from core.params import fill_params, param_sources
 from core.priors.transitions import load_transitions
@@ -194,12 +197,15 @@ def measure(jentic_dir: Path, k: int = 5, split: str = "valid") -> dict[str, Any
             made_up = set().union(*made[: ex.position]) - set().union(*sure[: ex.position])
             params, _missing = fill_params(op, ex.history, prompt=ex.prompt)
             asked = request_fills(op, request_values(ex.prompt))
+            coded = coded_fills(op, ex.prompt, filled=asked)
+            asked = {**asked, **coded}
             for name, value in params.items():
                 c = counts[_location(locations, name)]
                 c["filled"] += 1
                 c["filled_from_request"] += name in asked
                 if name not in true or not known.get(name, False) or (
-                        str(value) != str(true[name]) and str(value) in made_up):
+                        str(value) != str(true[name]) and str(value) in made_up) or (
+                        name in coded and str(true[name]) in inputs):
                     c["unverifiable"] += 1
                 elif str(value) == str(true[name]):
                     c["correct"] += 1

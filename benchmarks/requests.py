@@ -37,8 +37,10 @@ import numpy as np
 
 from benchmarks.ranking import bm25_rank, held_out
 from core.candidates.retrieval import RetrievalGenerator
+from core.coded_values import coded_fills
 from core.features import FeatureExtractor
 from core.params import fill_params
+from core.request import request_fills, request_values
 from core.scorer import RankerModel, default_model_path
 from core.settings import load_settings
 from ranker.data import Example, Workflow, examples
@@ -63,21 +65,28 @@ def families(workflows: Sequence[Workflow]) -> dict[str, list[Example]]:
 
 
 def params_quality(items: Sequence[Example], workflows: Sequence[Workflow]) -> dict[str, Any]:
-    """Of the values the request carries for its target: filled right, filled wrong, not filled."""
+    """Of the values the request carries for its target: filled right, filled wrong, not filled.
+    A value the request gives in words (an enum member, an ISO code: :mod:`core.coded_values`)
+    for a parameter the workflow takes from an input is unverifiable: the data holds no value
+    for the input."""
     by_id = {(w.api, w.workflow_id): w for w in workflows}
-    right = wrong = given = 0
+    right = wrong = given = unverifiable = 0
     for ex in items:
         step = by_id[(ex.api, ex.workflow_id)].steps[ex.position]
         truth = {**step.params, **step.path_params}
         given += len(known_values(ex.spec, step, with_found=True))
         op = ex.spec.operations[ex.spec.by_key[ex.target]]
         params, _missing = fill_params(op, ex.history, prompt=ex.prompt)
+        coded = coded_fills(op, ex.prompt, filled=request_fills(op, request_values(ex.prompt)))
         for name, value in params.items():
-            if name in truth:
+            if name in coded and name in step.from_inputs:
+                unverifiable += 1
+            elif name in truth:
                 right += str(value) == truth[name]
                 wrong += str(value) != truth[name]
     filled = right + wrong
     return {"values_given": given, "filled": filled, "right": right, "wrong": wrong,
+            "coded_unverifiable": unverifiable,
             "precision": right / filled if filled else float("nan"),
             "recall": right / given if given else float("nan")}
 
@@ -126,7 +135,9 @@ def run(*, jentic_dir: Path, model_path: Path) -> dict[str, Any]:
                        "seconds": round(time.perf_counter() - started, 1)}
     tables.append(f"**params filled from the request (direct + values, the target's params)**\n\n"
                   f"values given {p['values_given']}, filled {p['filled']}, right {p['right']}, "
-                  f"wrong {p['wrong']}: precision {p['precision']:.3f}, recall {p['recall']:.3f}")
+                  f"wrong {p['wrong']}: precision {p['precision']:.3f}, recall {p['recall']:.3f}; "
+                  f"unverifiable {p['coded_unverifiable']} (an enum member or ISO code the request "
+                  f"names, for a workflow input the data holds no value of)")
     results["markdown"] = "\n\n".join(tables)
     return results
 

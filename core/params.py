@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from core.coded_values import coded_fills
 from core.features import IdSource, held_ids, matching_ids
 from core.request import request_fills, request_values, type_fits
 from core.spec.index import Call
@@ -169,6 +170,8 @@ def fill_params(
     # What the request itself names wins: "delete the message 1234567" means that message,
     # whatever message the events last showed.
     params: dict[str, Any] = request_fills(operation, request_values(prompt))
+    # and what it gives in words the spec codes: "closed" of a state enum, "France" as FR
+    params.update(coded_fills(operation, prompt, filled=params))
     missing: list[str] = []
     placed = _placed(history)
     held = held_ids(placed)

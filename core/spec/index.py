@@ -13,7 +13,9 @@ from core.spec.operations import Operation, Param
 
 __all__ = ["SpecIndex", "Call", "parse_endpoint"]
 
-FORMAT_VERSION = 1
+# 2: a parameter carries its enum. Version 1 still reads (the feedback store keeps indexes).
+FORMAT_VERSION = 2
+_READABLE = (1, 2)
 METHODS = frozenset("GET PUT POST DELETE PATCH HEAD OPTIONS TRACE".split())
 
 
@@ -91,7 +93,7 @@ class SpecIndex:
                 op.summary,
                 op.description,
                 list(op.tags),
-                [[p.name, p.location, p.required, p.type] for p in op.params],
+                [[p.name, p.location, p.required, p.type, list(p.enum)] for p in op.params],
                 list(op.returns_ids),
             ]
             for op in self.operations
@@ -108,8 +110,8 @@ class SpecIndex:
     @classmethod
     def from_bytes(cls, data: bytes) -> SpecIndex:
         doc = json.loads(data)
-        if doc.get("v") != FORMAT_VERSION:
-            raise ValueError(f"spec index format {doc.get('v')!r}, expected {FORMAT_VERSION}")
+        if doc.get("v") not in _READABLE:
+            raise ValueError(f"spec index format {doc.get('v')!r}, expected one of {_READABLE}")
         ops = tuple(
             Operation(
                 method=m,
@@ -118,7 +120,8 @@ class SpecIndex:
                 summary=s,
                 description=d,
                 tags=tuple(t),
-                params=tuple(Param(name=n, location=loc, required=r, type=ty) for n, loc, r, ty in ps),
+                params=tuple(Param(n, loc, r, ty, tuple(rest[0]) if rest else ())
+                             for n, loc, r, ty, *rest in ps),
                 returns_ids=tuple(ret),
             )
             for m, p, oid, s, d, t, ps, ret in doc["ops"]

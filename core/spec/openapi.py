@@ -32,6 +32,11 @@ MAX_SCHEMA_VISITS = 200  # per operation and per walk: bounds work on cyclic or 
 MAX_OPERATIONS = 5_000
 MAX_PARAMS = 100_000
 MAX_PARAMS_PER_OPERATION = 2_000
+# A parameter's enum is kept when short enough to match a request's words against; past the
+# spec-wide budget further enums are dropped (they only help fill params), never refused.
+MAX_ENUM_VALUES = 32
+MAX_ENUM_VALUE_CHARS = 40
+MAX_ENUM_VALUES_PER_SPEC = 20_000
 SUMMARY_CHARS = 200
 DESCRIPTION_CHARS = 400
 
@@ -124,6 +129,18 @@ class _Caps:
         self.max_params_per_operation = params_per_operation
         self.operations = 0
         self.params = 0
+        self.enum_values_left = MAX_ENUM_VALUES_PER_SPEC
+
+    def enum(self, schema: Any) -> tuple[str, ...]:
+        """The string values ``schema`` enumerates, within the caps (else none)."""
+        values = schema.get("enum") if isinstance(schema, dict) else None
+        if not isinstance(values, list) or not 0 < len(values) <= MAX_ENUM_VALUES:
+            return ()
+        kept = tuple(v for v in values if isinstance(v, str) and 0 < len(v) <= MAX_ENUM_VALUE_CHARS)
+        if len(kept) > self.enum_values_left:
+            return ()
+        self.enum_values_left -= len(kept)
+        return kept
 
     def add_operation(self) -> None:
         self.operations += 1
@@ -214,7 +231,7 @@ def _operations(
             own = _list(op.get("parameters"))
             params = _params([*shared, *own], refs, caps)
             if not swagger2:
-                params.update(_body_params(op.get("requestBody"), refs))
+                params.update(_body_params(op.get("requestBody"), refs, caps))
             caps.check_operation_params(len(params))
             caps.add_params(len(params))
             tags = _list(op.get("tags"))
@@ -252,7 +269,7 @@ def _params(raw: list[Any], refs: _Refs, caps: _Caps) -> dict[tuple[str, str], P
             continue
         location = str(p.get("in") or "query")
         if location == "body":  # Swagger 2.0 body: its schema's properties are the parameters
-            params.update(_schema_params(p.get("schema"), refs))
+            params.update(_schema_params(p.get("schema"), refs, caps))
             continue
         schema = refs.deref(p.get("schema")) if isinstance(p.get("schema"), dict) else p
         params[(p["name"], location)] = Param(
@@ -260,24 +277,26 @@ def _params(raw: list[Any], refs: _Refs, caps: _Caps) -> dict[tuple[str, str], P
             location=location,
             required=bool(p.get("required")) or location == "path",
             type=_type(schema),
+            enum=caps.enum(schema),
         )
     return params
 
 
-def _body_params(body: Any, refs: _Refs) -> dict[tuple[str, str], Param]:
+def _body_params(body: Any, refs: _Refs, caps: _Caps) -> dict[tuple[str, str], Param]:
     body = refs.deref(body)
     if not isinstance(body, dict) or not isinstance(body.get("content"), dict):
         return {}
     content = body["content"]
     media = next((m for m in content if "json" in str(m)), None) or next(iter(content), None)
     entry = refs.deref(content.get(media)) if media else None
-    return _schema_params(entry.get("schema") if isinstance(entry, dict) else None, refs)
+    return _schema_params(entry.get("schema") if isinstance(entry, dict) else None, refs, caps)
 
 
-def _schema_params(schema: Any, refs: _Refs) -> dict[tuple[str, str], Param]:
+def _schema_params(schema: Any, refs: _Refs, caps: _Caps) -> dict[tuple[str, str], Param]:
     props, required = _properties(schema, refs, budget=[MAX_SCHEMA_VISITS])
     return {
-        (name, "body"): Param(name=name, location="body", required=name in required, type=_type(s))
+        (name, "body"): Param(name=name, location="body", required=name in required, type=_type(s),
+                              enum=caps.enum(s))
         for name, s in props.items()
     }
 

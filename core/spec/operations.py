@@ -29,6 +29,7 @@ class Param:
     location: str  # path | query | header | body | formData | cookie
     required: bool = False
     type: str | None = None
+    enum: tuple[str, ...] = ()  # the string values the spec allows, when it lists them
 
 
 @dataclass(frozen=True, slots=True)
