@@ -629,8 +629,9 @@ class FeatureExtractor:
 
         cursor_clause = self._lexical(X, t, spec, idx, pt, history)
         self._semantic(X, t, spec, idx, pt, history, cursor_clause)
-        self._dataflow(X, t, idx, ops, history)
-        self._request(X, t, idx, ops, history, prompt, pt)
+        held = _HeldIds(history)
+        self._dataflow(X, t, idx, ops, history, held)
+        self._request(X, t, idx, ops, history, prompt, pt, held)
         rels = self._structure(X, t, spec, idx, ops, history)
         self._transitions(X, ops, history, rels)
 
@@ -894,11 +895,10 @@ class FeatureExtractor:
 
     def _dataflow(
         self, X: np.ndarray, t: SpecTables, idx: np.ndarray, ops: list[Operation],
-        history: Sequence[Call],
+        history: Sequence[Call], held: _HeldIds,
     ) -> None:
         col = _COL
         X[:, col["n_path_params"]] = t.n_path_params[idx]
-        by_name, by_entity = held_ids(history)
         last_op = history[-1].operation if history else None
         last_resource = last_op.resource if last_op is not None else ""
         have_names = {name_key(n) for c in history for n in (*c.params, *c.path_params)}
@@ -908,7 +908,7 @@ class FeatureExtractor:
                 from_history = from_last = from_returns = from_resource = unfilled = 0
                 newest = math.inf
                 for _name, key, entity in entities:
-                    hits = matching_ids(key, entity, by_name, by_entity)
+                    hits = held.matching(key, entity)
                     seen = [s for s in hits if s.origin != "returns"]
                     from_history += bool(seen)
                     from_last += any(s.age == 0 for s in seen)
@@ -938,16 +938,15 @@ class FeatureExtractor:
 
     def _request(
         self, X: np.ndarray, t: SpecTables, idx: np.ndarray, ops: list[Operation],
-        history: Sequence[Call], prompt: str | None, pt: PromptTokens,
+        history: Sequence[Call], prompt: str | None, pt: PromptTokens, held: _HeldIds,
     ) -> None:
         col = _COL
         values = request_values(prompt)
         X[:, col["req_values"]] = len(values)
-        by_name, by_entity = held_ids(history)
         last_op = history[-1].operation if history else None
         last_resource = last_op.resource if last_op is not None else ""
         have_names = {name_key(n) for c in history for n in (*c.params, *c.path_params)}
-        held_entities = {feature_stem(e.rsplit("_", 1)[-1]) for e in by_entity}
+        held_entities = {feature_stem(e.rsplit("_", 1)[-1]) for e in held.by_entity}
         valued = {w for v in values for w in v.named}
         # things the request names that some operation needs the id of, with no id for them
         named = (set(pt.stems) & t.needed_entities) - held_entities - valued
@@ -969,10 +968,12 @@ class FeatureExtractor:
             X[:, col["lead_read_get"]] = [t.is_get[i] == reads for i in idx]
         # per candidate: its path parameters nobody has, as (position in its path, entity stem)
         missing: list[list[tuple[int, str]]] = []
-        for r, (i, op) in enumerate(zip(idx, ops, strict=True)):
+        # per candidate, then a column at a time: one numpy assignment per column, not per cell
+        out: dict[str, list[float]] = {name: [] for name in _REQUEST_ROW}
+        for i, op in zip(idx, ops, strict=True):
             missing.append([])
             fills = request_fills(op, values, t.namings[i]) if values else {}
-            X[r, col["req_fills"]] = len(fills)
+            out["req_fills"].append(len(fills))
             required = 0
             available = filled = 0
             path_missing = 0
@@ -982,26 +983,28 @@ class FeatureExtractor:
                 required += 1
                 by_request = name in fills
                 filled += by_request
-                ok = (by_request or bool(matching_ids(key, entity, by_name, by_entity))
+                ok = (by_request or bool(held.matching(key, entity))
                       or (bool(entity) and entity == last_resource))
                 available += ok
                 path_missing += not ok
                 unheld_named |= not ok and stem in named
                 if not ok:
-                    missing[r].append((t.param_positions[i][k], stem))
+                    missing[-1].append((t.param_positions[i][k], stem))
             for pname in t.required_nonpath_names[i]:
                 required += 1
                 filled += pname in fills
                 available += pname in fills or name_key(pname) in have_names
-            X[r, col["req_fills_required"]] = filled / required if required else np.nan
-            X[r, col["inputs_available"]] = available / required if required else 1.0
-            X[r, col["callable_now"]] = available == required
-            X[r, col["needs_named_id"]] = unheld_named
+            out["req_fills_required"].append(filled / required if required else np.nan)
+            out["inputs_available"].append(available / required if required else 1.0)
+            out["callable_now"].append(available == required)
+            out["needs_named_id"].append(unheld_named)
             # a search's query is the named thing itself: only its path must be callable
-            X[r, col["finds_named"]] = bool(named) and not path_missing and (
+            out["finds_named"].append(bool(named) and not path_missing and (
                 (t.role_name[i] in ("list", "search") and bool(t.path_words[i] & named))
                 or bool(t.returns_entity_stems[i] & named)
-            )
+            ))
+        for name, column in out.items():
+            X[:, col[name]] = column
         self._asked_id(X, t, idx, missing)
 
     @staticmethod
@@ -1135,6 +1138,9 @@ def _group_rank(values: np.ndarray) -> np.ndarray:
     return (v[None, :] > v[:, None]).sum(1).astype(np.float32)
 
 
+# The columns _request fills candidate by candidate.
+_REQUEST_ROW = ("req_fills", "req_fills_required", "inputs_available", "callable_now", "needs_named_id",
+                "finds_named")
 _REL_LAST = ("last_call_overlap", "rel_same", "rel_child", "rel_parent", "rel_sibling", "rel_same_op",
              "rel_same_resource", "shared_prefix", "depth_delta")
 _REL_LAST2 = ("rel2_same", "rel2_child", "rel2_parent", "rel2_same_resource")
@@ -1143,6 +1149,24 @@ _REL_LAST2 = ("rel2_same", "rel2_child", "rel2_parent", "rel2_same_resource")
 def _segments_of(t: SpecTables, spec: SpecIndex, op: Operation) -> tuple[str, ...]:
     i = spec.by_key.get(op.key)
     return t.norm_segments[i] if i is not None else normalized_segments(op)
+
+
+class _HeldIds:
+    """The history's ids (:func:`held_ids`) and, once asked, the ids that fit each parameter
+    (:func:`matching_ids`): one request's candidates share their parameters' names."""
+
+    __slots__ = ("by_name", "by_entity", "_fits")
+
+    def __init__(self, history: Sequence[Call]) -> None:
+        self.by_name, self.by_entity = held_ids(history)
+        self._fits: dict[tuple[str, str], list[IdSource]] = {}
+
+    def matching(self, key: str, entity: str) -> list[IdSource]:
+        """:func:`matching_ids` of ``key`` and ``entity`` (the list is shared: do not change it)."""
+        fits = self._fits.get((key, entity))
+        if fits is None:
+            fits = self._fits[key, entity] = matching_ids(key, entity, self.by_name, self.by_entity)
+        return fits
 
 
 def held_ids(history: Sequence[Call]) -> tuple[dict[str, list[IdSource]], dict[str, list[IdSource]]]:
