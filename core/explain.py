@@ -10,7 +10,7 @@ from functools import lru_cache
 import numpy as np
 
 from core.features import FEATURE_NAMES, IdSource, prompt_stems
-from core.params import param_sources
+from core.params import HistoryIds, param_sources
 from core.priors.word_vectors import load_word_vectors, unit_rows
 from core.request import request_fills, request_values
 from core.spec.index import Call
@@ -216,9 +216,9 @@ def _id_words(name: str, operation: Operation, src: IdSource) -> str:
     return f"the {' '.join(words)}" if words else f"the {name}"
 
 
-def _dataflow_phrase(operation: Operation, history: Sequence[Call]) -> str | None:
+def _dataflow_phrase(operation: Operation, history: Sequence[Call], ids: HistoryIds | None) -> str | None:
     best: tuple[int, str] | None = None
-    for name, (src, known) in param_sources(operation, history).items():
+    for name, (src, known) in param_sources(operation, history, ids=ids).items():
         if src is None:
             continue
         what = _id_words(name, operation, src)
@@ -263,9 +263,11 @@ def explain(
     history: Sequence[Call],
     prompt: str | None,
     max_reasons: int = 2,
+    ids: HistoryIds | None = None,
 ) -> str:
     """A one-line reason from what drove this candidate's score: the features with the largest
-    positive contributions, grouped into reasons and said in the user's terms."""
+    positive contributions, grouped into reasons and said in the user's terms. ``ids``:
+    :func:`core.params.history_ids` of ``history``, when already computed."""
     row = features_row
     contrib = np.asarray(contrib_row, np.float64)[: len(FEATURE_NAMES)]
     if len(contrib) != len(FEATURE_NAMES):
@@ -296,7 +298,7 @@ def explain(
             if prompt and history and _value(row, "clause_best_delta") == 1:
                 text = "the next step your request describes"
         elif reason == "dataflow":
-            text = _dataflow_phrase(operation, history)
+            text = _dataflow_phrase(operation, history, ids)
         elif reason == "structure":
             text = _structure_phrase(operation, row, history)
         elif reason == "transition":
