@@ -235,6 +235,10 @@ GROUP_RANKED = tuple(n[: -len("_grank")] for n in FEATURE_NAMES if n.endswith("_
 GROUP_GAPPED = tuple(n[: -len("_gap")] for n in FEATURE_NAMES if n.endswith("_gap"))
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 assert len(_COL) == len(FEATURE_NAMES), "duplicate feature name"
+_GRANK_FROM = [_COL[name] for name in GROUP_RANKED]
+_GRANK_TO = [_COL[name + "_grank"] for name in GROUP_RANKED]
+_GAP_FROM = [_COL[name] for name in GROUP_GAPPED]
+_GAP_TO = [_COL[name + "_gap"] for name in GROUP_GAPPED]
 _POPULATION = slice(_COL[POPULATION_FEATURES[0]], _COL[POPULATION_FEATURES[-1]] + 1)
 
 # -- words ---------------------------------------------------------------------------------------
@@ -641,11 +645,14 @@ class FeatureExtractor:
 
         # repetition and position
         n = len(history)
-        keys = [c.key for c in history]
-        for r, op in enumerate(ops):
-            positions = [j for j, k in enumerate(keys) if k == op.key]
-            X[r, col["times_called"]] = len(positions)
-            X[r, col["steps_since_called"]] = n - positions[-1] if positions else np.nan
+        times: dict[str, int] = {}
+        last_at: dict[str, int] = {}
+        for j, c in enumerate(history):
+            times[c.key] = times.get(c.key, 0) + 1
+            last_at[c.key] = j
+        X[:, col["times_called"]] = [times.get(op.key, 0) for op in ops]
+        X[:, col["steps_since_called"]] = [n - last_at[op.key] if op.key in last_at else np.nan
+                                           for op in ops]
         X[:, col["called_last"]] = X[:, col["steps_since_called"]] == 1
         X[:, col["history_len"]] = n
         X[:, col["cold_start"]] = n == 0
@@ -678,12 +685,8 @@ class FeatureExtractor:
         X[:, col["gen_rank_norm"]] = rank / max(len(candidates) - 1, 1)
         X[:, col["n_candidates"]] = len(candidates)
         X[:, col["log_spec_size"]] = math.log1p(n_ops)
-        for name in GROUP_RANKED:
-            v = X[:, col[name]]
-            X[:, col[name + "_grank"]] = _group_rank(v) if not np.isnan(v).all() else np.nan
-        for name in GROUP_GAPPED:
-            v = X[:, col[name]]
-            X[:, col[name + "_gap"]] = v - np.nanmax(v) if not np.isnan(v).all() else np.nan
+        X[:, _GRANK_TO] = _group_rank(X[:, _GRANK_FROM])
+        X[:, _GAP_TO] = _group_gap(X[:, _GAP_FROM])
         self._personal(X, ops, personal)
         X[:, _POPULATION] = population_columns(population, ops)
         return X
@@ -1133,9 +1136,23 @@ def _per_clause(M: np.ndarray, onehot: np.ndarray) -> np.ndarray:
 
 
 def _group_rank(values: np.ndarray) -> np.ndarray:
-    """0 for the best value of the group, ties share the better rank; NaN ranks last."""
-    v = np.where(np.isnan(values), -np.inf, values)
-    return (v[None, :] > v[:, None]).sum(1).astype(np.float32)
+    """Per column of ``values`` (candidates, features): 0 for the best value of the group, ties
+    share the better rank; NaN ranks last; a column of NaN only is NaN."""
+    missing = np.isnan(values)
+    v = np.where(missing, -np.inf, values)
+    ranks = (v[None, :, :] > v[:, None, :]).sum(1).astype(np.float32)
+    ranks[:, missing.all(0)] = np.nan
+    return ranks
+
+
+def _group_gap(values: np.ndarray) -> np.ndarray:
+    """Per column of ``values`` (candidates, features): how far below the column's best value
+    each is; a column of NaN only is NaN."""
+    empty = np.isnan(values).all(0)
+    best = np.nanmax(np.where(empty, np.float32(0.0), values), axis=0)
+    gaps = values - best
+    gaps[:, empty] = np.nan
+    return gaps
 
 
 # The columns _request fills candidate by candidate.
