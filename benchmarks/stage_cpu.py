@@ -50,8 +50,11 @@ STAGES: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# The FeatureExtractor's groups of features (its methods ``_<group>``), timed within "features".
+FEATURE_GROUPS = ("lexical", "semantic", "dataflow", "request", "structure", "transitions")
 # The order of the report: the pipeline's.
-ORDER = ("validate", "spec", "candidates", "personal", "population", "features", "rank", "respond",
+ORDER = ("validate", "spec", "candidates", "personal", "population", "features",
+         *(f"features.{g}" for g in FEATURE_GROUPS), "rank", "respond",
          "after_model", "assemble", "why", "params", "build_response", "record", "serialize",
          "main thread", "process")
 
@@ -128,6 +131,8 @@ async def measure(passes: int, profile: int, jentic_dir: Path | None) -> dict[st
         clock.patch(c.store, "resolve", "spec")
         clock.patch(c.generator, "generate", "candidates")
         clock.patch(c.extractor, "extract", "features")
+        for group in FEATURE_GROUPS:
+            clock.patch(c.extractor, "_" + group, "features." + group)
         if pipeline.population is not None:
             clock.patch(pipeline.population, "view", "population")
         clock.patch(feedback, "record_prediction", "record")
