@@ -808,12 +808,13 @@ class RetrievalGenerator:
         # Stable order: combined score, then spec order, so the output is deterministic.
         ranked = candidates_idx[np.lexsort((candidates_idx, -combined[candidates_idx]))]
         order = _with_reserved(ranked, per_source, combined, limit=limit)
+        # each source's scores of the chosen, as Python floats: one conversion per source
+        scores = [(s, v[order].tolist()) for s, v in per_source.items()]
+        destructive = index.destructive[order].tolist()
         out = []
-        for i in order.tolist():
-            sources = {
-                s: round(float(v[i]), 6) for s, v in per_source.items() if v[i] > 0
-            }
-            out.append(Candidate(index=i, sources=sources, destructive=bool(index.destructive[i])))
+        for r, i in enumerate(order.tolist()):
+            sources = {s: round(values[r], 6) for s, values in scores if values[r] > 0}
+            out.append(Candidate(index=i, sources=sources, destructive=bool(destructive[r])))
         return out
 
 
