@@ -729,12 +729,15 @@ class FeatureExtractor:
         )
 
         words = set(pt.stems)
-        for r, i in enumerate(idx):
-            path, summary, desc = t.path_words[i], t.summary_words[i], t.desc_words[i]
-            X[r, col["overlap_path"]] = len(path & words) / len(path) if path else 0.0
-            X[r, col["overlap_summary"]] = len(summary & words) / len(summary) if summary else 0.0
-            X[r, col["overlap_description"]] = len(desc & words) / len(words) if desc else 0.0
-            X[r, col["prompt_resource"]] = bool(t.resource_words[i] & words)
+        rows = idx.tolist()
+        X[:, col["overlap_path"]] = [
+            len(t.path_words[i] & words) / len(t.path_words[i]) if t.path_words[i] else 0.0 for i in rows]
+        X[:, col["overlap_summary"]] = [
+            len(t.summary_words[i] & words) / len(t.summary_words[i]) if t.summary_words[i] else 0.0
+            for i in rows]
+        X[:, col["overlap_description"]] = [
+            len(t.desc_words[i] & words) / len(words) if t.desc_words[i] else 0.0 for i in rows]
+        X[:, col["prompt_resource"]] = [bool(t.resource_words[i] & words) for i in rows]
         roles_at = [PROMPT_ROLE_VERBS.get(w, frozenset()) for w in pt.stems]
         asked_roles = frozenset().union(*roles_at)
         X[:, col["prompt_role_verb"]] = [t.role_name[i] in asked_roles for i in idx]
@@ -905,7 +908,10 @@ class FeatureExtractor:
         last_op = history[-1].operation if history else None
         last_resource = last_op.resource if last_op is not None else ""
         have_names = {name_key(n) for c in history for n in (*c.params, *c.path_params)}
-        for r, i in enumerate(idx):
+        # per candidate, then a column at a time (a candidate without path parameters keeps
+        # the zeros of the columns it has no value for)
+        out: dict[str, list[float]] = {name: [] for name in _DATAFLOW_ROW}
+        for i in idx:
             entities = t.param_entities[i]
             if entities:
                 from_history = from_last = from_returns = from_resource = unfilled = 0
@@ -922,22 +928,27 @@ class FeatureExtractor:
                     if hits:
                         newest = min(newest, min(s.age for s in hits))
                 k = len(entities)
-                X[r, col["params_from_history"]] = from_history / k
-                X[r, col["params_from_last_call"]] = from_last / k
-                X[r, col["params_from_last_returns"]] = from_returns / k
-                X[r, col["params_from_last_resource"]] = from_resource / k
-                X[r, col["params_unfilled"]] = unfilled
-                X[r, col["params_all_filled"]] = unfilled == 0
-                X[r, col["params_newest_age"]] = newest if newest != math.inf else np.nan
+                out["params_from_history"].append(from_history / k)
+                out["params_from_last_call"].append(from_last / k)
+                out["params_from_last_returns"].append(from_returns / k)
+                out["params_from_last_resource"].append(from_resource / k)
+                out["params_unfilled"].append(unfilled)
+                out["params_all_filled"].append(unfilled == 0)
+                out["params_newest_age"].append(newest if newest != math.inf else np.nan)
                 # uses what only the last call returned (not an id that was already around)
-                X[r, col["consumes_last_output"]] = from_returns > 0 and from_returns > from_history
+                out["consumes_last_output"].append(from_returns > 0 and from_returns > from_history)
             else:
-                X[r, col["params_all_filled"]] = 1.0
-                X[r, col["params_newest_age"]] = np.nan
+                for name in _DATAFLOW_ROW[:5]:
+                    out[name].append(0.0)
+                out["params_all_filled"].append(1.0)
+                out["params_newest_age"].append(np.nan)
+                out["consumes_last_output"].append(0.0)
             required = t.required_nonpath[i]
-            X[r, col["required_from_history"]] = (
+            out["required_from_history"].append(
                 sum(p in have_names for p in required) / len(required) if required else np.nan
             )
+        for name, column in out.items():
+            X[:, col[name]] = column
 
     def _request(
         self, X: np.ndarray, t: SpecTables, idx: np.ndarray, ops: list[Operation],
@@ -1073,14 +1084,16 @@ class FeatureExtractor:
             X[:, col["rel_same_resource"]] = [
                 bool(op.resource) and op.resource == last.resource for op in ops
             ]
-            for r, i in enumerate(idx):
+            shared = []
+            for i in idx:
                 b = t.norm_segments[i]
                 common = 0
                 for x, y in zip(a, b, strict=False):
                     if x != y:
                         break
                     common += 1
-                X[r, col["shared_prefix"]] = common / max(len(a), len(b), 1)
+                shared.append(common / max(len(a), len(b), 1))
+            X[:, col["shared_prefix"]] = shared
             X[:, col["depth_delta"]] = t.depth[idx] - len(a)
         if last2 is None:
             for name in _REL_LAST2:
@@ -1155,6 +1168,10 @@ def _group_gap(values: np.ndarray) -> np.ndarray:
     return gaps
 
 
+# The columns _dataflow fills candidate by candidate (the first five are 0 without path params).
+_DATAFLOW_ROW = ("params_from_history", "params_from_last_call", "params_from_last_returns",
+                 "params_from_last_resource", "params_unfilled", "params_all_filled",
+                 "params_newest_age", "consumes_last_output", "required_from_history")
 # The columns _request fills candidate by candidate.
 _REQUEST_ROW = ("req_fills", "req_fills_required", "inputs_available", "callable_now", "needs_named_id",
                 "finds_named")
