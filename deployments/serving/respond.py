@@ -84,8 +84,9 @@ def assemble_predictions(
     # Stable sort: equal scores keep the generator's order.
     order = np.argsort(-np.asarray(probs, dtype=np.float64), kind="stable")[:k]
     ids = history_ids(history)  # the same for every prediction
+    scores = np.clip(np.asarray(probs)[order], 0.0, 1.0).tolist()
     predictions = []
-    for row in order:
+    for row, score in zip(order, scores, strict=True):
         cand = candidates.candidates[row]
         op = spec.operations[cand.index]
         params, missing = fill_params(op, history, proposed=candidates.llm_params.get(cand.index),
@@ -94,7 +95,7 @@ def assemble_predictions(
             Prediction(
                 endpoint=op.key,
                 params=params,
-                score=round(float(np.clip(probs[row], 0.0, 1.0)), 4),
+                score=round(score, 4),
                 why=explain(op, features[row], contribs[row], history=history, prompt=prompt,
                             ids=ids),
                 destructive=cand.destructive or op.destructive,
