@@ -107,7 +107,12 @@ def _noun(op: Operation) -> str:
     """What the operation acts on, in words ('line item'), or '' when its path names nothing a
     user would call a thing: no literal, one of a letter or two (``/a/{id}``), or a verb
     (``/create``, ``/getMembershipForCurrentUser``): the last literal that names one."""
-    for seg in reversed(op.literal_segments):
+    return _noun_of(op.literal_segments)
+
+
+@lru_cache(maxsize=4096)
+def _noun_of(literal_segments: tuple[str, ...]) -> str:
+    for seg in reversed(literal_segments):
         words = tokenize(seg, keep_stopwords=True)
         if words and words[0] not in _VERB_WORDS and len("".join(words)) > 2:
             return singular(" ".join(words)) if len(words) == 1 else " ".join(

@@ -674,11 +674,11 @@ class FeatureExtractor:
 
         # generator sources, scores and order
         src, has = col["src_" + SOURCES[0]], col["has_" + SOURCES[0]]
-        for s, source in enumerate(SOURCES):
-            scores = np.array([c.sources.get(source, np.nan) for c in candidates], np.float32)
-            present = ~np.isnan(scores)
-            X[:, src + s] = np.where(present, scores, 0.0)
-            X[:, has + s] = present
+        scores = np.array([[c.sources.get(source, np.nan) for source in SOURCES] for c in candidates],
+                          np.float32)
+        present = ~np.isnan(scores)
+        X[:, src: src + len(SOURCES)] = np.where(present, scores, 0.0)
+        X[:, has: has + len(SOURCES)] = present
         X[:, col["n_sources"]] = X[:, has: has + len(SOURCES)].sum(1)
         rank = np.arange(len(candidates), dtype=np.float32)
         X[:, col["gen_rank"]] = rank
