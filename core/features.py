@@ -841,10 +841,7 @@ class FeatureExtractor:
 
         # cosines of the whole prompt and of each clause with every operation of the spec
         clauses = np.array(pt.clauses, np.int64)
-        docs: list[list[tuple[list[str], Any]]] = [[(list(pt.tokens), 1.0)]]
-        docs += [[([tok for tok, c in zip(pt.tokens, pt.clauses, strict=True) if c == k], 1.0)]
-                 for k in range(pt.n_clauses)]
-        P = wv.embed_docs(docs)
+        P = _prompt_vectors(wv, pt)
         known = (P != 0).any(1)
         sims = _dot(P, V)  # (1 + clauses, operations)
         whole = sims[0]
@@ -1134,6 +1131,18 @@ class FeatureExtractor:
                       for rel in RELATIONS}
             X[:, col["p_relation"]] = [by_rel[rel][0] for rel in rels]
             X[:, col["relation_lift"]] = [by_rel[rel][1] for rel in rels]
+
+
+@lru_cache(maxsize=1024)
+def _prompt_vectors(wv: WordVectors, pt: PromptTokens) -> np.ndarray:
+    """Unit vectors of the whole prompt and of each of its clauses (read-only): the requests of
+    one workflow share its prompt, as :func:`prompt_stems` has it."""
+    docs: list[list[tuple[list[str], Any]]] = [[(list(pt.tokens), 1.0)]]
+    docs += [[([tok for tok, c in zip(pt.tokens, pt.clauses, strict=True) if c == k], 1.0)]
+             for k in range(pt.n_clauses)]
+    P = wv.embed_docs(docs)
+    P.flags.writeable = False
+    return P
 
 
 def _dot(A: np.ndarray, B: np.ndarray) -> np.ndarray:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -512,8 +513,7 @@ def _semantic_scores(
     wv, V = index.word_vectors, index.op_vectors
     if wv is None or V is None or not prompt_tokens:
         return np.zeros(index.size, dtype=np.float32)
-    docs = [[(list(prompt_tokens), 1.0)], *([(clause, 1.0)] for clause, _ in plan)]
-    P = wv.embed_docs(docs)
+    P = _prompt_vectors(wv, tuple(prompt_tokens), tuple(tuple(clause) for clause, _ in plan))
     sims = P @ V.T
     whole = sims[0]
     if len(plan) < 2:
@@ -521,6 +521,18 @@ def _semantic_scores(
     w = np.array([weight for _, weight in plan], np.float32)
     by_clause = (sims[1:] * w[:, None]).sum(0) / w.sum()
     return ((whole + CLAUSE_WEIGHT * by_clause) / (1.0 + CLAUSE_WEIGHT)).astype(np.float32)
+
+
+@lru_cache(maxsize=1024)
+def _prompt_vectors(
+    wv: WordVectors, prompt_tokens: tuple[str, ...], clauses: tuple[tuple[str, ...], ...]
+) -> np.ndarray:
+    """Unit vectors of the prompt and of its clauses (read-only): the requests of one workflow
+    share its prompt."""
+    docs = [[(list(prompt_tokens), 1.0)], *([(list(clause), 1.0)] for clause in clauses)]
+    P = wv.embed_docs(docs)
+    P.flags.writeable = False
+    return P
 
 
 def _semantic_source(cosine: np.ndarray) -> np.ndarray:
