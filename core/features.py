@@ -875,11 +875,14 @@ class FeatureExtractor:
         S = _dot(unit_rows(vecs, precision=np.float64), t.word_matrix)  # (prompt words, spec words)
 
         def soft(rows: Sequence[int]) -> np.ndarray:
+            # per row, the max of S over the row's words: one gather and one segment max for
+            # all rows (a max is exact in any order); a row without words stays 0
             m = np.zeros((len(rows), len(pt.tokens)), np.float32)
-            for r, i in enumerate(rows):
-                cols = t.op_word_cols[i]
-                if len(cols):
-                    m[r] = S[:, cols].max(1)
+            have = [r for r, i in enumerate(rows) if len(t.op_word_cols[i])]
+            if have:
+                cols = [t.op_word_cols[rows[r]] for r in have]
+                starts = np.cumsum([0] + [len(c) for c in cols[:-1]])
+                m[have] = np.maximum.reduceat(S[:, np.concatenate(cols)], starts, axis=1).T
             return np.clip((m - SOFT_FLOOR) / (1.0 - SOFT_FLOOR), 0.0, 1.0)
 
         M = soft(idx.tolist()) * weights
