@@ -10,8 +10,8 @@ A stage is the main thread's CPU (``time.thread_time``) inside a call, summed ov
 divided by its requests; stages nest (``respond`` holds ``assemble``, which holds ``why`` and
 ``params``). ``process`` is the CPU of all threads (the feedback writer and the feeds too). The
 medians are over passes. With ``--checkout``, each checkout runs this file in a child process
-with its own code on ``PYTHONPATH``, the checkouts alternated round by round (the host is
-shared: compare them in one session, as ratios to the first). ``digest`` hashes every response
+with its own code on ``PYTHONPATH``, the checkouts alternated round by round, ABBA (the host
+is shared: compare them in one session, as ratios to the first). ``digest`` hashes every response
 but its id and timings: equal digests, equal answers. Writes ``benchmarks/results/stage_cpu.json``.
 """
 
@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         variants = dict(v.split("=", 1) for v in args.checkout)
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
         for r in range(args.rounds):
-            for name, path in variants.items():
+            # ABBA: each checkout runs first in every other round, so neither always meets
+            # what the previous run left (caches, clock speed, the neighbours' load)
+            for name, path in list(variants.items())[:: 1 if r % 2 == 0 else -1]:
                 runs[name].append(child(Path(path).resolve(), args.passes, jentic_dir))
                 print(f"round {r}: {name} done, process "
                       f"{medians(runs[name][-1:])['process']:.3f} ms/request", file=sys.stderr)
