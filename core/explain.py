@@ -3,12 +3,14 @@ the user's terms."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 
 from core.features import FEATURE_NAMES, IdSource, prompt_stems
-from core.params import param_sources
+from core.params import HistoryIds, param_sources
 from core.priors.word_vectors import load_word_vectors, unit_rows
 from core.request import request_fills, request_values
 from core.spec.index import Call
@@ -66,9 +68,15 @@ for _reason, _names in {
     for _n in _names.split():
         _REASON_OF[_n] = _reason
 _COL = {n: i for i, n in enumerate(FEATURE_NAMES)}
-# (column, reason) of the features that speak for a reason, in column order: explain() sums
-# them in that order, so its totals are bit-identical to a loop over every column, and cheaper.
-_REASON_COLS = [(i, _REASON_OF[n]) for i, n in enumerate(FEATURE_NAMES) if n in _REASON_OF]
+# The columns of the features that speak for a reason, in column order, and each reason with the
+# positions of its columns among them, the reasons in the order of their first column: explain()
+# adds each reason's contributions in column order from 0.0, so its totals (and their order on a
+# tie) are bit-identical to a loop over every column, and cheaper.
+_REASON_COLUMNS = np.array([i for i, n in enumerate(FEATURE_NAMES) if n in _REASON_OF], np.intp)
+_REASON_GROUPS: tuple[tuple[str, tuple[int, ...]], ...] = tuple(
+    (reason, tuple(k for k, i in enumerate(_REASON_COLUMNS) if _REASON_OF[FEATURE_NAMES[i]] == reason))
+    for reason in dict.fromkeys(_REASON_OF[FEATURE_NAMES[i]] for i in _REASON_COLUMNS)
+)
 
 
 def _nan_to_zero(x: np.ndarray) -> np.ndarray:
@@ -76,6 +84,13 @@ def _nan_to_zero(x: np.ndarray) -> np.ndarray:
     call costs ~20 µs and explain() runs per shown row on the request path)."""
     a = np.asarray(x, np.float64)
     return a if np.isfinite(a).all() else np.nan_to_num(a, nan=0.0)
+
+
+def _value(row: np.ndarray, name: str) -> float:
+    """The feature ``name`` of ``row`` as ``_nan_to_zero(row)`` has it (NaN is 0), read alone:
+    explain() looks at a few columns of the row, not all."""
+    v = float(row[_COL[name]])
+    return v if math.isfinite(v) else float(np.nan_to_num(v, nan=0.0))
 
 
 def _plural(noun: str) -> str:
@@ -92,7 +107,12 @@ def _noun(op: Operation) -> str:
     """What the operation acts on, in words ('line item'), or '' when its path names nothing a
     user would call a thing: no literal, one of a letter or two (``/a/{id}``), or a verb
     (``/create``, ``/getMembershipForCurrentUser``): the last literal that names one."""
-    for seg in reversed(op.literal_segments):
+    return _noun_of(op.literal_segments)
+
+
+@lru_cache(maxsize=4096)
+def _noun_of(literal_segments: tuple[str, ...]) -> str:
+    for seg in reversed(literal_segments):
         words = tokenize(seg, keep_stopwords=True)
         if words and words[0] not in _VERB_WORDS and len("".join(words)) > 2:
             return singular(" ".join(words)) if len(words) == 1 else " ".join(
@@ -129,10 +149,8 @@ def _matched_words(operation: Operation, prompt: str | None, limit: int = 3) -> 
     pt = prompt_stems(prompt)
     if pt.empty:
         return []
-    vocab = {feature_stem(w) for w in tokenize(
-        " ".join((" ".join(operation.literal_segments), operation.operation_id or "",
-                  operation.summary, " ".join(operation.tags)))
-    )}
+    vocab = _stem_set(" ".join((" ".join(operation.literal_segments), operation.operation_id or "",
+                                operation.summary, " ".join(operation.tags))))
     words: list[str] = []
     seen: set[str] = set()
     for s, raw in zip(pt.stems, pt.raw, strict=True):
@@ -141,6 +159,12 @@ def _matched_words(operation: Operation, prompt: str | None, limit: int = 3) -> 
             words.append(raw)
     words.sort(key=len, reverse=True)  # longer words tend to be the telling ones
     return words[:limit]
+
+
+@lru_cache(maxsize=4096)
+def _stem_set(text: str) -> frozenset[str]:
+    """The stems of ``text``'s words: an operation's, asked for again on every request showing it."""
+    return frozenset(feature_stem(w) for w in tokenize(text))
 
 
 MEANING_COSINE = 0.6  # a prompt word this close to one of the operation's words means it
@@ -197,9 +221,9 @@ def _id_words(name: str, operation: Operation, src: IdSource) -> str:
     return f"the {' '.join(words)}" if words else f"the {name}"
 
 
-def _dataflow_phrase(operation: Operation, history: Sequence[Call]) -> str | None:
+def _dataflow_phrase(operation: Operation, history: Sequence[Call], ids: HistoryIds | None) -> str | None:
     best: tuple[int, str] | None = None
-    for name, (src, known) in param_sources(operation, history).items():
+    for name, (src, known) in param_sources(operation, history, ids=ids).items():
         if src is None:
             continue
         what = _id_words(name, operation, src)
@@ -218,19 +242,19 @@ def _structure_phrase(operation: Operation, row: np.ndarray, history: Sequence[C
     if last is None:
         return None
     noun, last_noun = _noun(operation), _noun(last)
-    if row[_COL["rel_same_op"]] > 0:
+    if _value(row, "rel_same_op") > 0:
         return "repeats your last call"
-    if row[_COL["rel_child"]] > 0:
+    if _value(row, "rel_child") > 0:
         if noun and last_noun:
             return f"goes into the {last_noun} from your last call ({_plural(noun)})"
         return "goes one level into the path of your last call"
-    if row[_COL["rel_same"]] > 0 or row[_COL["rel_same_resource"]] > 0:
+    if _value(row, "rel_same") > 0 or _value(row, "rel_same_resource") > 0:
         return f"works on the same {_plural(noun)} as your last call" if noun else (
             "works on the same path as your last call")
-    if row[_COL["rel_parent"]] > 0:
+    if _value(row, "rel_parent") > 0:
         return f"goes back up to the {_plural(noun)}" if noun else (
             "goes back up the path of your last call")
-    if row[_COL["rel_sibling"]] > 0:
+    if _value(row, "rel_sibling") > 0:
         return f"next to the {_plural(last_noun)} you just used" if last_noun else (
             "next to the path of your last call")
     return None
@@ -244,16 +268,22 @@ def explain(
     history: Sequence[Call],
     prompt: str | None,
     max_reasons: int = 2,
+    ids: HistoryIds | None = None,
 ) -> str:
     """A one-line reason from what drove this candidate's score: the features with the largest
-    positive contributions, grouped into reasons and said in the user's terms."""
-    row = _nan_to_zero(features_row)
-    contrib = _nan_to_zero(np.asarray(contrib_row, np.float64)[: len(FEATURE_NAMES)]).tolist()
+    positive contributions, grouped into reasons and said in the user's terms. ``ids``:
+    :func:`core.params.history_ids` of ``history``, when already computed."""
+    row = features_row
+    contrib = np.asarray(contrib_row, np.float64)[: len(FEATURE_NAMES)]
     if len(contrib) != len(FEATURE_NAMES):
         raise ValueError(f"{len(contrib)} contributions for {len(FEATURE_NAMES)} features")
+    speaking = _nan_to_zero(contrib[_REASON_COLUMNS]).tolist()
     totals: dict[str, float] = {}
-    for col, reason in _REASON_COLS:
-        totals[reason] = totals.get(reason, 0.0) + contrib[col]
+    for reason, positions in _REASON_GROUPS:
+        total = 0.0
+        for k in positions:
+            total += speaking[k]
+        totals[reason] = total
     ordered = [r for r, v in sorted(totals.items(), key=lambda kv: -kv[1]) if v > 0]
     last = history[-1].operation if history else None
     phrases: list[str] = []
@@ -270,10 +300,10 @@ def explain(
         elif reason == "order":
             # only where the clause of the request the operation matches best is the one after
             # the clause the history has reached (else "the next step" is the order's guess)
-            if prompt and history and row[_COL["clause_best_delta"]] == 1:
+            if prompt and history and _value(row, "clause_best_delta") == 1:
                 text = "the next step your request describes"
         elif reason == "dataflow":
-            text = _dataflow_phrase(operation, history)
+            text = _dataflow_phrase(operation, history, ids)
         elif reason == "structure":
             text = _structure_phrase(operation, row, history)
         elif reason == "transition":
@@ -292,9 +322,9 @@ def explain(
             if last is not None:
                 text = f"checks on what {_doing(last)} started"
         elif reason == "repeat":
-            called = row[_COL["times_called"]]
+            called = _value(row, "times_called")
             if called > 0:
-                ago = int(row[_COL["steps_since_called"]])
+                ago = int(_value(row, "steps_since_called"))
                 text = "repeats your last call" if ago == 1 else f"you called it {ago} steps ago"
         elif reason == "request":
             given = request_fills(operation, request_values(prompt))
@@ -302,15 +332,15 @@ def explain(
                 name, value = next(iter(given.items()))
                 text = f"takes the {' '.join(tokenize(name, keep_stopwords=True))} {value} you gave"
         elif reason == "finds":
-            if row[_COL["finds_named"]] > 0:
+            if _value(row, "finds_named") > 0:
                 text = "finds what your request names, whose id nothing gave yet"
-            elif row[_COL["yields_asked_id"]] > 0:
+            elif _value(row, "yields_asked_id") > 0:
                 text = "gives the id the call you ask for needs, which nothing gave yet"
         elif reason == "count":
-            if row[_COL["count_asked"]] > 0:
+            if _value(row, "count_asked") > 0:
                 text = "counts, as your request asks"
         elif reason == "habit":
-            if row[_COL["user_count_next"]] > 0:
+            if _value(row, "user_count_next") > 0:
                 text = "what you usually do next"
         elif reason == "crowd":
             text = _crowd_phrase(row, last, prompt)
@@ -341,7 +371,7 @@ def explain(
 
 def _crowd_phrase(row: np.ndarray, last: Operation | None, prompt: str | None) -> str | None:
     """What the API's other users did here (the population memory's pop_* features)."""
-    by_prompt, after = row[_COL["pop_p_prompt"]], row[_COL["pop_p_next"]]
+    by_prompt, after = _value(row, "pop_p_prompt"), _value(row, "pop_p_next")
     share = by_prompt if prompt and by_prompt > 0 else after
     if not share > 0:
         return None

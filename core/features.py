@@ -235,6 +235,10 @@ GROUP_RANKED = tuple(n[: -len("_grank")] for n in FEATURE_NAMES if n.endswith("_
 GROUP_GAPPED = tuple(n[: -len("_gap")] for n in FEATURE_NAMES if n.endswith("_gap"))
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 assert len(_COL) == len(FEATURE_NAMES), "duplicate feature name"
+_GRANK_FROM = [_COL[name] for name in GROUP_RANKED]
+_GRANK_TO = [_COL[name + "_grank"] for name in GROUP_RANKED]
+_GAP_FROM = [_COL[name] for name in GROUP_GAPPED]
+_GAP_TO = [_COL[name + "_gap"] for name in GROUP_GAPPED]
 _POPULATION = slice(_COL[POPULATION_FEATURES[0]], _COL[POPULATION_FEATURES[-1]] + 1)
 
 # -- words ---------------------------------------------------------------------------------------
@@ -629,8 +633,9 @@ class FeatureExtractor:
 
         cursor_clause = self._lexical(X, t, spec, idx, pt, history)
         self._semantic(X, t, spec, idx, pt, history, cursor_clause)
-        self._dataflow(X, t, idx, ops, history)
-        self._request(X, t, idx, ops, history, prompt, pt)
+        held = _HeldIds(history)
+        self._dataflow(X, t, idx, ops, history, held)
+        self._request(X, t, idx, ops, history, prompt, pt, held)
         rels = self._structure(X, t, spec, idx, ops, history)
         self._transitions(X, ops, history, rels)
 
@@ -640,11 +645,14 @@ class FeatureExtractor:
 
         # repetition and position
         n = len(history)
-        keys = [c.key for c in history]
-        for r, op in enumerate(ops):
-            positions = [j for j, k in enumerate(keys) if k == op.key]
-            X[r, col["times_called"]] = len(positions)
-            X[r, col["steps_since_called"]] = n - positions[-1] if positions else np.nan
+        times: dict[str, int] = {}
+        last_at: dict[str, int] = {}
+        for j, c in enumerate(history):
+            times[c.key] = times.get(c.key, 0) + 1
+            last_at[c.key] = j
+        X[:, col["times_called"]] = [times.get(op.key, 0) for op in ops]
+        X[:, col["steps_since_called"]] = [n - last_at[op.key] if op.key in last_at else np.nan
+                                           for op in ops]
         X[:, col["called_last"]] = X[:, col["steps_since_called"]] == 1
         X[:, col["history_len"]] = n
         X[:, col["cold_start"]] = n == 0
@@ -666,23 +674,19 @@ class FeatureExtractor:
 
         # generator sources, scores and order
         src, has = col["src_" + SOURCES[0]], col["has_" + SOURCES[0]]
-        for s, source in enumerate(SOURCES):
-            scores = np.array([c.sources.get(source, np.nan) for c in candidates], np.float32)
-            present = ~np.isnan(scores)
-            X[:, src + s] = np.where(present, scores, 0.0)
-            X[:, has + s] = present
+        scores = np.array([[c.sources.get(source, np.nan) for source in SOURCES] for c in candidates],
+                          np.float32)
+        present = ~np.isnan(scores)
+        X[:, src: src + len(SOURCES)] = np.where(present, scores, 0.0)
+        X[:, has: has + len(SOURCES)] = present
         X[:, col["n_sources"]] = X[:, has: has + len(SOURCES)].sum(1)
         rank = np.arange(len(candidates), dtype=np.float32)
         X[:, col["gen_rank"]] = rank
         X[:, col["gen_rank_norm"]] = rank / max(len(candidates) - 1, 1)
         X[:, col["n_candidates"]] = len(candidates)
         X[:, col["log_spec_size"]] = math.log1p(n_ops)
-        for name in GROUP_RANKED:
-            v = X[:, col[name]]
-            X[:, col[name + "_grank"]] = _group_rank(v) if not np.isnan(v).all() else np.nan
-        for name in GROUP_GAPPED:
-            v = X[:, col[name]]
-            X[:, col[name + "_gap"]] = v - np.nanmax(v) if not np.isnan(v).all() else np.nan
+        X[:, _GRANK_TO] = _group_rank(X[:, _GRANK_FROM])
+        X[:, _GAP_TO] = _group_gap(X[:, _GAP_FROM])
         self._personal(X, ops, personal)
         X[:, _POPULATION] = population_columns(population, ops)
         return X
@@ -725,12 +729,15 @@ class FeatureExtractor:
         )
 
         words = set(pt.stems)
-        for r, i in enumerate(idx):
-            path, summary, desc = t.path_words[i], t.summary_words[i], t.desc_words[i]
-            X[r, col["overlap_path"]] = len(path & words) / len(path) if path else 0.0
-            X[r, col["overlap_summary"]] = len(summary & words) / len(summary) if summary else 0.0
-            X[r, col["overlap_description"]] = len(desc & words) / len(words) if desc else 0.0
-            X[r, col["prompt_resource"]] = bool(t.resource_words[i] & words)
+        rows = idx.tolist()
+        X[:, col["overlap_path"]] = [
+            len(t.path_words[i] & words) / len(t.path_words[i]) if t.path_words[i] else 0.0 for i in rows]
+        X[:, col["overlap_summary"]] = [
+            len(t.summary_words[i] & words) / len(t.summary_words[i]) if t.summary_words[i] else 0.0
+            for i in rows]
+        X[:, col["overlap_description"]] = [
+            len(t.desc_words[i] & words) / len(words) if t.desc_words[i] else 0.0 for i in rows]
+        X[:, col["prompt_resource"]] = [bool(t.resource_words[i] & words) for i in rows]
         roles_at = [PROMPT_ROLE_VERBS.get(w, frozenset()) for w in pt.stems]
         asked_roles = frozenset().union(*roles_at)
         X[:, col["prompt_role_verb"]] = [t.role_name[i] in asked_roles for i in idx]
@@ -834,10 +841,7 @@ class FeatureExtractor:
 
         # cosines of the whole prompt and of each clause with every operation of the spec
         clauses = np.array(pt.clauses, np.int64)
-        docs: list[list[tuple[list[str], Any]]] = [[(list(pt.tokens), 1.0)]]
-        docs += [[([tok for tok, c in zip(pt.tokens, pt.clauses, strict=True) if c == k], 1.0)]
-                 for k in range(pt.n_clauses)]
-        P = wv.embed_docs(docs)
+        P = _prompt_vectors(wv, pt)
         known = (P != 0).any(1)
         sims = _dot(P, V)  # (1 + clauses, operations)
         whole = sims[0]
@@ -871,11 +875,14 @@ class FeatureExtractor:
         S = _dot(unit_rows(vecs, precision=np.float64), t.word_matrix)  # (prompt words, spec words)
 
         def soft(rows: Sequence[int]) -> np.ndarray:
+            # per row, the max of S over the row's words: one gather and one segment max for
+            # all rows (a max is exact in any order); a row without words stays 0
             m = np.zeros((len(rows), len(pt.tokens)), np.float32)
-            for r, i in enumerate(rows):
-                cols = t.op_word_cols[i]
-                if len(cols):
-                    m[r] = S[:, cols].max(1)
+            have = [r for r, i in enumerate(rows) if len(t.op_word_cols[i])]
+            if have:
+                cols = [t.op_word_cols[rows[r]] for r in have]
+                starts = np.cumsum([0] + [len(c) for c in cols[:-1]])
+                m[have] = np.maximum.reduceat(S[:, np.concatenate(cols)], starts, axis=1).T
             return np.clip((m - SOFT_FLOOR) / (1.0 - SOFT_FLOOR), 0.0, 1.0)
 
         M = soft(idx.tolist()) * weights
@@ -894,21 +901,23 @@ class FeatureExtractor:
 
     def _dataflow(
         self, X: np.ndarray, t: SpecTables, idx: np.ndarray, ops: list[Operation],
-        history: Sequence[Call],
+        history: Sequence[Call], held: _HeldIds,
     ) -> None:
         col = _COL
         X[:, col["n_path_params"]] = t.n_path_params[idx]
-        by_name, by_entity = held_ids(history)
         last_op = history[-1].operation if history else None
         last_resource = last_op.resource if last_op is not None else ""
         have_names = {name_key(n) for c in history for n in (*c.params, *c.path_params)}
-        for r, i in enumerate(idx):
+        # per candidate, then a column at a time (a candidate without path parameters keeps
+        # the zeros of the columns it has no value for)
+        out: dict[str, list[float]] = {name: [] for name in _DATAFLOW_ROW}
+        for i in idx:
             entities = t.param_entities[i]
             if entities:
                 from_history = from_last = from_returns = from_resource = unfilled = 0
                 newest = math.inf
                 for _name, key, entity in entities:
-                    hits = matching_ids(key, entity, by_name, by_entity)
+                    hits = held.matching(key, entity)
                     seen = [s for s in hits if s.origin != "returns"]
                     from_history += bool(seen)
                     from_last += any(s.age == 0 for s in seen)
@@ -919,35 +928,39 @@ class FeatureExtractor:
                     if hits:
                         newest = min(newest, min(s.age for s in hits))
                 k = len(entities)
-                X[r, col["params_from_history"]] = from_history / k
-                X[r, col["params_from_last_call"]] = from_last / k
-                X[r, col["params_from_last_returns"]] = from_returns / k
-                X[r, col["params_from_last_resource"]] = from_resource / k
-                X[r, col["params_unfilled"]] = unfilled
-                X[r, col["params_all_filled"]] = unfilled == 0
-                X[r, col["params_newest_age"]] = newest if newest != math.inf else np.nan
+                out["params_from_history"].append(from_history / k)
+                out["params_from_last_call"].append(from_last / k)
+                out["params_from_last_returns"].append(from_returns / k)
+                out["params_from_last_resource"].append(from_resource / k)
+                out["params_unfilled"].append(unfilled)
+                out["params_all_filled"].append(unfilled == 0)
+                out["params_newest_age"].append(newest if newest != math.inf else np.nan)
                 # uses what only the last call returned (not an id that was already around)
-                X[r, col["consumes_last_output"]] = from_returns > 0 and from_returns > from_history
+                out["consumes_last_output"].append(from_returns > 0 and from_returns > from_history)
             else:
-                X[r, col["params_all_filled"]] = 1.0
-                X[r, col["params_newest_age"]] = np.nan
+                for name in _DATAFLOW_ROW[:5]:
+                    out[name].append(0.0)
+                out["params_all_filled"].append(1.0)
+                out["params_newest_age"].append(np.nan)
+                out["consumes_last_output"].append(0.0)
             required = t.required_nonpath[i]
-            X[r, col["required_from_history"]] = (
+            out["required_from_history"].append(
                 sum(p in have_names for p in required) / len(required) if required else np.nan
             )
+        for name, column in out.items():
+            X[:, col[name]] = column
 
     def _request(
         self, X: np.ndarray, t: SpecTables, idx: np.ndarray, ops: list[Operation],
-        history: Sequence[Call], prompt: str | None, pt: PromptTokens,
+        history: Sequence[Call], prompt: str | None, pt: PromptTokens, held: _HeldIds,
     ) -> None:
         col = _COL
         values = request_values(prompt)
         X[:, col["req_values"]] = len(values)
-        by_name, by_entity = held_ids(history)
         last_op = history[-1].operation if history else None
         last_resource = last_op.resource if last_op is not None else ""
         have_names = {name_key(n) for c in history for n in (*c.params, *c.path_params)}
-        held_entities = {feature_stem(e.rsplit("_", 1)[-1]) for e in by_entity}
+        held_entities = {feature_stem(e.rsplit("_", 1)[-1]) for e in held.by_entity}
         valued = {w for v in values for w in v.named}
         # things the request names that some operation needs the id of, with no id for them
         named = (set(pt.stems) & t.needed_entities) - held_entities - valued
@@ -969,10 +982,12 @@ class FeatureExtractor:
             X[:, col["lead_read_get"]] = [t.is_get[i] == reads for i in idx]
         # per candidate: its path parameters nobody has, as (position in its path, entity stem)
         missing: list[list[tuple[int, str]]] = []
-        for r, (i, op) in enumerate(zip(idx, ops, strict=True)):
+        # per candidate, then a column at a time: one numpy assignment per column, not per cell
+        out: dict[str, list[float]] = {name: [] for name in _REQUEST_ROW}
+        for i, op in zip(idx, ops, strict=True):
             missing.append([])
             fills = request_fills(op, values, t.namings[i]) if values else {}
-            X[r, col["req_fills"]] = len(fills)
+            out["req_fills"].append(len(fills))
             required = 0
             available = filled = 0
             path_missing = 0
@@ -982,26 +997,28 @@ class FeatureExtractor:
                 required += 1
                 by_request = name in fills
                 filled += by_request
-                ok = (by_request or bool(matching_ids(key, entity, by_name, by_entity))
+                ok = (by_request or bool(held.matching(key, entity))
                       or (bool(entity) and entity == last_resource))
                 available += ok
                 path_missing += not ok
                 unheld_named |= not ok and stem in named
                 if not ok:
-                    missing[r].append((t.param_positions[i][k], stem))
+                    missing[-1].append((t.param_positions[i][k], stem))
             for pname in t.required_nonpath_names[i]:
                 required += 1
                 filled += pname in fills
                 available += pname in fills or name_key(pname) in have_names
-            X[r, col["req_fills_required"]] = filled / required if required else np.nan
-            X[r, col["inputs_available"]] = available / required if required else 1.0
-            X[r, col["callable_now"]] = available == required
-            X[r, col["needs_named_id"]] = unheld_named
+            out["req_fills_required"].append(filled / required if required else np.nan)
+            out["inputs_available"].append(available / required if required else 1.0)
+            out["callable_now"].append(available == required)
+            out["needs_named_id"].append(unheld_named)
             # a search's query is the named thing itself: only its path must be callable
-            X[r, col["finds_named"]] = bool(named) and not path_missing and (
+            out["finds_named"].append(bool(named) and not path_missing and (
                 (t.role_name[i] in ("list", "search") and bool(t.path_words[i] & named))
                 or bool(t.returns_entity_stems[i] & named)
-            )
+            ))
+        for name, column in out.items():
+            X[:, col[name]] = column
         self._asked_id(X, t, idx, missing)
 
     @staticmethod
@@ -1067,14 +1084,16 @@ class FeatureExtractor:
             X[:, col["rel_same_resource"]] = [
                 bool(op.resource) and op.resource == last.resource for op in ops
             ]
-            for r, i in enumerate(idx):
+            shared = []
+            for i in idx:
                 b = t.norm_segments[i]
                 common = 0
                 for x, y in zip(a, b, strict=False):
                     if x != y:
                         break
                     common += 1
-                X[r, col["shared_prefix"]] = common / max(len(a), len(b), 1)
+                shared.append(common / max(len(a), len(b), 1))
+            X[:, col["shared_prefix"]] = shared
             X[:, col["depth_delta"]] = t.depth[idx] - len(a)
         if last2 is None:
             for name in _REL_LAST2:
@@ -1117,6 +1136,18 @@ class FeatureExtractor:
             X[:, col["relation_lift"]] = [by_rel[rel][1] for rel in rels]
 
 
+@lru_cache(maxsize=1024)
+def _prompt_vectors(wv: WordVectors, pt: PromptTokens) -> np.ndarray:
+    """Unit vectors of the whole prompt and of each of its clauses (read-only): the requests of
+    one workflow share its prompt, as :func:`prompt_stems` has it."""
+    docs: list[list[tuple[list[str], Any]]] = [[(list(pt.tokens), 1.0)]]
+    docs += [[([tok for tok, c in zip(pt.tokens, pt.clauses, strict=True) if c == k], 1.0)]
+             for k in range(pt.n_clauses)]
+    P = wv.embed_docs(docs)
+    P.flags.writeable = False
+    return P
+
+
 def _dot(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """``A @ B.T`` in float64, rounded to float32: BLAS kernels differ between machines in the
     last bits of float64, which float32 rounding then hides, so training and serving agree."""
@@ -1130,11 +1161,32 @@ def _per_clause(M: np.ndarray, onehot: np.ndarray) -> np.ndarray:
 
 
 def _group_rank(values: np.ndarray) -> np.ndarray:
-    """0 for the best value of the group, ties share the better rank; NaN ranks last."""
-    v = np.where(np.isnan(values), -np.inf, values)
-    return (v[None, :] > v[:, None]).sum(1).astype(np.float32)
+    """Per column of ``values`` (candidates, features): 0 for the best value of the group, ties
+    share the better rank; NaN ranks last; a column of NaN only is NaN."""
+    missing = np.isnan(values)
+    v = np.where(missing, -np.inf, values)
+    ranks = (v[None, :, :] > v[:, None, :]).sum(1).astype(np.float32)
+    ranks[:, missing.all(0)] = np.nan
+    return ranks
 
 
+def _group_gap(values: np.ndarray) -> np.ndarray:
+    """Per column of ``values`` (candidates, features): how far below the column's best value
+    each is; a column of NaN only is NaN."""
+    empty = np.isnan(values).all(0)
+    best = np.nanmax(np.where(empty, np.float32(0.0), values), axis=0)
+    gaps = values - best
+    gaps[:, empty] = np.nan
+    return gaps
+
+
+# The columns _dataflow fills candidate by candidate (the first five are 0 without path params).
+_DATAFLOW_ROW = ("params_from_history", "params_from_last_call", "params_from_last_returns",
+                 "params_from_last_resource", "params_unfilled", "params_all_filled",
+                 "params_newest_age", "consumes_last_output", "required_from_history")
+# The columns _request fills candidate by candidate.
+_REQUEST_ROW = ("req_fills", "req_fills_required", "inputs_available", "callable_now", "needs_named_id",
+                "finds_named")
 _REL_LAST = ("last_call_overlap", "rel_same", "rel_child", "rel_parent", "rel_sibling", "rel_same_op",
              "rel_same_resource", "shared_prefix", "depth_delta")
 _REL_LAST2 = ("rel2_same", "rel2_child", "rel2_parent", "rel2_same_resource")
@@ -1143,6 +1195,24 @@ _REL_LAST2 = ("rel2_same", "rel2_child", "rel2_parent", "rel2_same_resource")
 def _segments_of(t: SpecTables, spec: SpecIndex, op: Operation) -> tuple[str, ...]:
     i = spec.by_key.get(op.key)
     return t.norm_segments[i] if i is not None else normalized_segments(op)
+
+
+class _HeldIds:
+    """The history's ids (:func:`held_ids`) and, once asked, the ids that fit each parameter
+    (:func:`matching_ids`): one request's candidates share their parameters' names."""
+
+    __slots__ = ("by_name", "by_entity", "_fits")
+
+    def __init__(self, history: Sequence[Call]) -> None:
+        self.by_name, self.by_entity = held_ids(history)
+        self._fits: dict[tuple[str, str], list[IdSource]] = {}
+
+    def matching(self, key: str, entity: str) -> list[IdSource]:
+        """:func:`matching_ids` of ``key`` and ``entity`` (the list is shared: do not change it)."""
+        fits = self._fits.get((key, entity))
+        if fits is None:
+            fits = self._fits[key, entity] = matching_ids(key, entity, self.by_name, self.by_entity)
+        return fits
 
 
 def held_ids(history: Sequence[Call]) -> tuple[dict[str, list[IdSource]], dict[str, list[IdSource]]]:

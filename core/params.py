@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from core.coded_values import coded_fills
@@ -22,11 +23,11 @@ from core.vocabulary import (
     tokenize,
 )
 
-__all__ = ["fill_params", "param_sources", "SESSION_PARAMS"]
+__all__ = ["fill_params", "param_sources", "history_ids", "HistoryIds", "SESSION_PARAMS"]
 
 
 def param_sources(
-    operation: Operation, history: Sequence[Call]
+    operation: Operation, history: Sequence[Call], *, ids: HistoryIds | None = None
 ) -> dict[str, tuple[IdSource | None, bool]]:
     """For each path parameter: the id it takes (newest first, concrete values preferred) and
     whether that value is known.
@@ -37,12 +38,29 @@ def param_sources(
     returns (value unseen, never filled) fits by its entity too (:func:`matching_ids`), when that
     entity names something: a version segment (``/v1beta1/{+name}``, ``/api/{id}``) names
     nothing, and neither does the literal before a segment for any parameter but the segment's
-    first (``/media/{id}.{extension}``: the extension is no media id)."""
-    return _param_sources(operation, *held_ids(_placed(history)))
+    first (``/media/{id}.{extension}``: the extension is no media id).
+
+    ``ids``: :func:`history_ids` of ``history``, when already computed."""
+    return _param_sources(operation, *(ids or history_ids(history)).held)
 
 
 # The history's ids by name key and by entity (:func:`held_ids`).
 _Held = dict[str, list[IdSource]]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryIds:
+    """A history as the params read it: its calls as placed (:func:`_placed`) and their ids."""
+
+    placed: list[Call]
+    held: tuple[_Held, _Held]
+
+
+def history_ids(history: Sequence[Call]) -> HistoryIds:
+    """What :func:`fill_params` and :func:`param_sources` read of ``history``, computed once for
+    every operation a request shows."""
+    placed = _placed(history)
+    return HistoryIds(placed, held_ids(placed))
 
 
 def _param_sources(
@@ -142,6 +160,7 @@ def fill_params(
     *,
     proposed: Mapping[str, str] | None = None,
     prompt: str | None = None,
+    ids: HistoryIds | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Parameters filled with values the request names (:func:`core.request.request_fills`:
     "invoice in_77" fills ``invoice_id``) and with values of the history that mean the same (the
@@ -166,6 +185,8 @@ def fill_params(
     takes one when the operation declares the parameter, the value fits its type, and it is
     grounded: written in the prompt, or a value of the history. An LLM's value found nowhere the
     user gave it is a guess, and a parameter filled by a guess is worse than one shown missing.
+
+    ``ids``: :func:`history_ids` of ``history``, when already computed.
     """
     # What the request itself names wins: "delete the message 1234567" means that message,
     # whatever message the events last showed.
@@ -173,8 +194,8 @@ def fill_params(
     # and what it gives in words the spec codes: "closed" of a state enum, "France" as FR
     params.update(coded_fills(operation, prompt, filled=params))
     missing: list[str] = []
-    placed = _placed(history)
-    held = held_ids(placed)
+    ids = ids or history_ids(history)
+    placed, held = ids.placed, ids.held
     for name, (src, known) in _param_sources(operation, *held).items():
         if name in params:
             continue

@@ -344,9 +344,10 @@ _UNDO_PHRASES = re.compile(
 )
 
 
+@lru_cache(maxsize=4096)
 def wants_destructive(prompt: str | None) -> bool:
     """Whether the prompt clearly asks to delete, cancel, refund, revoke, expire, log out ...
-    something."""
+    something. Cached: the generator and the features ask it of every request's prompt."""
     if not prompt:
         return False
     if _UNDO_PHRASES.search(prompt):

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -327,7 +328,7 @@ class RetrievalIndex:
         ) & (self.depth > self.depth[last])
         last_prefixes = self.prefix_ids[last]
         parent = ~same & ~child & (
-            np.isin(self.seg_id, last_prefixes) | np.isin(self.coll_id, last_prefixes)
+            _member(self.seg_id, last_prefixes) | _member(self.coll_id, last_prefixes)
         ) & (self.depth < self.depth[last])
         sibling = ~same & ~child & ~parent & (self.first_id == self.first_id[last]) & (
             self.first_id >= 0
@@ -458,6 +459,15 @@ def _prerequisites(index: RetrievalIndex, relevance: np.ndarray, have: np.ndarra
 _CLAUSE_NEXT, _CLAUSE_AFTER_NEXT, _CLAUSE_CURRENT, _CLAUSE_OTHER = 1.0, 0.5, 0.7, 0.1
 
 
+def _member(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``np.isin(ids, values)`` for the few values of one path's prefixes: a comparison per value
+    costs less than isin's sorting."""
+    found = np.zeros(len(ids), bool)
+    for value in values.tolist():
+        found |= ids == value
+    return found
+
+
 def _over_max(scores: np.ndarray) -> np.ndarray:
     """``scores`` divided by their maximum, so the best is 1; as they are when none is positive."""
     top = float(scores.max()) if len(scores) else 0.0
@@ -512,8 +522,7 @@ def _semantic_scores(
     wv, V = index.word_vectors, index.op_vectors
     if wv is None or V is None or not prompt_tokens:
         return np.zeros(index.size, dtype=np.float32)
-    docs = [[(list(prompt_tokens), 1.0)], *([(clause, 1.0)] for clause, _ in plan)]
-    P = wv.embed_docs(docs)
+    P = _prompt_vectors(wv, tuple(prompt_tokens), tuple(tuple(clause) for clause, _ in plan))
     sims = P @ V.T
     whole = sims[0]
     if len(plan) < 2:
@@ -521,6 +530,18 @@ def _semantic_scores(
     w = np.array([weight for _, weight in plan], np.float32)
     by_clause = (sims[1:] * w[:, None]).sum(0) / w.sum()
     return ((whole + CLAUSE_WEIGHT * by_clause) / (1.0 + CLAUSE_WEIGHT)).astype(np.float32)
+
+
+@lru_cache(maxsize=1024)
+def _prompt_vectors(
+    wv: WordVectors, prompt_tokens: tuple[str, ...], clauses: tuple[tuple[str, ...], ...]
+) -> np.ndarray:
+    """Unit vectors of the prompt and of its clauses (read-only): the requests of one workflow
+    share its prompt."""
+    docs = [[(list(prompt_tokens), 1.0)], *([(list(clause), 1.0)] for clause in clauses)]
+    P = wv.embed_docs(docs)
+    P.flags.writeable = False
+    return P
 
 
 def _semantic_source(cosine: np.ndarray) -> np.ndarray:
@@ -808,12 +829,13 @@ class RetrievalGenerator:
         # Stable order: combined score, then spec order, so the output is deterministic.
         ranked = candidates_idx[np.lexsort((candidates_idx, -combined[candidates_idx]))]
         order = _with_reserved(ranked, per_source, combined, limit=limit)
+        # each source's scores of the chosen, as Python floats: one conversion per source
+        scores = [(s, v[order].tolist()) for s, v in per_source.items()]
+        destructive = index.destructive[order].tolist()
         out = []
-        for i in order.tolist():
-            sources = {
-                s: round(float(v[i]), 6) for s, v in per_source.items() if v[i] > 0
-            }
-            out.append(Candidate(index=i, sources=sources, destructive=bool(index.destructive[i])))
+        for r, i in enumerate(order.tolist()):
+            sources = {s: round(values[r], 6) for s, values in scores if values[r] > 0}
+            out.append(Candidate(index=i, sources=sources, destructive=bool(destructive[r])))
         return out
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from core.candidates.generator import CandidateSet
 from core.explain import explain
-from core.params import fill_params
+from core.params import fill_params, history_ids
 from core.priors.personal import TransitionPrior
 from core.scoring import after_model, annotate, expand_rows, unexplained_rows
 from core.spec.index import Call, SpecIndex
@@ -83,18 +83,21 @@ def assemble_predictions(
 ) -> list[Prediction]:
     # Stable sort: equal scores keep the generator's order.
     order = np.argsort(-np.asarray(probs, dtype=np.float64), kind="stable")[:k]
+    ids = history_ids(history)  # the same for every prediction
+    scores = np.clip(np.asarray(probs)[order], 0.0, 1.0).tolist()
     predictions = []
-    for row in order:
+    for row, score in zip(order, scores, strict=True):
         cand = candidates.candidates[row]
         op = spec.operations[cand.index]
         params, missing = fill_params(op, history, proposed=candidates.llm_params.get(cand.index),
-                                      prompt=prompt)
+                                      prompt=prompt, ids=ids)
         predictions.append(
             Prediction(
                 endpoint=op.key,
                 params=params,
-                score=round(float(np.clip(probs[row], 0.0, 1.0)), 4),
-                why=explain(op, features[row], contribs[row], history=history, prompt=prompt),
+                score=round(score, 4),
+                why=explain(op, features[row], contribs[row], history=history, prompt=prompt,
+                            ids=ids),
                 destructive=cand.destructive or op.destructive,
                 missing_params=missing,
             )
