@@ -29,23 +29,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
-import ray
-from ray import serve
-
 from deployments.serving.schemas import FeedbackRequest, FeedbackResponse, PredictRequest, PredictResponse
+from tools.cluster import join_env
 
 APP_NAME = "opensesame"
 
 
 def connect(address: str) -> None:
-    """Join the running cluster as a new job (never starts a local one: an address is required)."""
+    """Join the running cluster as a new job (never starts a local one: an address is required).
+    ``make run``'s head on 127.0.0.1 is a one-machine cluster, and a driver joins it only as part
+    of one: Ray reads that from the environment when first imported, hence the imports here."""
+    for name, value in join_env(address).items():
+        os.environ.setdefault(name, value)
+    import ray
+
     ray.init(address=address, log_to_driver=False)
 
 
 def predict(request: PredictRequest, *, app_name: str = APP_NAME, timeout_s: float = 60.0) -> PredictResponse:
+    from ray import serve
+
     handle = serve.get_app_handle(app_name)  # the app's ingress deployment
     return handle.predict.remote(request).result(timeout_s=timeout_s)
 
@@ -53,6 +60,8 @@ def predict(request: PredictRequest, *, app_name: str = APP_NAME, timeout_s: flo
 def feedback(
     outcome: FeedbackRequest, *, app_name: str = APP_NAME, timeout_s: float = 60.0
 ) -> FeedbackResponse:
+    from ray import serve
+
     handle = serve.get_app_handle(app_name)
     return handle.feedback.remote(outcome).result(timeout_s=timeout_s)
 
@@ -73,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         # Serve's handle advances its reply stream in a callback that can fire once Ray is shut
         # down, and logs a traceback for a call that succeeded.
         logging.getLogger("ray.serve").setLevel(logging.CRITICAL)
+        import ray
+
         ray.shutdown()  # leaves the cluster; the service keeps running
     print(response.model_dump_json())
     return 0

@@ -207,6 +207,28 @@ def test_serve_status_works_against_make_run(run: tuple[Ports, subprocess.Popen[
 
 @pytest.mark.serve
 @pytest.mark.slow
+@pytest.mark.parametrize("driver", [["-m", "tools.cli", "predict", "--json", "--request"],
+                                    ["examples/handle_client.py", "--address-first"]])
+def test_a_driver_joins_make_run_at_its_loopback_address(run: tuple[Ports, subprocess.Popen[str]],
+                                                         driver: list[str]) -> None:
+    """The README's handle commands, against make run's head at 127.0.0.1 and with only
+    RAY_AUTH_MODE set: make run's head is a one-machine cluster, and a driver that is not one
+    looked for it at the machine's address (every call 'did not accept this driver')."""
+    ports, _ = run
+    address = f"127.0.0.1:{ports.ray}"
+    if driver[-1] == "--address-first":
+        argv = [driver[0], "--address", address, "examples/request.json"]
+    else:
+        argv = [*driver[:-1], "--address", address, driver[-1], "examples/request.json"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    out = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**env, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"})
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert json.loads(out.stdout)["predictions"], out.stdout[:500]
+
+
+@pytest.mark.serve
+@pytest.mark.slow
 def test_logs_are_json_lines_with_the_prediction_id(run: tuple[Ports, subprocess.Popen[str]]) -> None:
     ports, _ = run
     r = httpx.post(f"http://127.0.0.1:{ports.http}/predict", json=REQUEST, timeout=30)

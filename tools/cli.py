@@ -36,6 +36,7 @@ from typing import Any
 
 from core.errors import PredictorError
 from core.settings import SettingsError
+from tools.cluster import join_env
 
 __all__ = ["main", "parse_event", "build_request"]
 
@@ -166,6 +167,8 @@ def connect_ray(address: str, *, timeout_s: float) -> str | None:
     that still hangs ends the process when the time is up."""
     import tempfile
 
+    for name, value in join_env(address).items():  # read by Ray when it is first imported
+        os.environ.setdefault(name, value)
     import ray
 
     absent = no_ray_at(address, timeout_s=timeout_s)
@@ -199,10 +202,10 @@ def connect_ray(address: str, *, timeout_s: float) -> str | None:
 
 def _predict_by_handle(request: Any, args: argparse.Namespace) -> dict[str, Any] | int:
     """The answer through a DeploymentHandle, as another Ray job; or the exit code after one line."""
+    problem = connect_ray(args.address, timeout_s=args.timeout)  # first: it sets Ray's environment
     import ray
     from ray import serve
 
-    problem = connect_ray(args.address, timeout_s=args.timeout)
     if problem is not None:
         return _error("unreachable", problem, args.json)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no "Started <router…>" line

@@ -277,6 +277,26 @@ def _haproxy_bound_to(host: str, directory: Path) -> Path:
     return wrapper
 
 
+
+def one_machine_env(host: str) -> dict[str, str]:
+    """What a Ray process needs in its environment to be part of a cluster on ``host`` when that
+    is loopback: Ray turns `--node-ip-address 127.0.0.1` into the machine's address, so such a
+    head runs as a one-machine cluster (what Ray is on macOS): its node IP is loopback and every
+    server of it (GCS, raylet, agents, metrics export) listens there. No other node can join it,
+    and a driver joins it only as part of the same one-machine cluster: otherwise Ray replaces
+    127.0.0.1 in the address by the machine's, where nothing listens."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = False
+    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} if loopback else {}
+
+
+def join_env(address: str) -> dict[str, str]:
+    """:func:`one_machine_env` for a driver given ``address`` (``host:port``)."""
+    return one_machine_env(address.rpartition(":")[0] or address)
+
+
 class RayHead:
     """A capped Ray head node: the same ``ray start`` arguments as ``make run`` and the image."""
 
@@ -333,12 +353,9 @@ class RayHead:
         if bind_host not in (None, "", "0.0.0.0", "::"):  # noqa: S104 - comparing, not binding
             assert bind_host is not None
             self.env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(_haproxy_bound_to(bind_host, haproxy_dir))
-            if ipaddress.ip_address(bind_host).is_loopback:
-                # Ray turns `--node-ip-address 127.0.0.1` into the machine's address; as a
-                # one-machine cluster (what Ray is on macOS) its node IP is loopback and every
-                # server of it (GCS, raylet, agents, metrics export) listens there. No other
-                # node can join such a head.
-                self.env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+            one_machine = one_machine_env(bind_host)
+            if one_machine:
+                self.env.update(one_machine)
             else:
                 self.extra_args = ("--node-ip-address", bind_host, *extra_args)
         self.proc: subprocess.Popen[bytes] | None = None

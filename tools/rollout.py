@@ -12,6 +12,7 @@ a rollout re-applies that same file with ``model_path`` set, through the public 
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import httpx
 import yaml
 
 from core.scorer import MODEL_FILE, file_sha256
+from tools.cluster import join_env
 
 __all__ = ["live_config", "write_live_config", "apply_config", "wait_for_model", "RolloutError"]
 
@@ -95,6 +97,7 @@ def apply_config(config_path: Path, *, address: str, app_dir: Path | None = None
     cmd = [*_serve_cli(), "run", "--non-blocking", "--address", address, str(config_path)]
     if app_dir is not None:
         cmd += ["--app-dir", str(app_dir)]
+    env = {**join_env(address), **(env if env is not None else os.environ)}  # `serve run` is a driver
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env,
                          cwd=app_dir or Path(__file__).resolve().parent.parent)
     if run.returncode != 0 or "Submitted deploy config" not in run.stdout + run.stderr:
