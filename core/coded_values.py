@@ -1,7 +1,7 @@
 """Values a request gives in words that the spec wants as codes: a member of a parameter's enum
 ("list the issues whose state is closed" → ``state=closed``), and countries, languages and
-currencies by name or code as their ISO codes ("hotels in France" → ``country=FR``, "subtitles in German" →
-``language=de``, "prices in EUR" → ``currency=EUR``).
+currencies by name or code as their ISO codes ("hotels in France" → ``country=FR``,
+"subtitles in German" → ``language=de``, "prices in EUR" → ``currency=EUR``).
 
 The same grounding rule as every other filled value (:mod:`core.request`): the words are in the
 request, and the value is one the parameter takes. A wrong value is worse than none, so a
@@ -125,33 +125,37 @@ def _iso_kind(param: Param) -> str | None:
     return None
 
 
-def _iso_candidates(param: Param, prompt: str) -> list[str]:
-    """The ISO codes of what the request names that ``param`` can take: of its kind
-    (:func:`_iso_kind`), the two-letter (currency: three-letter) code, or any code its enum lists."""
-    kind = _iso_kind(param)
+def _iso_candidates(param: Param, kind: str, prompt: str) -> list[str]:
+    """The ISO codes of what the request names that ``param`` of ``kind`` (:func:`_iso_kind`)
+    can take: the two-letter (currency: three-letter) code, or any code its enum lists."""
     if kind == "country":
         pairs = country_codes(prompt)
     elif kind == "language":
         pairs = language_codes(prompt)
-    elif kind == "currency":
-        pairs = tuple((c, c) for c in _currency_codes(prompt))
     else:
-        return []
+        pairs = tuple((c, c) for c in _currency_codes(prompt))
     if not param.enum:
         return list(dict.fromkeys(short for short, _ in pairs))
     allowed = {v.upper(): v for v in param.enum}
     return list(dict.fromkeys(allowed[c.upper()] for pair in pairs for c in pair if c.upper() in allowed))
 
 
-def _enum_members(param: Param, prompt_words: str, own_words: frozenset[str]) -> list[str]:
+def _plain(text: str) -> str:
+    """``text`` lower-case, with ``_`` and ``-`` read as spaces: how a member and a request are
+    compared."""
+    return " ".join(text.replace("_", " ").replace("-", " ").lower().split())
+
+
+def _enum_members(param: Param, prompt_words: str, prompt_tokens: frozenset[str],
+                  own_words: frozenset[str]) -> list[str]:
     """The members of ``param``'s enum written in the request as words of their own, when the
     request also names the parameter ("set the status to approved"): a member alone is too often
     a word of the request's own ("create an invoice document" is no ``type=invoice``)."""
-    if not set(tokenize(param.name)) <= set(tokenize(prompt_words)):
+    if not set(tokenize(param.name)) <= prompt_tokens:
         return []
     found = []
     for value in param.enum:
-        words = value.replace("_", " ").replace("-", " ").lower()
+        words = _plain(value)
         if (len(words) < 3 or words in STOPWORDS or set(tokenize(words)) & own_words
                 or not re.search(rf"(?<![\w-]){re.escape(words)}(?![\w-])", prompt_words)):
             continue
@@ -165,7 +169,8 @@ def coded_fills(operation: Operation, prompt: str | None, filled: Iterable[str] 
     one ISO code of what it names. A value fills one parameter."""
     if not prompt:
         return {}
-    prompt_words = " ".join(prompt.replace("_", " ").replace("-", " ").lower().split())
+    prompt_words = _plain(prompt)
+    prompt_tokens = frozenset(tokenize(prompt_words))
     own_words = frozenset(tokenize(" ".join(s for s in operation.segments if not s.startswith("{"))))
     taken = set(filled)
     used: set[str] = set()
@@ -173,7 +178,9 @@ def coded_fills(operation: Operation, prompt: str | None, filled: Iterable[str] 
     for p in operation.params:
         if p.name in taken or p.location in ("header", "cookie") or p.type not in (None, "string"):
             continue
-        coded = _iso_candidates(p, prompt) if _iso_kind(p) else _enum_members(p, prompt_words, own_words)
+        kind = _iso_kind(p)
+        coded = (_iso_candidates(p, kind, prompt) if kind
+                 else _enum_members(p, prompt_words, prompt_tokens, own_words))
         found = [v for v in coded if v.lower() not in used]
         if len(found) == 1:
             out[p.name] = found[0]

@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 
 from deployments.serving.schemas import FeedbackRequest, FeedbackResponse, PredictRequest, PredictResponse
-from tools.cluster import join_env
+from tools.cluster import become_driver_of, leave_ray
 
 APP_NAME = "opensesame"
 
@@ -43,8 +41,7 @@ def connect(address: str) -> None:
     """Join the running cluster as a new job (never starts a local one: an address is required).
     ``make run``'s head on 127.0.0.1 is a one-machine cluster, and a driver joins it only as part
     of one: Ray reads that from the environment when first imported, hence the imports here."""
-    for name, value in join_env(address).items():
-        os.environ.setdefault(name, value)
+    become_driver_of(address)
     import ray
 
     ray.init(address=address, log_to_driver=False)
@@ -79,12 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         response = predict(request, app_name=args.app_name)
     finally:
-        # Serve's handle advances its reply stream in a callback that can fire once Ray is shut
-        # down, and logs a traceback for a call that succeeded.
-        logging.getLogger("ray.serve").setLevel(logging.CRITICAL)
-        import ray
-
-        ray.shutdown()  # leaves the cluster; the service keeps running
+        leave_ray()  # leaves the cluster; the service keeps running
     print(response.model_dump_json())
     return 0
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from core.errors import PredictorError
 from core.settings import SettingsError
-from tools.cluster import join_env
+from tools.cluster import become_driver_of, leave_ray
 
 __all__ = ["main", "parse_event", "build_request"]
 
@@ -167,8 +167,7 @@ def connect_ray(address: str, *, timeout_s: float) -> str | None:
     that still hangs ends the process when the time is up."""
     import tempfile
 
-    for name, value in join_env(address).items():  # read by Ray when it is first imported
-        os.environ.setdefault(name, value)
+    become_driver_of(address)
     import ray
 
     absent = no_ray_at(address, timeout_s=timeout_s)
@@ -203,7 +202,6 @@ def connect_ray(address: str, *, timeout_s: float) -> str | None:
 def _predict_by_handle(request: Any, args: argparse.Namespace) -> dict[str, Any] | int:
     """The answer through a DeploymentHandle, as another Ray job; or the exit code after one line."""
     problem = connect_ray(args.address, timeout_s=args.timeout)  # first: it sets Ray's environment
-    import ray
     from ray import serve
 
     if problem is not None:
@@ -221,10 +219,7 @@ def _predict_by_handle(request: Any, args: argparse.Namespace) -> dict[str, Any]
         first = (str(cause).strip().splitlines() or [""])[0][:500]
         return _error("failed", f"{type(cause).__name__}: {first}", args.json)
     finally:
-        # The handle advances its reply stream in a callback that can fire after the answer is in
-        # hand and Ray is already gone; Serve then logs a traceback for a call that succeeded.
-        logging.getLogger("ray.serve").setLevel(logging.CRITICAL)
-        ray.shutdown()
+        leave_ray()
 
 
 async def _predict_in_process(request: Any, args: argparse.Namespace) -> dict[str, Any]:

@@ -277,7 +277,6 @@ def _haproxy_bound_to(host: str, directory: Path) -> Path:
     return wrapper
 
 
-
 def one_machine_env(host: str) -> dict[str, str]:
     """What a Ray process needs in its environment to be part of a cluster on ``host`` when that
     is loopback: Ray turns `--node-ip-address 127.0.0.1` into the machine's address, so such a
@@ -295,6 +294,25 @@ def one_machine_env(host: str) -> dict[str, str]:
 def join_env(address: str) -> dict[str, str]:
     """:func:`one_machine_env` for a driver given ``address`` (``host:port``)."""
     return one_machine_env(address.rpartition(":")[0] or address)
+
+
+def become_driver_of(address: str) -> None:
+    """Set this process's environment to join ``address`` as a driver (:func:`join_env`; what is
+    set already wins). Ray reads it when first imported: call this before ``import ray``."""
+    for name, value in join_env(address).items():
+        os.environ.setdefault(name, value)
+
+
+def leave_ray() -> None:
+    """Leave the cluster this driver joined. Serve's handle advances its reply stream in a
+    callback that can fire once Ray is shut down, and logs a traceback for a call that succeeded:
+    Serve's logger is quieted first."""
+    import logging
+
+    import ray
+
+    logging.getLogger("ray.serve").setLevel(logging.CRITICAL)
+    ray.shutdown()
 
 
 class RayHead:
