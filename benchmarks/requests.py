@@ -2,6 +2,7 @@
 workflow steps, each ranked by BM25 over the spec, by the generator's order and by the service.
 
     python -m benchmarks.requests [--jentic-dir DIR] [--model ranker/models/ranker.txt]
+    python -m benchmarks.requests --dump-asks FILE   # the asks as JSON, for another checkout
 
 Families (built from the VALIDATION APIs' workflows by :mod:`ranker.requests`; never trained on):
 
@@ -20,7 +21,9 @@ and ``service`` (generator → FeatureExtractor → shipped model, the serving c
 generator missed is a miss). Filled params on ``direct + values``: the target's ``params`` from
 :func:`core.params.fill_params` against the values the step really passed.
 
-Writes ``benchmarks/results/requests.json`` and ``requests.md``.
+Writes ``benchmarks/results/requests.json`` and ``requests.md``. With ``--dump-asks``, writes
+only the asks of every family (:func:`dump_asks`) and ranks nothing: an older checkout's code
+and model can then be scored on today's asks (docs/accuracy.md, "Find-id asks corrected").
 """
 
 from __future__ import annotations
@@ -62,6 +65,22 @@ def families(workflows: Sequence[Workflow]) -> dict[str, list[Example]]:
         "find id": list(request_examples(workflows, "find_id")),
         "workflow": list(examples(workflows)),
     }
+
+
+def dump_asks(workflows: Sequence[Workflow], *, jentic_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every family's asks as plain JSON: the API, workflow, target step and spec file (relative
+    to ``jentic_dir``), the prompt, the history as the events a client sends (``METHOD /path``
+    and params, with the operation key this checkout resolved each to) and the target's key."""
+    root = jentic_dir.resolve()
+    spec_paths = {(w.api, w.workflow_id): Path(w.spec_path).resolve() for w in workflows}
+    return {name: [{
+        "api": e.api, "workflow_id": e.workflow_id, "position": e.position,
+        "spec": str(spec_paths[(e.api, e.workflow_id)].relative_to(root)),
+        "prompt": e.prompt,
+        "history": [{"endpoint": f"{c.method} {c.path}", "params": c.params, "key": c.key}
+                    for c in e.history],
+        "target": e.target,
+    } for e in items] for name, items in families(workflows).items()}
 
 
 def params_quality(items: Sequence[Example], workflows: Sequence[Workflow]) -> dict[str, Any]:
@@ -147,8 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jentic-dir", type=Path, default=None)
     parser.add_argument("--model", type=Path, default=default_model_path())
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--dump-asks", type=Path, default=None, metavar="FILE",
+                        help="write every family's asks as JSON to FILE and rank nothing")
     args = parser.parse_args(argv)
-    results = run(jentic_dir=args.jentic_dir or load_settings().jentic_dir, model_path=args.model)
+    jentic_dir = args.jentic_dir or load_settings().jentic_dir
+    if args.dump_asks:
+        asks = dump_asks(held_out(jentic_dir).workflows, jentic_dir=jentic_dir)
+        args.dump_asks.write_text(json.dumps(asks, indent=1) + "\n")
+        print(f"wrote {args.dump_asks}: " + ", ".join(f"{k} {len(v)}" for k, v in asks.items()),
+              file=sys.stderr)
+        return 0
+    results = run(jentic_dir=jentic_dir, model_path=args.model)
     markdown = results.pop("markdown")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "requests.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
