@@ -49,7 +49,7 @@ def digest(jentic_dir: Path) -> dict[str, object]:
         for r in np.argsort(-probs, kind="stable")[:5]:
             op = ex.spec.operations[candidates[r].index]
             said.append((op.key, explain(op, x[r], contribs[r], history=ex.history, prompt=ex.prompt),
-                         fill_params(op, ex.history, prompt=ex.prompt)))
+                         fill_params(op, ex.history, prompt=ex.prompt, api_words=ex.spec.name_words)))
         keys = [(ex.spec.operations[c.index].key, sorted(c.sources.items())) for c in candidates]
         everything.update(repr((keys, said)).encode())
         everything.update(x.tobytes())

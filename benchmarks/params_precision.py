@@ -195,7 +195,7 @@ def measure(jentic_dir: Path, k: int = 5, split: str = "valid") -> dict[str, Any
             # the history's values the data made up (a response's, an undeclared input), which
             # may or may not be the step's: a fill that takes one can't be judged
             made_up = set().union(*made[: ex.position]) - set().union(*sure[: ex.position])
-            params, _missing = fill_params(op, ex.history, prompt=ex.prompt)
+            params, _missing = fill_params(op, ex.history, prompt=ex.prompt, api_words=ex.spec.name_words)
             asked = request_fills(op, request_values(ex.prompt))
             coded = coded_fills(op, ex.prompt, filled=asked)
             asked = {**asked, **coded}

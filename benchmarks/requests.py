@@ -95,7 +95,7 @@ def params_quality(items: Sequence[Example], workflows: Sequence[Workflow]) -> d
         truth = {**step.params, **step.path_params}
         given += len(known_values(ex.spec, step, with_found=True))
         op = ex.spec.operations[ex.spec.by_key[ex.target]]
-        params, _missing = fill_params(op, ex.history, prompt=ex.prompt)
+        params, _missing = fill_params(op, ex.history, prompt=ex.prompt, api_words=ex.spec.name_words)
         coded = coded_fills(op, ex.prompt, filled=request_fills(op, request_values(ex.prompt)))
         for name, value in params.items():
             if name in coded and name in step.from_inputs:

@@ -147,26 +147,30 @@ def _plain(text: str) -> str:
 
 
 def _enum_members(param: Param, prompt_words: str, prompt_tokens: frozenset[str],
-                  own_words: frozenset[str]) -> list[str]:
+                  own_words: frozenset[str], api_words: frozenset[str]) -> list[str]:
     """The members of ``param``'s enum written in the request as words of their own, when the
     request also names the parameter ("set the status to approved"): a member alone is too often
-    a word of the request's own ("create an invoice document" is no ``type=invoice``)."""
+    a word of the request's own ("create an invoice document" is no ``type=invoice``), of the
+    operation's path, or the API's name ("a Lyft ride" is no ``ride_type=lyft``)."""
     if not set(tokenize(param.name)) <= prompt_tokens:
         return []
     found = []
     for value in param.enum:
         words = _plain(value)
-        if (len(words) < 3 or words in STOPWORDS or set(tokenize(words)) & own_words
+        member = set(tokenize(words))
+        if (len(words) < 3 or words in STOPWORDS or member & own_words or member <= api_words
                 or not re.search(rf"(?<![\w-]){re.escape(words)}(?![\w-])", prompt_words)):
             continue
         found.append(value)
     return found
 
 
-def coded_fills(operation: Operation, prompt: str | None, filled: Iterable[str] = ()) -> dict[str, str]:
+def coded_fills(operation: Operation, prompt: str | None, filled: Iterable[str] = (),
+                api_words: frozenset[str] = frozenset()) -> dict[str, str]:
     """The parameters of ``operation`` (string-typed, not headers or cookies, not in ``filled``)
     that the request gives a coded value for: exactly one enum member written in it, or exactly
-    one ISO code of what it names. A value fills one parameter."""
+    one ISO code of what it names. A value fills one parameter. No member is a word of the
+    operation's path or of the API's name (``api_words``)."""
     if not prompt:
         return {}
     prompt_words = _plain(prompt)
@@ -180,7 +184,7 @@ def coded_fills(operation: Operation, prompt: str | None, filled: Iterable[str] 
             continue
         kind = _iso_kind(p)
         coded = (_iso_candidates(p, kind, prompt) if kind
-                 else _enum_members(p, prompt_words, prompt_tokens, own_words))
+                 else _enum_members(p, prompt_words, prompt_tokens, own_words, api_words))
         found = [v for v in coded if v.lower() not in used]
         if len(found) == 1:
             out[p.name] = found[0]

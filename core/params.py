@@ -161,6 +161,7 @@ def fill_params(
     proposed: Mapping[str, str] | None = None,
     prompt: str | None = None,
     ids: HistoryIds | None = None,
+    api_words: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], list[str]]:
     """Parameters filled with values the request names (:func:`core.request.request_fills`:
     "invoice in_77" fills ``invoice_id``) and with values of the history that mean the same (the
@@ -186,13 +187,14 @@ def fill_params(
     grounded: written in the prompt, or a value of the history. An LLM's value found nowhere the
     user gave it is a guess, and a parameter filled by a guess is worse than one shown missing.
 
-    ``ids``: :func:`history_ids` of ``history``, when already computed.
+    ``ids``: :func:`history_ids` of ``history``, when already computed. ``api_words``: the words
+    of the API's name (``SpecIndex.name_words``), which give no value.
     """
     # What the request itself names wins: "delete the message 1234567" means that message,
     # whatever message the events last showed.
     params: dict[str, Any] = request_fills(operation, request_values(prompt))
     # and what it gives in words the spec codes: "closed" of a state enum, "France" as FR
-    params.update(coded_fills(operation, prompt, filled=params))
+    params.update(coded_fills(operation, prompt, filled=params, api_words=api_words))
     missing: list[str] = []
     ids = ids or history_ids(history)
     placed, held = ids.placed, ids.held

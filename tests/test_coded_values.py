@@ -83,6 +83,21 @@ def test_a_word_of_the_operations_own_path_is_no_enum_value(spec: SpecIndex) -> 
     assert coded_fills(repos, "repos of octocat where type is member") == {"type": "member"}
 
 
+def test_the_apis_own_name_is_no_enum_value() -> None:
+    # "Lyft" names the API; ride_type's member "lyft" is given only in other words
+    lyft = parse_spec({"openapi": "3.0.3", "info": {"title": "Lyft API", "version": "1"}, "paths": {
+        "/rides": {"post": {"parameters": [_q("ride_type", "lyft", "lyft_line", "lyft_plus")],
+                            "responses": _OK}}}})
+    rides = _op(lyft, "POST /rides")
+    prompt = "Request a Lyft ride of the chosen ride type"
+    assert lyft.name_words == frozenset({"lyft", "api"})
+    assert coded_fills(rides, prompt, api_words=lyft.name_words) == {}
+    assert fill_params(rides, [], prompt=prompt, api_words=lyft.name_words)[0] == {}
+    assert coded_fills(rides, "a ride of ride type lyft_line", api_words=lyft.name_words) == {
+        "ride_type": "lyft_line"}
+    assert coded_fills(rides, prompt) == {"ride_type": "lyft"}  # what it gave without the name
+
+
 def test_countries_languages_and_currencies_by_name_fill_their_iso_codes(spec: SpecIndex) -> None:
     hotels = _op(spec, "GET /hotels")
     got = coded_fills(hotels, "hotels in France, descriptions in German, prices in EUR")

@@ -10,6 +10,7 @@ from typing import Any
 
 from core.spec.matching import Match, PathMatcher, split_path
 from core.spec.operations import Operation, Param
+from core.vocabulary import tokenize
 
 __all__ = ["SpecIndex", "Call", "parse_endpoint"]
 
@@ -60,6 +61,12 @@ class SpecIndex:
 
     def __len__(self) -> int:
         return len(self.operations)
+
+    @cached_property
+    def name_words(self) -> frozenset[str]:
+        """The words of the API's own name (its title): "Lyft" in a request names the API, it
+        gives no value (``ride_type=lyft``)."""
+        return frozenset(tokenize(self.title))
 
     @cached_property
     def matcher(self) -> PathMatcher:

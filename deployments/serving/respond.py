@@ -90,7 +90,7 @@ def assemble_predictions(
         cand = candidates.candidates[row]
         op = spec.operations[cand.index]
         params, missing = fill_params(op, history, proposed=candidates.llm_params.get(cand.index),
-                                      prompt=prompt, ids=ids)
+                                      prompt=prompt, ids=ids, api_words=spec.name_words)
         predictions.append(
             Prediction(
                 endpoint=op.key,
