@@ -42,6 +42,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
     CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/-/healthz', timeout=2).status != 200)"
 # The head's caps come from deployments/serving/resources.py and HAProxy's admission control from
-# deployments/serving/admission.py (a multi-line value, hence set here rather than with ENV), as for `make run`;
-# so do the daemons' niceness and their workers' (admission.head_command; tests/test_admission.py holds them equal).
-CMD ["sh", "-c", "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER=\"$(python -m deployments.serving.admission)\" RAY_worker_niceness=0 nice -n 19 ray start --head $(python -m deployments.serving.resources) && exec serve run --address auto serve_config.yaml"]
+# deployments/serving/admission.py (a multi-line value, hence set here rather than with ENV), as for `make run`.
+CMD ["sh", "-c", "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER=\"$(python -m deployments.serving.admission)\" ray start --head $(python -m deployments.serving.resources) && exec serve run --address auto serve_config.yaml"]

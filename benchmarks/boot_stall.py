@@ -1,16 +1,16 @@
-"""``/health`` and ``/livez`` while Ray starts replicas, with Ray's daemons at the niceness
-``make run`` gives them and at Ray's own:
+"""``/health`` and ``/livez`` while Ray starts replicas, with Ray's processes at their own
+niceness and with the whole node at one:
 
-    python -m benchmarks.boot_stall --rounds 3        # ~1 min a head
+    python -m benchmarks.boot_stall --rounds 3 --nice 19        # ~1 min a head
 
 Each round starts one head per variant in turn (alternated: the order flips every other round),
 as ``make run`` does (HAProxy, admission control, throughput-optimised Serve), with one replica
 per deployment. It asks ``/health`` and ``/livez`` every 50 ms from two threads, 5 s quiet, then
 for 20 s while ``serve run`` of the same config with ``min_replicas: 2`` for CandidateGenerator,
 FeatureExtractor and Ranker adds three replicas (what autoscaling does under load), and stops the
-head. ``niced``: the whole node at ``admission.HEAD_NICENESS`` (what ``make run`` and the image
-do); ``ray``: Ray's own (daemons at 0, workers at 15, replicas lowered to 19). Results:
-``benchmarks/results/boot_stall.json``.
+head. ``ray``: as Ray starts its processes and ``make run`` runs them (daemons at 0, workers at 15,
+replicas lowered to 19); ``nice<N>``: the whole node at ``--nice`` (``RayHead(node_nice=N)``).
+Results: ``benchmarks/results/boot_stall.json``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from tools.loadgen import percentile
 
 RESULTS = Path(__file__).resolve().parent / "results" / "boot_stall.json"
 ADDED = ("CandidateGenerator", "FeatureExtractor", "Ranker")
-VARIANTS = {"niced": True, "ray": False}
 EVERY_S = 0.05
 SLOW_MS = 100.0
 
@@ -86,10 +85,10 @@ def probe(base: str, seconds: float, during: threading.Thread | None = None) -> 
     return {path: p.summary() for path, p in probers.items()}
 
 
-def one_head(niced: bool, body: bytes, quiet_s: float, during_s: float) -> dict[str, Any]:
+def one_head(node_nice: int | None, body: bytes, quiet_s: float, during_s: float) -> dict[str, Any]:
     data = tempfile.mkdtemp(prefix="boot-stall-")
     env = {**make_run_env(), "RAY_AUTH_MODE": "disabled", "OPENSESAME_DATA_DIR": data}
-    with RayHead(env=env, niced=niced) as head:
+    with RayHead(env=env, node_nice=node_nice) as head:
         port = free_port()
         first = write_config(Path(head.temp_dir) / "serve.yaml", port=port)
         app = ServeApp(head, first).start(body)
@@ -107,14 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--quiet", type=float, default=5.0, help="seconds probed before adding replicas")
     p.add_argument("--during", type=float, default=20.0, help="seconds probed from the redeploy on")
+    p.add_argument("--nice", type=int, default=19, help="the whole node's niceness in the other variant")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    variants: dict[str, int | None] = {f"nice{args.nice}": args.nice, "ray": None}
     body = (ROOT / "examples" / "request.json").read_bytes()
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     for r in range(args.rounds):
-        order = list(VARIANTS) if r % 2 == 0 else list(reversed(VARIANTS))
+        order = list(variants) if r % 2 == 0 else list(reversed(variants))
         for name in order:
-            result = one_head(VARIANTS[name], body, args.quiet, args.during)
+            result = one_head(variants[name], body, args.quiet, args.during)
             runs[name].append(result)
             during = result["adding_replicas"]
             print(f"round {r} {name}: /health max {during['/health']['max_ms']} ms, "

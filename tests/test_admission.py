@@ -27,7 +27,6 @@ from deployments.serving.admission import (
     client_share_lines,
     deployed_lines,
     haproxy_health_check_inter,
-    head_command,
 )
 
 haproxy = pytest.importorskip("ray.serve._private.haproxy")
@@ -233,14 +232,6 @@ def test_lower_priority_lowers_every_thread_once() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, after, again, other = map(int, done.stdout.split())
     assert after == min(19, before + 3) and again == after and other == after
-
-
-def test_the_image_starts_rays_daemons_as_make_run_does() -> None:
-    """The Dockerfile's ``ray start`` runs at the niceness ``make run``'s head has (tools.cluster
-    uses :func:`head_command`), its workers kept at Ray's own."""
-    command, env = head_command(["ray", "start", "--head"])
-    expected = " ".join([*(f"{k}={v}" for k, v in env.items()), *command])
-    assert expected in (ROOT / "Dockerfile").read_text(), expected
 
 
 def test_the_kuberay_manifest_sets_the_same_value() -> None:

@@ -278,24 +278,6 @@ def test_make_run_listens_on_loopback_only(run: tuple[Ports, subprocess.Popen[st
 
 
 @pytest.mark.serve
-def test_the_whole_node_runs_at_one_priority(run: tuple[Ports, subprocess.Popen[str]]) -> None:
-    """Ray's daemons, its workers (controller, proxy, HAProxy) and the replicas at one niceness:
-    daemons above the service took both CPUs from it at every worker start (admission.py)."""
-    from deployments.serving.admission import HEAD_NICENESS, WORKER_NICENESS
-
-    ports, _proc = run
-    nice: dict[str, set[int]] = {}
-    for pid in marked_pids(ports.temp_dir):
-        try:
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            nice.setdefault(comm, set()).add(os.getpriority(os.PRIO_PROCESS, pid))
-        except OSError:
-            continue  # a process that ended meanwhile
-    assert nice["gcs_server"] == nice["raylet"] == {HEAD_NICENESS}, nice
-    assert nice["ray::ServeContr"] == nice["haproxy"] == nice["ray::ServeRepli"] == {WORKER_NICENESS}, nice
-
-
-@pytest.mark.serve
 def test_make_run_shares_no_port_with_another_cluster(run: tuple[Ports, subprocess.Popen[str]]) -> None:
     """Serve's Python proxy (HAProxy's fallback until the Ingress replica is in its backend)
     binds with SO_REUSEPORT: on Serve's default port, 8500, every cluster on the machine would

@@ -32,7 +32,7 @@ import yaml
 
 from core.settings import load_settings
 from deployments.serving.admission import ENV_VAR as ADMISSION_ENV_VAR
-from deployments.serving.admission import deployed_lines, head_command
+from deployments.serving.admission import deployed_lines
 from deployments.serving.resources import NODE
 from tools.loadgen import process_tree
 
@@ -322,15 +322,15 @@ class RayHead:
                  root: Path = ROOT, port: int | None = None, temp_dir: str | None = None,
                  haproxy_ports: tuple[int, int] | None = None, dashboard: bool = False,
                  bind_host: str | None = None, reserved_ports: Collection[int] = (),
-                 niced: bool = True) -> None:
+                 node_nice: int | None = None) -> None:
         """``root``: the checkout whose code (and ``.venv``) the head and its apps run; another
         one than this lets an A/B compare two versions of the code side by side. ``port``,
         ``temp_dir``, ``haproxy_ports`` (metrics, stats) fixed rather than free ones: ``make run``'s
         head (tools/run.py), which ``make stop`` finds again by its temp dir. ``bind_host``: the
         address Ray's servers and HAProxy's metrics and stats listen on (:func:`_haproxy_bound_to`);
-        None or ``0.0.0.0``: Ray's and HAProxy's defaults (every interface). ``niced``: Ray's
-        daemons at the niceness ``make run`` gives them (:func:`head_command`); False keeps Ray's
-        own (0), to compare the two."""
+        None or ``0.0.0.0``: Ray's and HAProxy's defaults (every interface). ``node_nice``: the
+        whole node at this niceness (``ray start`` under ``nice``, its workers at +0), to compare
+        with Ray's own (None: its daemons at 0, its workers at 15; benchmarks/boot_stall.py)."""
         self.root = root
         self.bin = VENV_BIN if root == ROOT else root / ".venv" / "bin"
         # Short path: Ray's unix sockets live under it and must stay under ~107 characters.
@@ -371,7 +371,7 @@ class RayHead:
             "OS5_BENCH_HEAD": self.temp_dir,
         }
         self.extra_args = extra_args
-        self.niced = niced
+        self.node_nice = node_nice
         if bind_host not in (None, "", "0.0.0.0", "::"):  # noqa: S104 - comparing, not binding
             assert bind_host is not None
             self.env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(_haproxy_bound_to(bind_host, haproxy_dir))
@@ -412,10 +412,12 @@ class RayHead:
             *NODE.ray_start_args(dashboard=self.dashboard),
             *self.extra_args,
         ]
-        niced, priority_env = head_command(cmd) if self.niced else (cmd, {})
+        env = self.env
+        if self.node_nice is not None:
+            cmd = ["nice", "-n", str(self.node_nice), *cmd]
+            env = {**env, "RAY_worker_niceness": "0"}  # the raylet adds it to its own
         self.proc = subprocess.Popen(
-            niced, env={**self.env, **priority_env}, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

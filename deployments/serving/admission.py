@@ -28,8 +28,7 @@ the Ray head's environment (the HAProxy manager started by the head reads it).
 
 Replicas also lower their own CPU priority (:func:`lower_priority`): on a 2-CPU node HAProxy, the
 proxy and the clients' connections then get the CPU first, so refusals stay fast while the
-replicas are saturated. ``make run`` and the image start the whole node at that priority
-(:func:`head_command`), where lowering is a no-op; a head started otherwise keeps it.
+replicas are saturated.
 """
 
 from __future__ import annotations
@@ -50,14 +49,11 @@ __all__ = [
     "OVERLOAD_MESSAGE",
     "REFUSED_BY",
     "REFUSED_BY_HEADER",
-    "HEAD_NICENESS",
     "REPLICA_NICE_INCREMENT",
-    "WORKER_NICENESS",
     "STRIPPED_HEADERS",
     "client_share_lines",
     "deployed_lines",
     "haproxy_health_check_inter",
-    "head_command",
     "lower_priority",
 ]
 
@@ -70,16 +66,6 @@ HEALTH_CHECK_INTER = "5s"  # Ray's own default for the value we extend
 RETRY_AFTER_S = 1  # as deployments/serving/http_errors.py
 OVERLOAD_MESSAGE = "the service is overloaded; retry shortly"
 REPLICA_NICE_INCREMENT = 5
-# Ray's daemons (GCS, raylet, dashboard and runtime-env agents) run at the niceness of the command
-# that starts the head, and the raylet starts each worker ``RAY_worker_niceness`` above its own. By
-# Ray's defaults the daemons sit at 0 and the workers at 15: every worker start (a replica added by
-# autoscaling, another job's driver) then kept the daemons busy on both CPUs ahead of the service,
-# and /health and /livez answered in 150-530 ms while three replicas started. With every process of
-# the node at one priority a start costs them under 70 ms (benchmarks/boot_stall.py,
-# RELIABILITY.md). The price: HAProxy no longer comes before the replicas, so refusals under 2-5x
-# overload take longer (p99 18-33 ms against 6-9, within the 50 ms target).
-HEAD_NICENESS = 19
-WORKER_NICENESS = 19
 # Says who refused (clients and the load generator can tell HAProxy's refusals from a replica's).
 REFUSED_BY_HEADER = "X-Refused-By"
 REFUSED_BY = "admission"
@@ -168,13 +154,6 @@ def haproxy_health_check_inter(
             "#",  # Ray appends " check" to this line
         ]
     )
-
-
-def head_command(command: list[str]) -> tuple[list[str], dict[str, str]]:
-    """``ray start --head ...`` at :data:`HEAD_NICENESS`, with the environment that keeps its
-    workers at :data:`WORKER_NICENESS`: the command to run and the variables to add."""
-    return (["nice", "-n", str(HEAD_NICENESS), *command],
-            {"RAY_worker_niceness": str(WORKER_NICENESS - HEAD_NICENESS)})
 
 
 _lowered = False
