@@ -46,11 +46,9 @@ from typing import Any
 import numpy as np
 
 from core.candidates.retrieval import RetrievalGenerator
-from core.coded_values import coded_fills
 from core.features import FeatureExtractor
-from core.params import fill_params, param_sources
+from core.params import fill_params, param_sources, request_params
 from core.priors.transitions import load_transitions
-from core.request import request_fills, request_values
 from core.scorer import RankerModel, default_model_path
 from core.settings import load_settings
 from core.spec.index import Call
@@ -196,9 +194,8 @@ def measure(jentic_dir: Path, k: int = 5, split: str = "valid") -> dict[str, Any
             # may or may not be the step's: a fill that takes one can't be judged
             made_up = set().union(*made[: ex.position]) - set().union(*sure[: ex.position])
             params, _missing = fill_params(op, ex.history, prompt=ex.prompt, api_words=ex.spec.name_words)
-            asked = request_fills(op, request_values(ex.prompt))
-            coded = coded_fills(op, ex.prompt, filled=asked)
-            asked = {**asked, **coded}
+            named, coded = request_params(op, ex.prompt, api_words=ex.spec.name_words)
+            asked = {**named, **coded}
             for name, value in params.items():
                 c = counts[_location(locations, name)]
                 c["filled"] += 1

@@ -40,10 +40,8 @@ import numpy as np
 
 from benchmarks.ranking import bm25_rank, held_out
 from core.candidates.retrieval import RetrievalGenerator
-from core.coded_values import coded_fills
 from core.features import FeatureExtractor
-from core.params import fill_params
-from core.request import request_fills, request_values
+from core.params import fill_params, request_params
 from core.scorer import RankerModel, default_model_path
 from core.settings import load_settings
 from ranker.data import Example, Workflow, examples
@@ -96,7 +94,7 @@ def params_quality(items: Sequence[Example], workflows: Sequence[Workflow]) -> d
         given += len(known_values(ex.spec, step, with_found=True))
         op = ex.spec.operations[ex.spec.by_key[ex.target]]
         params, _missing = fill_params(op, ex.history, prompt=ex.prompt, api_words=ex.spec.name_words)
-        coded = coded_fills(op, ex.prompt, filled=request_fills(op, request_values(ex.prompt)))
+        _named, coded = request_params(op, ex.prompt, api_words=ex.spec.name_words)
         for name, value in params.items():
             if name in coded and name in step.from_inputs:
                 unverifiable += 1

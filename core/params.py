@@ -23,7 +23,7 @@ from core.vocabulary import (
     tokenize,
 )
 
-__all__ = ["fill_params", "param_sources", "history_ids", "HistoryIds", "SESSION_PARAMS"]
+__all__ = ["fill_params", "request_params", "param_sources", "history_ids", "HistoryIds", "SESSION_PARAMS"]
 
 
 def param_sources(
@@ -154,6 +154,16 @@ def _fits(src: IdSource, key: str) -> bool:
     return _names_something(src.name, src.entity, _segments(src))
 
 
+def request_params(operation: Operation, prompt: str | None, *,
+                   api_words: frozenset[str] = frozenset()) -> tuple[dict[str, Any], dict[str, str]]:
+    """The values the request itself gives ``operation``, as :func:`fill_params` takes them: those
+    it names (:func:`core.request.request_fills`), and those it gives in words the spec codes
+    ("closed" of a state enum, "France" as FR: :func:`core.coded_values.coded_fills`) for the
+    parameters left."""
+    named = request_fills(operation, request_values(prompt))
+    return named, coded_fills(operation, prompt, filled=named, api_words=api_words)
+
+
 def fill_params(
     operation: Operation,
     history: Sequence[Call],
@@ -192,9 +202,8 @@ def fill_params(
     """
     # What the request itself names wins: "delete the message 1234567" means that message,
     # whatever message the events last showed.
-    params: dict[str, Any] = request_fills(operation, request_values(prompt))
-    # and what it gives in words the spec codes: "closed" of a state enum, "France" as FR
-    params.update(coded_fills(operation, prompt, filled=params, api_words=api_words))
+    named, coded = request_params(operation, prompt, api_words=api_words)
+    params: dict[str, Any] = {**named, **coded}
     missing: list[str] = []
     ids = ids or history_ids(history)
     placed, held = ids.placed, ids.held
