@@ -31,6 +31,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
     RAY_SERVE_ENABLE_HA_PROXY=1 \
     RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 \
+    RAY_worker_niceness=0 \
     RAY_USAGE_STATS_ENABLED=0 \
     OPENSESAME_DATA_DIR=/app/var
 # /app is root's; the service writes only its data dir (spec cache, feedback).

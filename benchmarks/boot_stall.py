@@ -1,16 +1,18 @@
-"""``/health`` and ``/livez`` while Ray starts replicas, with Ray's processes at their own
-niceness and with the whole node at one:
+"""``/health`` and ``/livez`` while Ray starts replicas, for setups side by side:
 
-    python -m benchmarks.boot_stall --rounds 3 --nice 19        # ~1 min a head
+    python -m benchmarks.boot_stall --rounds 3                  # make run, and workers at Ray's 15
+    python -m benchmarks.boot_stall --variant now --variant before@../other-checkout --nice 19
 
-Each round starts one head per variant in turn (alternated: the order flips every other round),
-as ``make run`` does (HAProxy, admission control, throughput-optimised Serve), with one replica
-per deployment. It asks ``/health`` and ``/livez`` every 50 ms from two threads, 5 s quiet, then
-for 20 s while ``serve run`` of the same config with ``min_replicas: 2`` for CandidateGenerator,
-FeatureExtractor and Ranker adds three replicas (what autoscaling does under load), and stops the
-head. ``ray``: as Ray starts its processes and ``make run`` runs them (daemons at 0, workers at 15,
-replicas lowered to 19); ``nice<N>``: the whole node at ``--nice`` (``RayHead(node_nice=N)``).
-Results: ``benchmarks/results/boot_stall.json``.
+A variant is ``NAME[@CHECKOUT][:KEY=VALUE,...]`` as in :mod:`benchmarks.serving_ab` (variables
+of the head's environment on top of what ``make run`` sets; another checkout's code); ``--nice N``
+adds the whole node at niceness N (``RayHead(node_nice=N)``). Each round starts one head per
+variant in turn (alternated: the order flips every other round), as ``make run`` does (HAProxy,
+admission control, throughput-optimised Serve), with one replica per deployment. It asks
+``/health`` and ``/livez`` every 50 ms from two threads, 5 s quiet, then for 20 s while ``serve
+run`` of the same config with ``min_replicas: 2`` for CandidateGenerator, FeatureExtractor and
+Ranker adds three replicas (what autoscaling does under load), and stops the head. Another
+checkout's head gets this one's ``make run`` environment: give it its own as ``KEY=VALUE``s
+(``before@../old:RAY_worker_niceness=15``). Results: ``benchmarks/results/boot_stall.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import httpx
 
 from benchmarks.cluster import ROOT, RayHead, ServeApp, free_port, make_run_env, write_config
+from benchmarks.serving_ab import Variant
 from tools.loadgen import percentile
 
 RESULTS = Path(__file__).resolve().parent / "results" / "boot_stall.json"
@@ -85,16 +88,18 @@ def probe(base: str, seconds: float, during: threading.Thread | None = None) -> 
     return {path: p.summary() for path, p in probers.items()}
 
 
-def one_head(node_nice: int | None, body: bytes, quiet_s: float, during_s: float) -> dict[str, Any]:
+def one_head(variant: Variant, node_nice: int | None, body: bytes, quiet_s: float,
+             during_s: float) -> dict[str, Any]:
     data = tempfile.mkdtemp(prefix="boot-stall-")
-    env = {**make_run_env(), "RAY_AUTH_MODE": "disabled", "OPENSESAME_DATA_DIR": data}
-    with RayHead(env=env, node_nice=node_nice) as head:
+    env = {**make_run_env(), "RAY_AUTH_MODE": "disabled", "OPENSESAME_DATA_DIR": data, **variant.env}
+    with RayHead(env=env, node_nice=node_nice, root=variant.root) as head:
         port = free_port()
-        first = write_config(Path(head.temp_dir) / "serve.yaml", port=port)
+        base = variant.root / "serve_config.yaml"
+        first = write_config(Path(head.temp_dir) / "serve.yaml", port=port, base=base)
         app = ServeApp(head, first).start(body)
         time.sleep(5)  # the first requests' warm-up done
         quiet = probe(app.url, quiet_s)
-        more = write_config(Path(head.temp_dir) / "serve-more.yaml", port=port,
+        more = write_config(Path(head.temp_dir) / "serve-more.yaml", port=port, base=base,
                             deployments={d: {"autoscaling_config": {"min_replicas": 2}} for d in ADDED})
         adding = threading.Thread(target=lambda: ServeApp(head, more).start(body))
         return {"quiet": quiet, "adding_replicas": probe(app.url, during_s, during=adding),
@@ -106,16 +111,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--quiet", type=float, default=5.0, help="seconds probed before adding replicas")
     p.add_argument("--during", type=float, default=20.0, help="seconds probed from the redeploy on")
-    p.add_argument("--nice", type=int, default=19, help="the whole node's niceness in the other variant")
+    p.add_argument("--variant", type=Variant.parse, action="append",
+                   help="NAME[@CHECKOUT][:VAR=VALUE,...] (default: now, and ray15:RAY_worker_niceness=15)")
+    p.add_argument("--nice", type=int, help="add the whole node at this niceness as a variant")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    variants: dict[str, int | None] = {f"nice{args.nice}": args.nice, "ray": None}
+    chosen = args.variant or [Variant("now"), Variant.parse("ray15:RAY_worker_niceness=15")]
+    variants: dict[str, tuple[Variant, int | None]] = {v.name: (v, None) for v in chosen}
+    if args.nice is not None:
+        variants[f"node at {args.nice}"] = (Variant(f"node at {args.nice}"), args.nice)
     body = (ROOT / "examples" / "request.json").read_bytes()
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     for r in range(args.rounds):
         order = list(variants) if r % 2 == 0 else list(reversed(variants))
         for name in order:
-            result = one_head(variants[name], body, args.quiet, args.during)
+            result = one_head(*variants[name], body, args.quiet, args.during)
             runs[name].append(result)
             during = result["adding_replicas"]
             print(f"round {r} {name}: /health max {during['/health']['max_ms']} ms, "

@@ -77,6 +77,7 @@ def test_make_run_and_the_image_start_the_head_with_these_caps() -> None:
         assert "RAY_SERVE_THROUGHPUT_OPTIMIZED=1" in text
         assert "RAY_SERVE_ENABLE_HA_PROXY=1" in text
         assert "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0" in text
+        assert "RAY_worker_niceness=0" in text  # deployments/serving/admission.py, priorities
 
 
 def test_code_defaults_are_the_config(deployments) -> None:

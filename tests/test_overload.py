@@ -38,7 +38,7 @@ from benchmarks.cluster import (
 )
 from benchmarks.serving import replica_counts
 from benchmarks.workload import build_workload
-from deployments.serving.admission import MAX_CONCURRENT_PER_INGRESS, REFUSED_BY
+from deployments.serving.admission import MAX_CONCURRENT_PER_INGRESS, REFUSED_BY, REPLICA_NICENESS
 from tests.faults import record
 from tools.loadgen import (
     CLIENT_OVERFLOW,
@@ -165,6 +165,37 @@ def _numbers(result: RunResult, **extra: Any) -> dict[str, Any]:
         "node_peak_pss_mb": s["node_peak_pss_mb"],
         "load_average": os.getloadavg()[0],
     }
+
+
+def _niceness_by_title(head: RayHead) -> dict[str, set[int]]:
+    """The niceness of each of the head's processes, by process title (Ray's ``ray::…``, else the
+    program's name)."""
+    found: dict[str, set[int]] = {}
+    for pid in head.marked_pids():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        title = argv[0].decode(errors="replace").strip()
+        name = title if title.startswith("ray::") else Path(title.split()[0]).name
+        found.setdefault(name, set()).add(int(stat[stat.rindex(")") + 2:].split()[16]))
+    return found
+
+
+def test_the_graph_runs_below_haproxy_the_ingress_and_rays_daemons(service: dict[str, Any]) -> None:
+    """As ``make run`` starts them (deployments/serving/admission.py): HAProxy, the Ingress, Serve's
+    controller and Ray's daemons at niceness 0, every replica of the graph lowered to 19. A new
+    worker's start runs at the raylet's 0 whatever Ray's worker niceness is; HAProxy and the
+    Ingress at Ray's default 15 (or lowered with the graph) stalled /health behind it."""
+    nice = _niceness_by_title(service["head"])
+    graph = {t: n for t, n in nice.items() if t.startswith("ray::ServeReplica:")}
+    ingress = {n for t, ns in graph.items() if t.endswith(":Ingress") for n in ns}
+    below = {n for t, ns in graph.items() if not t.endswith(":Ingress") for n in ns}
+    assert ingress == {0}, nice
+    assert below == {REPLICA_NICENESS} and len(graph) == 4, nice
+    for daemon in ("ray::ServeController", "haproxy", "raylet", "gcs_server"):
+        assert nice[daemon] == {0}, (daemon, nice)
 
 
 def test_overload_2x_and_5x_for_a_minute_fast_503s_and_full_recovery(service: dict[str, Any]) -> None:

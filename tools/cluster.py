@@ -58,7 +58,8 @@ VENV_BIN = Path(sys.executable).parent
 def make_run_env(*, client_share: int | None = None) -> dict[str, str]:
     """The Serve settings ``make run`` (and the image) put in the Ray head's environment:
     throughput-optimised Serve, HAProxy in place of the Python proxy with admission control and a
-    per-client share (:mod:`deployments.serving.admission`), user code on the replica's own loop.
+    per-client share (:mod:`deployments.serving.admission`), user code on the replica's own loop,
+    workers at niceness 0.
     ``client_share``: the share HAProxy enforces; by default ``client_max_concurrent`` from the
     ``OPENSESAME_*`` environment, as the Ingress reads it (its ``request_timeout_s`` too: how long
     HAProxy waits for a body)."""
@@ -67,6 +68,10 @@ def make_run_env(*, client_share: int | None = None) -> dict[str, str]:
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+        # Workers at the daemons' niceness (Ray's default is 15), the graph's replicas lowering
+        # themselves to 19: a worker's first ~0.3 s runs at the raylet's 0 whatever this says,
+        # and above HAProxy and the Ingress it stalled /health (deployments/serving/admission.py).
+        "RAY_worker_niceness": "0",
         ADMISSION_ENV_VAR: admission,
     }
 

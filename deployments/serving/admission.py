@@ -26,9 +26,14 @@ the other client's requests and to ``/health``; RELIABILITY.md, issue 19).
 ``OPENSESAME_*`` environment); ``make run`` and the Dockerfile put it in
 the Ray head's environment (the HAProxy manager started by the head reads it).
 
-Replicas also lower their own CPU priority (:func:`lower_priority`): on a 2-CPU node HAProxy, the
-proxy and the clients' connections then get the CPU first, so refusals stay fast while the
-replicas are saturated.
+The graph's replicas also lower their own CPU priority (:func:`lower_priority`, to
+:data:`REPLICA_NICENESS`): on a 2-CPU node HAProxy, the Ingress and the clients' connections then
+get the CPU first, so refusals and ``/health`` stay fast while the replicas are saturated.
+``make run`` starts Ray's workers at niceness 0 (``RAY_worker_niceness``, :func:`tools.cluster.make_run_env`):
+Ray applies a worker's niceness only once its interpreter has started and imported ``ray``, so
+each new worker spends its first ~0.3 s of CPU at the raylet's 0; at Ray's default 15 for
+HAProxy and the Ingress, that start stalled them for 100-600 ms whenever autoscaling added
+replicas (RELIABILITY.md, "Ray's daemons and a worker's start").
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ __all__ = [
     "OVERLOAD_MESSAGE",
     "REFUSED_BY",
     "REFUSED_BY_HEADER",
-    "REPLICA_NICE_INCREMENT",
+    "REPLICA_NICENESS",
     "STRIPPED_HEADERS",
     "client_share_lines",
     "deployed_lines",
@@ -65,7 +70,8 @@ MAX_CONCURRENT_PER_INGRESS = 16
 HEALTH_CHECK_INTER = "5s"  # Ray's own default for the value we extend
 RETRY_AFTER_S = 1  # as deployments/serving/http_errors.py
 OVERLOAD_MESSAGE = "the service is overloaded; retry shortly"
-REPLICA_NICE_INCREMENT = 5
+# The graph's replicas (generator, features, ranker): below HAProxy, the Ingress and Ray's own.
+REPLICA_NICENESS = 19
 # Says who refused (clients and the load generator can tell HAProxy's refusals from a replica's).
 REFUSED_BY_HEADER = "X-Refused-By"
 REFUSED_BY = "admission"
@@ -159,21 +165,21 @@ def haproxy_health_check_inter(
 _lowered = False
 
 
-def lower_priority(increment: int = REPLICA_NICE_INCREMENT) -> int:
-    """Lower this process's CPU priority once (a replica calls it in its constructor); returns the
-    niceness now in force. Never raises: priority is a preference, not a requirement.
+def lower_priority(niceness: int = REPLICA_NICENESS) -> int:
+    """Lower this process's CPU priority to ``niceness`` once (a replica of the graph calls it in
+    its constructor); returns the niceness now in force. Never raises, never raises a priority:
+    priority is a preference, not a requirement.
 
     On Linux niceness belongs to each thread, and a replica's constructor runs in one of several
     (Serve's user-code thread): every thread of the process is lowered; threads started later
-    inherit it from theirs. Ray already starts workers at niceness 15; this takes replicas lower
-    than Ray's own processes (controller, HAProxy manager and HAProxy)."""
+    inherit it from theirs."""
     global _lowered
     try:
         current = os.getpriority(os.PRIO_PROCESS, 0)
         if _lowered:
             return current
         _lowered = True
-        target = min(19, current + increment)
+        target = min(19, max(current, niceness))
         tasks = Path("/proc/self/task")
         for tid in [int(t) for t in os.listdir(tasks)] if tasks.is_dir() else [0]:
             try:

@@ -1,10 +1,10 @@
-"""What every deployment of the graph does as a replica: start behind HAProxy in CPU priority,
-read its settings, and report its own latency to the autoscaler."""
+"""What every deployment of the graph does as a replica: take its CPU priority, read its
+settings, and report its own latency to the autoscaler."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from core.settings import load_settings
 from deployments.serving.admission import lower_priority
@@ -19,8 +19,13 @@ T = TypeVar("T")
 
 
 class Replica:
+    # The graph's work runs below HAProxy and the Ingress (admission.lower_priority): refusals
+    # and /health stay fast while it is saturated. The Ingress keeps the workers' priority.
+    lowers_priority: ClassVar[bool] = True
+
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        lower_priority()  # HAProxy and the proxy get the CPU first: refusals stay fast
+        if self.lowers_priority:
+            lower_priority()
         self.settings = load_settings(**(settings or {}))
         enable_metrics(self.settings.metrics)
         route_to_serve()  # our log lines in Serve's replica log, as JSON
