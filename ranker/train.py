@@ -87,8 +87,11 @@ DEFAULT_ROUNDS = 2000
 # easier than real ones: they count less (on training APIs, 2-fold CV, weights 0/0.3/1 were
 # within noise of each other on real workflows).
 SYNTHETIC_WEIGHT = 0.3
-# Find-id asks (ranker.requests): the read that finds the id a request's best match needs.
-FIND_ID_WEIGHT = 1.0
+# Find-id asks (ranker.requests) after a history: the read that finds the id a step needs. Those
+# without a history weigh 1.0: with no history and no values their request is a direct ask's,
+# whose target is the step itself, and weighing either answer up only trades one for the other
+# (docs/accuracy.md, "Weighing the find-id asks").
+FIND_ID_WEIGHT = 3.0
 # Simulated returning users per API, of each kind (ranker.returning_users); their groups weigh 1.0.
 PERSONAL_USERS_PER_API = 1
 # Share of the workflows that also see their own flow run by other users (ranker.population); 0:
@@ -108,9 +111,10 @@ def example_weights(
     examples: Sequence[Example], *, synthetic_weight: float, find_id_weight: float = FIND_ID_WEIGHT,
 ) -> np.ndarray:
     """One training weight per example: ``synthetic_weight`` for synthetic sequences,
-    ``find_id_weight`` for find-id asks, 1.0 for the others."""
+    ``find_id_weight`` for find-id asks after a history, 1.0 for the others."""
     return np.array([synthetic_weight if e.source == "synthetic"
-                     else find_id_weight if e.request == "find_id" else 1.0 for e in examples])
+                     else find_id_weight if e.request == "find_id" and e.history else 1.0
+                     for e in examples])
 
 
 def fit_ranker(
@@ -264,7 +268,7 @@ class FitConfig:
     jentic_dir: Path | None = None  # workflows + specs; None: settings.jentic_dir
     synthetic_per_api: int = 20
     synthetic_weight: float = SYNTHETIC_WEIGHT
-    find_id_weight: float = FIND_ID_WEIGHT  # of the find-id asks (ranker.requests)
+    find_id_weight: float = FIND_ID_WEIGHT  # of the find-id asks after a history (ranker.requests)
     personal_users_per_api: int = PERSONAL_USERS_PER_API  # of each kind (habits, wandering); 0: none
     population_same_flow: float = POPULATION_SAME_FLOW  # ranker.population; < 0: no population groups
     seed: int = 0
@@ -450,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-per-api", type=int, default=20)
     parser.add_argument("--synthetic-weight", type=float, default=SYNTHETIC_WEIGHT)
     parser.add_argument("--find-id-weight", type=float, default=FIND_ID_WEIGHT,
-                        help="weight of the find-id asks (ranker.requests) against real steps' 1.0")
+                        help="weight of the find-id asks after a history (ranker.requests) "
+                             "against real steps' 1.0")
     parser.add_argument("--personal-users-per-api", type=int, default=PERSONAL_USERS_PER_API,
                         help="simulated returning users per API and kind (habits, wandering); 0: none")
     parser.add_argument("--population-same-flow", type=float, default=POPULATION_SAME_FLOW,

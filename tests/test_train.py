@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,8 @@ def _tiny_jentic(jentic_dir: Path, root: Path, *, train: int = 4, valid: int = 2
 
 
 def test_find_id_asks_weigh_what_they_are_given(tmp_path) -> None:
-    """``--find-id-weight`` weighs the find-id asks alone; synthetic sequences keep theirs."""
+    """``--find-id-weight`` weighs the find-id asks after a history alone: one without a history
+    is a direct ask's request, and stays at 1; synthetic sequences keep their weight."""
     from core.spec.openapi import parse_spec
     from ranker.data import Example, RequestKind, Source
     from ranker.train import TrainConfig, example_weights
@@ -58,11 +60,14 @@ def test_find_id_asks_weigh_what_they_are_given(tmp_path) -> None:
         return Example(api="a", workflow_id="w", spec=spec, history=(), prompt="list invoices",
                        target="GET /invoices", source=source, request=request)
 
+    after = (spec.resolve("GET /v1/invoices", {}),)
     asks = [ask("real"), ask("synthetic"), ask("request", "direct"),
-            ask("request", "direct_values"), ask("request", "find_id")]
+            ask("request", "direct_values"), ask("request", "find_id"),
+            replace(ask("request", "find_id"), history=after)]
     assert example_weights(asks, synthetic_weight=0.3, find_id_weight=2.0).tolist() == [
-        1.0, 0.3, 1.0, 1.0, 2.0]
-    assert example_weights(asks, synthetic_weight=0.3).tolist() == [1.0, 0.3, 1.0, 1.0, 1.0]
+        1.0, 0.3, 1.0, 1.0, 1.0, 2.0]
+    assert example_weights(asks, synthetic_weight=0.3).tolist() == [
+        1.0, 0.3, 1.0, 1.0, 1.0, FIND_ID_WEIGHT]
     with pytest.raises(ValueError, match=r"find_id_weight must be in \(0, 10\], got 0"):
         TrainConfig(find_id_weight=0)
 
