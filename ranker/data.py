@@ -38,6 +38,7 @@ __all__ = [
     "Example",
     "Source",
     "Split",
+    "RequestKind",
     "load_workflows",
     "load_spec",
     "parse_workflow_document",
@@ -52,6 +53,8 @@ __all__ = [
 # "population": a step that sees what other users of its API did (ranker.population)
 # "request": one step asked for on its own (its description as the prompt, ranker.requests)
 Source = Literal["real", "synthetic", "personal", "population", "request"]
+# which kind of request a "request" example is (ranker.requests)
+RequestKind = Literal["direct", "direct_values", "find_id"]
 Split = Literal["train", "valid"]
 
 _STEP_REF = re.compile(r"\$steps\.([^.\s}]+)\.outputs\.([A-Za-z0-9_\-]+)")
@@ -97,6 +100,7 @@ class Example:
     position: int = 0  # index of the target step in its workflow
     personal: UserTransitions | None = None  # the user's own earlier transitions (None: cold)
     population: PopulationView | None = None  # what other users of the API did (None: nothing)
+    request: RequestKind | None = None  # source "request": which kind of ask
 
 
 # -- specs -------------------------------------------------------------------------------------

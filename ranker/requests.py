@@ -23,12 +23,11 @@ from typing import Literal
 from core.spec.index import SpecIndex
 from core.spec.operations import Operation
 from core.vocabulary import is_id_name, is_version_entity, name_key, param_entity, tokenize
-from ranker.data import Example, Step, Workflow, history_of, load_spec
+from ranker.data import Example, RequestKind, Step, Workflow, history_of, load_spec
 
 __all__ = ["RequestKind", "request_examples", "known_values", "found_ids", "needs_found_id",
            "MAX_VALUES"]
 
-RequestKind = Literal["direct", "direct_values", "find_id"]
 MAX_VALUES = 3
 _FINDING_ROLES = ("list", "search", "get")
 
@@ -131,7 +130,8 @@ def request_examples(
                 values = known_values(spec, step, with_found=True) if with_values else {}
                 yield Example(api=wf.api, workflow_id=wf.workflow_id, spec=spec, history=(),
                               prompt=_render(step.description, spec, step, values),
-                              target=step.key, source="request", position=i)
+                              target=step.key, source="request", position=i,
+                              request="direct_values" if values else "direct")
         if kind in ("find_id", "training"):
             done: set[int] = set()
             for k, step in enumerate(wf.steps):
@@ -146,4 +146,5 @@ def request_examples(
                     yield Example(api=wf.api, workflow_id=wf.workflow_id, spec=spec,
                                   history=history_of(wf, spec, j),
                                   prompt=_render(step.description, spec, step, values),
-                                  target=finder.key, source="request", position=j)
+                                  target=finder.key, source="request", position=j,
+                                  request="find_id")

@@ -67,8 +67,8 @@ from ranker.train import (
     FitConfig,
     base_examples,
     calibrate,
+    example_weights,
     fit_ranker,
-    source_weights,
 )
 
 __all__ = [
@@ -304,7 +304,8 @@ def retrain(
     stop_on = base.select(is_valid & (is_real | (base.source == "request")) & base.has_target)
     train = concat_groups(base_train, fb_train)
     weight = np.concatenate([
-        source_weights(base_train, config.synthetic_weight),
+        example_weights(base_list, synthetic_weight=config.synthetic_weight,
+                        find_id_weight=config.find_id_weight)[is_train & base.has_target],
         np.full(len(fb_train), config.feedback_weight),
     ])
 
@@ -384,6 +385,7 @@ def retrain(
                 },
                 "groups": {"train": len(base_train), "early_stopping": len(stop_on)},
                 "synthetic_per_api": config.synthetic_per_api, "synthetic_weight": config.synthetic_weight,
+                "find_id_weight": config.find_id_weight,
                 "candidates": CANDIDATES, "seconds": round(time.perf_counter() - started, 1),
             },
             created=created,

@@ -62,6 +62,7 @@ from ranker.evaluate import (
 
 __all__ = [
     "DEFAULT_PARAMS", "FitConfig", "TrainConfig", "TrainResult", "train", "fit_ranker", "source_weights",
+    "example_weights",
     "calibrate", "base_examples", "subset_apis", "main",
 ]
 
@@ -86,6 +87,11 @@ DEFAULT_ROUNDS = 2000
 # easier than real ones: they count less (on training APIs, 2-fold CV, weights 0/0.3/1 were
 # within noise of each other on real workflows).
 SYNTHETIC_WEIGHT = 0.3
+# Find-id asks (ranker.requests) after a history: the read that finds the id a step needs. Those
+# without a history weigh 1.0: with no history and no values their request is a direct ask's,
+# whose target is the step itself, and weighing either answer up only trades one for the other
+# (docs/accuracy.md, "Weighing the find-id asks").
+FIND_ID_WEIGHT = 3.0
 # Simulated returning users per API, of each kind (ranker.returning_users); their groups weigh 1.0.
 PERSONAL_USERS_PER_API = 1
 # Share of the workflows that also see their own flow run by other users (ranker.population); 0:
@@ -99,6 +105,16 @@ def source_weights(groups: Groups, synthetic_weight: float) -> np.ndarray:
     """One weight per group: ``synthetic_weight`` for synthetic sequences, 1.0 for the others
     (real workflows, returning users, feedback)."""
     return np.where(groups.source == "synthetic", synthetic_weight, 1.0)
+
+
+def example_weights(
+    examples: Sequence[Example], *, synthetic_weight: float, find_id_weight: float = FIND_ID_WEIGHT,
+) -> np.ndarray:
+    """One training weight per example: ``synthetic_weight`` for synthetic sequences,
+    ``find_id_weight`` for find-id asks after a history, 1.0 for the others."""
+    return np.array([synthetic_weight if e.source == "synthetic"
+                     else find_id_weight if e.request == "find_id" and e.history else 1.0
+                     for e in examples])
 
 
 def fit_ranker(
@@ -252,6 +268,7 @@ class FitConfig:
     jentic_dir: Path | None = None  # workflows + specs; None: settings.jentic_dir
     synthetic_per_api: int = 20
     synthetic_weight: float = SYNTHETIC_WEIGHT
+    find_id_weight: float = FIND_ID_WEIGHT  # of the find-id asks after a history (ranker.requests)
     personal_users_per_api: int = PERSONAL_USERS_PER_API  # of each kind (habits, wandering); 0: none
     population_same_flow: float = POPULATION_SAME_FLOW  # ranker.population; < 0: no population groups
     seed: int = 0
@@ -265,6 +282,8 @@ class FitConfig:
             raise ValueError(f"synthetic_per_api must be >= 0, got {self.synthetic_per_api}")
         if not 0 <= self.synthetic_weight <= 1:
             raise ValueError(f"synthetic_weight must be in [0, 1], got {self.synthetic_weight}")
+        if not 0 < self.find_id_weight <= 10:
+            raise ValueError(f"find_id_weight must be in (0, 10], got {self.find_id_weight}")
         if self.personal_users_per_api < 0:
             raise ValueError(f"personal_users_per_api must be >= 0, got {self.personal_users_per_api}")
         if self.num_boost_round < 1:
@@ -322,14 +341,15 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
     word_vectors = load_word_vectors(config.word_vectors)
     generator = RetrievalGenerator(transitions=transitions, word_vectors=word_vectors)
     extractor = FeatureExtractor(transitions=transitions, word_vectors=word_vectors)
-    groups = build_groups(
-        [*real, *synthetic, *personal], generator=generator, extractor=extractor, limit=CANDIDATES,
-        progress="features",
-    )
+    base = [*real, *synthetic, *personal]
+    groups = build_groups(base, generator=generator, extractor=extractor, limit=CANDIDATES,
+                          progress="features")
     is_train, is_valid = groups.split == "train", groups.split == "valid"
     is_real = groups.source == "real"
     # early stopping watches workflow steps and direct asks alike: one must not pay for the other
     train_groups = groups.select(is_train & groups.has_target)
+    train_weight = example_weights(base, synthetic_weight=config.synthetic_weight,
+                                   find_id_weight=config.find_id_weight)[is_train & groups.has_target]
     stop_on = groups.select(is_valid & (is_real | (groups.source == "request")) & groups.has_target)
     step(f"      train {len(train_groups)} groups ({int((is_train & ~groups.has_target).sum())} with the "
          f"target missing, dropped), early stopping on {len(stop_on)} real validation groups")
@@ -338,7 +358,7 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
     booster = fit_ranker(
         train_groups, stop_on, num_boost_round=config.num_boost_round,
         early_stopping_rounds=config.early_stopping, log_period=config.log_period, seed=config.seed,
-        synthetic_weight=config.synthetic_weight,
+        group_weight=train_weight,
     )
     best = booster.best_iteration or booster.current_iteration()
     step(f"      best iteration {best}")
@@ -403,6 +423,7 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
             "personal_users_per_api": config.personal_users_per_api,
             "population_same_flow": config.population_same_flow,
             "synthetic_weight": config.synthetic_weight,
+            "find_id_weight": config.find_id_weight,
             "max_apis": config.max_apis,
             "candidates": CANDIDATES,
             "seconds": round(time.perf_counter() - started, 1),
@@ -432,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=SHIPPED_MODELS_DIR)
     parser.add_argument("--synthetic-per-api", type=int, default=20)
     parser.add_argument("--synthetic-weight", type=float, default=SYNTHETIC_WEIGHT)
+    parser.add_argument("--find-id-weight", type=float, default=FIND_ID_WEIGHT,
+                        help="weight of the find-id asks after a history (ranker.requests) "
+                             "against real steps' 1.0")
     parser.add_argument("--personal-users-per-api", type=int, default=PERSONAL_USERS_PER_API,
                         help="simulated returning users per API and kind (habits, wandering); 0: none")
     parser.add_argument("--population-same-flow", type=float, default=POPULATION_SAME_FLOW,

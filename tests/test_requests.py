@@ -167,6 +167,7 @@ def test_an_id_the_finder_was_given_is_no_find(tmp_path) -> None:
     asks = list(request_examples(workflows, "find_id"))
     assert [(e.workflow_id, e.target) for e in asks] == [
         ("list", "GET /dns_zones"), ("other", "GET /sentences/{id}")]
+    assert {e.request for e in asks} == {"find_id"}
     spec = load_spec(workflows[0].spec_path)
     assert [needs_found_id(spec, wf, 1) for wf in workflows] == [False, False, True, True]
 

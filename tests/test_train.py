@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from core.features import FEATURE_NAMES
 from core.scorer import CARD_FILE, MODEL_FILE, RankerModel
 from core.settings import PROJECT_ROOT
 from ranker.data import split_of
+from ranker.train import FIND_ID_WEIGHT
 
 
 def _tiny_jentic(jentic_dir: Path, root: Path, *, train: int = 4, valid: int = 2) -> list[str]:
@@ -44,6 +46,32 @@ def _tiny_jentic(jentic_dir: Path, root: Path, *, train: int = 4, valid: int = 2
     return picked
 
 
+def test_find_id_asks_weigh_what_they_are_given(tmp_path) -> None:
+    """``--find-id-weight`` weighs the find-id asks after a history alone: one without a history
+    is a direct ask's request, and stays at 1; synthetic sequences keep their weight."""
+    from core.spec.openapi import parse_spec
+    from ranker.data import Example, RequestKind, Source
+    from ranker.train import TrainConfig, example_weights
+    from tests.specs import billing_spec
+
+    spec = parse_spec(billing_spec())
+
+    def ask(source: Source, request: RequestKind | None = None) -> Example:
+        return Example(api="a", workflow_id="w", spec=spec, history=(), prompt="list invoices",
+                       target="GET /invoices", source=source, request=request)
+
+    after = (spec.resolve("GET /v1/invoices", {}),)
+    asks = [ask("real"), ask("synthetic"), ask("request", "direct"),
+            ask("request", "direct_values"), ask("request", "find_id"),
+            replace(ask("request", "find_id"), history=after)]
+    assert example_weights(asks, synthetic_weight=0.3, find_id_weight=2.0).tolist() == [
+        1.0, 0.3, 1.0, 1.0, 1.0, 2.0]
+    assert example_weights(asks, synthetic_weight=0.3).tolist() == [
+        1.0, 0.3, 1.0, 1.0, 1.0, FIND_ID_WEIGHT]
+    with pytest.raises(ValueError, match=r"find_id_weight must be in \(0, 10\], got 0"):
+        TrainConfig(find_id_weight=0)
+
+
 def test_train_entry_point_end_to_end(jentic_dir, tmp_path) -> None:
     apis = _tiny_jentic(jentic_dir, tmp_path / "jentic")
     assert len(apis) == 6
@@ -70,6 +98,7 @@ def test_train_entry_point_end_to_end(jentic_dir, tmp_path) -> None:
     assert {"real", "synthetic"} <= set(card["metrics"]["validation"]) <= kinds
     assert card["data"]["personal_users_per_api"] == 1
     assert card["data"]["population_same_flow"] == 0.5
+    assert card["data"]["find_id_weight"] == FIND_ID_WEIGHT
     assert 0 <= card["metrics"]["validation"]["real"]["ranker"]["hit@1"] <= 1
     assert model.card.calibration["temperature"] > 0
     assert (out / MODEL_FILE).stat().st_size < 5_000_000
