@@ -262,3 +262,18 @@ def test_the_images_health_check_is_answered_outside_admission(tmp_path: Path) -
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "127.0.0.1:8000/-/healthz" in dockerfile and "/health'" not in dockerfile
     assert "RAY_AUTH_MODE=token" in dockerfile and "RAY_AUTH_MODE=disabled" not in dockerfile
+
+
+def test_a_replica_built_in_process_leaves_its_callers_priority_alone(tmp_path: Path) -> None:
+    """Only a replica in its own Ray actor lowers itself: a test that builds one in-process would
+    otherwise lower the test runner, and every Ray head it starts later, to 19."""
+    code = (
+        "import os; from deployments.candidate_generator import CandidateGeneratorDeployment as D\n"
+        "b = os.getpriority(os.PRIO_PROCESS, 0)\n"
+        f"D.func_or_class(settings={{'data_dir': {str(tmp_path)!r}, 'feedback_enabled': False}})\n"
+        "print(b, os.getpriority(os.PRIO_PROCESS, 0))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=ROOT, timeout=120)
+    before, after = map(int, done.stdout.split()[-2:])
+    assert before < 19 and after == before, done.stdout

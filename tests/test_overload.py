@@ -185,17 +185,21 @@ def _niceness_by_title(head: RayHead) -> dict[str, set[int]]:
 
 def test_the_graph_runs_below_haproxy_the_ingress_and_rays_daemons(service: dict[str, Any]) -> None:
     """As ``make run`` starts them (deployments/serving/admission.py): HAProxy, the Ingress, Serve's
-    controller and Ray's daemons at niceness 0, every replica of the graph lowered to 19. A new
+    controller and Ray's daemons at the niceness the head started at (0), every replica of the
+    graph lowered to 19. A new
     worker's start runs at the raylet's 0 whatever Ray's worker niceness is; HAProxy and the
     Ingress at Ray's default 15 (or lowered with the graph) stalled /health behind it."""
     nice = _niceness_by_title(service["head"])
+    base = min(nice["raylet"])  # the test runner's own: a head cannot start above it
+    if base >= REPLICA_NICENESS:
+        pytest.skip(f"the tests run at niceness {base}: nothing below it to order")
     graph = {t: n for t, n in nice.items() if t.startswith("ray::ServeReplica:")}
     ingress = {n for t, ns in graph.items() if t.endswith(":Ingress") for n in ns}
     below = {n for t, ns in graph.items() if not t.endswith(":Ingress") for n in ns}
-    assert ingress == {0}, nice
+    assert ingress == {base}, nice
     assert below == {REPLICA_NICENESS} and len(graph) == 4, nice
-    for daemon in ("ray::ServeController", "haproxy", "raylet", "gcs_server"):
-        assert nice[daemon] == {0}, (daemon, nice)
+    for daemon in ("ray::ServeController", "haproxy", "gcs_server"):
+        assert nice[daemon] == {base}, (daemon, nice)
 
 
 def test_overload_2x_and_5x_for_a_minute_fast_503s_and_full_recovery(service: dict[str, Any]) -> None:

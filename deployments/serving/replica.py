@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
+import ray
+
 from core.settings import load_settings
 from deployments.serving.admission import lower_priority
 from deployments.serving.autoscaling import LatencyWindow
@@ -24,7 +26,7 @@ class Replica:
     lowers_priority: ClassVar[bool] = True
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        if self.lowers_priority:
+        if self.lowers_priority and _in_an_actor():
             lower_priority()
         self.settings = load_settings(**(settings or {}))
         enable_metrics(self.settings.metrics)
@@ -46,6 +48,13 @@ class BatchedReplica(Replica):
 
     def batching_status(self) -> dict[str, Any]:
         return {"batching": self.batch_config.model_dump(), "batch_sizes": self.batch_stats.summary()}
+
+
+def _in_an_actor() -> bool:
+    """A replica runs in a Ray actor of its own. Built in-process (tests, benchmarks), the class
+    leaves its caller's priority alone: a test runner lowered to 19 would start every later Ray
+    head of the session, daemons and all, at 19."""
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
 def per_call(calls: Sequence[Sequence[Any]], flat: Sequence[T]) -> list[list[T]]:
