@@ -101,20 +101,20 @@ EARLY_STOPPING = 100
 CANDIDATES = 30
 
 
-def source_weights(groups: Groups, synthetic_weight: float) -> np.ndarray:
-    """One weight per group: ``synthetic_weight`` for synthetic sequences, 1.0 for the others
-    (real workflows, returning users, feedback)."""
-    return np.where(groups.source == "synthetic", synthetic_weight, 1.0)
+def source_weights(source: np.ndarray, synthetic_weight: float) -> np.ndarray:
+    """One weight per group by its ``source``: ``synthetic_weight`` for synthetic sequences, 1.0
+    for the others (real workflows, requests, returning users, feedback)."""
+    return np.where(source == "synthetic", synthetic_weight, 1.0)
 
 
 def example_weights(
     examples: Sequence[Example], *, synthetic_weight: float, find_id_weight: float = FIND_ID_WEIGHT,
 ) -> np.ndarray:
-    """One training weight per example: ``synthetic_weight`` for synthetic sequences,
-    ``find_id_weight`` for find-id asks after a history, 1.0 for the others."""
-    return np.array([synthetic_weight if e.source == "synthetic"
-                     else find_id_weight if e.request == "find_id" and e.history else 1.0
-                     for e in examples])
+    """One training weight per example: :func:`source_weights`, and ``find_id_weight`` for the
+    find-id asks after a history."""
+    weights = source_weights(np.array([e.source for e in examples]), synthetic_weight)
+    weights[[e.request == "find_id" and bool(e.history) for e in examples]] = find_id_weight
+    return weights
 
 
 def fit_ranker(
@@ -144,7 +144,7 @@ def fit_ranker(
         raise ValueError(f"synthetic_weight must be in [0, 1], got {synthetic_weight}")
     params = {**DEFAULT_PARAMS, **(params or {}), "seed": seed}
     if group_weight is None:
-        group_weight = source_weights(train, synthetic_weight)
+        group_weight = source_weights(train.source, synthetic_weight)
     group_weight = np.asarray(group_weight, np.float64)
     if group_weight.shape != (len(train),):
         raise ValueError(f"group_weight must have one weight per training group ({len(train)}), "
