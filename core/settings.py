@@ -128,6 +128,12 @@ class Settings(BaseModel):
         return self.models_dir or self.data_dir / "models"
 
     @property
+    def request_body_max_bytes(self) -> int:
+        """The largest request body taken: one spec at its cap and 1 MiB for the rest (events,
+        prompt). The Ingress refuses past it, and HAProxy by Content-Length before any body."""
+        return self.spec_max_bytes + 1024 * 1024
+
+    @property
     def llm_enabled(self) -> bool:
         return bool(self.llm_base_url and self.llm_model)
 

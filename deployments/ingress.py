@@ -116,7 +116,7 @@ class Ingress(Replica):
         self.generator = generator
         self.extractor = extractor
         self.ranker = ranker
-        _body_limit.max_bytes = self.settings.spec_max_bytes + 1024 * 1024
+        _body_limit.max_bytes = self.settings.request_body_max_bytes
         _edge.seconds = self.settings.request_timeout_s
         self.shares = ClientShares(self.settings.client_max_concurrent)
         KEYS.keys = ApiKeys.from_settings(self.settings)  # None: no keys, clients say who they are

@@ -4,6 +4,7 @@ accepts the result (deployments/serving/admission.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from deployments.serving.admission import (
     CLIENT_SHARE_REFUSED_BY,
     ENV_VAR,
     MAX_CONCURRENT_PER_INGRESS,
+    body_cap_lines,
     client_share_lines,
     deployed_lines,
     haproxy_health_check_inter,
@@ -70,7 +73,8 @@ def test_the_value_is_what_ray_reads_and_the_module_prints() -> None:
     settings = load_settings()  # the Ingress's share, also enforced at the edge
     assert printed.rstrip("\n") == deployed_lines(settings)
     assert deployed_lines(settings) == haproxy_health_check_inter(
-        client_share=settings.client_max_concurrent, body_wait_s=settings.request_timeout_s)
+        client_share=settings.client_max_concurrent, body_wait_s=settings.request_timeout_s,
+        max_body_bytes=settings.request_body_max_bytes)
     assert ENV_VAR == "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER"
     assert ENV_VAR in Path(haproxy.__file__).with_name("constants.py").read_text()
 
@@ -124,26 +128,23 @@ def test_the_client_share_goes_before_admission_and_haproxy_accepts_it(tmp_path:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_haproxy_refuses_a_client_past_its_share_and_only_that_client(tmp_path: Path) -> None:
-    """A real HAProxy with the share's lines in front of a loopback server that answers after
-    0.5 s: ten concurrent requests of one user get 2 through and 8 refused 429 by HAProxy (none
-    reaches the server); two other users' and a GET go through meanwhile; an API key is a
-    client of its own whatever user ids it sends; once the requests end the share is free; a
-    body sent slowly is waited for."""
+@contextlib.contextmanager
+def _haproxy_before(
+    tmp_path: Path, lines: list[str], *, answer_after_s: float = 0.0
+) -> Iterator[tuple[int, list[str]]]:
+    """A real HAProxy whose backend has ``lines``, in front of a loopback server that answers
+    200 after ``answer_after_s``: HAProxy's port, and the bodies that reached the server."""
     hits: list[str] = []
 
-    class Slow(BaseHTTPRequestHandler):
+    class Server(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            hits.append(self.rfile.read(int(self.headers["content-length"])).decode())
-            self._answer()
+            hits.append(self.rfile.read(int(self.headers.get("content-length") or 0)).decode())
+            self.do_GET()
 
         def do_GET(self) -> None:  # noqa: N802
-            self._answer()
-
-        def _answer(self) -> None:
-            time.sleep(0.5)
+            time.sleep(answer_after_s)
             self.send_response(200)
             self.send_header("content-length", "2")
             self.end_headers()
@@ -152,17 +153,31 @@ def test_haproxy_refuses_a_client_past_its_share_and_only_that_client(tmp_path: 
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Server)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = free_port()
-    share = "\n    ".join(client_share_lines(2))
+    backend = "\n    ".join(lines)
     (tmp_path / "h.cfg").write_text(
         "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
         f"frontend f\n    bind 127.0.0.1:{port}\n    default_backend b\n"
-        f"backend b\n    {share}\n    server s 127.0.0.1:{server.server_address[1]} maxconn 64\n")
+        f"backend b\n    {backend}\n    server s 127.0.0.1:{server.server_address[1]} maxconn 64\n")
     proc = subprocess.Popen([haproxy.get_haproxy_binary(), "-f", str(tmp_path / "h.cfg")])
     try:
         wait_http(f"http://127.0.0.1:{port}/", timeout_s=10)
+        yield port, hits
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        server.shutdown()
+
+
+def test_haproxy_refuses_a_client_past_its_share_and_only_that_client(tmp_path: Path) -> None:
+    """A real HAProxy with the share's lines in front of a loopback server that answers after
+    0.5 s: ten concurrent requests of one user get 2 through and 8 refused 429 by HAProxy (none
+    reaches the server); two other users' and a GET go through meanwhile; an API key is a
+    client of its own whatever user ids it sends; once the requests end the share is free; a
+    body sent slowly is waited for."""
+    with _haproxy_before(tmp_path, client_share_lines(2), answer_after_s=0.5) as (port, hits):
         url = f"http://127.0.0.1:{port}/predict"
 
         async def burst(calls: list[tuple[str, dict[str, str]]]) -> list[tuple[str, int, str | None]]:
@@ -195,10 +210,26 @@ def test_haproxy_refuses_a_client_past_its_share_and_only_that_client(tmp_path: 
             time.sleep(1.5)
             sock.sendall(body[10:])
             assert sock.recv(64).startswith(b"HTTP/1.1 200"), "a slow body was not waited for"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        server.shutdown()
+
+
+def test_haproxy_refuses_a_declared_body_over_the_cap_before_waiting_for_it(tmp_path: Path) -> None:
+    """The body cap goes before the share's wait for the body: a Content-Length over the cap,
+    with only the body's first bytes sent, is answered 413 in the service's envelope at once
+    (without the cap's line HAProxy waits ``body_wait_s`` for the rest, then answers 408); a
+    body under the cap still reaches the server, and a chunked one passes to it to be counted."""
+    lines = [*body_cap_lines(1000), *client_share_lines(2, body_wait_s=20)]
+    with _haproxy_before(tmp_path, lines) as (port, hits):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1001\r\n\r\n" + b'{"user_id": "u", "spec": "')
+            answer = sock.recv(65536)  # 10 s: a wait for the body (20 s) times out here
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413"), answer[:300]
+        assert json.loads(body)["error"] == {"status": 413, "message": "request body over 1000 bytes"}
+        assert hits == []
+        ok = httpx.post(f"http://127.0.0.1:{port}/predict", json={"user_id": "u", "prompt": "x" * 900})
+        chunked = httpx.post(f"http://127.0.0.1:{port}/predict", content=iter([b'{"user_id": "u"}']))
+        assert (ok.status_code, chunked.status_code) == (200, 200) and len(hits[0]) > 900, hits
 
 
 def test_without_the_value_ray_writes_no_limit(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
@@ -42,10 +43,11 @@ def specs() -> Iterator[SpecServer]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def app(serve_cluster, tmp_path_factory) -> Iterator[dict[str, Any]]:
-    from graph import build_app
-
+@pytest.fixture(scope="module", params=["serve run", "make run"])
+def app(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """The app under attack, deployed two ways: ``serve run`` on the session's cluster (Serve's
+    Python proxy), and as ``make run`` deploys it (a Ray head of its own with HAProxy, admission
+    control and the per-client share at the edge, workers and replicas at their priorities)."""
     # The LLM answers well, so responses could carry its key if anything leaked it.
     llm = FakeLLMServer(default=Reply.predictions([{"endpoint": "GET /invoices", "confidence": 0.5}])).start()
     settings = {
@@ -55,6 +57,20 @@ def app(serve_cluster, tmp_path_factory) -> Iterator[dict[str, Any]]:
         "llm_base_url": llm.base_url,
         "llm_model": "m",
     }
+    try:
+        if request.param == "serve run":
+            yield from _on_the_session_cluster(request.getfixturevalue("serve_cluster"), settings)
+        else:
+            yield from _as_make_run_deploys_it(settings)
+    finally:
+        llm.stop()
+
+
+def _on_the_session_cluster(base: str, settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    import ray
+
+    from graph import build_app
+
     started = time.time()
     # The key as production passes it: in the environment, which build_app hands to the replicas
     # (constructor arguments): it must not surface in Ray's or Serve's logs either.
@@ -63,11 +79,33 @@ def app(serve_cluster, tmp_path_factory) -> Iterator[dict[str, Any]]:
         serve.run(build_app({"settings": settings}), name=APP, route_prefix="/hostile")
     finally:
         del os.environ["OPENSESAME_LLM_API_KEY"]
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
     try:
-        yield {"url": serve_cluster + "/hostile", "base": serve_cluster, "started": started}
+        yield {"url": base + "/hostile", "base": base, "started": started, "logs": logs, "name": APP}
     finally:
         serve.delete(APP)
-        llm.stop()
+
+
+def _as_make_run_deploys_it(settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    from tools.cluster import RayHead, ServeApp, free_port, make_run_env, write_config
+
+    env = {
+        **make_run_env(),
+        "RAY_AUTH_MODE": "disabled",
+        **{f"OPENSESAME_{k.upper()}": str(int(v) if isinstance(v, bool) else v) for k, v in settings.items()},
+        "OPENSESAME_LLM_API_KEY": SECRET,  # in the head's environment, as the image passes it
+    }
+    started = time.time()
+    head = RayHead(env=env).start()
+    failed = True
+    try:
+        config = write_config(Path(head.temp_dir) / "serve.yaml", port=free_port())
+        served = ServeApp(head, config).start(json.dumps(_body()).encode())
+        name = yaml.safe_load(config.read_text())["applications"][0]["name"]
+        yield {"url": served.url, "base": served.url, "started": started, "logs": head.logs, "name": name}
+        failed = False
+    finally:
+        head.stop(keep_logs=failed)
 
 
 @pytest.fixture(scope="module")
@@ -402,18 +440,15 @@ def test_schemathesis_from_openapi_json_finds_no_500(client: httpx.Client, app) 
 
 
 def test_no_secret_or_traceback_in_the_logs(client: httpx.Client, app) -> None:
-    import ray
-
-    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
     leaked, tracebacks = [], []
-    for path in logs.rglob("*"):
+    for path in app["logs"].rglob("*"):
         if not path.is_file() or path.stat().st_mtime < app["started"]:
             continue
         text = path.read_text(errors="replace")
         if SECRET in text:
             leaked.append(str(path))
         # This app's replicas: hostile input is a 4xx, never an unhandled exception.
-        if f"_{APP}_" in path.name and "Traceback" in text:
+        if f"_{app['name']}_" in path.name and "Traceback" in text:
             tracebacks.append((str(path), text[text.index("Traceback") :][:1500]))
     assert not leaked, leaked
     assert not tracebacks, tracebacks

@@ -56,6 +56,7 @@ __all__ = [
     "REFUSED_BY_HEADER",
     "REPLICA_NICENESS",
     "STRIPPED_HEADERS",
+    "body_cap_lines",
     "client_share_lines",
     "deployed_lines",
     "haproxy_health_check_inter",
@@ -125,6 +126,23 @@ def client_share_lines(share: int, *, body_wait_s: float = BODY_WAIT_S,
     ]
 
 
+def body_cap_lines(max_bytes: int) -> list[str]:
+    """HAProxy lines that answer a declared body over ``max_bytes`` with the Ingress's own 413
+    from its ``Content-Length`` alone, before the share's rule waits for the body: otherwise
+    HAProxy would wait ``body_wait_s`` for bytes a client may never send, then answer 408
+    (measured: tests/test_hostile_http.py ``[make run]``). A body without a length is counted
+    by the Ingress while it streams."""
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
+    body = json.dumps({"error": {"status": 413, "message": f"request body over {max_bytes} bytes"}},
+                      separators=(",", ":"))
+    return [
+        "# Body cap (deployments/serving/admission.py body_cap_lines).",
+        f"http-request return status 413 content-type application/json string '{body}'"
+        f" if {{ req.hdr_val(content-length) gt {max_bytes} }}",
+    ]
+
+
 def haproxy_health_check_inter(
     *,
     max_concurrent: int = MAX_CONCURRENT_PER_INGRESS,
@@ -132,9 +150,11 @@ def haproxy_health_check_inter(
     retry_after_s: int = RETRY_AFTER_S,
     client_share: int | None = None,
     body_wait_s: float = BODY_WAIT_S,
+    max_body_bytes: int | None = None,
 ) -> str:
     """The value of ``RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER`` that adds admission control and,
-    with ``client_share``, a per-client share (:func:`client_share_lines`)."""
+    with ``client_share``, a per-client share (:func:`client_share_lines`); with
+    ``max_body_bytes``, the body cap first (:func:`body_cap_lines`)."""
     if max_concurrent < 1:
         raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
     if client_share is not None and client_share < 1:
@@ -152,6 +172,7 @@ def haproxy_health_check_inter(
             f"{inter} maxconn {max_concurrent} check",
             "# Admission control (deployments/serving/admission.py): refuse while waiting for a slot.",
             *(f"http-request del-header {h.decode()}" for h in STRIPPED_HEADERS),
+            *(body_cap_lines(max_body_bytes) if max_body_bytes is not None else ()),
             *(client_share_lines(client_share, body_wait_s=body_wait_s, retry_after_s=retry_after_s)
               if client_share else ()),
             "http-request return status 503 content-type application/json"
@@ -193,11 +214,13 @@ def lower_priority(niceness: int = REPLICA_NICENESS) -> int:
 
 
 def deployed_lines(settings: Settings, *, client_share: int | None = None) -> str:
-    """What ``make run``, the image and the KubeRay manifest deploy: admission and a client's
-    share (``client_share``, else the settings' ``client_max_concurrent``), HAProxy waiting for
-    a body as long as the Ingress would (``request_timeout_s``)."""
+    """What ``make run``, the image and the KubeRay manifest deploy: admission, the Ingress's
+    body cap and a client's share (``client_share``, else the settings'
+    ``client_max_concurrent``), HAProxy waiting for a body as long as the Ingress would
+    (``request_timeout_s``)."""
     return haproxy_health_check_inter(client_share=client_share or settings.client_max_concurrent,
-                                      body_wait_s=settings.request_timeout_s)
+                                      body_wait_s=settings.request_timeout_s,
+                                      max_body_bytes=settings.request_body_max_bytes)
 
 
 if __name__ == "__main__":
