@@ -18,6 +18,7 @@ checkout's head gets this one's ``make run`` environment: give it its own as ``K
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -27,11 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from benchmarks.cluster import ROOT, RayHead, ServeApp, free_port, make_run_env, write_config
 from benchmarks.serving_ab import Variant
-from tools.loadgen import percentile
+from tools.loadgen import HealthProbe
 
 RESULTS = Path(__file__).resolve().parent / "results" / "boot_stall.json"
 ADDED = ("CandidateGenerator", "FeatureExtractor", "Ranker")
@@ -39,50 +38,15 @@ EVERY_S = 0.05
 SLOW_MS = 100.0
 
 
-class Prober(threading.Thread):
-    """GETs ``url`` every :data:`EVERY_S` until stopped; each answer's latency (a failure counts
-    as 10 s), with the moment of each over :data:`SLOW_MS`."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.url = url
-        self.ms: list[float] = []
-        self.slow: list[tuple[float, float]] = []
-        self.failed = 0
-        self.began = time.perf_counter()
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self.halt.is_set():
-                t = time.perf_counter()
-                try:
-                    ok = client.get(self.url).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                ms = (time.perf_counter() - t) * 1000 if ok else 10_000.0
-                self.ms.append(ms)
-                self.failed += not ok
-                if ms > SLOW_MS:
-                    self.slow.append((round(t - self.began, 2), round(ms)))
-                self.halt.wait(EVERY_S)
-
-    def summary(self) -> dict[str, Any]:
-        return {"n": len(self.ms), "failed": self.failed, "p50_ms": round(percentile(self.ms, 50), 1),
-                "p99_ms": round(percentile(self.ms, 99), 1), "max_ms": round(max(self.ms, default=0.0), 1),
-                "over_100ms": len(self.slow), "slow": self.slow[:10]}
-
-
 def probe(base: str, seconds: float, during: threading.Thread | None = None) -> dict[str, Any]:
-    probers = {path: Prober(base + path) for path in ("/health", "/livez")}
-    for p in probers.values():
-        p.start()
-    if during is not None:
-        during.start()
-    time.sleep(seconds)
-    for p in probers.values():
-        p.halt.set()
-        p.join(15)
+    probers = {path: HealthProbe(base + path, every_s=EVERY_S, slow_ms=SLOW_MS)
+               for path in ("/health", "/livez")}
+    with contextlib.ExitStack() as probing:
+        for p in probers.values():
+            probing.enter_context(p)
+        if during is not None:
+            during.start()
+        time.sleep(seconds)
     if during is not None:
         during.join(180)
     return {path: p.summary() for path, p in probers.items()}

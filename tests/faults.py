@@ -17,8 +17,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["replicas", "kill_replica", "Load", "Shot", "HEALTH_MAX_MS", "HealthProbe", "record", "wait_for",
-           "percentile"]
+__all__ = ["replicas", "kill_replica", "Load", "Shot", "HEALTH_MAX_MS", "record", "wait_for"]
 
 
 def replicas(app: str) -> dict[str, list[str]]:
@@ -111,59 +110,6 @@ class Load:
 # /-/healthz) took up to 0.38 s: RELIABILITY.md. A /health that fails, or waits out a
 # deployment's 2 s health timeout, still fails this.
 HEALTH_MAX_MS = 2000.0
-
-
-class HealthProbe:
-    """Asks ``url`` (``/health``) every ``every_s`` from a thread of its own while an attack runs:
-    the issue's "``/health`` answering within 100 ms throughout". Each answer's latency in ms;
-    a failed or non-200 answer counts as ``timeout_s``."""
-
-    def __init__(self, url: str, *, every_s: float = 0.1, timeout_s: float = 10.0) -> None:
-        self.url, self.every_s, self.timeout_s = url, every_s, timeout_s
-        self.ms: list[float] = []
-        self.slow: list[tuple[float, float]] = []  # (s since the probe started, ms) over 100 ms
-        self.failed = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> HealthProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(self.timeout_s + 5)
-
-    def _run(self) -> None:
-        began = time.perf_counter()
-        with httpx.Client(timeout=self.timeout_s) as client:
-            while not self._stop.is_set():
-                t = time.perf_counter()
-                try:
-                    r = client.get(self.url)
-                    ok, why = r.status_code == 200, f"{r.status_code} {r.text[:200]}"
-                except httpx.HTTPError as exc:
-                    ok, why = False, f"{type(exc).__name__}: {exc}"
-                if not ok and len(self.failures) < 3:
-                    self.failures.append(why)
-                self.ms.append((time.perf_counter() - t) * 1000 if ok else self.timeout_s * 1000)
-                self.failed += not ok
-                if self.ms[-1] > 100:
-                    self.slow.append((round(t - began, 2), round(self.ms[-1])))
-                self._stop.wait(self.every_s)
-
-    def summary(self) -> dict[str, Any]:
-        return {"n": len(self.ms), "failed": self.failed, "failures": self.failures,
-                "p50_ms": round(percentile(self.ms, 50), 1), "max_ms": round(max(self.ms, default=0.0), 1),
-                "over_100ms": self.slow[:20]}
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.2) -> Any:

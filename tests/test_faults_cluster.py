@@ -24,10 +24,11 @@ import httpx
 import pytest
 
 from deployments.serving.resources import deployment_options
-from tests.faults import Load, kill_replica, percentile, record, replicas, statuses, wait_for
+from tests.faults import Load, kill_replica, record, replicas, statuses, wait_for
 from tests.llm_server import FakeLLMServer, Reply
 from tests.spec_server import SpecServer, banner_server, spec_server
 from tests.specs import billing_spec, yaml_alias_bomb
+from tools.loadgen import percentile
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow, pytest.mark.faults]
 
@@ -776,7 +777,8 @@ def test_feedback_writer_stuck_answers_503_at_once_and_the_replica_keeps_answeri
         holder.wait()
     record("feedback writer stuck", queued=queued, feedback_status=fb.status_code,
            feedback_ms=round(fb_s * 1000), get_status=got.status_code, get_ms=round(get_s * 1000),
-           health_max_ms=round(max(health_ms, default=0)), health_p50_ms=round(percentile(health_ms, 50)),
+           health_max_ms=round(max(health_ms, default=0)),
+           health_p50_ms=round(percentile(health_ms, 50)) if health_ms else 0,
            feedback_message=fb.json()["error"]["message"][:120])
     assert queued == FEEDBACK_QUEUE_MAX
     assert fb.status_code == 503 and got.status_code == 503, (fb.text, got.text)

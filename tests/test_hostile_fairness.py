@@ -24,9 +24,10 @@ import pytest
 from core.errors import Overloaded, SpecFetchTimeout
 from deployments.serving.admission import CLIENT_SHARE_REFUSED_BY
 from deployments.serving.spec_fetch import DnsResolver
-from tests.faults import HEALTH_MAX_MS, HealthProbe, record
+from tests.faults import HEALTH_MAX_MS, record
 from tests.spec_server import SpecServer, spec_server
 from tests.specs import billing_spec
+from tools.loadgen import HealthProbe
 
 APP = "fairness"
 SLOW_S = 3.0  # the slow spec host's delay: longer than the request deadline below

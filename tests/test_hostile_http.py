@@ -21,10 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
 from deployments.serving.schemas import PredictResponse
-from tests.faults import HEALTH_MAX_MS, HealthProbe, record
+from tests.faults import HEALTH_MAX_MS, record
 from tests.llm_server import FakeLLMServer, Reply
 from tests.spec_server import SpecServer, banner_server, spec_server
 from tests.specs import billing_spec
+from tools.loadgen import HealthProbe
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow, pytest.mark.faults]
 

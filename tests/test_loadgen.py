@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tools.loadgen import NodeSampler, open_loop, probe, tree_cpu_ticks
+from tools.loadgen import HealthProbe, NodeSampler, open_loop, probe, tree_cpu_ticks
 
 BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
 
@@ -132,3 +132,35 @@ def test_runs_side_by_side_share_one_freeze_of_the_heap_and_time_the_collections
     assert extra["client_gc_max_ms"] > 0  # the collection in the middle of the load, timed
     # The load ended first; the heap stayed frozen for the probe, and is thawed when both are done.
     assert gc.get_freeze_count() == 0 and not any("_timed" in repr(cb) for cb in gc.callbacks)
+
+
+def test_the_health_probe_counts_failures_and_slow_answers() -> None:
+    """Answers 200, then one slow 200 (0.25 s), then 503s: the probe's summary says which."""
+    answers = iter([(200, 0.0), (200, 0.25)])
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            status, wait = next(answers, (503, 0.0))
+            time.sleep(wait)
+            self.send_response(status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with HealthProbe(f"http://127.0.0.1:{server.server_address[1]}/health", every_s=0.01,
+                         timeout_s=5.0, slow_ms=200) as health:
+            while len(health.ms) < 4:
+                time.sleep(0.01)
+    finally:
+        server.shutdown()
+    summary = health.summary()
+    assert summary["n"] >= 4 and summary["failed"] == summary["n"] - 2, summary
+    assert summary["failures"][0].startswith("503"), summary
+    assert summary["max_ms"] == 5000.0  # a failed answer counts as the timeout
+    slow = [ms for _, ms in health.slow]
+    assert 250 <= slow[0] < 5000 and slow[1:] == [5000] * (len(slow) - 1), health.slow

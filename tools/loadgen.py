@@ -46,6 +46,7 @@ __all__ = [
     "closed_loop",
     "open_loop",
     "probe",
+    "HealthProbe",
     "summarize",
     "percentile",
     "CLIENT_OVERFLOW",
@@ -95,6 +96,57 @@ class RunResult:
                 out["service_cpu_pct"] * 10 * self.duration_s / out["ok"], 2
             )
         return out
+
+
+class HealthProbe:
+    """GETs ``url`` (``/health``, ``/livez``) every ``every_s`` from a thread of its own while
+    something else runs (an attack, a deploy): each answer's latency in ms; a failed or non-200
+    answer counts as ``timeout_s``, and the moments of answers over ``slow_ms`` are kept. For
+    probing from an asyncio client, :func:`probe`."""
+
+    def __init__(self, url: str, *, every_s: float = 0.1, timeout_s: float = 10.0,
+                 slow_ms: float = 100.0) -> None:
+        self.url, self.every_s, self.timeout_s, self.slow_ms = url, every_s, timeout_s, slow_ms
+        self.ms: list[float] = []
+        self.slow: list[tuple[float, float]] = []  # (s since the probe started, ms)
+        self.failed = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(self.timeout_s + 5)
+
+    def _run(self) -> None:
+        began = time.perf_counter()
+        with httpx.Client(timeout=self.timeout_s) as client:
+            while not self._stop.is_set():
+                t = time.perf_counter()
+                try:
+                    r = client.get(self.url)
+                    ok, why = r.status_code == 200, f"{r.status_code} {r.text[:200]}"
+                except httpx.HTTPError as exc:
+                    ok, why = False, f"{type(exc).__name__}: {exc}"
+                if not ok and len(self.failures) < 3:
+                    self.failures.append(why)
+                self.ms.append((time.perf_counter() - t) * 1000 if ok else self.timeout_s * 1000)
+                self.failed += not ok
+                if self.ms[-1] > self.slow_ms:
+                    self.slow.append((round(t - began, 2), round(self.ms[-1])))
+                self._stop.wait(self.every_s)
+
+    def summary(self) -> dict[str, Any]:
+        def pct(q: float) -> float:
+            return round(percentile(self.ms, q), 1) if self.ms else 0.0
+
+        return {"n": len(self.ms), "failed": self.failed, "failures": self.failures,
+                "p50_ms": pct(50), "p99_ms": pct(99), "max_ms": round(max(self.ms, default=0.0), 1),
+                "over_100ms": len(self.slow), "slow": self.slow[:20]}
 
 
 def percentile(values: Sequence[float], q: float) -> float:
