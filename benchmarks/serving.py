@@ -45,7 +45,9 @@ from benchmarks.cluster import (
     ServeApp,
     free_port,
     make_run_env,
+    process_title,
     replica_failures,
+    replica_of,
     spec_server,
     wait_http,
     write_config,
@@ -229,15 +231,8 @@ class InProcessServer:
 def replica_pids(head: RayHead) -> dict[int, str]:
     """ServeReplica processes of the app under the head, by pid: a replica that died and came back
     has a new pid."""
-    out = {}
-    for pid in process_tree(head.pids()):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-        except OSError:
-            continue
-        if cmd.startswith("ray::ServeReplica:opensesame:"):
-            out[pid] = cmd.split(":")[-1]
-    return out
+    named = {pid: replica_of(process_title(pid)) for pid in process_tree(head.pids())}
+    return {pid: name for pid, name in named.items() if name}
 
 
 def replica_counts(head: RayHead) -> dict[str, int]:

@@ -27,7 +27,16 @@ import pytest
 from deployments.serving.feedback import FeedbackReader
 from deployments.serving.store_actor import ACTOR_NAME, DATA_RESOURCE, NAMESPACE
 from ranker.retrain import feedback_groups
-from tools.cluster import RayHead, ServeApp, free_port, listening_sockets, make_run_env, write_config
+from tools.cluster import (
+    RayHead,
+    ServeApp,
+    free_port,
+    listening_sockets,
+    make_run_env,
+    process_title,
+    replica_of,
+    write_config,
+)
 from tools.loadgen import process_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,15 +55,6 @@ def _config(path: Path, port: int) -> Path:
         **{name: {**one, **elsewhere} for name in ("CandidateGenerator", "FeatureExtractor", "Ranker")},
     })
     return path
-
-
-def _replica_name(pid: int) -> str | None:
-    try:
-        title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-    except OSError:
-        return None
-    prefix = "ray::ServeReplica:opensesame:"
-    return title[len(prefix):].split(".")[0] if title.startswith(prefix) else None
 
 
 def _open_files(pid: int) -> list[str]:
@@ -76,7 +76,7 @@ def _replica_url(pids: Callable[[], set[int]], timeout_s: float = 120) -> str:
     answers /livez), once it is up."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        replicas = [pid for pid in pids() if _replica_name(pid) == "Ingress"]
+        replicas = [pid for pid in pids() if replica_of(process_title(pid)) == "Ingress"]
         assert len(replicas) <= 1, replicas
         for _pid, address, port in listening_sockets(replicas):
             host = "127.0.0.1" if address in ("0.0.0.0", "::") else address
@@ -163,7 +163,7 @@ def test_feedback_reaches_one_store_whichever_node_took_it(tmp_path: Path) -> No
             placed: dict[str, set[str]] = {}
             for node, pids in (("second", process_tree([second.pid])), ("head", head_only)):
                 for pid in pids:
-                    if name := _replica_name(pid):
+                    if name := replica_of(process_title(pid)):
                         placed.setdefault(name, set()).add(node)
             assert placed == {"Ingress": {"head", "second"}, "CandidateGenerator": {"second"},
                               "FeatureExtractor": {"second"}, "Ranker": {"second"}}, placed

@@ -346,3 +346,14 @@ def test_the_ports_a_head_draws_are_none_of_those_it_was_given(monkeypatch: pyte
     drawn = {int(head.env[f"RAY_SERVE_FALLBACK_PROXY_{kind}_PORT"]) for kind in ("HTTP", "GRPC")}
     drawn |= {head._free_port(), head._free_port()}  # as start() draws the client and agent ports
     assert len(drawn) == 4 and not drawn & set(given), drawn
+
+
+def test_a_replicas_deployment_is_read_from_its_process_title() -> None:
+    from tools.cluster import process_title, replica_of
+
+    assert replica_of("ray::ServeReplica:opensesame:Ranker") == "Ranker"
+    assert replica_of("ray::ServeReplica:opensesame:Ingress.handle_request") == "Ingress"  # running a method
+    assert replica_of("ray::ServeReplica:other:Ranker") is None
+    assert replica_of("ray::IDLE") is None and replica_of(None) is None
+    assert "python" in (process_title(os.getpid()) or "")
+    assert process_title(2**22 + 1) is None  # no such process

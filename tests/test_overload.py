@@ -31,6 +31,7 @@ from benchmarks.cluster import (
     ServeApp,
     free_port,
     make_run_env,
+    process_title,
     replica_failures,
     spec_server,
     wait_http,
@@ -172,12 +173,13 @@ def _niceness_by_title(head: RayHead) -> dict[str, set[int]]:
     program's name)."""
     found: dict[str, set[int]] = {}
     for pid in head.marked_pids():
+        title = (process_title(pid) or "").strip()
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue  # gone meanwhile
-        title = argv[0].decode(errors="replace").strip()
+        if not title:
+            continue
         name = title if title.startswith("ray::") else Path(title.split()[0]).name
         found.setdefault(name, set()).add(int(stat[stat.rindex(")") + 2:].split()[16]))
     return found

@@ -42,6 +42,8 @@ __all__ = [
     "spec_server",
     "RayHead",
     "marked_pids",
+    "process_title",
+    "replica_of",
     "ServeApp",
     "write_config",
     "merged",
@@ -186,6 +188,22 @@ def _stop(proc: subprocess.Popen[bytes], first: signal.Signals, grace_s: float) 
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5)
+
+
+def process_title(pid: int) -> str | None:
+    """A process's title: Ray's workers set theirs (``ray::ServeReplica:<app>:<deployment>``,
+    ``ray::IDLE``), other processes show their program. None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return None
+
+
+def replica_of(title: str | None, app: str = "opensesame") -> str | None:
+    """The deployment whose Serve replica a process title names, else None. While the replica
+    runs a method Ray adds it after a dot (``…:Ranker.handle_request``)."""
+    prefix = f"ray::ServeReplica:{app}:"
+    return title[len(prefix):].split(".")[0] if title and title.startswith(prefix) else None
 
 
 def marked_pids(temp_dir: str) -> list[int]:
