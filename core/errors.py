@@ -15,6 +15,8 @@ __all__ = [
     "UnknownPrediction",
     "OutcomeConflict",
     "FeedbackUnavailable",
+    "ClientOverShare",
+    "Unauthorized",
 ]
 
 
@@ -82,3 +84,15 @@ class FeedbackUnavailable(PredictorError):
     """Outcomes are not recorded by this replica (switched off, or the store failed to open)."""
 
     status = 503
+
+
+class ClientOverShare(PredictorError):
+    """The client already has its share of requests in flight (``client_max_concurrent``)."""
+
+    status = 429
+
+
+class Unauthorized(PredictorError):
+    """API keys are on and the request's bearer token is missing or not one of them."""
+
+    status = 401

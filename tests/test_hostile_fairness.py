@@ -108,7 +108,8 @@ def test_a_fast_name_resolves_through_the_bounded_resolver() -> None:
 def test_a_client_past_its_share_is_refused_and_others_keep_theirs() -> None:
     """Past its share a client is refused at once, holding nothing; another client keeps its own
     share; a finished request frees its place, and no entry is kept per client gone."""
-    from deployments.serving.fairness import ClientOverShare, ClientShares
+    from core.errors import ClientOverShare
+    from deployments.serving.fairness import ClientShares
 
     shares = ClientShares(2)
     with shares.hold("a"), shares.hold("a"):

@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.errors import Unauthorized
 from core.settings import load_settings
-from deployments.serving.identity import ApiKeys, Unauthorized, key_line
+from deployments.serving.identity import ApiKeys, key_line
 from tests.specs import billing_spec
 
 APP = "identity"

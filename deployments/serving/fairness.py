@@ -28,19 +28,13 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.errors import PredictorError
+from core.errors import ClientOverShare
 from deployments.serving.admission import STRIPPED_HEADERS
 from deployments.serving.http_errors import error_response
 
-__all__ = ["ClientOverShare", "ClientShares", "EdgeGuard", "client_key", "source_address"]
+__all__ = ["ClientShares", "EdgeGuard", "client_key", "source_address"]
 
 log = logging.getLogger(__name__)
-
-
-class ClientOverShare(PredictorError):
-    """The client already has its share of requests in flight."""
-
-    status = 429
 
 
 def client_key(*, tenant: str | None, user_id: str | None, address: str | None) -> str:

@@ -23,17 +23,13 @@ from pathlib import Path
 
 from starlette.requests import Request
 
-from core.errors import PredictorError
+from core.errors import Unauthorized
 from core.settings import Settings
 
-__all__ = ["ApiKeys", "Unauthorized", "key_line", "owned_by", "scoped_user", "KEYS"]
+__all__ = ["ApiKeys", "key_line", "owned_by", "scoped_user", "KEYS"]
 
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
-
-
-class Unauthorized(PredictorError):
-    status = 401
 
 
 def _digest(token: str) -> str:
