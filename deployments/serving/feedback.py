@@ -82,6 +82,9 @@ __all__ = [
     "follow_up_index",
     "resolve_operation",
     "open_store",
+    "next_batch",
+    "STOP",
+    "stop_writer",
     "prediction_context",
     "feedback_response",
     "stored_response",
@@ -174,6 +177,21 @@ class PredictionContext:
     personal: dict[str, int] | None = None
     # what the API's users did, as the features used it (PopulationView.to_wire()); None: nothing
     population: dict[str, Any] | None = None
+
+
+# Queued behind everything else, it ends a writer's thread once what came before is written.
+STOP = object()
+
+
+def stop_writer(q: queue.Queue[Any], thread: threading.Thread, *, timeout: float, what: str) -> bool:
+    """Queue :data:`STOP` and wait up to ``timeout`` for ``thread`` to write what is queued and
+    end; whether it ended."""
+    try:
+        q.put(STOP, timeout=timeout)
+    except queue.Full:
+        log.warning("%s: queue full at close; %d items not written", what, q.qsize())
+    thread.join(timeout)
+    return not thread.is_alive()
 
 
 def next_batch(q: queue.Queue[Any], *, linger_s: float, first_wait_s: float | None = None) -> list[Any]:
@@ -493,7 +511,6 @@ class _Task:
     future: concurrent.futures.Future[Any]
 
 
-_STOP = object()
 
 
 class LostPredictions:
@@ -723,12 +740,7 @@ class FeedbackStore(FeedbackReader, ContextQueue):
         if self._closed:
             return
         self._closed = True
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            log.warning("feedback queue full at close; %d items not written", self._queue.qsize())
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
+        if stop_writer(self._queue, self._thread, timeout=timeout, what="feedback"):
             self._writer_conn.close()
         super().close()
 
@@ -746,9 +758,9 @@ class FeedbackStore(FeedbackReader, ContextQueue):
                 # in the writer's own transaction; a failure is counted like any batch's
                 self._write([_Task(self._purge, concurrent.futures.Future())])
             items = next_batch(self._queue, linger_s=self.linger_s)
-            stop = any(i is _STOP for i in items)
+            stop = any(i is STOP for i in items)
             try:
-                self._write([i for i in items if i is not _STOP])
+                self._write([i for i in items if i is not STOP])
             except Exception as exc:  # noqa: BLE001 - the writer must outlive any one batch
                 log.exception("feedback writer: unexpected failure")
                 failure = FeedbackUnavailable(f"the feedback store failed: {failure_text(exc)}")

@@ -57,6 +57,7 @@ from core.settings import Settings, load_settings
 from core.spec.index import SpecIndex
 from deployments.serving.failures import failure_text
 from deployments.serving.feedback import (
+    STOP,
     ContextQueue,
     FeedbackStore,
     FeedbackWriter,
@@ -66,6 +67,7 @@ from deployments.serving.feedback import (
     PredictionContext,
     next_batch,
     open_store,
+    stop_writer,
 )
 from deployments.serving.metrics import enable as enable_metrics
 from deployments.serving.population_store import (
@@ -241,9 +243,6 @@ class _Flush:
         self.future: concurrent.futures.Future[None] = concurrent.futures.Future()
 
 
-_STOP = object()
-
-
 class StoreClient(ContextQueue):
     """An Ingress replica's side of the store actor (a :class:`FeedbackWriter`)."""
 
@@ -335,11 +334,7 @@ class StoreClient(ContextQueue):
         if self._closed:
             return
         self._closed = True
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            log.warning("feedback: queue full at close; %d contexts not sent", self._queue.qsize())
-        self._thread.join(timeout)
+        stop_writer(self._queue, self._thread, timeout=timeout, what="feedback sender")
 
     # -- the sender thread --------------------------------------------------------------------
 
@@ -360,7 +355,7 @@ class StoreClient(ContextQueue):
                     else:
                         item.future.set_exception(FeedbackUnavailable(
                             f"the feedback store actor is unavailable ({self.last_error}); retry shortly"))
-            if any(i is _STOP for i in items):
+            if any(i is STOP for i in items):
                 if self._retry:
                     self._drop([c.prediction_id for c in self._retry],
                                "the replica stopped before the store actor took them")
