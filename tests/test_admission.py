@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from deployments.serving.admission import (
     CLIENT_SHARE_REFUSED_BY,
     ENV_VAR,
     MAX_CONCURRENT_PER_INGRESS,
+    REPLICA_NICENESS,
     body_cap_lines,
     client_share_lines,
     deployed_lines,
@@ -308,3 +310,28 @@ def test_a_replica_built_in_process_leaves_its_callers_priority_alone(tmp_path: 
                           cwd=ROOT, timeout=120)
     before, after = map(int, done.stdout.split()[-2:])
     assert before < 19 and after == before, done.stdout
+
+
+@pytest.mark.parametrize(
+    ("title", "lowered"),
+    [
+        ("ray::SERVE_REPLICA::opensesame#Ranker#q2bz:ServeReplica:opensesame:Ranker.__init__", True),
+        ("ray::SERVE_REPLICA::hostile#FeatureExtractor#a1:ServeReplica:hostile:FeatureExtractor.__init__",
+         True),
+        ("ray::SERVE_REPLICA::opensesame#Ingress#x:ServeReplica:opensesame:Ingress.__init__", False),
+        ("ray::build_serve_application", False),
+    ],
+)
+def test_a_graph_replica_lowers_itself_before_importing_the_deployments(title: str, lowered: bool) -> None:
+    """A process titled as a replica of the graph is at :data:`REPLICA_NICENESS` as soon as the
+    ``deployments`` package is imported, before any deployment module loads its dependencies
+    (~1 s of CPU a new replica spent at the workers' niceness 0); the Ingress, and the task that
+    builds the app, keep theirs."""
+    code = ("import os, sys; b = os.getpriority(os.PRIO_PROCESS, 0); import deployments\n"
+            "print(b, os.getpriority(os.PRIO_PROCESS, 0), 'deployments.ranking' in sys.modules)\n")
+    done = subprocess.run(["bash", "-c", 'exec -a "$0" "$1" -c "$2"', title, sys.executable, code],
+                          capture_output=True, text=True, check=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    before, after, loaded = done.stdout.split()
+    assert int(before) < REPLICA_NICENESS and loaded == "False", done.stdout
+    assert int(after) == (REPLICA_NICENESS if lowered else int(before)), (title, done.stdout)

@@ -353,7 +353,10 @@ def test_a_replicas_deployment_is_read_from_its_process_title() -> None:
 
     assert replica_of("ray::ServeReplica:opensesame:Ranker") == "Ranker"
     assert replica_of("ray::ServeReplica:opensesame:Ingress.handle_request") == "Ingress"  # running a method
-    assert replica_of("ray::ServeReplica:other:Ranker") is None
+    building = "ray::SERVE_REPLICA::opensesame#Ranker#q2bz:ServeReplica:opensesame:Ranker.__init__"
+    assert replica_of(building) == "Ranker" == replica_of(building, "opensesame")  # its actor being built
+    assert replica_of("ray::ServeReplica:other:Ranker", "opensesame") is None
+    assert replica_of("ray::ServeReplica:other:Ranker") == "Ranker"  # any app
     assert replica_of("ray::IDLE") is None and replica_of(None) is None
     assert "python" in (process_title(os.getpid()) or "")
     assert process_title(2**22 + 1) is None  # no such process

@@ -32,7 +32,7 @@ import yaml
 
 from core.settings import load_settings
 from deployments.serving.admission import ENV_VAR as ADMISSION_ENV_VAR
-from deployments.serving.admission import deployed_lines
+from deployments.serving.admission import deployed_lines, process_title, replica_of
 from deployments.serving.resources import NODE
 from tools.loadgen import process_tree
 
@@ -188,22 +188,6 @@ def _stop(proc: subprocess.Popen[bytes], first: signal.Signals, grace_s: float) 
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5)
-
-
-def process_title(pid: int) -> str | None:
-    """A process's title: Ray's workers set theirs (``ray::ServeReplica:<app>:<deployment>``,
-    ``ray::IDLE``), other processes show their program. None once the process is gone."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-    except OSError:
-        return None
-
-
-def replica_of(title: str | None, app: str = "opensesame") -> str | None:
-    """The deployment whose Serve replica a process title names, else None. While the replica
-    runs a method Ray adds it after a dot (``…:Ranker.handle_request``)."""
-    prefix = f"ray::ServeReplica:{app}:"
-    return title[len(prefix):].split(".")[0] if title and title.startswith(prefix) else None
 
 
 def marked_pids(temp_dir: str) -> list[int]:

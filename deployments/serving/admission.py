@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLIENT_SHARE_REFUSED_BY",
     "ENV_VAR",
+    "GRAPH_REPLICAS",
     "MAX_CONCURRENT_PER_INGRESS",
     "OVERLOAD_MESSAGE",
     "REFUSED_BY",
@@ -61,6 +63,9 @@ __all__ = [
     "deployed_lines",
     "haproxy_health_check_inter",
     "lower_priority",
+    "lower_priority_if_graph_replica",
+    "process_title",
+    "replica_of",
 ]
 
 ENV_VAR = "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER"
@@ -73,6 +78,11 @@ RETRY_AFTER_S = 1  # as deployments/serving/http_errors.py
 OVERLOAD_MESSAGE = "the service is overloaded; retry shortly"
 # The graph's replicas (generator, features, ranker): below HAProxy, the Ingress and Ray's own.
 REPLICA_NICENESS = 19
+GRAPH_REPLICAS = ("CandidateGenerator", "FeatureExtractor", "Ranker")
+# A Serve replica's process title names its app and deployment: ``ray::ServeReplica:<app>:<name>``
+# once it runs (a method it runs after a dot), and while its actor is built
+# ``ray::SERVE_REPLICA::<app>#<name>#<id>:ServeReplica:<app>:<name>.__init__``.
+_REPLICA_TITLE = re.compile(r"ServeReplica:(?P<app>[^:#\s]+):(?P<name>[A-Za-z0-9_\-]+)")
 # Says who refused (clients and the load generator can tell HAProxy's refusals from a replica's).
 REFUSED_BY_HEADER = "X-Refused-By"
 REFUSED_BY = "admission"
@@ -211,6 +221,34 @@ def lower_priority(niceness: int = REPLICA_NICENESS) -> int:
         return os.getpriority(os.PRIO_PROCESS, 0)
     except OSError:
         return 0
+
+
+def process_title(pid: int | None = None) -> str | None:
+    """A process's title (this one's by default): Ray's workers set theirs (``ray::IDLE``, a
+    replica's below), other processes show their program. None once the process is gone."""
+    try:
+        cmdline = Path(f"/proc/{pid or os.getpid()}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return cmdline.split(b"\0")[0].decode(errors="replace")
+
+
+def replica_of(title: str | None, app: str | None = None) -> str | None:
+    """The deployment whose Serve replica a process title names (of ``app``, or of any app)."""
+    found = _REPLICA_TITLE.search(title or "")
+    return found["name"] if found and app in (None, found["app"]) else None
+
+
+def lower_priority_if_graph_replica() -> bool:
+    """Lower this process to :data:`REPLICA_NICENESS` now if it is a replica of the graph (its
+    process title says so). ``deployments`` calls it when first imported: a new replica's worker
+    imports the deployment's code (numpy, LightGBM, the service's modules: ~1 s of CPU) before
+    its constructor runs, and at the workers' niceness 0 that start stalled HAProxy and the
+    Ingress (RELIABILITY.md, "Where a worker's start takes the CPU")."""
+    if replica_of(process_title()) not in GRAPH_REPLICAS:
+        return False
+    lower_priority()
+    return True
 
 
 def deployed_lines(settings: Settings, *, client_share: int | None = None) -> str:
