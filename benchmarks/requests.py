@@ -14,6 +14,10 @@ Families (built from the VALIDATION APIs' workflows by :mod:`ranker.requests`; n
   workflow's inputs, or found by earlier steps: "(project 8f3a…)");
 - ``find id``: a later step's description whose id an earlier read yields and nobody has:
   target = that read, history = the steps before it;
+- ``find id, named``: the find-id asks whose read takes a value that names the thing (a query,
+  name, title … from the workflow's inputs), carrying that value too
+  (:func:`ranker.requests.naming_values`): "who directed <film title>?"; reported beside
+  ``find id``, not instead of it;
 - ``workflow``: every step of the real workflows (history = the steps before, the summary).
 
 Methods: ``bm25 (whole spec)`` (every operation by BM25 of the request), ``generator order``,
@@ -61,6 +65,7 @@ def families(workflows: Sequence[Workflow]) -> dict[str, list[Example]]:
             e.spec, by_id[(e.api, e.workflow_id)], e.position)],
         "direct + values": list(request_examples(workflows, "direct_values")),
         "find id": list(request_examples(workflows, "find_id")),
+        "find id, named": list(request_examples(workflows, "find_id_named")),
         "workflow": list(examples(workflows)),
     }
 

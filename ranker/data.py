@@ -54,7 +54,7 @@ __all__ = [
 # "request": one step asked for on its own (its description as the prompt, ranker.requests)
 Source = Literal["real", "synthetic", "personal", "population", "request"]
 # which kind of request a "request" example is (ranker.requests)
-RequestKind = Literal["direct", "direct_values", "find_id"]
+RequestKind = Literal["direct", "direct_values", "find_id", "find_id_named"]
 Split = Literal["train", "valid"]
 
 _STEP_REF = re.compile(r"\$steps\.([^.\s}]+)\.outputs\.([A-Za-z0-9_\-]+)")

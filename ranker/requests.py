@@ -9,6 +9,11 @@
   nobody has yet: the later step's description (with its known values) as the prompt, the
   history before the earlier step, target = the earlier step's call, the read that finds it.
   An id the earlier step was itself given is no find (:func:`found_ids`).
+- ``find_id_named``: a find-id ask that also names the thing the way the read looks it up: the
+  value the read takes from the workflow's inputs for a parameter that names things (a ``q``,
+  ``query``, ``search``, ``name``, ``title``, ``email`` … of type string, no enum: what the user
+  knows of it instead of its id, as in "who directed Heat?"), after that parameter's words.
+  Only the reads that take such an input make one.
 
 The values are the ones :mod:`ranker.data` gives the steps, so a filled parameter can be checked
 against the value the step really passed.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Literal
 
 from core.spec.index import SpecIndex
@@ -26,10 +32,13 @@ from core.vocabulary import is_id_name, is_version_entity, name_key, param_entit
 from ranker.data import Example, RequestKind, Step, Workflow, history_of, load_spec
 
 __all__ = ["RequestKind", "request_examples", "known_values", "found_ids", "needs_found_id",
-           "MAX_VALUES"]
+           "naming_values", "MAX_VALUES"]
 
 MAX_VALUES = 3
 _FINDING_ROLES = ("list", "search", "get")
+# The last word of a parameter that looks a thing up by what the user knows of it, not its id.
+_NAMING_WORDS = frozenset({"q", "query", "search", "name", "title", "email", "username", "login",
+                           "term", "keyword", "filter", "text"})
 
 
 def known_values(spec: SpecIndex, step: Step, *, with_found: bool = False) -> dict[str, str]:
@@ -44,6 +53,25 @@ def known_values(spec: SpecIndex, step: Step, *, with_found: bool = False) -> di
         value = _value(op, step, name)
         if value and (name in op.path_params or is_id_name(name)) and len(out) < MAX_VALUES:
             out[name] = value
+    return out
+
+
+def naming_values(spec: SpecIndex, step: Step) -> dict[str, str]:
+    """The values ``step`` takes from the workflow's inputs for parameters that name a thing
+    (:data:`_NAMING_WORDS`, of type string without an enum; not path or id parameters): what
+    the user knows of the thing the step finds; at most :data:`MAX_VALUES`."""
+    op = spec.operations[spec.by_key[step.key]]
+    declared = {p.name: p for p in op.params}
+    out: dict[str, str] = {}
+    for name in step.from_inputs:
+        param = declared.get(name)
+        words = tokenize(name, keep_stopwords=True)
+        value = step.params.get(name)
+        if (param is None or name in op.path_params or is_id_name(name) or not value or not words
+                or words[-1] not in _NAMING_WORDS or param.type not in (None, "string")
+                or param.enum or len(out) == MAX_VALUES):
+            continue
+        out[name] = value
     return out
 
 
@@ -91,16 +119,24 @@ def needs_found_id(spec: SpecIndex, wf: Workflow, i: int) -> bool:
     return bool(found_ids(spec, wf, i))
 
 
-def _render(description: str, spec: SpecIndex, step: Step, values: dict[str, str]) -> str:
-    if not values:
-        return description
+def _render(description: str, spec: SpecIndex, step: Step, values: dict[str, str],
+            *, names: tuple[Step, dict[str, str]] | None = None) -> str:
+    """``description`` with ``values`` of ``step``'s parameters after the words naming them, and
+    ``names``' (a step and its :func:`naming_values`) after those."""
+    parts = _value_parts(spec, step, values)
+    if names is not None:
+        parts += _value_parts(spec, *names)
+    return f"{description.rstrip('.')} ({', '.join(parts)})" if parts else description
+
+
+def _value_parts(spec: SpecIndex, step: Step, values: dict[str, str]) -> list[str]:
     op = spec.operations[spec.by_key[step.key]]
     parts = []
     for name, value in values.items():
         entity = param_entity(name, op.segments if name in op.path_params else ())
         words = entity.replace("_", " ") if entity else " ".join(tokenize(name, keep_stopwords=True))
         parts.append(f"{words} {value}")
-    return f"{description.rstrip('.')} ({', '.join(parts)})"
+    return parts
 
 
 def _with_values(api: str, workflow_id: str, position: int) -> bool:
@@ -109,10 +145,11 @@ def _with_values(api: str, workflow_id: str, position: int) -> bool:
 
 
 def request_examples(
-    workflows: Iterable[Workflow], kind: RequestKind | Literal["training"]
+    workflows: Iterable[Workflow], kind: RequestKind | Literal["training"], *, named: bool = False,
 ) -> Iterator[Example]:
     """The ``kind`` requests of every step of ``workflows`` that has a description.
-    ``training``: direct asks (half with their values) and find-id asks together."""
+    ``training``: direct asks (half with their values) and find-id asks together, and with
+    ``named`` the named find-id asks too."""
     for wf in workflows:
         if wf.source != "real":
             continue
@@ -132,7 +169,7 @@ def request_examples(
                               prompt=_render(step.description, spec, step, values),
                               target=step.key, source="request", position=i,
                               request="direct_values" if values else "direct")
-        if kind in ("find_id", "training"):
+        if kind in ("find_id", "find_id_named", "training"):
             done: set[int] = set()
             for k, step in enumerate(wf.steps):
                 if not step.description:
@@ -143,8 +180,14 @@ def request_examples(
                         continue
                     done.add(j)
                     values = known_values(spec, step)
-                    yield Example(api=wf.api, workflow_id=wf.workflow_id, spec=spec,
+                    ask = Example(api=wf.api, workflow_id=wf.workflow_id, spec=spec,
                                   history=history_of(wf, spec, j),
                                   prompt=_render(step.description, spec, step, values),
                                   target=finder.key, source="request", position=j,
                                   request="find_id")
+                    if kind in ("find_id", "training"):
+                        yield ask
+                    names = naming_values(spec, wf.steps[j])
+                    if names and (kind == "find_id_named" or (kind == "training" and named)):
+                        yield replace(ask, request="find_id_named", prompt=_render(
+                            step.description, spec, step, values, names=(wf.steps[j], names)))

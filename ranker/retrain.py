@@ -69,6 +69,7 @@ from ranker.train import (
     calibrate,
     example_weights,
     fit_ranker,
+    watched_by_early_stopping,
 )
 
 __all__ = [
@@ -271,7 +272,7 @@ def retrain(
     real, synthetic, personal = base_examples(
         workflows, synthetic_per_api=config.synthetic_per_api,
         personal_users_per_api=config.personal_users_per_api, seed=config.seed,
-        population_same_flow=config.population_same_flow)
+        population_same_flow=config.population_same_flow, named_find_id=config.named_find_id)
     step(f"      {len({w.api for w in workflows})} APIs, {len(real)} real + {len(synthetic)} "
          f"synthetic + {len(personal)} returning-user groups")
 
@@ -300,8 +301,7 @@ def retrain(
 
     is_train, is_valid, is_real = base.split == "train", base.split == "valid", base.source == "real"
     base_train = base.select(is_train & base.has_target)
-    # as ranker.train: early stopping watches workflow steps and direct asks alike
-    stop_on = base.select(is_valid & (is_real | (base.source == "request")) & base.has_target)
+    stop_on = base.select(is_valid & watched_by_early_stopping(base_list) & base.has_target)
     train = concat_groups(base_train, fb_train)
     weight = np.concatenate([
         example_weights(base_list, synthetic_weight=config.synthetic_weight,
@@ -386,6 +386,7 @@ def retrain(
                 "groups": {"train": len(base_train), "early_stopping": len(stop_on)},
                 "synthetic_per_api": config.synthetic_per_api, "synthetic_weight": config.synthetic_weight,
                 "find_id_weight": config.find_id_weight,
+                "named_find_id": config.named_find_id,
                 "candidates": CANDIDATES, "seconds": round(time.perf_counter() - started, 1),
             },
             created=created,

@@ -62,7 +62,7 @@ from ranker.evaluate import (
 
 __all__ = [
     "DEFAULT_PARAMS", "FitConfig", "TrainConfig", "TrainResult", "train", "fit_ranker", "source_weights",
-    "example_weights",
+    "example_weights", "watched_by_early_stopping",
     "calibrate", "base_examples", "subset_apis", "main",
 ]
 
@@ -115,6 +115,15 @@ def example_weights(
     weights = source_weights(np.array([e.source for e in examples]), synthetic_weight)
     weights[[e.request == "find_id" and bool(e.history) for e in examples]] = find_id_weight
     return weights
+
+
+def watched_by_early_stopping(examples: Sequence[Example]) -> np.ndarray:
+    """Which groups early stopping may watch (of the validation APIs' ones): workflow steps and
+    the direct and find-id asks alike, so that one does not pay for the other; the named find-id
+    asks are trained on but not watched, so the stopping point is chosen on the same groups as
+    before they were added."""
+    return np.array([e.source in ("real", "request") and e.request != "find_id_named"
+                     for e in examples])
 
 
 def fit_ranker(
@@ -234,7 +243,7 @@ def synthetic_examples(
 
 def base_examples(
     workflows: Sequence[Workflow], *, synthetic_per_api: int, personal_users_per_api: int, seed: int,
-    population_same_flow: float = POPULATION_SAME_FLOW,
+    population_same_flow: float = POPULATION_SAME_FLOW, named_find_id: bool = False,
 ) -> tuple[list[Example], list[Example], list[Example]]:
     """(real, synthetic, simulated users) examples: what ``ranker.train`` and ``ranker.retrain``
     train on. The real ones are the workflows' steps and the requests built from them (one step
@@ -242,10 +251,11 @@ def base_examples(
     source "request"), so the model learns what users type as well as workflow summaries.
     Simulated users: returning users replaying the real and synthetic routines of their API
     (``source="personal"``), then the real workflows with other users' traffic
-    (``source="population"``; none when ``population_same_flow`` < 0)."""
+    (``source="population"``; none when ``population_same_flow`` < 0). ``named_find_id``: the
+    named find-id asks too (off by default: docs/accuracy.md, "Find-id asks that name the thing")."""
     from ranker.requests import request_examples
 
-    real = [*examples(workflows), *request_examples(workflows, "training")]
+    real = [*examples(workflows), *request_examples(workflows, "training", named=named_find_id)]
     synthetic = synthetic_examples(workflows, per_api=synthetic_per_api, seed=seed)
     personal: list[Example] = []
     if personal_users_per_api > 0:
@@ -269,6 +279,7 @@ class FitConfig:
     synthetic_per_api: int = 20
     synthetic_weight: float = SYNTHETIC_WEIGHT
     find_id_weight: float = FIND_ID_WEIGHT  # of the find-id asks after a history (ranker.requests)
+    named_find_id: bool = False  # also train on the named find-id asks (ranker.requests)
     personal_users_per_api: int = PERSONAL_USERS_PER_API  # of each kind (habits, wandering); 0: none
     population_same_flow: float = POPULATION_SAME_FLOW  # ranker.population; < 0: no population groups
     seed: int = 0
@@ -331,7 +342,7 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
     real, synthetic, personal = base_examples(
         workflows, synthetic_per_api=config.synthetic_per_api,
         personal_users_per_api=config.personal_users_per_api, seed=config.seed,
-        population_same_flow=config.population_same_flow)
+        population_same_flow=config.population_same_flow, named_find_id=config.named_find_id)
     step(f"      {len({w.api for w in workflows})} APIs, {len(workflows)} workflows, "
          f"{len(real)} real + {len(synthetic)} synthetic + {len(personal)} returning-user and "
          "population groups")
@@ -346,11 +357,10 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
                           progress="features")
     is_train, is_valid = groups.split == "train", groups.split == "valid"
     is_real = groups.source == "real"
-    # early stopping watches workflow steps and direct asks alike: one must not pay for the other
     train_groups = groups.select(is_train & groups.has_target)
     train_weight = example_weights(base, synthetic_weight=config.synthetic_weight,
                                    find_id_weight=config.find_id_weight)[is_train & groups.has_target]
-    stop_on = groups.select(is_valid & (is_real | (groups.source == "request")) & groups.has_target)
+    stop_on = groups.select(is_valid & watched_by_early_stopping(base) & groups.has_target)
     step(f"      train {len(train_groups)} groups ({int((is_train & ~groups.has_target).sum())} with the "
          f"target missing, dropped), early stopping on {len(stop_on)} real validation groups")
 
@@ -424,6 +434,7 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
             "population_same_flow": config.population_same_flow,
             "synthetic_weight": config.synthetic_weight,
             "find_id_weight": config.find_id_weight,
+            "named_find_id": config.named_find_id,
             "max_apis": config.max_apis,
             "candidates": CANDIDATES,
             "seconds": round(time.perf_counter() - started, 1),
@@ -456,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--find-id-weight", type=float, default=FIND_ID_WEIGHT,
                         help="weight of the find-id asks after a history (ranker.requests) "
                              "against real steps' 1.0")
+    parser.add_argument("--named-find-id", action="store_true",
+                        help="also train on the find-id asks that name the thing (ranker.requests)")
     parser.add_argument("--personal-users-per-api", type=int, default=PERSONAL_USERS_PER_API,
                         help="simulated returning users per API and kind (habits, wandering); 0: none")
     parser.add_argument("--population-same-flow", type=float, default=POPULATION_SAME_FLOW,

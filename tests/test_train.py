@@ -51,7 +51,7 @@ def test_find_id_asks_weigh_what_they_are_given(tmp_path) -> None:
     is a direct ask's request, and stays at 1; synthetic sequences keep their weight."""
     from core.spec.openapi import parse_spec
     from ranker.data import Example, RequestKind, Source
-    from ranker.train import TrainConfig, example_weights
+    from ranker.train import TrainConfig, example_weights, watched_by_early_stopping
     from tests.specs import billing_spec
 
     spec = parse_spec(billing_spec())
@@ -70,6 +70,10 @@ def test_find_id_asks_weigh_what_they_are_given(tmp_path) -> None:
         1.0, 0.3, 1.0, 1.0, 1.0, FIND_ID_WEIGHT]
     with pytest.raises(ValueError, match=r"find_id_weight must be in \(0, 10\], got 0"):
         TrainConfig(find_id_weight=0)
+    # early stopping watches steps and asks, not the named find-id asks nor simulated sequences
+    named = ask("request", "find_id_named")
+    assert watched_by_early_stopping([*asks, named]).tolist() == [
+        True, False, True, True, True, True, False]
 
 
 def test_train_entry_point_end_to_end(jentic_dir, tmp_path) -> None:
