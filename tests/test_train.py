@@ -124,6 +124,27 @@ def test_ranking_cv_reads_training_apis_only(jentic_dir, tmp_path, capsys) -> No
     assert n > 0  # held-out folds were scored
 
 
+def test_request_misses_puts_every_miss_in_one_cause(jentic_dir, tmp_path, capsys) -> None:
+    import re
+
+    from benchmarks import request_misses
+
+    _tiny_jentic(jentic_dir, tmp_path / "jentic")
+    assert request_misses.main(["--jentic-dir", str(tmp_path / "jentic"), "--list", "the"]) == 0
+    out = capsys.readouterr().out
+    tables = out.split("**")[1::2]
+    assert [t.split(":")[0] for t in tables] == [
+        "direct, one call", "workflow", "workflow, by the summary's clauses"]
+    for title, body in zip(tables, out.split("**")[2::2], strict=True):
+        asks, right, missed = map(int, re.findall(r"(\d+) asks, (\d+) right at \d, (\d+) missed",
+                                                  title)[0])
+        assert asks == right + missed and asks > 0, title
+        rows = [line.strip("|").split("|")[1:] for line in body.splitlines()
+                if line.startswith("| ")][1:]  # the header apart
+        assert sum(int(r[0]) for r in rows) == missed, body
+        assert all(int(r[1]) <= int(r[0]) for r in rows), body
+
+
 def test_ranking_errors_counts_first_and_later_steps(jentic_dir, tmp_path, capsys) -> None:
     from benchmarks import ranking_errors
 
