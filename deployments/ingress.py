@@ -100,10 +100,6 @@ RequestMetrics.install(api)  # outermost (added last): it counts the edge's own 
 @serve.deployment(name="Ingress", **deployment_options("Ingress"))
 @serve.ingress(api)
 class Ingress(Replica):
-    # It answers /livez and /health and takes requests off HAProxy: at the workers' priority,
-    # beside HAProxy and Ray's daemons, not below a replica that is starting or saturated.
-    lowers_priority = False
-
     def __init__(
         self,
         generator: DeploymentHandle,

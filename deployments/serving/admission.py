@@ -59,6 +59,7 @@ __all__ = [
     "REPLICA_NICENESS",
     "STRIPPED_HEADERS",
     "body_cap_lines",
+    "body_over_cap",
     "client_share_lines",
     "deployed_lines",
     "haproxy_health_check_inter",
@@ -77,6 +78,8 @@ HEALTH_CHECK_INTER = "5s"  # Ray's own default for the value we extend
 RETRY_AFTER_S = 1  # as deployments/serving/http_errors.py
 OVERLOAD_MESSAGE = "the service is overloaded; retry shortly"
 # The graph's replicas (generator, features, ranker): below HAProxy, the Ingress and Ray's own.
+# The Ingress keeps the workers' priority: it answers /livez and /health and takes requests off
+# HAProxy, beside HAProxy and Ray's daemons, not below a replica that is starting or saturated.
 REPLICA_NICENESS = 19
 GRAPH_REPLICAS = ("CandidateGenerator", "FeatureExtractor", "Ranker")
 # A Serve replica's process title names its app and deployment: ``ray::ServeReplica:<app>:<name>``
@@ -136,6 +139,11 @@ def client_share_lines(share: int, *, body_wait_s: float = BODY_WAIT_S,
     ]
 
 
+def body_over_cap(max_bytes: int) -> str:
+    """What a client is told of a body over the cap, by the Ingress or by HAProxy."""
+    return f"request body over {max_bytes} bytes"
+
+
 def body_cap_lines(max_bytes: int) -> list[str]:
     """HAProxy lines that answer a declared body over ``max_bytes`` with the Ingress's own 413
     from its ``Content-Length`` alone, before the share's rule waits for the body: otherwise
@@ -144,8 +152,7 @@ def body_cap_lines(max_bytes: int) -> list[str]:
     by the Ingress while it streams."""
     if max_bytes < 1:
         raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
-    body = json.dumps({"error": {"status": 413, "message": f"request body over {max_bytes} bytes"}},
-                      separators=(",", ":"))
+    body = json.dumps({"error": {"status": 413, "message": body_over_cap(max_bytes)}}, separators=(",", ":"))
     return [
         "# Body cap (deployments/serving/admission.py body_cap_lines).",
         f"http-request return status 413 content-type application/json string '{body}'"
@@ -197,9 +204,9 @@ _lowered = False
 
 
 def lower_priority(niceness: int = REPLICA_NICENESS) -> int:
-    """Lower this process's CPU priority to ``niceness`` once (a replica of the graph calls it in
-    its constructor); returns the niceness now in force. Never raises, never raises a priority:
-    priority is a preference, not a requirement.
+    """Lower this process's CPU priority to ``niceness`` once (a replica of the graph calls it:
+    :func:`lower_priority_if_graph_replica`); returns the niceness now in force. Never raises,
+    never raises a priority: priority is a preference, not a requirement.
 
     On Linux niceness belongs to each thread, and a replica's constructor runs in one of several
     (Serve's user-code thread): every thread of the process is lowered; threads started later

@@ -511,8 +511,6 @@ class _Task:
     future: concurrent.futures.Future[Any]
 
 
-
-
 class LostPredictions:
     """Predictions whose context was not stored, and why (a failed commit, a full queue): an
     outcome for one is refused as unavailable, saying why, rather than answered as unknown.

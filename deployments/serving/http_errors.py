@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import PredictorError
+from deployments.serving.admission import body_over_cap
 
 __all__ = ["install_error_handlers", "BodySizeLimit", "error_response"]
 
@@ -128,7 +129,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = error_response(413, f"request body over {self.max_bytes} bytes")
+        too_large = error_response(413, body_over_cap(self.max_bytes))
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
                 await too_large(scope, receive, send)

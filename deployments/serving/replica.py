@@ -4,12 +4,10 @@ settings, and report its own latency to the autoscaler."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, TypeVar
-
-import ray
+from typing import Any, TypeVar
 
 from core.settings import load_settings
-from deployments.serving.admission import lower_priority
+from deployments.serving.admission import lower_priority_if_graph_replica
 from deployments.serving.autoscaling import LatencyWindow
 from deployments.serving.batching import AdaptiveWait, BatchConfig, BatchStats
 from deployments.serving.logs import route_to_serve
@@ -21,13 +19,13 @@ T = TypeVar("T")
 
 
 class Replica:
-    # The graph's work runs below HAProxy and the Ingress (admission.lower_priority): refusals
-    # and /health stay fast while it is saturated. The Ingress keeps the workers' priority.
-    lowers_priority: ClassVar[bool] = True
-
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        if self.lowers_priority and _in_an_actor():
-            lower_priority()
+        # The graph's work runs below HAProxy and the Ingress: refusals and /health stay fast
+        # while it is saturated. Most replicas lowered themselves when their worker first
+        # imported ``deployments``; this catches a worker that had imported it before it became
+        # the replica. By the process title: the Ingress, and a replica built in-process (a test
+        # runner lowered to 19 would start every later Ray head of the session at 19), keep theirs.
+        lower_priority_if_graph_replica()
         self.settings = load_settings(**(settings or {}))
         enable_metrics(self.settings.metrics)
         route_to_serve()  # our log lines in Serve's replica log, as JSON
@@ -48,13 +46,6 @@ class BatchedReplica(Replica):
 
     def batching_status(self) -> dict[str, Any]:
         return {"batching": self.batch_config.model_dump(), "batch_sizes": self.batch_stats.summary()}
-
-
-def _in_an_actor() -> bool:
-    """A replica runs in a Ray actor of its own. Built in-process (tests, benchmarks), the class
-    leaves its caller's priority alone: a test runner lowered to 19 would start every later Ray
-    head of the session, daemons and all, at 19."""
-    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
 def per_call(calls: Sequence[Sequence[Any]], flat: Sequence[T]) -> list[list[T]]:
