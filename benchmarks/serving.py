@@ -276,10 +276,8 @@ async def serve_phase(
     }
     r = bench.results
     with RayHead(env=env) as head:
-        port = free_port()
-        config = write_config(Path(head.temp_dir) / "serve.yaml", port=port)
         t0 = time.perf_counter()
-        app = ServeApp(head, config).start(json.dumps(bodies[0]).encode())
+        app = head.deploy(json.dumps(bodies[0]).encode())
         r["notes"]["deploy_s"] = round(time.perf_counter() - t0, 1)
         url = app.url + "/predict"
         roots = head.pids
@@ -379,7 +377,7 @@ async def serve_phase(
 
         # Batching off against on, alternated (user_config only: replicas reconfigure in place).
         no_batch = write_config(
-            Path(head.temp_dir) / "serve-nobatch.yaml", port=port, deployments=NO_BATCHING
+            Path(head.temp_dir) / "serve-nobatch.yaml", port=app.port, deployments=NO_BATCHING
         )
         on = []
         off = []
@@ -387,7 +385,7 @@ async def serve_phase(
             ServeApp(head, no_batch).start(json.dumps(bodies[0]).encode())
             await asyncio.sleep(2)
             off.append(await bench.measure("serve, batching off", url, bodies, roots=roots, concurrency=32))
-            ServeApp(head, config).start(json.dumps(bodies[0]).encode())
+            ServeApp(head, app.config).start(json.dumps(bodies[0]).encode())
             await asyncio.sleep(2)
             on.append(await bench.measure("serve, batching on", url, bodies, roots=roots, concurrency=32))
         r["batching_on_over_off_throughput"] = round(
@@ -410,8 +408,7 @@ async def serve_phase(
     # The Python proxy instead of HAProxy: a head without RAY_SERVE_ENABLE_HA_PROXY.
     env_py = {**env, "RAY_SERVE_ENABLE_HA_PROXY": "0"}
     with RayHead(env=env_py) as head:
-        config = write_config(Path(head.temp_dir) / "serve.yaml", port=free_port())
-        app = ServeApp(head, config).start(json.dumps(bodies[0]).encode())
+        app = head.deploy(json.dumps(bodies[0]).encode())
         url = app.url + "/predict"
         bench.replicas = lambda: replica_counts(head)
         for body in bodies:

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.cluster import ROOT, RayHead, ServeApp, free_port, merged, spec_server, write_config
+from benchmarks.cluster import ROOT, RayHead, merged, spec_server
 from benchmarks.serving import SERVE_ENV, Bench, log, post, settle
 from benchmarks.workload import build_workload
 from core.settings import load_settings
@@ -84,9 +84,7 @@ def warm_head(
     env = {**SERVE_ENV, "RAY_AUTH_MODE": "disabled", "OPENSESAME_ALLOW_PRIVATE_SPEC_HOSTS": "1",
            "OPENSESAME_DATA_DIR": str(data_dir), **env}
     with RayHead(env=env, root=root) as head:
-        config = write_config(Path(head.temp_dir) / "serve.yaml", port=free_port(),
-                              base=root / "serve_config.yaml", deployments=dict(deployments))
-        app = ServeApp(head, config).start(json.dumps(bodies[0]).encode())
+        app = head.deploy(json.dumps(bodies[0]).encode(), deployments=dict(deployments))
         for body in bodies:
             post(app.url + "/predict", body)
         yield head, app.url + "/predict"

@@ -15,7 +15,6 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -319,7 +318,7 @@ def test_the_spec_fetcher_resolves_through_the_bounded_resolver() -> None:
 
 @pytest.fixture(scope="module")
 def make_run_app(specs: SpecServer, tmp_path_factory) -> Iterator[str]:
-    from benchmarks.cluster import RayHead, ServeApp, free_port, make_run_env, write_config
+    from benchmarks.cluster import RayHead, make_run_env
 
     env = {
         **make_run_env(client_share=SHARE),
@@ -330,15 +329,8 @@ def make_run_app(specs: SpecServer, tmp_path_factory) -> Iterator[str]:
         "OPENSESAME_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
         "OPENSESAME_CLIENT_MAX_CONCURRENT": str(SHARE),
     }
-    head = RayHead(env=env).start()
-    failed = True
-    try:
-        config = write_config(Path(head.temp_dir) / "serve.yaml", port=free_port())
-        probe = json.dumps(_body("normal", specs.url("/spec.json"))).encode()
-        yield ServeApp(head, config).start(probe).url
-        failed = False
-    finally:
-        head.stop(keep_logs=failed)
+    with RayHead(env=env) as head:
+        yield head.deploy(json.dumps(_body("normal", specs.url("/spec.json"))).encode()).url
 
 
 @pytest.mark.serve

@@ -88,7 +88,7 @@ def _on_the_session_cluster(base: str, settings: dict[str, Any]) -> Iterator[dic
 
 
 def _as_make_run_deploys_it(settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    from tools.cluster import RayHead, ServeApp, free_port, make_run_env, write_config
+    from tools.cluster import RayHead, make_run_env
 
     env = {
         **make_run_env(),
@@ -97,16 +97,10 @@ def _as_make_run_deploys_it(settings: dict[str, Any]) -> Iterator[dict[str, Any]
         "OPENSESAME_LLM_API_KEY": SECRET,  # in the head's environment, as the image passes it
     }
     started = time.time()
-    head = RayHead(env=env).start()
-    failed = True
-    try:
-        config = write_config(Path(head.temp_dir) / "serve.yaml", port=free_port())
-        served = ServeApp(head, config).start(json.dumps(_body()).encode())
-        name = yaml.safe_load(config.read_text())["applications"][0]["name"]
+    with RayHead(env=env) as head:
+        served = head.deploy(json.dumps(_body()).encode())
+        name = yaml.safe_load(served.config.read_text())["applications"][0]["name"]
         yield {"url": served.url, "base": served.url, "started": started, "logs": head.logs, "name": name}
-        failed = False
-    finally:
-        head.stop(keep_logs=failed)
 
 
 @pytest.fixture(scope="module")

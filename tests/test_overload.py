@@ -28,14 +28,11 @@ import pytest
 
 from benchmarks.cluster import (
     RayHead,
-    ServeApp,
-    free_port,
     make_run_env,
     process_title,
     replica_failures,
     spec_server,
     wait_http,
-    write_config,
 )
 from benchmarks.serving import replica_counts
 from benchmarks.workload import build_workload
@@ -77,11 +74,8 @@ def service(jentic_dir: Path, tmp_path_factory) -> Iterator[dict[str, Any]]:
             "OPENSESAME_ALLOW_PRIVATE_SPEC_HOSTS": "1",  # the spec host is on loopback
             "OPENSESAME_DATA_DIR": str(tmp_path_factory.mktemp("overload-data")),
         }
-        head = RayHead(env=env).start()
-        failed = True
-        try:
-            config = write_config(Path(head.temp_dir) / "serve.yaml", port=free_port())
-            app = ServeApp(head, config).start(json.dumps(bodies[0]).encode())
+        with RayHead(env=env) as head:
+            app = head.deploy(json.dumps(bodies[0]).encode())
             # Warm: every spec fetched and cached once, as in the benchmark.
             seen: set[str] = set()
             for body in bodies:
@@ -89,9 +83,6 @@ def service(jentic_dir: Path, tmp_path_factory) -> Iterator[dict[str, Any]]:
                     seen.add(body["spec_url"])
                     _post(app.url + "/predict", body)
             yield {"head": head, "url": app.url, "bodies": bodies}
-            failed = False
-        finally:
-            head.stop(keep_logs=failed)
 
 
 def _post(url: str, body: dict[str, Any]) -> None:

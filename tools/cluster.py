@@ -436,6 +436,15 @@ class RayHead:
             time.sleep(0.5)
         raise TimeoutError(f"ray head not up after {timeout_s}s; see {self.log.name}")
 
+    def deploy(self, probe_body: bytes, *, base: Path | None = None,
+               deployments: Mapping[str, Mapping[str, Any]] | None = None) -> ServeApp:
+        """The app of ``base`` (default: this checkout's ``serve_config.yaml``) with
+        ``deployments``' overrides, deployed on this head on a free port; returned once it
+        answers ``probe_body`` on ``/predict``."""
+        config = write_config(Path(self.temp_dir) / "serve.yaml", port=self._free_port(),
+                              base=base or self.root / "serve_config.yaml", deployments=deployments)
+        return ServeApp(self, config).start(probe_body)
+
     def pids(self) -> list[int]:
         return [self.proc.pid] if self.proc and self.proc.poll() is None else []
 
