@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cluster import ROOT, RayHead, ServeApp, free_port, make_run_env, write_config
+from benchmarks.cluster import ROOT, RayHead, ServeApp, make_run_env, write_config
 from benchmarks.serving_ab import Variant
 from tools.loadgen import HealthProbe
 
@@ -57,13 +57,12 @@ def one_head(variant: Variant, node_nice: int | None, body: bytes, quiet_s: floa
     data = tempfile.mkdtemp(prefix="boot-stall-")
     env = {**make_run_env(), "RAY_AUTH_MODE": "disabled", "OPENSESAME_DATA_DIR": data, **variant.env}
     with RayHead(env=env, node_nice=node_nice, root=variant.root) as head:
-        port = free_port()
-        base = variant.root / "serve_config.yaml"
-        first = write_config(Path(head.temp_dir) / "serve.yaml", port=port, base=base)
-        app = ServeApp(head, first).start(body)
+        app = head.deploy(body)
         time.sleep(5)  # the first requests' warm-up done
         quiet = probe(app.url, quiet_s)
-        more = write_config(Path(head.temp_dir) / "serve-more.yaml", port=port, base=base,
+        # the same app on the same port (the proxy keeps its first one), more replicas
+        more = write_config(Path(head.temp_dir) / "serve-more.yaml", port=app.port,
+                            base=variant.root / "serve_config.yaml",
                             deployments={d: {"autoscaling_config": {"min_replicas": 2}} for d in ADDED})
         adding = threading.Thread(target=lambda: ServeApp(head, more).start(body))
         return {"quiet": quiet, "adding_replicas": probe(app.url, during_s, during=adding),
