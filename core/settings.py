@@ -59,9 +59,9 @@ class Settings(BaseModel):
     # Spec host names are resolved in threads of their own, each look-up held to the timeout.
     dns_threads: int = Field(4, gt=0)
     dns_timeout_s: float = Field(2.0, gt=0)
-    # The Ingress's GIL switch interval (Python's default is 5 ms): how long its event loop
-    # (/health, refusals) may wait for the GIL while a thread of it parses a spec.
-    ingress_switch_interval_ms: float = Field(0.5, gt=0, le=5)
+    # A replica's GIL switch interval while one of its threads parses a spec (Python's default,
+    # 5 ms, otherwise): how long its event loop (/health, refusals) may wait for the GIL then.
+    parse_switch_interval_ms: float = Field(0.5, gt=0, le=5)
 
     # API keys (deployments/serving/identity.py): "tenant=token,..." and/or a file of
     # "tenant sha256-of-token" lines; with neither, clients are trusted to say who they are.

@@ -17,7 +17,6 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from core.priors.personal import user_transitions
-from deployments.serving.admission import favour_the_loop
 from deployments.serving.api_docs import install_docs
 from deployments.serving.batching import Coalescer, IngressConfig
 from deployments.serving.fairness import ClientShares, EdgeGuard, client_key, source_address
@@ -109,8 +108,6 @@ class Ingress(Replica):
         settings: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(settings)
-        # /health and refusals stay fast while its threads parse specs
-        favour_the_loop(self.settings.ingress_switch_interval_ms)
         self.store = SpecStore(self.settings)
         self.generator = generator
         self.extractor = extractor

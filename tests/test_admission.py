@@ -31,7 +31,6 @@ from deployments.serving.admission import (
     body_cap_lines,
     client_share_lines,
     deployed_lines,
-    favour_the_loop,
     haproxy_health_check_inter,
 )
 
@@ -267,19 +266,6 @@ def test_lower_priority_lowers_every_thread_once() -> None:
     before, after, again, raised, other = map(int, done.stdout.split())
     # once only, and never raised (0 would need a privilege a worker does not have)
     assert after == min(19, before + 3) and again == raised == after and other == after
-
-
-def test_the_ingress_switch_interval_comes_from_the_settings() -> None:
-    default = sys.getswitchinterval()
-    try:
-        assert favour_the_loop(load_settings().ingress_switch_interval_ms) == pytest.approx(0.5)
-        assert sys.getswitchinterval() == pytest.approx(0.0005)
-        slower = load_settings(ingress_switch_interval_ms=5)
-        assert favour_the_loop(slower.ingress_switch_interval_ms) == pytest.approx(5)
-    finally:
-        sys.setswitchinterval(default)
-    with pytest.raises(ValueError):  # past Python's default it would slow the loop, not favour it
-        Settings(ingress_switch_interval_ms=50)
 
 
 def test_the_kuberay_manifest_sets_the_same_value() -> None:

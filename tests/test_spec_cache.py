@@ -315,6 +315,38 @@ def test_inline_spec_is_parsed_once_and_shared_with_other_replicas(settings: Set
     run(scenario())
 
 
+def test_the_loop_gets_the_gil_back_sooner_while_a_spec_is_parsed(settings: Settings) -> None:
+    # Each parse records the switch interval it ran under; the second is refused mid-parse.
+    seen: list[float] = []
+    started, release = threading.Event(), threading.Event()
+
+    def parse(document: bytes | dict[str, Any], *, content_type: str | None = None) -> SpecIndex:
+        seen.append(sys.getswitchinterval())
+        if document["info"]["title"] == "slow":  # type: ignore[index]
+            started.set()
+            release.wait(5)
+        else:
+            raise ValueError("not a spec")
+        return parse_spec(document, content_type=content_type)
+
+    default = sys.getswitchinterval()
+
+    async def scenario() -> None:
+        store = _store(settings, parse=parse)  # type: ignore[arg-type]
+        slow = asyncio.ensure_future(store.resolve(spec={**billing_spec(), "info": {"title": "slow"}}))
+        await asyncio.to_thread(started.wait, 5)
+        with pytest.raises(ValueError):
+            await store.resolve(spec={**billing_spec(), "info": {"title": "bad"}})
+        assert sys.getswitchinterval() == pytest.approx(0.0005)  # the slow one still parses
+        release.set()
+        await slow
+        await store.aclose()
+
+    run(scenario())
+    assert seen == [pytest.approx(settings.parse_switch_interval_ms / 1000)] * 2
+    assert sys.getswitchinterval() == default  # back to Python's once no parse is left
+
+
 def test_a_replica_on_another_node_gets_the_index_shipped(settings: Settings, tmp_path: Path) -> None:
     """The Ingress's L2 holds the spec, the downstream's (another node's file) does not: the
     request is sent once more with the index, and the downstream keeps it in L1 after."""

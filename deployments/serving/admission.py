@@ -63,7 +63,6 @@ __all__ = [
     "client_share_lines",
     "deployed_lines",
     "haproxy_health_check_inter",
-    "favour_the_loop",
     "lower_priority",
     "lower_priority_if_graph_replica",
     "process_title",
@@ -229,17 +228,6 @@ def lower_priority(niceness: int = REPLICA_NICENESS) -> int:
         return os.getpriority(os.PRIO_PROCESS, 0)
     except OSError:
         return 0
-
-
-def favour_the_loop(interval_ms: float) -> float:
-    """Set this process's GIL switch interval to ``interval_ms`` (the Ingress calls it with
-    ``Settings.ingress_switch_interval_ms``): its threads parse specs and read SQLite while its
-    event loop answers ``/health``, ``/livez`` and refusals, and at Python's default 5 ms the
-    loop waits up to 5 ms for the GIL again after each socket read or write that a parse
-    overlaps (/health max 62-170 ms during a spec that expands past the caps, 18-47 ms at
-    0.5 ms; RELIABILITY.md). Returns the interval now in force, in ms."""
-    sys.setswitchinterval(interval_ms / 1000)
-    return sys.getswitchinterval() * 1000
 
 
 def process_title(pid: int | None = None) -> str | None:
