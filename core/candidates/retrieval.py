@@ -80,8 +80,8 @@ __all__ = [
 ]
 
 # Candidates per request: what the service ranks and the ranker is trained on. A pool of 40 or
-# 50 holds more targets, but the model, retrained on it, gets no more of them into its top 3
-# (docs/accuracy.md, "The targets the generator never proposes; a larger pool").
+# 50 holds more targets, but the model, retrained on it, puts no more workflow steps in its top 3
+# beyond noise (docs/accuracy.md, "The targets the generator never proposes; a larger pool").
 CANDIDATE_LIMIT = 30
 # How much each source counts in the generator's own order (each score is in [0, 1]).
 SOURCE_WEIGHTS = {
