@@ -6,6 +6,7 @@ For every example (history = the workflow's steps so far, prompt = its summary, 
 step) of the real workflows of the validation APIs:
 
 - recall@10 / recall@30: share of examples whose target is among the first 10 / 30 candidates;
+  with ``--limit`` above 30, also recall@limit (the whole pool);
 - hit@1, hit@3, MRR of the generator's own order: the baseline the ranker has to beat;
 - the same for BM25 of the prompt alone over the whole spec.
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from core.candidates.retrieval import RetrievalGenerator
+from core.candidates.retrieval import CANDIDATE_LIMIT, RetrievalGenerator
 from core.priors.transitions import DEFAULT_PATH, load_transitions
 from core.settings import load_settings
 from core.spec.index import SpecIndex
@@ -41,7 +42,7 @@ SIZES = (10, 100, 1000)
 TARGETS = {"recall@30": 0.95, "recall@10": 0.85}
 
 
-def _metrics(ranks: Sequence[int | None]) -> dict[str, float]:
+def _metrics(ranks: Sequence[int | None], *, limit: int = CANDIDATE_LIMIT) -> dict[str, float]:
     """Ranks are 1-based positions of the target, None when absent."""
     r = np.array([x if x is not None else 10**9 for x in ranks], dtype=np.int64)
     if not len(r):
@@ -50,6 +51,7 @@ def _metrics(ranks: Sequence[int | None]) -> dict[str, float]:
         "examples": int(len(r)),
         "recall@10": float((r <= 10).mean()),
         "recall@30": float((r <= 30).mean()),
+        **({f"recall@{limit}": float((r <= limit).mean())} if limit > 30 else {}),
         "hit@1": float((r == 1).mean()),
         "hit@3": float((r <= 3).mean()),
         "hit@5": float((r <= 5).mean()),
@@ -107,10 +109,10 @@ def evaluate(
         sizes.append(len(ex.spec))
         apis.append(ex.api)
     return {
-        "generator": _metrics(gen_ranks),
+        "generator": _metrics(gen_ranks, limit=limit),
         "generator_ci95_by_api_bootstrap": _bootstrap(gen_ranks, apis),
         "bm25": _metrics(bm25_ranks),
-        "generator_by_position": {k: _metrics(v) for k, v in sorted(by_position.items())},
+        "generator_by_position": {k: _metrics(v, limit=limit) for k, v in sorted(by_position.items())},
         "apis": None,
         "spec_operations_median": float(np.median(sizes)) if sizes else 0.0,
     }
@@ -163,11 +165,13 @@ def latency(generator: RetrievalGenerator, specs: Sequence[SpecIndex], prompt: s
     return out
 
 
-def _table(rows: dict[str, dict[str, float]]) -> str:
-    cols = ["examples", "recall@10", "recall@30", "hit@1", "hit@3", "mrr"]
+def _table(rows: dict[str, dict[str, float]], *, limit: int = CANDIDATE_LIMIT) -> str:
+    pool = [f"recall@{limit}"] if limit > 30 else []
+    cols = ["examples", "recall@10", "recall@30", *pool, "hit@1", "hit@3", "mrr"]
     lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, m in rows.items():
-        cells = [str(m.get("examples", "")) if c == "examples" else f"{m.get(c, 0):.3f}" for c in cols]
+        cells = [str(m.get("examples", "")) if c == "examples"
+                 else f"{m[c]:.3f}" if c in m else "" for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jentic-dir", type=Path, default=None)
     parser.add_argument("--split", choices=("valid", "train"), default="valid")
     parser.add_argument("--valid-fraction", type=float, default=0.2)
-    parser.add_argument("--limit", type=int, default=30)
+    parser.add_argument("--limit", type=int, default=CANDIDATE_LIMIT)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--synthetic-per-api", type=int, default=20)
     parser.add_argument("--transitions", type=Path, default=DEFAULT_PATH)
@@ -228,9 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         "BM25 of the prompt alone (real)": real["bm25"],
         "embedded generator (synthetic)": synthetic["generator"],
         "BM25 of the prompt alone (synthetic)": synthetic["bm25"],
-    }))
+    }, limit=args.limit))
     print("\nGenerator by position of the target in its workflow (real):\n")
-    print(_table({f"step {k}": v for k, v in real["generator_by_position"].items()}))
+    print(_table({f"step {k}": v for k, v in real["generator_by_position"].items()}, limit=args.limit))
     print("\n## generate() latency, cached index\n")
     print("| operations | median ms | p90 ms | index build ms |\n|---|---|---|---|")
     for size, t in timing.items():

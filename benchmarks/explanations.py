@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     same_top = same_sentence = same_first = rows = 0
     steps = list(examples(workflows))[: args.groups]
     for n, ex in enumerate(steps, 1):
-        cands = generator.generate(ex.spec, ex.history, ex.prompt, limit=30)
+        cands = generator.generate(ex.spec, ex.history, ex.prompt)
         X = extractor.extract(ex.spec, ex.history, ex.prompt, cands)
         top = np.argsort(-model.raw_scores(X), kind="stable")[: args.k]
         Xk = np.ascontiguousarray(X[top], np.float32)

@@ -40,7 +40,7 @@ def digest(jentic_dir: Path) -> dict[str, object]:
     everything = hashlib.sha256()
     steps = 0
     for ex in examples(workflows):
-        candidates = generator.generate(ex.spec, ex.history, ex.prompt, limit=30)
+        candidates = generator.generate(ex.spec, ex.history, ex.prompt)
         x = extractor.extract(ex.spec, ex.history, ex.prompt, candidates, ex.personal)
         [(probs, contribs)] = model.score_groups([x], contributions=True)
         rows.update(x.tobytes())

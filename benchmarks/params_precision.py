@@ -169,7 +169,7 @@ def measure(jentic_dir: Path, k: int = 5, split: str = "valid") -> dict[str, Any
                             *(n for s in wf.steps for n in s.path_params)}}
         for ex in examples([wf]):
             steps += 1
-            candidates = generator.generate(ex.spec, ex.history, ex.prompt, limit=30)
+            candidates = generator.generate(ex.spec, ex.history, ex.prompt)
             x = extractor.extract(ex.spec, ex.history, ex.prompt, candidates, ex.personal)
             [(probs, _)] = model.score_groups([x], contributions=False)
             order = np.argsort(-probs, kind="stable")[:k]

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     for ex in examples(workflows):
         kind = "later" if ex.history else "first"
         counts[f"{kind}: steps"] += 1
-        candidates = generator.generate(ex.spec, ex.history, ex.prompt, limit=30)
+        candidates = generator.generate(ex.spec, ex.history, ex.prompt)
         ops = [ex.spec.operations[c.index] for c in candidates]
         keys = [op.key for op in ops]
         if ex.target not in keys:

@@ -95,7 +95,7 @@ def rank_asks(items: Sequence[Example], *, generator: RetrievalGenerator,
     """Every ask ranked as :func:`benchmarks.requests.evaluate` ranks it."""
     out = []
     for ex in items:
-        candidates = generator.generate(ex.spec, ex.history, ex.prompt, limit=30)
+        candidates = generator.generate(ex.spec, ex.history, ex.prompt)
         X = extractor.extract(ex.spec, ex.history, ex.prompt, candidates, ex.personal, ex.population)
         scores = np.asarray(score(X), np.float64) if len(candidates) else np.zeros(0)
         out.append(Ranked(example=ex, ops=tuple(ex.spec.operations[c.index] for c in candidates),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.candidates.retrieval import RetrievalGenerator
+from core.candidates.retrieval import CANDIDATE_LIMIT, RetrievalGenerator
 from core.candidates.types import Candidate
 from core.features import FEATURE_NAMES, FeatureExtractor
 from ranker.data import Example, split_of
@@ -82,7 +82,7 @@ def build_groups(
     *,
     generator: RetrievalGenerator,
     extractor: FeatureExtractor,
-    limit: int = 30,
+    limit: int = CANDIDATE_LIMIT,
     keep_examples: bool = False,
     progress: str | None = None,
     valid_fraction: float = 0.2,

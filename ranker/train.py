@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from core.candidates.retrieval import RetrievalGenerator
+from core.candidates.retrieval import CANDIDATE_LIMIT, RetrievalGenerator
 from core.features import FEATURE_NAMES, FEATURE_VERSION, FeatureExtractor
 from core.priors.transitions import DEFAULT_PATH as TRANSITIONS_PATH
 from core.priors.transitions import Transitions, load_transitions
@@ -98,7 +98,7 @@ PERSONAL_USERS_PER_API = 1
 # no population groups at all.
 POPULATION_SAME_FLOW = 0.5
 EARLY_STOPPING = 100
-CANDIDATES = 30
+CANDIDATES = CANDIDATE_LIMIT
 
 
 def source_weights(source: np.ndarray, synthetic_weight: float) -> np.ndarray:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypedDict
 
-from core.candidates.retrieval import RetrievalGenerator, wants_destructive
+from core.candidates.retrieval import CANDIDATE_LIMIT, RetrievalGenerator, wants_destructive
 from core.candidates.types import Candidate, LLMProposal, LLMUnavailable, ProposalSource
 from core.spec.index import Call, SpecIndex
 
@@ -60,7 +60,8 @@ class CandidateSet:
 
 class CandidateGenerator:
     def __init__(
-        self, *, retrieval: RetrievalGenerator, llm: ProposalSource | None = None, limit: int = 30
+        self, *, retrieval: RetrievalGenerator, llm: ProposalSource | None = None,
+        limit: int = CANDIDATE_LIMIT,
     ) -> None:
         self.retrieval = retrieval
         self.llm = llm

@@ -74,8 +74,15 @@ if TYPE_CHECKING:
     from core.priors.transitions import Transitions
     from core.priors.word_vectors import WordVectors
 
-__all__ = ["RetrievalGenerator", "RetrievalIndex", "SOURCE_WEIGHTS", "wants_destructive", "terms"]
+__all__ = [
+    "CANDIDATE_LIMIT", "RetrievalGenerator", "RetrievalIndex", "SOURCE_WEIGHTS", "wants_destructive",
+    "terms",
+]
 
+# Candidates per request: what the service ranks and the ranker is trained on. A pool of 40 or
+# 50 holds more targets, but the model, retrained on it, puts no more workflow steps in its top 3
+# beyond noise (docs/accuracy.md, "The targets the generator never proposes; a larger pool").
+CANDIDATE_LIMIT = 30
 # How much each source counts in the generator's own order (each score is in [0, 1]).
 SOURCE_WEIGHTS = {
     "bm25": 2.5, "semantic": 0.5, "dataflow": 0.6, "neighbour": 0.35, "transition": 0.25,
@@ -812,7 +819,7 @@ class RetrievalGenerator:
         history: Sequence[Call],
         prompt: str | None,
         *,
-        limit: int = 30,
+        limit: int = CANDIDATE_LIMIT,
     ) -> list[Candidate]:
         """At most ``limit`` candidates, deduplicated, best first by the combined source score."""
         if limit < 1:
