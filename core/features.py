@@ -54,6 +54,7 @@ from core.vocabulary import (
     COUNT_PHRASE,
     COUNT_WORDS,
     FEATURE_CLAUSE_SPLIT,
+    HEAD_BOUNDARY_WORDS,
     ID_SUFFIXES,
     PROMPT_ROLE_VERBS,
     ROLES,
@@ -82,7 +83,7 @@ __all__ = [
     "COLD",
 ]
 
-FEATURE_VERSION = "11"
+FEATURE_VERSION = "13"  # 12 was branch q17's (docs/accuracy.md), never merged
 
 REQUEST_FEATURES: tuple[str, ...] = (
     "req_values",  # values the request carries
@@ -114,6 +115,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "overlap_summary",
     "overlap_description",
     "prompt_coverage",
+    "head_coverage",  # of the next clause's head phrase (what its verb asks for), NaN: none
     "prompt_resource",
     "prompt_role_verb",
     "prompt_new_coverage",
@@ -195,6 +197,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "destructive",
     "prompt_destructive",
     "destructive_without_intent",
+    # the spec's own word that an operation is on its way out (a newer one does the same)
+    "deprecated",
     # generator
     *(f"src_{s}" for s in SOURCES),
     *(f"has_{s}" for s in SOURCES),
@@ -206,14 +210,15 @@ FEATURE_NAMES: tuple[str, ...] = (
     # rank of the candidate among the candidates of its request (0 = best), for the scores a
     # lambdarank tree can't compare across rows by itself
     *(f"{name}_grank" for name in (
-        "bm25", "prompt_coverage", "prompt_new_coverage", "overlap_path", "overlap_summary",
+        "bm25", "prompt_coverage", "head_coverage", "prompt_new_coverage", "overlap_path",
+        "overlap_summary",
         "clause_next_score", "prompt_ahead", "role_lift", "relation_lift",
         "sem_prompt", "sem_clause_next_score", "sem_last_call", "soft_coverage",
         "soft_clause_next_score",
     )),
     # how far below the group's best value the candidate is (0 for the best)
     *(f"{name}_gap" for name in (
-        "bm25_norm", "prompt_new_coverage", "overlap_path", "clause_next_score",
+        "bm25_norm", "head_coverage", "prompt_new_coverage", "overlap_path", "clause_next_score",
         "sem_prompt", "sem_clause_next_score", "soft_clause_next_score",
     )),
 )
@@ -265,6 +270,9 @@ class PromptTokens:
     n_clauses: int
     raw: tuple[str, ...]  # the original word at each position (for explanations)
     tokens: tuple[str, ...] = ()  # the ``tokenize``d word at each position (word vectors)
+    # the positions of each clause's head phrase: after its first verb of a role (from its
+    # start without one), up to the first of HEAD_BOUNDARY_WORDS
+    head: tuple[bool, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -277,16 +285,27 @@ def prompt_stems(prompt: str | None) -> PromptTokens:
     clauses: list[int] = []
     raw: list[str] = []
     tokens: list[str] = []
+    head: list[bool] = []
     parts = [p for p in FEATURE_CLAUSE_SPLIT.split(prompt or "") if p and p.strip()]
     for c, part in enumerate(parts):
-        for word in re.findall(r"[A-Za-z0-9]+", COUNT_PHRASE.sub(" how many count ", part)):
+        words = re.findall(r"[A-Za-z0-9]+", COUNT_PHRASE.sub(" how many count ", part))
+        # of the clause's head: "before" it, in the "head", "after" it
+        verb = any(feature_stem(t) in PROMPT_ROLE_VERBS for w in words for t in tokenize(w))
+        state = "before" if verb else "head"
+        for word in words:
+            if state == "head" and word.lower() in HEAD_BOUNDARY_WORDS:
+                state = "after"
             for tok in tokenize(word):
-                stems.append(feature_stem(tok))
+                stem = feature_stem(tok)
+                stems.append(stem)
                 clauses.append(c)
                 raw.append(word)
                 tokens.append(tok)
+                head.append(state == "head")
+                if state == "before" and stem in PROMPT_ROLE_VERBS:
+                    state = "head"
     return PromptTokens(tuple(stems), tuple(clauses), max(len(parts), 1), tuple(raw),
-                        tuple(tokens))
+                        tuple(tokens), tuple(head))
 
 
 # -- ids the user has -----------------------------------------------------------------------------
@@ -376,6 +395,7 @@ class SpecTables:
             self.role[i, ROLES.index(op.role)] = 1
         self.n_path_params = np.array([len(op.path_params) for op in ops], np.float32)
         self.destructive = np.array([op.destructive for op in ops], np.float32)
+        self.deprecated = np.array([op.deprecated for op in ops], np.float32)
         self.depth = np.array([len(s) for s in self.norm_segments], np.float32)
         # the stem of what each path parameter is an id of ("movie" of {movie_id})
         self.path_entity_stems = [
@@ -671,6 +691,7 @@ class FeatureExtractor:
         X[:, col["destructive"]] = destructive
         X[:, col["prompt_destructive"]] = intent
         X[:, col["destructive_without_intent"]] = destructive * (not intent)
+        X[:, col["deprecated"]] = t.deprecated[idx]
 
         # generator sources, scores and order
         src, has = col["src_" + SOURCES[0]], col["has_" + SOURCES[0]]
@@ -781,6 +802,9 @@ class FeatureExtractor:
         W = match(idx.tolist())
         mass = W.sum(1)
         X[:, col["prompt_coverage"]] = mass / total
+        head = np.array(pt.head, bool) & (clauses == cursor_clause + 1)  # the next clause's
+        head_total = float(weights[head].sum()) if head.any() else 0.0
+        X[:, col["head_coverage"]] = W[:, head].sum(1) / head_total if head_total > 0 else np.nan
         X[:, col["prompt_new_coverage"]] = (W * ~covered).sum(1) / total
         with np.errstate(invalid="ignore", divide="ignore"):
             pos = np.where(mass > 0, (W * positions).sum(1) / mass / length, np.nan)

@@ -48,6 +48,7 @@ __all__ = [
     "AUTH_OPERATION_WORDS",
     "PLAN_CLAUSE_BREAK",
     "FEATURE_CLAUSE_SPLIT",
+    "HEAD_BOUNDARY_WORDS",
 ]
 
 ROLES = ("list", "search", "get", "create", "update", "delete", "action")
@@ -388,4 +389,11 @@ PLAN_CLAUSE_BREAK = re.compile(
 )
 FEATURE_CLAUSE_SPLIT = re.compile(
     r"[,;:.!?]|\band\b|\bthen\b|\bafter\b|\bbefore\b|\bfinally\b", re.I
+)
+# Where the thing a request asks for ends and what qualifies it begins ("List all contacts |
+# associated with the company", "Create an invoice | for the new customer"): prepositions and
+# relative words, lower case.
+HEAD_BOUNDARY_WORDS = frozenset(
+    "for by with using to that which who whose where in from on based after before including "
+    "within via belonging associated so and when if into as at under until while".split()
 )

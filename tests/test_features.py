@@ -94,6 +94,34 @@ def test_dataflow_and_destructive_features(extractor, spec) -> None:
     assert X2[2, COL["destructive_without_intent"]] == 0.0 and X2[2, COL["prompt_destructive"]] == 1.0
 
 
+def test_the_specs_deprecated_flag_is_a_feature(extractor) -> None:
+    doc = billing_spec()
+    doc["paths"]["/invoices"]["get"]["deprecated"] = True
+    spec = parse_spec(doc)
+    X = extractor.extract(spec, [], "list the invoices", _all(spec))
+    deprecated = {op.key for op, row in zip(spec.operations, X, strict=True) if row[COL["deprecated"]] == 1}
+    assert deprecated == {"GET /invoices"}
+
+
+def test_the_head_of_the_request_is_what_it_asks_for(extractor) -> None:
+    ok = {"200": {"description": "ok"}}
+    spec = parse_spec({"openapi": "3.0.0", "info": {"title": "CRM", "version": "1"}, "paths": {
+        "/contacts": {"get": {"summary": "List contacts", "responses": ok}},
+        "/companies": {"get": {"summary": "List companies", "responses": ok}}}})
+    pt = prompt_stems("List all contacts associated with the company")
+    assert [w for w, h in zip(pt.raw, pt.head, strict=True) if h] == ["contacts"]
+    X = extractor.extract(spec, [], "List all contacts associated with the company", _all(spec))
+    contacts, companies = X[:, COL["head_coverage"]]
+    assert contacts > 0 and companies == 0
+    assert X[0, COL["head_coverage_grank"]] == 0 and X[1, COL["head_coverage_grank"]] == 1
+    assert np.isnan(extractor.extract(spec, [], "List all", _all(spec))[:, COL["head_coverage"]]).all()
+    # once the history has done the first clause, the head is the next clause's
+    after = [spec.resolve("GET /contacts")]
+    X = extractor.extract(spec, after, "List the contacts, then list the companies of them", _all(spec))
+    contacts, companies = X[:, COL["head_coverage"]]
+    assert companies > 0 and contacts == 0
+
+
 def test_words_and_entities() -> None:
     forms = "creating creates created create".split()
     assert {feature_stem(w) for w in forms} == {"creat"}

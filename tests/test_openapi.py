@@ -81,6 +81,19 @@ def test_index_round_trips_through_bytes() -> None:
     assert again.base_paths == spec.base_paths and again.spec_hash == spec.spec_hash
 
 
+def test_the_specs_deprecated_flag_is_kept_and_older_indexes_still_read() -> None:
+    doc = billing_spec()
+    doc["paths"]["/invoices"]["get"]["deprecated"] = True
+    doc["paths"]["/invoices"]["post"]["deprecated"] = "yes"  # not the boolean: not deprecated
+    spec = parse_spec(doc)
+    assert [op.key for op in spec.operations if op.deprecated] == ["GET /invoices"]
+    assert SpecIndex.from_bytes(spec.to_bytes()).operations == spec.operations
+    older = json.loads(spec.to_bytes())  # format 2: no flag after the returned ids
+    older["v"] = 2
+    older["ops"] = [op[:8] for op in older["ops"]]
+    assert not any(op.deprecated for op in SpecIndex.from_bytes(json.dumps(older).encode()).operations)
+
+
 @pytest.mark.parametrize(
     ("raw", "message"),
     [

@@ -14,9 +14,10 @@ from core.vocabulary import tokenize
 
 __all__ = ["SpecIndex", "Call", "parse_endpoint"]
 
-# 2: a parameter carries its enum. Version 1 still reads (the feedback store keeps indexes).
-FORMAT_VERSION = 2
-_READABLE = (1, 2)
+# 2: a parameter carries its enum; 3: an operation, whether the spec marks it deprecated.
+# Versions 1 and 2 still read (the feedback store keeps indexes), their operations not deprecated.
+FORMAT_VERSION = 3
+_READABLE = (1, 2, 3)
 METHODS = frozenset("GET PUT POST DELETE PATCH HEAD OPTIONS TRACE".split())
 
 
@@ -102,6 +103,7 @@ class SpecIndex:
                 list(op.tags),
                 [[p.name, p.location, p.required, p.type, list(p.enum)] for p in op.params],
                 list(op.returns_ids),
+                op.deprecated,
             ]
             for op in self.operations
         ]
@@ -130,7 +132,8 @@ class SpecIndex:
                 params=tuple(Param(n, loc, r, ty, tuple(rest[0]) if rest else ())
                              for n, loc, r, ty, *rest in ps),
                 returns_ids=tuple(ret),
+                deprecated=bool(more[0]) if more else False,
             )
-            for m, p, oid, s, d, t, ps, ret in doc["ops"]
+            for m, p, oid, s, d, t, ps, ret, *more in doc["ops"]
         )
         return cls(operations=ops, base_paths=tuple(doc["bases"]), spec_hash=doc["hash"], title=doc["title"])

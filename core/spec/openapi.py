@@ -244,6 +244,7 @@ def _operations(
                 tags=tuple(str(t) for t in tags if isinstance(t, str | int)),
                 params=tuple(params.values()),
                 returns_ids=_returned_ids(op.get("responses"), refs, swagger2=swagger2),
+                deprecated=op.get("deprecated") is True,
             )
 
 

@@ -46,6 +46,7 @@ class Operation:
     # Id-like field names found in the 2xx response body (e.g. "id", "customer_id"): what a call
     # to this operation hands to the next one.
     returns_ids: tuple[str, ...] = ()
+    deprecated: bool = False  # the spec's own `deprecated: true`
     key: str = field(init=False)
     segments: tuple[str, ...] = field(init=False)
     path_params: tuple[str, ...] = field(init=False)
