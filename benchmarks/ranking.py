@@ -94,7 +94,7 @@ def run(
         }
         results[name] = {
             "apis": len({e.api for e in items}),
-            "recall@30": float((groups.gen_rank != MISS).mean()),
+            "recall": float((groups.gen_rank != MISS).mean()),  # of the pool (30, 50 after a history)
             **rows,
         }
         tables.append(metrics_table(rows, title=f"{name} workflows, validation APIs "
