@@ -1,12 +1,14 @@
 """Candidate recall of the embedded generator on APIs held out whole, and its latency.
 
-    python -m benchmarks.candidate_recall [--jentic-dir DIR] [--split valid] [--limit 30]
+    python -m benchmarks.candidate_recall [--jentic-dir DIR] [--split valid] [--limit N]
 
 For every example (history = the workflow's steps so far, prompt = its summary, target = the next
 step) of the real workflows of the validation APIs:
 
 - recall@10 / recall@30: share of examples whose target is among the first 10 / 30 candidates;
-  with ``--limit`` above 30, also recall@limit (the whole pool);
+  and recall@N of the whole pool: the service's
+  (:func:`~core.candidates.retrieval.candidate_limit`: 30, 50 after a history; N = 50), or
+  ``--limit N`` candidates for every example;
 - hit@1, hit@3, MRR of the generator's own order: the baseline the ranker has to beat;
 - the same for BM25 of the prompt alone over the whole spec.
 
@@ -29,7 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from core.candidates.retrieval import CANDIDATE_LIMIT, RetrievalGenerator
+from core.candidates.retrieval import (
+    CANDIDATE_LIMIT,
+    HISTORY_CANDIDATE_LIMIT,
+    RetrievalGenerator,
+)
 from core.priors.transitions import DEFAULT_PATH, load_transitions
 from core.settings import load_settings
 from core.spec.index import SpecIndex
@@ -91,8 +97,11 @@ def _bm25_rank(generator: RetrievalGenerator, example: Example) -> int:
 
 
 def evaluate(
-    generator: RetrievalGenerator, items: Iterable[Example], *, limit: int
+    generator: RetrievalGenerator, items: Iterable[Example], *, limit: int | None = None
 ) -> dict[str, Any]:
+    """Recall and the generator's own order over ``items``; ``limit`` candidates each, or None:
+    the service's pool for the example's history (:func:`~core.candidates.retrieval.candidate_limit`)."""
+    pool = limit or HISTORY_CANDIDATE_LIMIT
     gen_ranks: list[int | None] = []
     bm25_ranks: list[int] = []
     apis: list[str] = []
@@ -109,10 +118,10 @@ def evaluate(
         sizes.append(len(ex.spec))
         apis.append(ex.api)
     return {
-        "generator": _metrics(gen_ranks, limit=limit),
+        "generator": _metrics(gen_ranks, limit=pool),
         "generator_ci95_by_api_bootstrap": _bootstrap(gen_ranks, apis),
         "bm25": _metrics(bm25_ranks),
-        "generator_by_position": {k: _metrics(v, limit=limit) for k, v in sorted(by_position.items())},
+        "generator_by_position": {k: _metrics(v, limit=pool) for k, v in sorted(by_position.items())},
         "apis": None,
         "spec_operations_median": float(np.median(sizes)) if sizes else 0.0,
     }
@@ -181,12 +190,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jentic-dir", type=Path, default=None)
     parser.add_argument("--split", choices=("valid", "train"), default="valid")
     parser.add_argument("--valid-fraction", type=float, default=0.2)
-    parser.add_argument("--limit", type=int, default=CANDIDATE_LIMIT)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="candidates for every example (default: the service's pool, "
+                             f"{CANDIDATE_LIMIT}, {HISTORY_CANDIDATE_LIMIT} after a history)")
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--synthetic-per-api", type=int, default=20)
     parser.add_argument("--transitions", type=Path, default=DEFAULT_PATH)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be >= 1, got {args.limit}")
+    pool = args.limit or HISTORY_CANDIDATE_LIMIT
+    limit_text = (f"limit {args.limit}" if args.limit else
+                  f"limit {CANDIDATE_LIMIT}, {HISTORY_CANDIDATE_LIMIT} after a history")
 
     jentic_dir = args.jentic_dir or load_settings().jentic_dir
     workflows = load_workflows(jentic_dir)
@@ -214,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks.candidate_recall " + " ".join(argv or sys.argv[1:]),
         "split": args.split,
         "valid_fraction": args.valid_fraction,
-        "limit": args.limit,
+        "limit": args.limit or {"no history": CANDIDATE_LIMIT, "history": HISTORY_CANDIDATE_LIMIT},
         "targets": TARGETS,
         "data": load_stats,
         "real": real,
@@ -226,15 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=1) + "\n")
 
     print(f"\n## Candidate recall, {args.split} APIs ({real['apis']} APIs, "
-          f"{real['workflows']} real workflows; limit {args.limit})\n")
+          f"{real['workflows']} real workflows; {limit_text})\n")
     print(_table({
         "embedded generator (real)": real["generator"],
         "BM25 of the prompt alone (real)": real["bm25"],
         "embedded generator (synthetic)": synthetic["generator"],
         "BM25 of the prompt alone (synthetic)": synthetic["bm25"],
-    }, limit=args.limit))
+    }, limit=pool))
     print("\nGenerator by position of the target in its workflow (real):\n")
-    print(_table({f"step {k}": v for k, v in real["generator_by_position"].items()}, limit=args.limit))
+    print(_table({f"step {k}": v for k, v in real["generator_by_position"].items()}, limit=pool))
     print("\n## generate() latency, cached index\n")
     print("| operations | median ms | p90 ms | index build ms |\n|---|---|---|---|")
     for size, t in timing.items():

@@ -7,7 +7,7 @@ For every example of the VALIDATION APIs (real workflows, and synthetic sequence
 APIs, reported apart), hit@1, hit@3, hit@5, MRR and NDCG@5 of:
 
 - ``bm25 (whole spec)``: every operation of the spec ordered by BM25 of the prompt alone;
-- ``generator order``: the embedded generator's 30 candidates in its own order;
+- ``generator order``: the embedded generator's candidates (30, 50 after a history) in its own order;
 - ``ranker``: the same candidates, features and shipped model as serving runs them
   (candidates → FeatureExtractor → RankerModel); a target the generator missed is a miss;
 - ``heuristic fallback``: the degraded-mode ranker, on the same candidates.
@@ -94,7 +94,7 @@ def run(
         }
         results[name] = {
             "apis": len({e.api for e in items}),
-            "recall@30": float((groups.gen_rank != MISS).mean()),
+            "recall": float((groups.gen_rank != MISS).mean()),  # of the pool (30, 50 after a history)
             **rows,
         }
         tables.append(metrics_table(rows, title=f"{name} workflows, validation APIs "

@@ -32,7 +32,6 @@ from core.settings import load_settings
 from ranker.data import load_workflows, split_of
 from ranker.evaluate import Groups, build_groups, metrics_table, ranking_metrics, ranks_from_scores
 from ranker.train import (
-    CANDIDATES,
     PERSONAL_USERS_PER_API,
     SYNTHETIC_WEIGHT,
     base_examples,
@@ -90,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         personal_users_per_api=args.personal_users_per_api, seed=args.seed)
     transitions, word_vectors = load_transitions(), load_word_vectors()
     groups = build_groups(
-        [*real, *synthetic, *personal], limit=CANDIDATES, progress="features",
+        [*real, *synthetic, *personal], progress="features",
         generator=RetrievalGenerator(transitions=transitions, word_vectors=word_vectors),
         extractor=FeatureExtractor(transitions=transitions, word_vectors=word_vectors),
     )

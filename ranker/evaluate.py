@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.candidates.retrieval import CANDIDATE_LIMIT, RetrievalGenerator
+from core.candidates.retrieval import RetrievalGenerator
 from core.candidates.types import Candidate
 from core.features import FEATURE_NAMES, FeatureExtractor
 from ranker.data import Example, split_of
@@ -82,13 +82,14 @@ def build_groups(
     *,
     generator: RetrievalGenerator,
     extractor: FeatureExtractor,
-    limit: int = CANDIDATE_LIMIT,
+    limit: int | None = None,
     keep_examples: bool = False,
     progress: str | None = None,
     valid_fraction: float = 0.2,
 ) -> Groups:
     """Candidates from ``generator`` and features from ``extractor`` — the serving code path —
-    for each example."""
+    for each example; ``limit`` None: the pool the service gives the example's history
+    (:func:`core.candidates.retrieval.candidate_limit`)."""
     X: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     meta: list[tuple[str, str, str, int, int]] = []

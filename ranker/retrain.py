@@ -287,7 +287,7 @@ def retrain(
     step(f"[3/7] candidates and features ({len(FEATURE_NAMES)}, version {FEATURE_VERSION})")
     base_list = [*real, *synthetic, *personal]
     base = build_groups(track(base_list, "base features", total=len(base_list)),
-                        generator=generator, extractor=extractor, limit=CANDIDATES)
+                        generator=generator, extractor=extractor)
     held_out_specs = {spec_fingerprint(load_spec(w.spec_path))
                       for w in workflows if split_of(w.api) == "valid"}
     fb = (feedback_groups(outcomes, stored, extractor=extractor, holdout_fraction=config.holdout_fraction,

@@ -7,7 +7,8 @@
    features are not zero, so the model learns what a user's own habits are worth; and the real
    workflows again with what other users of their API did (:mod:`ranker.population`, out of
    fold, ``--population-same-flow``), so it learns when to trust the population memory.
-2. Candidates come from the embedded :class:`RetrievalGenerator` (limit 30) and features from
+2. Candidates come from the embedded :class:`RetrievalGenerator` (limit 30, 50 after a history:
+   :func:`~core.candidates.retrieval.candidate_limit`) and features from
    :class:`FeatureExtractor` — exactly the serving code. A group whose target the generator
    missed cannot teach anything (no positive label) but counts as a miss in evaluation.
 3. LightGBM ``lambdarank`` trains on the TRAINING APIs with early stopping on the real workflows
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from core.candidates.retrieval import CANDIDATE_LIMIT, RetrievalGenerator
+from core.candidates.retrieval import CANDIDATE_LIMIT, HISTORY_CANDIDATE_LIMIT, RetrievalGenerator
 from core.features import FEATURE_NAMES, FEATURE_VERSION, FeatureExtractor
 from core.priors.transitions import DEFAULT_PATH as TRANSITIONS_PATH
 from core.priors.transitions import Transitions, load_transitions
@@ -98,7 +99,9 @@ PERSONAL_USERS_PER_API = 1
 # no population groups at all.
 POPULATION_SAME_FLOW = 0.5
 EARLY_STOPPING = 100
-CANDIDATES = CANDIDATE_LIMIT
+# The pools build_groups gives, as the service does (core.candidates.retrieval.candidate_limit);
+# for the card and the log.
+CANDIDATES = {"no history": CANDIDATE_LIMIT, "history": HISTORY_CANDIDATE_LIMIT}
 
 
 def source_weights(source: np.ndarray, synthetic_weight: float) -> np.ndarray:
@@ -347,14 +350,14 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
          f"{len(real)} real + {len(synthetic)} synthetic + {len(personal)} returning-user and "
          "population groups")
 
-    step(f"[2/6] candidates (retrieval, limit {CANDIDATES}) and features "
+    step(f"[2/6] candidates (retrieval, limit {CANDIDATE_LIMIT}, {HISTORY_CANDIDATE_LIMIT} after a "
+         f"history) and features "
          f"({len(FEATURE_NAMES)}, version {FEATURE_VERSION})")
     word_vectors = load_word_vectors(config.word_vectors)
     generator = RetrievalGenerator(transitions=transitions, word_vectors=word_vectors)
     extractor = FeatureExtractor(transitions=transitions, word_vectors=word_vectors)
     base = [*real, *synthetic, *personal]
-    groups = build_groups(base, generator=generator, extractor=extractor, limit=CANDIDATES,
-                          progress="features")
+    groups = build_groups(base, generator=generator, extractor=extractor, progress="features")
     is_train, is_valid = groups.split == "train", groups.split == "valid"
     is_real = groups.source == "real"
     train_groups = groups.select(is_train & groups.has_target)
@@ -393,7 +396,7 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
         metrics[source] = {
             "ranker": rows[f"{source}: ranker"],
             "generator": rows[f"{source}: generator order"],
-            "recall@30": float(part.has_target.mean()),
+            "recall": float(part.has_target.mean()),  # of the pool (30, 50 after a history)
             "apis": len(set(part.api)),
         }
     table = metrics_table(rows, title="validation APIs")

@@ -120,7 +120,7 @@ def _served(model, pipeline, spec, history, prompt, *, extra=()):
     """Rank the generator's candidates (plus ``extra`` operations, as an LLM could propose
     them) the way serving does; returns the keys best first."""
     generator, extractor = pipeline
-    cands = generator.generate(spec, history, prompt, limit=30)
+    cands = generator.generate(spec, history, prompt)
     for key in extra:
         i = spec.by_key[key]
         if all(c.index != i for c in cands):

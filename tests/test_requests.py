@@ -245,7 +245,7 @@ def served():
     model = RankerModel.load()
 
     def rank(spec: SpecIndex, prompt: str, history=()) -> list[str]:
-        cands = generator.generate(spec, list(history), prompt, limit=30)
+        cands = generator.generate(spec, list(history), prompt)
         X = extractor.extract(spec, list(history), prompt, cands)
         [(probs, _)] = model.score_groups([X])
         return [spec.operations[cands[j].index].key for j in np.argsort(-probs, kind="stable")]

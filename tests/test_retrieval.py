@@ -7,7 +7,12 @@ from typing import Any
 
 import pytest
 
-from core.candidates.retrieval import RetrievalGenerator
+from core.candidates.retrieval import (
+    CANDIDATE_LIMIT,
+    HISTORY_CANDIDATE_LIMIT,
+    RetrievalGenerator,
+    candidate_limit,
+)
 from core.priors.transitions import load_transitions
 from core.spec.index import SpecIndex
 from core.spec.openapi import parse_spec
@@ -130,6 +135,20 @@ def test_candidates_are_unique_merge_sources_and_respect_limit(
     assert all(0 < v <= 1 for c in candidates for v in c.sources.values())
     with pytest.raises(ValueError, match="limit"):
         generator.generate(SPEC, history, None, limit=0)
+
+
+def test_the_pool_is_larger_after_a_history(generator: RetrievalGenerator) -> None:
+    spec = parse_spec({
+        "openapi": "3.0.0", "info": {"title": "Widgets", "version": "1"},
+        "paths": {f"/widgets/w{n}": {"get": _op(f"getWidget{n}", f"Get widget report {n}")}
+                  for n in range(80)},
+    })
+    history = [spec.resolve("GET /widgets/w3")]
+
+    assert (candidate_limit([]), candidate_limit(history)) == (CANDIDATE_LIMIT, HISTORY_CANDIDATE_LIMIT)
+    assert len(generator.generate(spec, [], "get the widget report")) == CANDIDATE_LIMIT
+    assert len(generator.generate(spec, history, "get the widget report")) == HISTORY_CANDIDATE_LIMIT
+    assert len(generator.generate(spec, history, "get the widget report", limit=7)) == 7
 
 
 def test_output_is_deterministic_and_the_index_cache_is_bounded() -> None:

@@ -51,7 +51,7 @@ def whys(jentic_dir) -> list[tuple[bool, str]]:
                  if w.source == "real" and split_of(w.api) == "valid"][::10][:40]
     out = []
     for ex in examples(workflows):
-        cands = generator.generate(ex.spec, ex.history, ex.prompt, limit=30)
+        cands = generator.generate(ex.spec, ex.history, ex.prompt)
         x = extractor.extract(ex.spec, ex.history, ex.prompt, cands)
         [(probs, contribs)] = model.score_groups([x])
         for r in np.argsort(-probs, kind="stable")[:5]:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypedDict
 
-from core.candidates.retrieval import CANDIDATE_LIMIT, RetrievalGenerator, wants_destructive
+from core.candidates.retrieval import RetrievalGenerator, candidate_limit, wants_destructive
 from core.candidates.types import Candidate, LLMProposal, LLMUnavailable, ProposalSource
 from core.spec.index import Call, SpecIndex
 
@@ -61,7 +61,7 @@ class CandidateSet:
 class CandidateGenerator:
     def __init__(
         self, *, retrieval: RetrievalGenerator, llm: ProposalSource | None = None,
-        limit: int = CANDIDATE_LIMIT,
+        limit: int | None = None,
     ) -> None:
         self.retrieval = retrieval
         self.llm = llm
@@ -71,10 +71,12 @@ class CandidateGenerator:
     async def generate(
         self, spec: SpecIndex, history: Sequence[Call], prompt: str | None, *, k: int = 5
     ) -> CandidateSet:
-        shortlist_size = self.llm.shortlist if self.llm else self.limit
-        retrieved = self.retrieval.generate(spec, history, prompt, limit=max(self.limit, shortlist_size))
+        # None: the pool :func:`candidate_limit` gives this history, as in training.
+        limit = self.limit if self.limit is not None else candidate_limit(history)
+        shortlist_size = self.llm.shortlist if self.llm else limit
+        retrieved = self.retrieval.generate(spec, history, prompt, limit=max(limit, shortlist_size))
         if self.llm is None:
-            return CandidateSet(retrieved[: self.limit], "retrieval")
+            return CandidateSet(retrieved[:limit], "retrieval")
         try:
             proposals = await self.llm.propose(
                 shortlist=[spec.operations[c.index] for c in retrieved[:shortlist_size]],
@@ -86,12 +88,13 @@ class CandidateGenerator:
         except LLMUnavailable as exc:
             self.fallbacks[exc.reason] += 1
             log.info("LLM generator unavailable (%s); using retrieval", exc.reason)
-            return CandidateSet(retrieved[: self.limit], "retrieval", fallback_reason=exc.reason)
-        merged, params = self._merge(spec, retrieved, proposals, prompt)
+            return CandidateSet(retrieved[:limit], "retrieval", fallback_reason=exc.reason)
+        merged, params = self._merge(spec, retrieved, proposals, prompt, limit=limit)
         return CandidateSet(merged, "llm", llm_params=params)
 
     def _merge(
-        self, spec: SpecIndex, retrieved: list[Candidate], proposals: list[LLMProposal], prompt: str | None
+        self, spec: SpecIndex, retrieved: list[Candidate], proposals: list[LLMProposal],
+        prompt: str | None, *, limit: int,
     ) -> tuple[list[Candidate], dict[int, dict[str, str]]]:
         """Retrieval's candidates in retrieval's order, widened by the proposals from further down
         the shortlist; a proposed candidate carries the LLM's confidence as its ``llm`` source.
@@ -114,7 +117,7 @@ class CandidateGenerator:
             confidence[i] = float(p.confidence)
             if p.params:
                 params[i] = dict(p.params)
-        merged = [c for n, c in enumerate(retrieved) if n < self.limit or c.index in confidence]
+        merged = [c for n, c in enumerate(retrieved) if n < limit or c.index in confidence]
         kept = {c.index for c in merged}
         merged += [Candidate(index=i, destructive=spec.operations[i].destructive)
                    for i in confidence if i not in kept]

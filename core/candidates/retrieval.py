@@ -75,14 +75,18 @@ if TYPE_CHECKING:
     from core.priors.word_vectors import WordVectors
 
 __all__ = [
-    "CANDIDATE_LIMIT", "RetrievalGenerator", "RetrievalIndex", "SOURCE_WEIGHTS", "wants_destructive",
-    "terms",
+    "CANDIDATE_LIMIT", "HISTORY_CANDIDATE_LIMIT", "RetrievalGenerator", "RetrievalIndex",
+    "SOURCE_WEIGHTS", "candidate_limit", "wants_destructive", "terms",
 ]
 
-# Candidates per request: what the service ranks and the ranker is trained on. A pool of 40 or
-# 50 holds more targets, but the model, retrained on it, puts no more workflow steps in its top 3
-# beyond noise (docs/accuracy.md, "The targets the generator never proposes; a larger pool").
+# Candidates per request without a history: what the service ranks and the ranker is trained on
+# for a direct ask. A pool of 50 for every request lost direct asks (docs/accuracy.md, "The
+# targets the generator never proposes; a larger pool").
 CANDIDATE_LIMIT = 30
+# Candidates per request after a history (workflow steps, find-id asks after a read): their
+# targets are the ones a pool of 30 misses most (docs/accuracy.md, "A pool of 50 when the
+# request has a history").
+HISTORY_CANDIDATE_LIMIT = 50
 # How much each source counts in the generator's own order (each score is in [0, 1]).
 SOURCE_WEIGHTS = {
     "bm25": 2.5, "semantic": 0.5, "dataflow": 0.6, "neighbour": 0.35, "transition": 0.25,
@@ -119,6 +123,13 @@ _STATUS_NOUNS = frozenset(
 # Asking who the user is: GET /me, /users/@me, /self, GetMembershipsForCurrentUser.
 _SELF_WORDS = frozenset("me self whoami myself my".split())
 _CURRENT_OF = frozenset("user account member profile identity".split())
+
+
+def candidate_limit(history: Sequence[Call]) -> int:
+    """How many candidates a request gets: ``HISTORY_CANDIDATE_LIMIT`` after any call,
+    ``CANDIDATE_LIMIT`` without one. Serving, training and the benchmarks all take it from here
+    (the default of :meth:`RetrievalGenerator.generate`)."""
+    return HISTORY_CANDIDATE_LIMIT if history else CANDIDATE_LIMIT
 
 
 def terms(text: str) -> list[str]:
@@ -819,9 +830,12 @@ class RetrievalGenerator:
         history: Sequence[Call],
         prompt: str | None,
         *,
-        limit: int = CANDIDATE_LIMIT,
+        limit: int | None = None,
     ) -> list[Candidate]:
-        """At most ``limit`` candidates, deduplicated, best first by the combined source score."""
+        """At most ``limit`` candidates (default :func:`candidate_limit` of the history),
+        deduplicated, best first by the combined source score."""
+        if limit is None:
+            limit = candidate_limit(history)
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         index = self.index_for(spec)
