@@ -83,35 +83,27 @@ def build_groups(
     generator: RetrievalGenerator,
     extractor: FeatureExtractor,
     limit: int | None = None,
-    training_history_limit: int | None = None,
     keep_examples: bool = False,
     progress: str | None = None,
     valid_fraction: float = 0.2,
 ) -> Groups:
     """Candidates from ``generator`` and features from ``extractor`` — the serving code path —
     for each example; ``limit`` None: the pool the service gives the example's history
-    (:func:`core.candidates.retrieval.candidate_limit`). ``training_history_limit``: the pool
-    after a history of the training APIs' examples instead (more negatives to learn from); the
-    validation APIs' groups keep the service's pool, since they are what early stopping,
-    calibration and the benchmarks measure."""
-    if limit is not None and training_history_limit is not None:
-        raise ValueError("give limit or training_history_limit, not both")
+    (:func:`core.candidates.retrieval.candidate_limit`)."""
     X: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     meta: list[tuple[str, str, str, int, int]] = []
     kept: list[Example] = []
     start = time.perf_counter()
     for n, ex in enumerate(examples, 1):
-        split = split_of(ex.api, valid_fraction=valid_fraction)
-        pool = (training_history_limit if training_history_limit is not None and ex.history
-                and split == "train" else limit)
-        candidates: list[Candidate] = generator.generate(ex.spec, ex.history, ex.prompt, limit=pool)
+        candidates: list[Candidate] = generator.generate(ex.spec, ex.history, ex.prompt, limit=limit)
         x = extractor.extract(ex.spec, ex.history, ex.prompt, candidates, ex.personal, ex.population)
         y = np.array([ex.spec.operations[c.index].key == ex.target for c in candidates], np.float32)
         X.append(x)
         labels.append(y)
         hit = np.flatnonzero(y)
-        meta.append((ex.api, ex.source, split, len(ex.history), int(hit[0]) if hit.size else MISS))
+        meta.append((ex.api, ex.source, split_of(ex.api, valid_fraction=valid_fraction),
+                     len(ex.history), int(hit[0]) if hit.size else MISS))
         if keep_examples:
             kept.append(ex)
         if progress and n % 2000 == 0:

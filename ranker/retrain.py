@@ -287,8 +287,7 @@ def retrain(
     step(f"[3/7] candidates and features ({len(FEATURE_NAMES)}, version {FEATURE_VERSION})")
     base_list = [*real, *synthetic, *personal]
     base = build_groups(track(base_list, "base features", total=len(base_list)),
-                        generator=generator, extractor=extractor,
-                        training_history_limit=config.training_history_candidates)
+                        generator=generator, extractor=extractor)
     held_out_specs = {spec_fingerprint(load_spec(w.spec_path))
                       for w in workflows if split_of(w.api) == "valid"}
     fb = (feedback_groups(outcomes, stored, extractor=extractor, holdout_fraction=config.holdout_fraction,
@@ -388,8 +387,7 @@ def retrain(
                 "synthetic_per_api": config.synthetic_per_api, "synthetic_weight": config.synthetic_weight,
                 "find_id_weight": config.find_id_weight,
                 "named_find_id": config.named_find_id,
-                "candidates": {**CANDIDATES, "history, training APIs": config.training_history_candidates},
-                "seconds": round(time.perf_counter() - started, 1),
+                "candidates": CANDIDATES, "seconds": round(time.perf_counter() - started, 1),
             },
             created=created,
         )

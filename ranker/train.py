@@ -8,9 +8,8 @@
    workflows again with what other users of their API did (:mod:`ranker.population`, out of
    fold, ``--population-same-flow``), so it learns when to trust the population memory.
 2. Candidates come from the embedded :class:`RetrievalGenerator` (limit 30, 50 after a history:
-   :func:`~core.candidates.retrieval.candidate_limit`; the training APIs' groups after a history
-   get ``--training-history-candidates``, 80) and features from :class:`FeatureExtractor` —
-   exactly the serving code. A group whose target the generator
+   :func:`~core.candidates.retrieval.candidate_limit`) and features from
+   :class:`FeatureExtractor` — exactly the serving code. A group whose target the generator
    missed cannot teach anything (no positive label) but counts as a miss in evaluation.
 3. LightGBM ``lambdarank`` trains on the TRAINING APIs with early stopping on the real workflows
    of the VALIDATION APIs (split by whole API, :func:`ranker.data.split_of`).
@@ -103,10 +102,6 @@ EARLY_STOPPING = 100
 # The pools build_groups gives, as the service does (core.candidates.retrieval.candidate_limit);
 # for the card and the log.
 CANDIDATES = {"no history": CANDIDATE_LIMIT, "history": HISTORY_CANDIDATE_LIMIT}
-# The pool of the training APIs' groups after a history: more (and harder) negatives than the
-# service ranks; the validation groups keep the service's pools (docs/accuracy.md, "Training on
-# larger pools than served").
-TRAINING_HISTORY_CANDIDATE_LIMIT = 80
 
 
 def source_weights(source: np.ndarray, synthetic_weight: float) -> np.ndarray:
@@ -290,7 +285,6 @@ class FitConfig:
     named_find_id: bool = False  # also train on the named find-id asks (ranker.requests)
     personal_users_per_api: int = PERSONAL_USERS_PER_API  # of each kind (habits, wandering); 0: none
     population_same_flow: float = POPULATION_SAME_FLOW  # ranker.population; < 0: no population groups
-    training_history_candidates: int = TRAINING_HISTORY_CANDIDATE_LIMIT  # training APIs, after a history
     seed: int = 0
     transitions: Path = TRANSITIONS_PATH
     num_boost_round: int = DEFAULT_ROUNDS
@@ -306,9 +300,6 @@ class FitConfig:
             raise ValueError(f"find_id_weight must be in (0, 10], got {self.find_id_weight}")
         if self.personal_users_per_api < 0:
             raise ValueError(f"personal_users_per_api must be >= 0, got {self.personal_users_per_api}")
-        if self.training_history_candidates < HISTORY_CANDIDATE_LIMIT:
-            raise ValueError(f"training_history_candidates must be >= {HISTORY_CANDIDATE_LIMIT} (the "
-                             f"service's pool), got {self.training_history_candidates}")
         if self.num_boost_round < 1:
             raise ValueError(f"num_boost_round must be >= 1, got {self.num_boost_round}")
         if self.early_stopping < 1:
@@ -360,14 +351,13 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
          "population groups")
 
     step(f"[2/6] candidates (retrieval, limit {CANDIDATE_LIMIT}, {HISTORY_CANDIDATE_LIMIT} after a "
-         f"history, {config.training_history_candidates} on the training APIs) and features "
+         f"history) and features "
          f"({len(FEATURE_NAMES)}, version {FEATURE_VERSION})")
     word_vectors = load_word_vectors(config.word_vectors)
     generator = RetrievalGenerator(transitions=transitions, word_vectors=word_vectors)
     extractor = FeatureExtractor(transitions=transitions, word_vectors=word_vectors)
     base = [*real, *synthetic, *personal]
-    groups = build_groups(base, generator=generator, extractor=extractor, progress="features",
-                          training_history_limit=config.training_history_candidates)
+    groups = build_groups(base, generator=generator, extractor=extractor, progress="features")
     is_train, is_valid = groups.split == "train", groups.split == "valid"
     is_real = groups.source == "real"
     train_groups = groups.select(is_train & groups.has_target)
@@ -449,7 +439,7 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
             "find_id_weight": config.find_id_weight,
             "named_find_id": config.named_find_id,
             "max_apis": config.max_apis,
-            "candidates": {**CANDIDATES, "history, training APIs": config.training_history_candidates},
+            "candidates": CANDIDATES,
             "seconds": round(time.perf_counter() - started, 1),
         },
         created=created,
@@ -487,10 +477,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--population-same-flow", type=float, default=POPULATION_SAME_FLOW,
                         help="share of workflows that also see their own flow run by other users "
                              "(ranker.population); < 0: no population groups")
-    parser.add_argument("--training-history-candidates", type=int,
-                        default=TRAINING_HISTORY_CANDIDATE_LIMIT,
-                        help="candidates of the training APIs' groups after a history (the "
-                             f"validation APIs' get the service's {HISTORY_CANDIDATE_LIMIT})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--transitions", type=Path, default=TRANSITIONS_PATH)
     parser.add_argument("--word-vectors", type=Path, default=WORD_VECTORS_PATH,

@@ -17,7 +17,7 @@ from core.features import FEATURE_NAMES
 from core.scorer import CARD_FILE, MODEL_FILE, RankerModel
 from core.settings import PROJECT_ROOT
 from ranker.data import split_of
-from ranker.train import FIND_ID_WEIGHT, TRAINING_HISTORY_CANDIDATE_LIMIT
+from ranker.train import FIND_ID_WEIGHT
 
 
 def _tiny_jentic(jentic_dir: Path, root: Path, *, train: int = 4, valid: int = 2) -> list[str]:
@@ -76,45 +76,6 @@ def test_find_id_asks_weigh_what_they_are_given(tmp_path) -> None:
         True, False, True, True, True, True, False]
 
 
-def test_training_apis_learn_from_a_larger_pool_after_a_history() -> None:
-    """``training_history_limit`` widens the pool of the training APIs' groups after a history
-    only; the validation APIs' groups (early stopping, calibration, benchmarks) keep the service's
-    pools, as do groups without a history."""
-    from core.candidates.retrieval import CANDIDATE_LIMIT, HISTORY_CANDIDATE_LIMIT, RetrievalGenerator
-    from core.features import FeatureExtractor
-    from core.priors.transitions import load_transitions
-    from core.spec.openapi import parse_spec
-    from ranker.data import Example
-    from ranker.evaluate import build_groups
-    from ranker.train import TrainConfig
-
-    spec = parse_spec({
-        "openapi": "3.0.0", "info": {"title": "Widgets", "version": "1"},
-        "paths": {f"/widgets/w{n}": {"get": {"operationId": f"getWidget{n}",
-                                             "summary": f"Get widget report {n}",
-                                             "responses": {"200": {"description": "ok"}}}}
-                  for n in range(120)},
-    })
-    ask = Example(api="a", workflow_id="w", spec=spec, history=(), prompt="get the widget report",
-                  target="GET /widgets/w7")
-    exs = [ask, replace(ask, history=(spec.resolve("GET /widgets/w3"),))]
-    transitions = load_transitions()
-    kw = {"generator": RetrievalGenerator(transitions=transitions),
-          "extractor": FeatureExtractor(transitions=transitions)}
-
-    def sizes(**extra: object) -> list[int]:
-        return build_groups(exs, **kw, **extra).sizes.tolist()  # type: ignore[arg-type]
-
-    served = [CANDIDATE_LIMIT, HISTORY_CANDIDATE_LIMIT]
-    assert sizes(valid_fraction=0.0) == served
-    assert sizes(valid_fraction=0.0, training_history_limit=80) == [CANDIDATE_LIMIT, 80]
-    assert sizes(valid_fraction=1.0, training_history_limit=80) == served
-    with pytest.raises(ValueError, match="limit or training_history_limit, not both"):
-        sizes(limit=30, training_history_limit=80)
-    with pytest.raises(ValueError, match="training_history_candidates must be >= 50"):
-        TrainConfig(training_history_candidates=40)
-
-
 def test_train_entry_point_end_to_end(jentic_dir, tmp_path) -> None:
     apis = _tiny_jentic(jentic_dir, tmp_path / "jentic")
     assert len(apis) == 6
@@ -142,8 +103,6 @@ def test_train_entry_point_end_to_end(jentic_dir, tmp_path) -> None:
     assert card["data"]["personal_users_per_api"] == 1
     assert card["data"]["population_same_flow"] == 0.5
     assert card["data"]["find_id_weight"] == FIND_ID_WEIGHT
-    assert card["data"]["candidates"] == {"no history": 30, "history": 50,
-                                          "history, training APIs": TRAINING_HISTORY_CANDIDATE_LIMIT}
     assert 0 <= card["metrics"]["validation"]["real"]["ranker"]["hit@1"] <= 1
     assert model.card.calibration["temperature"] > 0
     assert (out / MODEL_FILE).stat().st_size < 5_000_000
