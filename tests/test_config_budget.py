@@ -43,6 +43,13 @@ def test_max_replicas_fit_two_cpus(deployments) -> None:
     assert cpus <= NODE.num_cpus
 
 
+def test_one_node_runs_one_ingress(deployments) -> None:
+    # A second Ingress on two CPUs serves no more, and while it starts it imports the service at
+    # the Ingress's own priority, beside the one answering /health (RELIABILITY.md).
+    assert max_replicas(deployments["Ingress"]) == 1
+    assert all(max_replicas(d) == 2 for name, d in deployments.items() if name != "Ingress")
+
+
 def test_max_replicas_fit_four_gb_beside_ray(deployments) -> None:
     reserved = sum(max_replicas(d) * d["ray_actor_options"]["memory"] for d in deployments.values())
     assert reserved <= NODE.replica_memory_mb * MB
