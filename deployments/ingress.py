@@ -59,10 +59,11 @@ log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 2.0
 # How long /health and /readyz wait for the deployments' own answers before they give the last
 # ones (a busy graph answers later; the probe must not wait with it). Under the issue's 100 ms for
-# /health: with nothing busy /health answers in 12-18 ms, round included; while a 5,000-operation
-# spec kept the graph busy, /health's p50 was the wait itself (54 ms at 0.05 s, 25 ms at 0.02 s;
-# RELIABILITY.md, "One Ingress on one node").
-HEALTH_FRESH_WAIT_S = 0.02
+# /health: a round answers in ~10-30 ms when the graph is not saturated; 0.25 s made /health
+# wait up to that much longer than /livez during a flood. 0.02 s halved /health while a large
+# spec kept the graph busy, but under make test's load the round then often came after it, and a
+# /health read right after a change showed the round before (RELIABILITY.md, issue 19).
+HEALTH_FRESH_WAIT_S = 0.05
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
