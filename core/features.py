@@ -288,15 +288,15 @@ def prompt_stems(prompt: str | None) -> PromptTokens:
     head: list[bool] = []
     parts = [p for p in FEATURE_CLAUSE_SPLIT.split(prompt or "") if p and p.strip()]
     for c, part in enumerate(parts):
-        words = re.findall(r"[A-Za-z0-9]+", COUNT_PHRASE.sub(" how many count ", part))
+        words = [(word, [(tok, feature_stem(tok)) for tok in tokenize(word)])
+                 for word in re.findall(r"[A-Za-z0-9]+", COUNT_PHRASE.sub(" how many count ", part))]
         # of the clause's head: "before" it, in the "head", "after" it
-        verb = any(feature_stem(t) in PROMPT_ROLE_VERBS for w in words for t in tokenize(w))
+        verb = any(stem in PROMPT_ROLE_VERBS for _w, toks in words for _t, stem in toks)
         state = "before" if verb else "head"
-        for word in words:
+        for word, toks in words:
             if state == "head" and word.lower() in HEAD_BOUNDARY_WORDS:
                 state = "after"
-            for tok in tokenize(word):
-                stem = feature_stem(tok)
+            for tok, stem in toks:
                 stems.append(stem)
                 clauses.append(c)
                 raw.append(word)
