@@ -45,6 +45,7 @@ __all__ = [
     "examples",
     "concrete_endpoint",
     "split_of",
+    "stopping_apis",
     "history_of",
     "summary",
 ]
@@ -487,3 +488,16 @@ def split_of(api: str, *, valid_fraction: float = 0.2) -> Split:
         raise ValueError(f"valid_fraction must be in [0, 1], got {valid_fraction}")
     h = int.from_bytes(hashlib.sha256(api.encode()).digest()[:8], "big") / 2**64
     return "valid" if h < valid_fraction else "train"
+
+
+def stopping_apis(train_apis: Iterable[str], *, fraction: float = 0.2) -> frozenset[str]:
+    """The training APIs held out of the first fit to choose its number of trees and to fit the
+    calibration, so that neither is chosen on the validation APIs whose numbers are quoted: a
+    ``fraction`` of them (at least one, never all), by a stable hash of the API's name of its own
+    (a different order from :func:`split_of`'s)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    apis = sorted(set(train_apis), key=lambda a: hashlib.sha256(f"stop:{a}".encode()).digest())
+    if len(apis) < 2:
+        raise ValueError(f"need at least 2 training APIs to hold one out for stopping, got {len(apis)}")
+    return frozenset(apis[: min(len(apis) - 1, max(1, round(fraction * len(apis))))])

@@ -25,6 +25,8 @@ from ranker.data import Example, split_of
 
 __all__ = [
     "Groups",
+    "empty_groups",
+    "concat_groups",
     "build_groups",
     "ranks_from_scores",
     "ranking_metrics",
@@ -75,6 +77,29 @@ class Groups:
             examples=[e for e, m in zip(self.examples, mask, strict=True) if m]
             if self.examples is not None else None,
         )
+
+
+def empty_groups() -> Groups:
+    return Groups(
+        X=np.zeros((0, len(FEATURE_NAMES)), np.float32), labels=np.zeros(0, np.float32),
+        sizes=np.zeros(0, int), api=np.array([], dtype=object), source=np.array([], dtype=object),
+        split=np.array([], dtype=object), history_len=np.zeros(0, int), gen_rank=np.zeros(0, int),
+    )
+
+
+def concat_groups(*parts: Groups) -> Groups:
+    """``parts`` one after the other (their examples are not kept)."""
+    parts = tuple(p for p in parts if len(p))
+    if not parts:
+        return empty_groups()
+    return Groups(
+        X=np.vstack([p.X for p in parts]), labels=np.concatenate([p.labels for p in parts]),
+        sizes=np.concatenate([p.sizes for p in parts]),
+        api=np.concatenate([p.api for p in parts]), source=np.concatenate([p.source for p in parts]),
+        split=np.concatenate([p.split for p in parts]),
+        history_len=np.concatenate([p.history_len for p in parts]),
+        gen_rank=np.concatenate([p.gen_rank for p in parts]),
+    )
 
 
 def build_groups(

@@ -15,9 +15,10 @@ and rolls the running app out to them.
    today's :class:`FeatureExtractor`. The latest ``holdout_fraction`` of them (by time) are held
    out for evaluation only, and so is feedback on a spec of a held-out API (the gate must stay a
    measure on APIs never trained on).
-3. :func:`ranker.train.fit_ranker` (LightGBM lambdarank, its parameters) on the training APIs
-   plus the feedback groups (weight ``feedback_weight`` each), early stopping on real validation
-   APIs; calibration on the validation APIs.
+3. :func:`ranker.train.fit_stopped` (LightGBM lambdarank, its parameters) on the training APIs
+   plus the feedback groups (weight ``feedback_weight`` each), the number of trees and the
+   calibration chosen on training APIs held out of a first fit, as ``ranker.train`` does; the
+   calibration's error is measured on the validation APIs.
 4. The validation table: the model in service (the baseline) and the retrained one, on the same
    held-out APIs and held-out feedback. The gate: hit@1 and MRR on the real workflows of
    held-out APIs must not drop by more than ``tolerance``.
@@ -55,6 +56,7 @@ from ranker.evaluate import (
     MISS,
     Groups,
     build_groups,
+    empty_groups,
     examples_hash,
     metrics_table,
     ranking_metrics,
@@ -66,15 +68,15 @@ from ranker.train import (
     DEFAULT_PARAMS,
     FitConfig,
     base_examples,
-    calibrate,
+    calibration_report,
     example_weights,
-    fit_ranker,
+    fit_stopped,
     watched_by_early_stopping,
 )
 
 __all__ = [
     "RetrainConfig", "RetrainResult", "retrain", "RollbackResult", "rollback", "ModelVersion",
-    "ModelVersions", "list_versions", "FeedbackGroups", "feedback_groups", "concat_groups", "gate",
+    "ModelVersions", "list_versions", "FeedbackGroups", "feedback_groups", "gate",
     "spec_fingerprint",
 ]
 
@@ -98,15 +100,6 @@ class FeedbackGroups:
     served_ranks: np.ndarray  # (groups,) 0-based rank among the predictions shown, or MISS
     skipped: dict[str, int]
     ids: list[str]
-
-
-def _empty_groups() -> Groups:
-    width = len(FEATURE_NAMES)
-    return Groups(
-        X=np.zeros((0, width), np.float32), labels=np.zeros(0, np.float32), sizes=np.zeros(0, int),
-        api=np.array([], dtype=object), source=np.array([], dtype=object),
-        split=np.array([], dtype=object), history_len=np.zeros(0, int), gen_rank=np.zeros(0, int),
-    )
 
 
 def feedback_groups(
@@ -153,7 +146,7 @@ def feedback_groups(
         ids.append(s.prediction_id)
         served.append(s.rank - 1 if s.rank else MISS)
     if not X:
-        return FeedbackGroups(_empty_groups(), np.zeros(0, int), skipped, [])
+        return FeedbackGroups(empty_groups(), np.zeros(0, int), skipped, [])
     groups = Groups(
         X=np.vstack(X), labels=np.concatenate(labels), sizes=np.array([len(y) for y in labels], int),
         api=np.array([m[0] for m in meta], dtype=object),
@@ -162,20 +155,6 @@ def feedback_groups(
         history_len=np.array([m[2] for m in meta], int), gen_rank=np.array([m[3] for m in meta], int),
     )
     return FeedbackGroups(groups, np.array(served, int), skipped, ids)
-
-
-def concat_groups(*parts: Groups) -> Groups:
-    parts = tuple(p for p in parts if len(p))
-    if not parts:
-        return _empty_groups()
-    return Groups(
-        X=np.vstack([p.X for p in parts]), labels=np.concatenate([p.labels for p in parts]),
-        sizes=np.concatenate([p.sizes for p in parts]),
-        api=np.concatenate([p.api for p in parts]), source=np.concatenate([p.source for p in parts]),
-        split=np.concatenate([p.split for p in parts]),
-        history_len=np.concatenate([p.history_len for p in parts]),
-        gen_rank=np.concatenate([p.gen_rank for p in parts]),
-    )
 
 
 # -- fitting -------------------------------------------------------------------------------------
@@ -292,7 +271,7 @@ def retrain(
                       for w in workflows if split_of(w.api) == "valid"}
     fb = (feedback_groups(outcomes, stored, extractor=extractor, holdout_fraction=config.holdout_fraction,
                           held_out_specs=held_out_specs)
-          if outcomes is not None else FeedbackGroups(_empty_groups(), np.zeros(0, int), {}, []))
+          if outcomes is not None else FeedbackGroups(empty_groups(), np.zeros(0, int), {}, []))
     fb_train = fb.groups.select((fb.groups.split == "train") & fb.groups.has_target)
     fb_hold_mask = fb.groups.split == "holdout"
     fb_api_mask = fb.groups.split == "heldout_api"
@@ -300,27 +279,21 @@ def retrain(
          f"(latest), {int(fb_api_mask.sum())} on held-out APIs (never trained on); skipped {fb.skipped}")
 
     is_train, is_valid, is_real = base.split == "train", base.split == "valid", base.source == "real"
-    base_train = base.select(is_train & base.has_target)
-    stop_on = base.select(is_valid & watched_by_early_stopping(base_list) & base.has_target)
-    train = concat_groups(base_train, fb_train)
-    weight = np.concatenate([
-        example_weights(base_list, synthetic_weight=config.synthetic_weight,
-                        find_id_weight=config.find_id_weight)[is_train & base.has_target],
-        np.full(len(fb_train), config.feedback_weight),
-    ])
+    base_weight = example_weights(base_list, synthetic_weight=config.synthetic_weight,
+                                  find_id_weight=config.find_id_weight)
 
-    step(f"[4/7] LightGBM lambdarank on {len(base_train)} base + {len(fb_train)} feedback groups "
-         f"(feedback weight {config.feedback_weight})")
+    step(f"[4/7] LightGBM lambdarank on {int((is_train & base.has_target).sum())} base + {len(fb_train)} "
+         f"feedback groups (feedback weight {config.feedback_weight})")
     with contextlib.redirect_stdout(sys.stderr):  # LightGBM's evaluation log is progress, not result
-        booster = fit_ranker(train, stop_on, group_weight=weight, num_boost_round=config.num_boost_round,
-                             early_stopping_rounds=config.early_stopping, log_period=config.log_period,
-                             seed=config.seed)
-    best = booster.best_iteration or booster.current_iteration()
-    step(f"      best iteration {best}")
+        stopped = fit_stopped(base, base_weight, watched=watched_by_early_stopping(base_list),
+                              config=config, extra=fb_train,
+                              extra_weight=np.full(len(fb_train), config.feedback_weight))
+    booster, best, calibration = stopped.booster, stopped.best_iteration, stopped.calibration
 
-    step("[5/7] calibration on validation APIs")
+    step("[5/7] calibration, measured on the validation APIs")
     valid_real = base.select(is_valid & is_real)
-    calibration, cal_report = calibrate(booster.predict(valid_real.X, num_iteration=best), valid_real)
+    cal_report = calibration_report(calibration, booster.predict(valid_real.X, num_iteration=best),
+                                    valid_real)
 
     step("[6/7] validation: the model in service vs the retrained one")
     baseline, baseline_path = _baseline(registry, config.baseline)
@@ -383,7 +356,9 @@ def retrain(
                     "feedback_groups": len(fb_train), "feedback_weight": config.feedback_weight,
                     "feedback_ids_sha256": fb_hash, "skipped": fb.skipped,
                 },
-                "groups": {"train": len(base_train), "early_stopping": len(stop_on)},
+                "stopping_apis": len(stopped.stopping_apis),
+                "groups": {"train": int((is_train & base.has_target).sum()),
+                           "early_stopping": stopped.stop_groups},
                 "synthetic_per_api": config.synthetic_per_api, "synthetic_weight": config.synthetic_weight,
                 "find_id_weight": config.find_id_weight,
                 "named_find_id": config.named_find_id,

@@ -11,14 +11,17 @@
    :func:`~core.candidates.retrieval.candidate_limit`) and features from
    :class:`FeatureExtractor` — exactly the serving code. A group whose target the generator
    missed cannot teach anything (no positive label) but counts as a miss in evaluation.
-3. LightGBM ``lambdarank`` trains on the TRAINING APIs with early stopping on the real workflows
-   of the VALIDATION APIs (split by whole API, :func:`ranker.data.split_of`).
-4. Scores are calibrated on the validation APIs (temperature softmax + Platt); the expected
-   calibration error is reported by 2-fold cross-fitting over validation APIs.
+3. LightGBM ``lambdarank`` (:func:`fit_stopped`): a first fit on the TRAINING APIs but a fifth of
+   them (:func:`ranker.data.stopping_apis`) stops early on that fifth; the calibration
+   (temperature softmax + Platt) is fitted on that fifth's real workflows with the first model,
+   which never saw them; the shipped model is fitted again on all the training APIs for the same
+   number of trees. The VALIDATION APIs (split by whole API, :func:`ranker.data.split_of`) choose
+   nothing.
+4. The calibration's expected error is measured on the validation APIs.
 5. The validation table (real and synthetic apart) is printed and written to the model card;
    ``ranker.txt`` and ``model_card.json`` are written to ``--out``.
 
-No metric here is computed on training data.
+No metric here is computed on data that trained the model or chose its number of trees.
 """
 
 from __future__ import annotations
@@ -51,10 +54,12 @@ from core.scorer import (
     file_sha256,
 )
 from core.settings import SHIPPED_MODELS_DIR
-from ranker.data import Example, Workflow, examples, load_workflows, split_of
+from ranker.data import Example, Workflow, examples, load_workflows, split_of, stopping_apis
 from ranker.evaluate import (
     Groups,
     build_groups,
+    concat_groups,
+    empty_groups,
     examples_hash,
     metrics_table,
     ranking_metrics,
@@ -63,8 +68,8 @@ from ranker.evaluate import (
 
 __all__ = [
     "DEFAULT_PARAMS", "FitConfig", "TrainConfig", "TrainResult", "train", "fit_ranker", "source_weights",
-    "example_weights", "watched_by_early_stopping",
-    "calibrate", "base_examples", "subset_apis", "main",
+    "example_weights", "watched_by_early_stopping", "Stopped", "fit_stopped",
+    "calibration_report", "base_examples", "subset_apis", "main",
 ]
 
 DEFAULT_PARAMS: dict[str, Any] = {
@@ -121,7 +126,7 @@ def example_weights(
 
 
 def watched_by_early_stopping(examples: Sequence[Example]) -> np.ndarray:
-    """Which groups early stopping may watch (of the validation APIs' ones): workflow steps and
+    """Which groups early stopping may watch (of the stopping APIs' ones): workflow steps and
     the direct and find-id asks alike, so that one does not pay for the other; the named find-id
     asks are trained on but not watched, so the stopping point is chosen on the same groups as
     before they were added."""
@@ -131,7 +136,7 @@ def watched_by_early_stopping(examples: Sequence[Example]) -> np.ndarray:
 
 def fit_ranker(
     train: Groups,
-    valid: Groups,
+    valid: Groups | None,
     *,
     params: dict[str, Any] | None = None,
     num_boost_round: int = DEFAULT_ROUNDS,
@@ -141,13 +146,16 @@ def fit_ranker(
     synthetic_weight: float = 1.0,
     group_weight: np.ndarray | None = None,
 ) -> Any:
-    """LightGBM lambdarank with ``group=``, early stopping on ``valid`` and evaluation logging.
+    """LightGBM lambdarank with ``group=``, early stopping on ``valid`` (logged as "stop") and
+    evaluation logging; ``valid`` None: exactly ``num_boost_round`` trees.
 
     Synthetic groups weigh ``synthetic_weight`` against the others (real, personal, feedback:
     1.0), unless ``group_weight`` (one non-negative weight per training group) says otherwise."""
     import lightgbm as lgb
 
-    for name, groups in (("train", train), ("valid", valid)):
+    for name, groups in (("train", train), ("stop", valid)):
+        if groups is None:
+            continue
         if not len(groups):
             raise ValueError(f"no {name} groups to fit on")
         if not groups.has_target.all():
@@ -167,13 +175,15 @@ def fit_ranker(
         train.X, label=train.labels, group=train.sizes, weight=np.repeat(group_weight, train.sizes),
         feature_name=list(FEATURE_NAMES), free_raw_data=False,
     )
+    if valid is None:
+        return lgb.train(params, train_set, num_boost_round=num_boost_round)
     valid_set = lgb.Dataset(valid.X, label=valid.labels, group=valid.sizes, reference=train_set)
     return lgb.train(
         params,
         train_set,
         num_boost_round=num_boost_round,
         valid_sets=[valid_set],
-        valid_names=["valid"],
+        valid_names=["stop"],
         callbacks=[
             lgb.early_stopping(early_stopping_rounds, first_metric_only=True, verbose=False),
             lgb.log_evaluation(period=log_period),
@@ -181,45 +191,74 @@ def fit_ranker(
     )
 
 
-def calibrate(
-    raw: np.ndarray, groups: Groups, *, folds: int = 2
-) -> tuple[Calibration, dict[str, float]]:
-    """Fit the calibration on all of ``groups``; measure it by cross-fitting over whole APIs."""
-    cal = Calibration.fit(raw, groups.labels, groups.sizes)
-    apis = np.array([int(hashlib.sha256(a.encode()).hexdigest()[:8], 16) % folds for a in groups.api])
-    held_probs, held_labels, top_probs, top_labels = [], [], [], []
-    b = groups.bounds
-    for k in range(folds):
-        fit_mask, eval_mask = apis != k, apis == k
-        if not fit_mask.any() or not eval_mask.any():
-            continue
-        fit = groups.select(fit_mask)
-        if not fit.labels.any():
-            continue
-        rows = np.concatenate([np.arange(b[g], b[g + 1]) for g in np.flatnonzero(fit_mask)])
-        fold_cal = Calibration.fit(raw[rows], fit.labels, fit.sizes)
-        ev = groups.select(eval_mask)
-        rows = np.concatenate([np.arange(b[g], b[g + 1]) for g in np.flatnonzero(eval_mask)])
-        p = fold_cal.probabilities(raw[rows], ev.sizes)
-        held_probs.append(p)
-        held_labels.append(ev.labels)
-        eb = ev.bounds
-        for g in range(len(ev)):
-            s, e = eb[g], eb[g + 1]
-            if e > s:
-                top = int(np.argmax(p[s:e]))
-                top_probs.append(p[s + top])
-                top_labels.append(ev.labels[s + top])
+@dataclass(frozen=True, kw_only=True)
+class Stopped:
+    """What :func:`fit_stopped` gives: the model to ship and how it was chosen."""
+
+    booster: Any  # fitted on every training group, ``best_iteration`` trees
+    best_iteration: int
+    calibration: Calibration
+    stopping_apis: frozenset[str]
+    stop_groups: int  # the groups early stopping watched
+
+
+def fit_stopped(
+    base: Groups, base_weight: np.ndarray, *, watched: np.ndarray, config: FitConfig,
+    params: dict[str, Any] | None = None, extra: Groups | None = None,
+    extra_weight: np.ndarray | None = None,
+) -> Stopped:
+    """Fit on the training APIs of ``base`` (one weight per ``base`` group) and ``extra`` (groups
+    trained on as they are, e.g. feedback), choosing the number of trees and the calibration on
+    training APIs held out of a first fit (:func:`~ranker.data.stopping_apis`; early stopping
+    watches their groups that ``watched`` marks, the calibration fits their real workflows), then
+    fitting again on all of them for that many trees. The other APIs of ``base`` (validation) are
+    not read: their numbers stay a measure of a model nothing about which was chosen on them."""
+    is_train = (base.split == "train") & base.has_target
+    held = stopping_apis(base.api[base.split == "train"])
+    is_held = np.isin(base.api, list(held))
+    extra = extra if extra is not None else empty_groups()
+    extra_weight = np.asarray(extra_weight if extra_weight is not None else np.ones(len(extra)), np.float64)
+    first = concat_groups(base.select(is_train & ~is_held), extra)
+    first_weight = np.concatenate([base_weight[is_train & ~is_held], extra_weight])
+    stop_on = base.select(is_train & is_held & np.asarray(watched, bool))
+    step(f"      early stopping: {len(first)} groups fitted, {len(stop_on)} watched on {len(held)} "
+         f"training APIs held out")
+    booster = fit_ranker(first, stop_on, params=params, num_boost_round=config.num_boost_round,
+                         early_stopping_rounds=config.early_stopping, log_period=config.log_period,
+                         seed=config.seed, group_weight=first_weight)
+    best = int(booster.best_iteration or booster.current_iteration())
+    held_real = base.select(is_held & (base.source == "real") & (base.split == "train"))
+    calibration = Calibration.fit(booster.predict(held_real.X, num_iteration=best), held_real.labels,
+                                  held_real.sizes)
+    step(f"      best iteration {best}; calibration on {len(held_real)} real steps of the held-out "
+         f"training APIs: temperature {calibration.temperature:.4f}, a {calibration.a:.4f}, "
+         f"b {calibration.b:.4f}")
+    everything = concat_groups(base.select(is_train), extra)
+    weight = np.concatenate([base_weight[is_train], extra_weight])
+    step(f"      fitted again on all {len(everything)} training groups, {best} trees")
+    booster = fit_ranker(everything, None, params=params, num_boost_round=best, seed=config.seed,
+                         group_weight=weight)
+    return Stopped(booster=booster, best_iteration=best, calibration=calibration, stopping_apis=held,
+                   stop_groups=len(stop_on))
+
+
+def calibration_report(cal: Calibration, raw: np.ndarray, groups: Groups) -> dict[str, float]:
+    """How ``cal`` fits ``groups``, which it was not fitted on: the expected calibration error over
+    all candidates and over each group's first, the first's mean score against its accuracy, and
+    the uncalibrated softmax's error for comparison."""
     report: dict[str, float] = {"temperature": cal.temperature, "a": cal.a, "b": cal.b}
-    if held_probs:
-        hp, hl = np.concatenate(held_probs), np.concatenate(held_labels)
-        report["ece_all_candidates"] = expected_calibration_error(hp, hl)
-        report["ece_top1"] = expected_calibration_error(np.array(top_probs), np.array(top_labels))
-        report["mean_top1_score"] = float(np.mean(top_probs))
-        report["top1_accuracy"] = float(np.mean(top_labels))
-        p_raw = Calibration(temperature=1.0).softmax(raw, groups.sizes)
-        report["ece_uncalibrated_softmax"] = expected_calibration_error(p_raw, groups.labels)
-    return cal, report
+    if not len(groups):
+        return report
+    p = cal.probabilities(raw, groups.sizes)
+    b = groups.bounds
+    tops = np.array([b[g] + int(np.argmax(p[b[g]:b[g + 1]])) for g in range(len(groups)) if b[g + 1] > b[g]])
+    report["ece_all_candidates"] = expected_calibration_error(p, groups.labels)
+    report["ece_top1"] = expected_calibration_error(p[tops], groups.labels[tops])
+    report["mean_top1_score"] = float(np.mean(p[tops]))
+    report["top1_accuracy"] = float(np.mean(groups.labels[tops]))
+    p_raw = Calibration(temperature=1.0).softmax(raw, groups.sizes)
+    report["ece_uncalibrated_softmax"] = expected_calibration_error(p_raw, groups.labels)
+    return report
 
 
 def subset_apis(workflows: list[Workflow], max_apis: int | None) -> list[Workflow]:
@@ -360,26 +399,19 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
     groups = build_groups(base, generator=generator, extractor=extractor, progress="features")
     is_train, is_valid = groups.split == "train", groups.split == "valid"
     is_real = groups.source == "real"
-    train_groups = groups.select(is_train & groups.has_target)
     train_weight = example_weights(base, synthetic_weight=config.synthetic_weight,
-                                   find_id_weight=config.find_id_weight)[is_train & groups.has_target]
-    stop_on = groups.select(is_valid & watched_by_early_stopping(base) & groups.has_target)
-    step(f"      train {len(train_groups)} groups ({int((is_train & ~groups.has_target).sum())} with the "
-         f"target missing, dropped), early stopping on {len(stop_on)} real validation groups")
+                                   find_id_weight=config.find_id_weight)
+    step(f"      train {int((is_train & groups.has_target).sum())} groups "
+         f"({int((is_train & ~groups.has_target).sum())} with the target missing, dropped)")
 
     step("[3/6] LightGBM lambdarank")
-    booster = fit_ranker(
-        train_groups, stop_on, num_boost_round=config.num_boost_round,
-        early_stopping_rounds=config.early_stopping, log_period=config.log_period, seed=config.seed,
-        group_weight=train_weight,
-    )
-    best = booster.best_iteration or booster.current_iteration()
-    step(f"      best iteration {best}")
+    stopped = fit_stopped(groups, train_weight, watched=watched_by_early_stopping(base), config=config)
+    booster, best, calibration = stopped.booster, stopped.best_iteration, stopped.calibration
 
-    step("[4/6] calibration on validation APIs")
+    step("[4/6] calibration, measured on the validation APIs")
     valid_real = groups.select(is_valid & is_real)
-    raw_valid = booster.predict(valid_real.X, num_iteration=best)
-    calibration, cal_report = calibrate(raw_valid, valid_real)
+    cal_report = calibration_report(calibration, booster.predict(valid_real.X, num_iteration=best),
+                                    valid_real)
     step("      " + ", ".join(f"{k} {v:.4f}" for k, v in cal_report.items()))
 
     step("[5/6] validation (held-out APIs; a target the generator missed is a miss)")
@@ -426,7 +458,9 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
             "word_vectors_sha256": word_vectors.sha256,
             "word_vectors": {k: word_vectors.meta.get(k) for k in ("model", "dim", "corpus")},
             "apis": {"train": len(set(groups.api[is_train])), "valid": len(set(groups.api[is_valid]))},
-            "groups": {"train": len(train_groups), "early_stopping": len(stop_on),
+            "stopping_apis": len(stopped.stopping_apis),
+            "groups": {"train": int((is_train & groups.has_target).sum()),
+                       "early_stopping": stopped.stop_groups,
                        "valid_real": int((is_valid & is_real).sum()),
                        "valid_request": int((is_valid & (groups.source == "request")).sum()),
                        "valid_synthetic": int((is_valid & (groups.source == "synthetic")).sum()),

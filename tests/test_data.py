@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from ranker import data
-from ranker.data import concrete_endpoint, examples, load_spec, load_workflows, split_of, summary
+from ranker.data import (
+    concrete_endpoint,
+    examples,
+    load_spec,
+    load_workflows,
+    split_of,
+    stopping_apis,
+    summary,
+)
 from ranker.synth import synthesize
 
 SPEC = {
@@ -172,6 +180,19 @@ def test_split_is_by_api_stable_and_roughly_the_fraction() -> None:
     assert split_of("stripe.com", valid_fraction=1.0) == "valid"
     with pytest.raises(ValueError, match="valid_fraction"):
         split_of("x", valid_fraction=1.5)
+
+
+def test_stopping_apis_are_a_stable_share_of_the_training_apis() -> None:
+    train = [n for n in (f"api{i}.example.com" for i in range(1000)) if split_of(n) == "train"]
+    held = stopping_apis(train)
+    assert held == stopping_apis(reversed(train))  # by the names, not their order
+    assert held < set(train) and len(held) == round(0.2 * len(train))
+    assert stopping_apis(["a", "b"], fraction=0.9) in ({"a"}, {"b"})  # never all of them
+    assert len(stopping_apis(["a", "b", "c"], fraction=0.01)) == 1  # never none
+    with pytest.raises(ValueError, match="at least 2 training APIs"):
+        stopping_apis(["a"])
+    with pytest.raises(ValueError, match="fraction"):
+        stopping_apis(train, fraction=1.0)
 
 
 def test_synthetic_sequences_follow_dataflow_and_are_deterministic(jentic_dir: Path) -> None:

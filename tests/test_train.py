@@ -11,12 +11,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from core.features import FEATURE_NAMES
 from core.scorer import CARD_FILE, MODEL_FILE, RankerModel
 from core.settings import PROJECT_ROOT
-from ranker.data import split_of
+from ranker.data import split_of, stopping_apis
+from ranker.evaluate import Groups
 from ranker.train import FIND_ID_WEIGHT
 
 
@@ -76,6 +78,44 @@ def test_find_id_asks_weigh_what_they_are_given(tmp_path) -> None:
         True, False, True, True, True, True, False]
 
 
+def _random_groups(seed: int, apis: list[str], split: str, *, per_api: int = 8, size: int = 10) -> Groups:
+    """Groups whose target is the candidate with the highest first feature, give or take noise."""
+    rng = np.random.default_rng(seed)
+    n = len(apis) * per_api
+    X = rng.normal(size=(n * size, len(FEATURE_NAMES))).astype(np.float32)
+    noisy = X[:, 0].reshape(n, size) + rng.normal(scale=0.7, size=(n, size))
+    labels = np.zeros((n, size), np.float32)
+    labels[np.arange(n), noisy.argmax(axis=1)] = 1
+    return Groups(X=X, labels=labels.ravel(), sizes=np.full(n, size),
+                  api=np.repeat(np.array(apis, object), per_api), source=np.array(["real"] * n, object),
+                  split=np.array([split] * n, object),
+                  history_len=np.zeros(n, int), gen_rank=np.zeros(n, int))
+
+
+def test_the_validation_apis_choose_nothing_in_the_fit() -> None:
+    """The trees, their number and the calibration come from the training APIs alone: noise in
+    place of the validation groups changes nothing; a change in the held-out training APIs does."""
+    from ranker.evaluate import concat_groups
+    from ranker.train import FitConfig, fit_stopped
+
+    train = _random_groups(1, [f"t{i}" for i in range(20)], "train")
+    config = FitConfig(num_boost_round=200, early_stopping=5, log_period=0)
+
+    def fit(valid: Groups, base: Groups = train) -> tuple[str, object]:
+        groups = concat_groups(base, valid)
+        stopped = fit_stopped(groups, np.ones(len(groups)), watched=np.ones(len(groups), bool), config=config)
+        assert 0 < stopped.best_iteration < 200 and stopped.stop_groups == 4 * 8
+        return stopped.booster.model_to_string(), stopped.calibration
+
+    apis = [f"v{i}" for i in range(5)]
+    one = fit(_random_groups(2, apis, "valid"))
+    assert fit(_random_groups(3, apis, "valid")) == one
+    held = stopping_apis(train.api)
+    moved = train.select(~np.isin(train.api, list(held)))
+    other = _random_groups(4, sorted(held), "train")
+    assert fit(_random_groups(2, apis, "valid"), concat_groups(moved, other)) != one
+
+
 def test_train_entry_point_end_to_end(jentic_dir, tmp_path) -> None:
     apis = _tiny_jentic(jentic_dir, tmp_path / "jentic")
     assert len(apis) == 6
@@ -90,7 +130,7 @@ def test_train_entry_point_end_to_end(jentic_dir, tmp_path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     # progress, evaluation logging and the validation table
     assert "[3/6] LightGBM lambdarank" in run.stderr
-    assert "valid's ndcg@3" in run.stdout + run.stderr
+    assert "stop's ndcg@3" in run.stdout + run.stderr
     assert "| real: ranker |" in run.stdout and "hit@1" in run.stdout
     assert "| synthetic: ranker |" in run.stdout
     # the written model loads, fits the code, and carries its card
