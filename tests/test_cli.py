@@ -251,3 +251,16 @@ def test_a_rollout_to_no_cluster_is_one_line_at_once(command) -> None:
     run = _cli(*command, "--address", f"127.0.0.1:{free_port()}", env={"RAY_AUTH_MODE": "disabled"})
     assert run.returncode == 1 and time.monotonic() - started < 30
     assert _one_line(run).startswith("error unreachable: no Ray cluster at 127.0.0.1:")
+
+
+@pytest.mark.parametrize("command", [["rollback", "--apply"], ["retrain", "--apply"]])
+def test_apply_without_an_address_is_bad_arguments_exit_2(command) -> None:
+    """README, Command line: 2 is bad arguments; 1 is kept for a service that answered an error."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.startswith("OPENSESAME_")}
+    run = subprocess.run([sys.executable, "-m", "tools.cli", *command], cwd=PROJECT_ROOT,
+                         env={**env, "PYTHONPATH": str(PROJECT_ROOT)}, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert _one_line(run) == "--apply needs --address (or RAY_ADDRESS): the running Ray cluster"
