@@ -264,3 +264,21 @@ def test_apply_without_an_address_is_bad_arguments_exit_2(command) -> None:
                          timeout=120)
     assert run.returncode == 2, run.stderr
     assert _one_line(run) == "--apply needs --address (or RAY_ADDRESS): the running Ray cluster"
+
+
+def test_a_bad_spec_file_is_one_line_and_exit_2(capsys, tmp_path) -> None:
+    """`--spec FILE` that is missing or not YAML is bad input (exit 2, one line), for predict as for
+    population clear, never a traceback (README, Command line)."""
+    bad, missing = tmp_path / "my-api.yaml", tmp_path / "missing.json"
+    bad.write_text("openapi: [3.0\n")
+    store = ["--path", str(tmp_path / "population.sqlite")]
+    for argv, expected in [
+        (["predict", "--in-process", "--user-id", "u1", "--spec", str(bad)],
+         f"invalid request: --spec {bad} is not valid YAML: expected ',' or ']'"),
+        (["population", *store, "clear", "--spec", str(missing)],
+         f"python -m tools.population: --spec {missing}: [Errno 2] No such file or directory"),
+        (["population", *store, "clear", "--spec", str(bad)],
+         f"python -m tools.population: --spec {bad}: spec is not valid YAML"),
+    ]:
+        code, out, err = _run(capsys, *argv)
+        assert code == 2 and err.strip().splitlines() == [err.strip()] and err.startswith(expected), err
