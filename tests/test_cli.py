@@ -282,3 +282,19 @@ def test_a_bad_spec_file_is_one_line_and_exit_2(capsys, tmp_path) -> None:
     ]:
         code, out, err = _run(capsys, *argv)
         assert code == 2 and err.strip().splitlines() == [err.strip()] and err.startswith(expected), err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["evaluate", "--no-workflows", "--feedback", "{tmp}/feedback.sqlite"],
+     "opensesame: no feedback store at {tmp}/feedback.sqlite"),
+    (["evaluate", "--no-workflows", "--feedback", "{tmp}/feedback.sqlite", "--model", "{tmp}/none.txt"],
+     "opensesame: ranker model {tmp}/none.txt not found"),
+    (["evaluate", "--jentic-dir", "{tmp}"], "opensesame: no workflows under {tmp}/workflows"),
+    (["bench", "--in-process", "--request", "{tmp}/request.json"], "opensesame: [Errno 2] No such file"),
+])
+def test_a_missing_file_is_one_line_and_exit_2(capsys, tmp_path, argv, expected) -> None:
+    """README's `opensesame evaluate --no-workflows --feedback var/feedback.sqlite` before any
+    feedback was recorded, and the like: a path that is not there, said in one line."""
+    code, out, err = _run(capsys, *(a.format(tmp=tmp_path) for a in argv))
+    assert code == 2 and err.strip().splitlines() == [err.strip()], err
+    assert err.startswith(expected.format(tmp=tmp_path)), err

@@ -589,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     except PredictorError as exc:
         print(f"error {exc.status}: {exc.message}", file=sys.stderr)
         return EXIT_ERROR
+    except FileNotFoundError as exc:  # a path given (or defaulted) that is not there: bad arguments
+        print(f"opensesame: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         from tools.rollout import RolloutError  # imported already when a rollout ran
 
