@@ -251,3 +251,50 @@ def test_a_rollout_to_no_cluster_is_one_line_at_once(command) -> None:
     run = _cli(*command, "--address", f"127.0.0.1:{free_port()}", env={"RAY_AUTH_MODE": "disabled"})
     assert run.returncode == 1 and time.monotonic() - started < 30
     assert _one_line(run).startswith("error unreachable: no Ray cluster at 127.0.0.1:")
+
+
+@pytest.mark.parametrize("command", [["rollback", "--apply"], ["retrain", "--apply"]])
+def test_apply_without_an_address_is_bad_arguments_exit_2(command) -> None:
+    """README, Command line: 2 is bad arguments; 1 is kept for a service that answered an error."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.startswith("OPENSESAME_")}
+    run = subprocess.run([sys.executable, "-m", "tools.cli", *command], cwd=PROJECT_ROOT,
+                         env={**env, "PYTHONPATH": str(PROJECT_ROOT)}, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert _one_line(run) == "--apply needs --address (or RAY_ADDRESS): the running Ray cluster"
+
+
+def test_a_bad_spec_file_is_one_line_and_exit_2(capsys, tmp_path) -> None:
+    """`--spec FILE` that is missing or not YAML is bad input (exit 2, one line), for predict as for
+    population clear, never a traceback (README, Command line)."""
+    bad, missing = tmp_path / "my-api.yaml", tmp_path / "missing.json"
+    bad.write_text("openapi: [3.0\n")
+    store = ["--path", str(tmp_path / "population.sqlite")]
+    for argv, expected in [
+        (["predict", "--in-process", "--user-id", "u1", "--spec", str(bad)],
+         f"invalid request: --spec {bad} is not valid YAML: expected ',' or ']'"),
+        (["population", *store, "clear", "--spec", str(missing)],
+         f"python -m tools.population: --spec {missing}: [Errno 2] No such file or directory"),
+        (["population", *store, "clear", "--spec", str(bad)],
+         f"python -m tools.population: --spec {bad}: spec is not valid YAML"),
+    ]:
+        code, out, err = _run(capsys, *argv)
+        assert code == 2 and err.strip().splitlines() == [err.strip()] and err.startswith(expected), err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["evaluate", "--no-workflows", "--feedback", "{tmp}/feedback.sqlite"],
+     "opensesame: no feedback store at {tmp}/feedback.sqlite"),
+    (["evaluate", "--no-workflows", "--feedback", "{tmp}/feedback.sqlite", "--model", "{tmp}/none.txt"],
+     "opensesame: ranker model {tmp}/none.txt not found"),
+    (["evaluate", "--jentic-dir", "{tmp}"], "opensesame: no workflows under {tmp}/workflows"),
+    (["bench", "--in-process", "--request", "{tmp}/request.json"], "opensesame: [Errno 2] No such file"),
+])
+def test_a_missing_file_is_one_line_and_exit_2(capsys, tmp_path, argv, expected) -> None:
+    """README's `opensesame evaluate --no-workflows --feedback var/feedback.sqlite` before any
+    feedback was recorded, and the like: a path that is not there, said in one line."""
+    code, out, err = _run(capsys, *(a.format(tmp=tmp_path) for a in argv))
+    assert code == 2 and err.strip().splitlines() == [err.strip()], err
+    assert err.startswith(expected.format(tmp=tmp_path)), err

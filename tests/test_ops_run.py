@@ -84,6 +84,19 @@ def test_a_taken_port_is_named_in_one_line_at_once() -> None:
     assert marked_pids(ports.temp_dir) == []  # nothing was started
 
 
+def test_a_bad_setting_is_named_in_one_line_at_once() -> None:
+    """README, Settings: an unknown or malformed OPENSESAME_* is refused at start, naming it; like a
+    taken port, in one line, before the banner and before anything starts."""
+    ports = _ports()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENSESAME_LLM_WEIGHT": "2"}
+    done = subprocess.run([sys.executable, "-m", "tools.run", "start", *_args(ports)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == "", (done.stdout, done.stderr[-2000:])
+    assert done.stderr.strip() == ("make run: invalid setting OPENSESAME_LLM_WEIGHT='2': "
+                                   "Input should be less than or equal to 1"), done.stderr[-2000:]
+    assert marked_pids(ports.temp_dir) == []  # nothing was started
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ports, subprocess.Popen[str]]]:
     ports = _ports()

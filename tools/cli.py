@@ -76,11 +76,26 @@ def build_request(args: argparse.Namespace) -> Any:
         body["spec_url"] = args.spec_url
     if args.spec:
         body.pop("spec_url", None)
-        body["spec"] = json.loads(Path(args.spec).read_text()) if args.spec.endswith(".json") else \
-            __import__("yaml").safe_load(Path(args.spec).read_text())
+        body["spec"] = _read_spec(args.spec)
     if args.k is not None:
         body["k"] = args.k
     return PredictRequest.model_validate(body)
+
+
+def _read_spec(path: str) -> Any:
+    """The document of ``--spec FILE``, JSON or YAML; a YAML error as a ``ValueError`` (bad input)."""
+    import yaml
+
+    text = Path(path).read_text()
+    if path.endswith(".json"):
+        return json.loads(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or exc
+        raise ValueError(f"--spec {path} is not valid YAML: {problem}{where}") from None
 
 
 def one_line(exc: Exception) -> str:
@@ -574,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     except PredictorError as exc:
         print(f"error {exc.status}: {exc.message}", file=sys.stderr)
         return EXIT_ERROR
+    except FileNotFoundError as exc:  # a path given (or defaulted) that is not there: bad arguments
+        print(f"opensesame: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         from tools.rollout import RolloutError  # imported already when a rollout ran
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+from core.errors import PredictorError
 from core.priors.population import api_key
 from core.settings import load_settings
 from core.spec.openapi import parse_spec
@@ -39,8 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             print(json.dumps(store.apis(), indent=1, sort_keys=True))
             return 0
-        key = (args.api if args.api is not None
-               else api_key(parse_spec(args.spec.read_bytes()), args.tenant))
+        try:
+            key = (args.api if args.api is not None
+                   else api_key(parse_spec(args.spec.read_bytes()), args.tenant))
+        except (OSError, PredictorError) as exc:  # a bad --spec is bad input: one line, exit 2
+            detail = exc.message if isinstance(exc, PredictorError) else str(exc)
+            print(f"{parser.prog}: --spec {args.spec}: {detail.splitlines()[0]}", file=sys.stderr)
+            return 2
         removed = store.clear(key)
         print(json.dumps({"api": key, "counts_removed": removed}))
         return 0

@@ -35,6 +35,7 @@ from ranker.train import DEFAULT_ROUNDS, EARLY_STOPPING, PERSONAL_USERS_PER_API,
 
 __all__ = ["main"]
 
+EXIT_USAGE = 2
 EXIT_REFUSED = 3
 NO_ADDRESS = "--apply needs --address (or RAY_ADDRESS): the running Ray cluster"
 
@@ -55,7 +56,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from deployments.serving.feedback import FeedbackReader
 
     if args.apply and not args.address:
-        raise SystemExit(NO_ADDRESS)
+        step(NO_ADDRESS)
+        return EXIT_USAGE
     try:
         config = RetrainConfig(
             models_dir=args.models_dir, feedback_store=str(args.feedback), jentic_dir=args.jentic_dir,
@@ -68,7 +70,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         step(str(exc))
-        return 2
+        return EXIT_USAGE
     started = time.perf_counter()
     reader = FeedbackReader(args.feedback) if args.feedback.is_file() else None
     try:
@@ -101,12 +103,13 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     if args.apply and not args.address:
-        raise SystemExit(NO_ADDRESS)
+        step(NO_ADDRESS)
+        return EXIT_USAGE
     try:
         result = rollback(args.models_dir, reason=args.reason)
     except RegistryError as exc:
         step(f"rollback refused: {exc}")
-        return 2
+        return EXIT_USAGE
     step(f"rolled back {result.retired} -> {result.current or 'the shipped model'}")
     applied = False
     if args.apply:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from core.settings import SettingsError
 from tools.cluster import (
     ROOT,
     RayHead,
@@ -148,10 +149,15 @@ def start(ports: Ports, *, access_log: bool = False) -> int:
     if problem:
         print(f"make run: {problem}", file=sys.stderr)
         return 1
+    try:
+        base_env = make_run_env()  # reads the OPENSESAME_* settings: a bad one stops here, named
+    except SettingsError as exc:
+        print(f"make run: {exc}", file=sys.stderr)
+        return 2
     print(ports.banner(), flush=True)
     # With the access log on, lines are written as they come rather than 1000 at a time (the
     # buffer RAY_SERVE_THROUGHPUT_OPTIMIZED sets): someone is reading them.
-    env = {**make_run_env(), **({"RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"} if access_log else {})}
+    env = {**base_env, **({"RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"} if access_log else {})}
     head = RayHead(
         env=env, port=ports.ray, temp_dir=ports.temp_dir, dashboard=True,
         haproxy_ports=(ports.haproxy_metrics, ports.haproxy_stats), bind_host=ports.host,
