@@ -170,7 +170,9 @@ def gate(baseline: dict[str, float] | None, candidate: dict[str, float], *,
              if not candidate[m] >= baseline[m] - tolerance]
     if drops:
         return False, "worse on held-out APIs: " + "; ".join(drops)
-    return True, "not worse on held-out APIs: " + ", ".join(
+    verdict = ("within the tolerance of " + str(tolerance)
+               if any(candidate[m] < baseline[m] for m in GATE_METRICS) else "not worse")
+    return True, f"{verdict} on held-out APIs: " + ", ".join(
         f"{m} {candidate[m]:.3f} vs {baseline[m]:.3f}" for m in GATE_METRICS)
 
 

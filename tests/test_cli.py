@@ -291,6 +291,8 @@ def test_a_bad_spec_file_is_one_line_and_exit_2(capsys, tmp_path) -> None:
      "opensesame: ranker model {tmp}/none.txt not found"),
     (["evaluate", "--jentic-dir", "{tmp}"], "opensesame: no workflows under {tmp}/workflows"),
     (["bench", "--in-process", "--request", "{tmp}/request.json"], "opensesame: [Errno 2] No such file"),
+    (["predict", "--in-process", "--request", "examples/request.json", "--model", "{tmp}/none"],
+     "opensesame: ranker model {tmp}/none not found"),
 ])
 def test_a_missing_file_is_one_line_and_exit_2(capsys, tmp_path, argv, expected) -> None:
     """README's `opensesame evaluate --no-workflows --feedback var/feedback.sqlite` before any

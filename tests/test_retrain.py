@@ -63,7 +63,10 @@ def _retrain(*args: str) -> subprocess.CompletedProcess:
 
 def test_gate() -> None:
     base = {"hit@1": 0.60, "mrr": 0.70}
-    assert gate(base, {"hit@1": 0.598, "mrr": 0.71}, tolerance=0.005)[0]
+    ok, why = gate(base, {"hit@1": 0.598, "mrr": 0.71}, tolerance=0.005)
+    assert ok and why == ("within the tolerance of 0.005 on held-out APIs: "
+                          "hit@1 0.598 vs 0.600, mrr 0.710 vs 0.700")
+    assert gate(base, {"hit@1": 0.61, "mrr": 0.70})[1].startswith("not worse on held-out APIs: hit@1 0.610")
     ok, why = gate(base, {"hit@1": 0.58, "mrr": 0.71}, tolerance=0.005)
     assert not ok and "hit@1 0.580 < 0.600" in why
     assert gate(None, {"hit@1": 0.1, "mrr": 0.1})[0]

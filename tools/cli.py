@@ -241,6 +241,9 @@ async def _predict_in_process(request: Any, args: argparse.Namespace) -> dict[st
     from core.settings import load_settings
     from deployments.serving.pipeline import Pipeline
 
+    # The service falls back to heuristics without a model; a model asked for and missing is an error.
+    if args.model and not args.model.exists():
+        raise FileNotFoundError(f"ranker model {args.model} not found")
     overrides: dict[str, Any] = {"model_path": str(args.model)} if args.model else {}
     pipeline = Pipeline(load_settings(**overrides))
     try:
