@@ -97,6 +97,9 @@ def test_a_bad_setting_is_named_in_one_line_at_once() -> None:
     assert marked_pids(ports.temp_dir) == []  # nothing was started
 
 
+_RUN_LOGS: dict[int, Path] = {}  # what each `make run` of the fixture printed, by its pid
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ports, subprocess.Popen[str]]]:
     ports = _ports()
@@ -109,6 +112,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ports, subpr
     proc = subprocess.Popen([sys.executable, "-m", "tools.run", "start", *_args(ports), "--access-log"],
                             cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, text=True)
+    _RUN_LOGS[proc.pid] = data / "run.log"
     try:
         wait_http(f"http://127.0.0.1:{ports.http}/predict", timeout_s=240,
                   data=json.dumps(REQUEST).encode(), head=proc)
@@ -316,7 +320,11 @@ def test_make_stop_leaves_nothing(run: tuple[Ports, subprocess.Popen[str]]) -> N
     done = subprocess.run([sys.executable, "-m", "tools.run", "stop", *_args(ports)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "stopped" in done.stdout, done.stdout
-    assert proc.wait(30) is not None  # `make run` itself ends with what it started
+    # `make run` itself ends with what it started, on its own and quietly: no SIGKILL of it, no
+    # stack dump or traceback of the Serve driver in its terminal.
+    assert proc.wait(30) == 0
+    said = _RUN_LOGS[proc.pid].read_text()
+    assert "Traceback" not in said and "SIGTERM received" not in said, said[-3000:]
     assert marked_pids(ports.temp_dir) == []
     assert preflight(ports) is None  # every port free again: the next `make run` starts
 

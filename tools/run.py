@@ -119,10 +119,28 @@ def preflight(ports: Ports) -> str | None:
     return None
 
 
-def stop(ports: Ports, grace_s: float = STOP_GRACE_S) -> int:
-    """End every process ``start`` started for this Ray port; the number ended."""
-    pids = marked_pids(ports.temp_dir)
+def _supervisor(pids: Sequence[int]) -> int | None:
+    """Of ``pids``, the ``start`` process (``make run`` itself), if it is still there."""
     for pid in pids:
+        with contextlib.suppress(OSError):
+            if b"tools.run\0start\0" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+    return None
+
+
+def stop(ports: Ports, grace_s: float = STOP_GRACE_S) -> int:
+    """End every process ``start`` started for this Ray port; the number ended. ``make run`` is
+    asked first, so that it stops its own in order and ends quietly; what is left after the grace
+    period is ended here."""
+    pids = marked_pids(ports.temp_dir)
+    supervisor = _supervisor(pids)
+    if supervisor is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(supervisor, signal.SIGTERM)
+        deadline = time.monotonic() + 2 * grace_s + 5  # as long as its own stop may take
+        while time.monotonic() < deadline and supervisor in marked_pids(ports.temp_dir):
+            time.sleep(0.25)
+    for pid in marked_pids(ports.temp_dir):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
@@ -190,7 +208,13 @@ def start(ports: Ports, *, access_log: bool = False) -> int:
         return 0
     finally:
         print(f"make run: stopping (Ray port {ports.ray})", file=sys.stderr, flush=True)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave orphans
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C or stop must not leave orphans
+            signal.signal(signum, signal.SIG_IGN)
+        if driver is not None and driver.poll() is None:
+            # SIGTERM makes Ray's driver print a native stack dump and an atexit traceback into
+            # this terminal; the cluster it drives goes right after, so nothing of it is lost.
+            driver.kill()
+            driver.wait()
         stop(ports)
         head.log.close()
 
