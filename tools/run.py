@@ -9,8 +9,9 @@ where everything listens; starts a capped Ray head (:class:`tools.cluster.RayHea
 dir, HAProxy files and ports, the dashboard so ``serve status``/``serve deploy`` work, the
 Prometheus export port) and ``serve run`` of ``serve_config.yaml`` on the host and port asked for.
 Ctrl-C or SIGTERM stops all of it. Every process it starts carries a marker of the head's temp dir
-(``/tmp/osp-<ray port>``) in its environment: ``stop``, from any shell, ends exactly those
-(SIGTERM, then SIGKILL after a grace period), whatever state they are in, and nothing else.
+(``/tmp/osp-<ray port>``) in its environment: ``stop``, from any shell, ends exactly those,
+whatever state they are in, and nothing else (``start`` asked first, so that it stops its own in
+order; then SIGTERM, and SIGKILL after a grace period, for what is left).
 """
 
 from __future__ import annotations
