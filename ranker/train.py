@@ -492,10 +492,8 @@ def train(config: TrainConfig, *, show_table: Callable[[str], None] = step) -> T
                        seconds=round(seconds, 1))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ranker.train", description=__doc__.splitlines()[0]
-    )
+def main(argv: list[str] | None = None, *, prog: str = "python -m ranker.train") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--jentic-dir", type=Path, default=None,
                         help="workflows + specs (default: settings.jentic_dir)")
     parser.add_argument("--out", type=Path, default=SHIPPED_MODELS_DIR)

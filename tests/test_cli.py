@@ -29,6 +29,15 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.parametrize("command", ["train", "retrain", "rollback", "models", "population"])
+def test_a_forwarded_command_names_itself_in_its_help(capsys, command) -> None:
+    """`opensesame models --help` says `usage: opensesame models`, not the module it runs."""
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: opensesame {command} ")
+
+
 def test_entry_point_help() -> None:
     run = subprocess.run([sys.executable, "-m", "tools.cli", "--help"], cwd=PROJECT_ROOT,
                          capture_output=True, text=True, timeout=120)
@@ -276,9 +285,9 @@ def test_a_bad_spec_file_is_one_line_and_exit_2(capsys, tmp_path) -> None:
         (["predict", "--in-process", "--user-id", "u1", "--spec", str(bad)],
          f"invalid request: --spec {bad} is not valid YAML: expected ',' or ']'"),
         (["population", *store, "clear", "--spec", str(missing)],
-         f"python -m tools.population: --spec {missing}: [Errno 2] No such file or directory"),
+         f"opensesame population: --spec {missing}: [Errno 2] No such file or directory"),
         (["population", *store, "clear", "--spec", str(bad)],
-         f"python -m tools.population: --spec {bad}: spec is not valid YAML"),
+         f"opensesame population: --spec {bad}: spec is not valid YAML"),
     ]:
         code, out, err = _run(capsys, *argv)
         assert code == 2 and err.strip().splitlines() == [err.strip()] and err.startswith(expected), err

@@ -483,12 +483,15 @@ async def _bench_in_process(bodies: list[dict[str, Any]], args: argparse.Namespa
 
 # -- wiring --------------------------------------------------------------------------------------
 
-_FORWARDED = {  # command: (module, its arguments first, the one-line help)
-    "train": ("ranker.train", [], "train the ranker from the base data"),
-    "retrain": ("tools.retrain", [], "retrain on base data + recorded feedback, gate, promote"),
-    "rollback": ("tools.retrain", ["rollback"], "put the previous model version back"),
-    "models": ("tools.retrain", ["list"], "the model versions and which one is current"),
-    "population": ("tools.population", [], "what each API's population memory holds; clear one"),
+_FORWARDED = {  # command: (module, its arguments first, its parser's prog, the one-line help)
+    "train": ("ranker.train", [], "opensesame train", "train the ranker from the base data"),
+    "retrain": ("tools.retrain", [], "opensesame retrain",
+                "retrain on base data + recorded feedback, gate, promote"),
+    # a subcommand of tools.retrain: its parser's prog is "<prog> <subcommand>"
+    "rollback": ("tools.retrain", ["rollback"], "opensesame", "put the previous model version back"),
+    "models": ("tools.retrain", ["models"], "opensesame", "the model versions and which one is current"),
+    "population": ("tools.population", [], "opensesame population",
+                   "what each API's population memory holds; clear one"),
 }
 
 
@@ -561,7 +564,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
 
-    for name, (_, _, said) in _FORWARDED.items():
+    for name, (_, _, _, said) in _FORWARDED.items():
         sub.add_parser(name, add_help=False, help=said)  # its options: opensesame NAME --help
     return parser
 
@@ -577,13 +580,13 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in _FORWARDED:  # these keep their own parsers, progress and --json
             import importlib
 
-            module, prefix, _ = _FORWARDED[argv[0]]
+            module, prefix, prog, _ = _FORWARDED[argv[0]]
             address = _option(argv, "--address")
             absent = no_ray_at(address) if address and "--help" not in argv and "-h" not in argv else None
             if absent is not None:  # a rollout would retry the address for minutes first
                 print(f"error unreachable: {absent}", file=sys.stderr)
                 return EXIT_ERROR
-            return int(importlib.import_module(module).main([*prefix, *argv[1:]]) or 0)
+            return int(importlib.import_module(module).main([*prefix, *argv[1:]], prog=prog) or 0)
         args = _parser().parse_args(argv)
         return int(args.func(args))
     except SettingsError as exc:

@@ -24,8 +24,8 @@ from deployments.serving.population_store import PopulationStore, population_con
 __all__ = ["main"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.population", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, *, prog: str = "python -m tools.population") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--path", type=Path, default=None, help="default: the settings' population store")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every API's counts, and how many have enough users to be used")

@@ -3,7 +3,7 @@
 
     python -m tools.retrain [--feedback var/feedback.sqlite] [--models-dir var/models] [--apply ...]
     python -m tools.retrain rollback [--apply ...]
-    python -m tools.retrain list
+    python -m tools.retrain models      (or list)
 
 The work is :mod:`ranker.retrain`'s; this opens the feedback store for it, prints the validation
 table (stdout; stderr with ``--json``) and the JSON summary, and with ``--apply`` moves the
@@ -154,7 +154,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m tools.retrain") -> argparse.ArgumentParser:
     from core.settings import PROJECT_ROOT, load_settings
 
     settings = load_settings()
@@ -175,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="the service's HTTP address: wait until /health shows the new model")
 
     parser = argparse.ArgumentParser(
-        prog="python -m tools.retrain", parents=[common, rollout],
+        prog=prog, parents=[common, rollout],
         description="Retrain the ranker on the base data plus recorded feedback; keep the new model "
                     "only if it is not worse on the held-out APIs; roll back in one command.")
     parser.add_argument("--feedback", type=Path, default=settings.feedback_db_path,
@@ -204,13 +204,13 @@ def _parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("rollback", parents=[common, rollout], help="retire the current version")
     rb.add_argument("--reason", default="manual rollback")
     rb.set_defaults(command=cmd_rollback)
-    ls = sub.add_parser("list", parents=[common], help="versions in the registry")
+    ls = sub.add_parser("models", aliases=["list"], parents=[common], help="versions in the registry")
     ls.set_defaults(command=cmd_list)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    args = (_parser(prog) if prog else _parser()).parse_args(argv)
     return int(args.command(args))
 
 
