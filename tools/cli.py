@@ -34,8 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.errors import PredictorError
+from core.errors import PredictorError, SpecInvalid
 from core.settings import SettingsError
+from core.spec.openapi import load_document
 from tools.cluster import become_driver_of, leave_ray
 
 __all__ = ["main", "parse_event", "build_request"]
@@ -82,20 +83,13 @@ def build_request(args: argparse.Namespace) -> Any:
     return PredictRequest.model_validate(body)
 
 
-def _read_spec(path: str) -> Any:
-    """The document of ``--spec FILE``, JSON or YAML; a YAML error as a ``ValueError`` (bad input)."""
-    import yaml
-
-    text = Path(path).read_text()
-    if path.endswith(".json"):
-        return json.loads(text)
+def _read_spec(path: str) -> dict[str, Any]:
+    """The document of ``--spec FILE``, read as the service reads one (JSON or YAML, aliases
+    bounded); a file that is not one as a ``ValueError`` (bad input)."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or exc
-        raise ValueError(f"--spec {path} is not valid YAML: {problem}{where}") from None
+        return load_document(Path(path).read_bytes())
+    except SpecInvalid as exc:
+        raise ValueError(f"--spec {path} {exc.message.removeprefix('spec ')}") from None
 
 
 def one_line(exc: Exception) -> str:

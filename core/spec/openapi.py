@@ -64,12 +64,20 @@ def load_document(raw: bytes, *, content_type: str | None = None) -> dict[str, A
     except json.JSONDecodeError as exc:
         raise SpecInvalid(f"spec is not valid JSON: {exc.msg} at line {exc.lineno}") from None
     except yaml.YAMLError as exc:
-        raise SpecInvalid(f"spec is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise SpecInvalid(f"spec is not valid YAML: {_yaml_problem(exc)}") from None
     except RecursionError:
         raise SpecInvalid("spec is nested too deeply") from None
     if not isinstance(doc, dict):
         raise SpecInvalid("spec must be a JSON/YAML object at the top level")
     return doc
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where ("expected ',' or ']' … (line 2, column 1)"): a parser error's first
+    line is its context ("while parsing a flow sequence"), which says neither."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem or str(exc).splitlines()[0]}{where}"
 
 
 class _BoundedSafeLoader(yaml.SafeLoader):
