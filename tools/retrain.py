@@ -154,7 +154,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser(prog: str = "python -m tools.retrain") -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     from core.settings import PROJECT_ROOT, load_settings
 
     settings = load_settings()
@@ -209,8 +209,8 @@ def _parser(prog: str = "python -m tools.retrain") -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
-    args = (_parser(prog) if prog else _parser()).parse_args(argv)
+def main(argv: list[str] | None = None, *, prog: str = "python -m tools.retrain") -> int:
+    args = _parser(prog).parse_args(argv)
     return int(args.command(args))
 
 
