@@ -22,6 +22,7 @@ from typing import Any
 from core.spec.operations import Operation, Param
 from core.vocabulary import (
     ID_SUFFIXES,
+    REFERENCE_WORDS,
     STOPWORDS,
     feature_stem,
     is_version_entity,
@@ -126,6 +127,21 @@ def _param_names(name: str, segments: tuple[str, ...]) -> tuple[tuple[tuple[str,
     return full, tuple(sorted(cores))
 
 
+@lru_cache(maxsize=65536)
+def _is_reference(name: str) -> bool:
+    """Whether ``name`` ends with a word that refers to a record (``message_id``, ``userKey``)."""
+    words = tokenize(name, keep_stopwords=True)
+    return bool(words) and words[-1] in REFERENCE_WORDS
+
+
+def _fits(value: RequestValue, name: str, type_: str | None) -> bool:
+    """Of the parameter's type; and no text with a space for a reference to a record: ids have
+    none, so "send the message 'hello team'" names the message's text, not its id."""
+    if not type_fits(value.value, type_):
+        return False
+    return not (_is_reference(name) and any(c.isspace() for c in value.value))
+
+
 def _ends_with(named: tuple[str, ...], words: tuple[str, ...]) -> bool:
     return 0 < len(words) <= len(named) and named[-len(words):] == words
 
@@ -166,9 +182,9 @@ def request_fills(
     namings: tuple[Naming, ...] | None = None,
 ) -> dict[str, str]:
     """The parameters of ``operation`` (not headers) that a value of the request fills: named by
-    the words before it (or by its kind), of the parameter's type; each value fills one parameter
-    and each parameter takes the first value that names it. ``namings``: the operation's
-    :func:`param_namings`, when already computed."""
+    the words before it (or by its kind), of the parameter's type (:func:`_fits`); each value
+    fills one parameter and each parameter takes the first value that names it. ``namings``: the
+    operation's :func:`param_namings`, when already computed."""
     if not values:
         return {}
     # a parameter whose last word names no value (and no e-mail or date to fill) is passed over
@@ -180,7 +196,7 @@ def request_fills(
         if not by_kind and not any(w[-1] in last_words for w in (*full, *cores)):
             continue
         for k, v in enumerate(values):
-            if k not in used and _names(v, name, full, cores) and type_fits(v.value, type_):
+            if k not in used and _names(v, name, full, cores) and _fits(v, name, type_):
                 out[name] = v.value
                 used.add(k)
                 break

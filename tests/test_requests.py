@@ -56,6 +56,25 @@ def test_values_fill_the_parameters_they_are_named_for() -> None:
     assert params == {"message_id": "1234567", "channel_id": "998877"} and missing == []
 
 
+def test_text_with_a_space_is_no_id() -> None:
+    # "the message 'hello team'" names the message's text: an id has no space, so the PATCH of
+    # a message is not made callable with message_id "hello team"
+    spec = _spec({"/channels/{channel_id}/messages/{message_id}": {
+        "patch": _op("Edit a message", [_path("channel_id"), _path("message_id")])},
+        "/projects": {"get": _op("Find projects", [_query("project_name")])},
+        "/projects/{project_key}": {"get": _op("Get a project", [_path("project_key")])}})
+    patch, find, get = spec.operations
+    prompt = "send the message 'hello team' to channel 998877"
+    assert request_fills(patch, request_values(prompt)) == {"channel_id": "998877"}
+    params, missing = fill_params(patch, [], prompt=prompt)
+    assert params == {"channel_id": "998877"} and missing == ["message_id"]
+    # a name may have one; a key may not
+    assert request_fills(find, request_values("projects with project name 'Apollo 11'")) == {
+        "project_name": "Apollo 11"}
+    assert request_fills(get, request_values("the project key 'Apollo 11'")) == {}
+    assert request_fills(get, request_values("the project key 'APOLLO-11'")) == {"project_key": "APOLLO-11"}
+
+
 def test_a_value_named_by_nothing_fills_nothing() -> None:
     spec = _spec({"/roles/{id}": {"delete": _op("Delete a role", [_path("id")])},
                   "/users/{user_id}": {"get": _op("Get a user", [_path("user_id")])}})
