@@ -60,6 +60,7 @@ from core.vocabulary import (
     ROLES,
     VERSION_SEGMENT,
     asks_count,
+    asks_question,
     feature_stem,
     is_id_name,
     name_key,
@@ -97,7 +98,7 @@ REQUEST_FEATURES: tuple[str, ...] = (
     "prompt_param_words",  # share of the words of its parameters' names the request uses
     "prompt_words",  # words of the request: a direct ask is short, a workflow summary long
     "prompt_clauses",  # its clauses
-    "lead_role",  # the candidate's role is one the request's first verb asks for (NaN: no verb)
+    "lead_role",  # the candidate's role is one the request's first verb (a question: read) asks for
     "lead_read_get",  # the first verb reads and the candidate is a GET, or neither (NaN: no verb)
     "asked_needs_id",  # the request's best match needs an id nobody has, nor the request gives
     "yields_asked_id",  # a callable read giving that id: its collection, a search or list of
@@ -996,7 +997,8 @@ class FeatureExtractor:
         ]
         X[:, col["prompt_words"]] = len(pt.stems)
         X[:, col["prompt_clauses"]] = pt.n_clauses if not pt.empty else 0
-        lead = next((PROMPT_ROLE_VERBS[w] for w in pt.stems if w in PROMPT_ROLE_VERBS), None)
+        lead = _READ_ROLES if asks_question(prompt) else next(
+            (PROMPT_ROLE_VERBS[w] for w in pt.stems if w in PROMPT_ROLE_VERBS), None)
         if lead is None:
             X[:, col["lead_role"]] = np.nan
             X[:, col["lead_read_get"]] = np.nan

@@ -43,6 +43,7 @@ __all__ = [
     "wants_destructive",
     "COUNT_WORDS",
     "COUNT_PHRASE",
+    "asks_question",
     "asks_count",
     "AUTH_WORDS",
     "AUTH_OPERATION_WORDS",
@@ -369,6 +370,18 @@ COUNT_WORDS = frozenset({"count", "total", "tally"})
 def asks_count(prompt: str | None) -> bool:
     """Whether the request asks how many of something there are."""
     return bool(prompt) and _COUNT_ASK.search(prompt or "") is not None
+
+
+# A request that opens with a question asks to read, whatever verb follows ("who created issue
+# 5?", "is the museum open today?"); "how do I …" / "can you …" ask for something else.
+_QUESTION = re.compile(
+    r"^\W*(?:who|whom|whose|what|which|when|where|is|are|was|were|does|did|has|have"
+    r"|how (?:many|much|long|often|old|far|big))\b", re.I)
+
+
+def asks_question(prompt: str | None) -> bool:
+    """Whether the request opens with a question: it asks to read."""
+    return bool(prompt) and _QUESTION.match(prompt or "") is not None
 
 
 # Words of signing in or exchanging a token, as ``tokenize`` gives them (singular).

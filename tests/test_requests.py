@@ -416,5 +416,11 @@ def test_the_first_verb_says_read_or_write() -> None:
     rows = _row(spec, "Create a game")
     assert rows["POST /games"]["lead_role"] == 1.0 and rows["GET /games"]["lead_role"] == 0.0
     assert rows["POST /games"]["lead_read_get"] == 1.0
+    # a question asks to read, whatever verb follows; "how do I" asks how to do it
+    rows = _row(spec, "Who created the game 3498?")
+    assert rows["GET /games"]["lead_read_get"] == 1.0 and rows["POST /games"]["lead_read_get"] == 0.0
+    assert rows["POST /games"]["lead_role"] == 0.0
+    rows = _row(spec, "How do I create a game?")
+    assert rows["POST /games"]["lead_role"] == 1.0 and rows["POST /games"]["lead_read_get"] == 1.0
     rows = _row(spec, "games and platforms")  # no verb; "and" is no word of the request's
     assert np.isnan(rows["GET /games"]["lead_role"]) and rows["GET /games"]["prompt_words"] == 2
