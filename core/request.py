@@ -45,6 +45,8 @@ _CLAUSE_END = re.compile(r"[.;,!?()\[\]{}]")
 # Words between a name and its value that say nothing ("the role named admins", "project is
 # 8f3a"); any other small word ends the name ("a request to 'approved'" names nothing).
 _LINKING = frozenset({"the", "a", "an", "is", "named", "called", "titled", "equal", "equals"})
+# Of them, those that say the value is the thing's name (or title), which no id is.
+_NAMING = {"named": "name", "called": "name", "titled": "title"}
 _NAME_WORDS = 3  # at most this many words name a value
 # Trailing words that only say "an id of": "invoice number 42" names the invoice's id.
 _ID_TAIL = frozenset(feature_stem(w) for w in ID_SUFFIXES | {"no"})
@@ -56,6 +58,7 @@ class RequestValue:
     kind: str  # "quoted" | "email" | "date" | "number" | "id"
     named: tuple[str, ...]  # feature stems of the words naming it, nearest last (may be empty)
     bare: tuple[str, ...] = ()  # the same without trailing id words ("invoice number" → invoice)
+    as_name: bool = False  # "a droplet named web-1": the thing's name, no id of it
 
 
 @lru_cache(maxsize=4096)
@@ -76,9 +79,11 @@ def request_values(prompt: str | None) -> tuple[RequestValue, ...]:
         head = prompt[max(0, m.start() - 80): m.start()]
         cut = [c.end() for c in _CLAUSE_END.finditer(head)]
         words: list[str] = []
+        as_name: str | None = None
         for w in reversed(_WORD.findall(head[cut[-1]:] if cut else head)):
             lw = w.lower()
             if lw in _LINKING and not words:
+                as_name = as_name or _NAMING.get(lw)
                 continue
             if lw in STOPWORDS or lw in _LINKING:
                 break
@@ -88,7 +93,9 @@ def request_values(prompt: str | None) -> tuple[RequestValue, ...]:
         bare = list(words)
         while bare and bare[-1] in _ID_TAIL:
             bare.pop()
-        out.append(RequestValue(value, kind, tuple(words), tuple(bare)))
+        if as_name:  # "the droplet named web-1" names the droplet's name: droplet_name, name
+            words.append(feature_stem(as_name))
+        out.append(RequestValue(value, kind, tuple(words), tuple(bare), as_name=as_name is not None))
     return tuple(out)
 
 
@@ -135,11 +142,12 @@ def _is_reference(name: str) -> bool:
 
 
 def _fits(value: RequestValue, name: str, type_: str | None) -> bool:
-    """Of the parameter's type; and no text with a space for a reference to a record: ids have
-    none, so "send the message 'hello team'" names the message's text, not its id."""
+    """Of the parameter's type; and, for a reference to a record, no name ("a droplet named
+    web-1") and no text with a space: ids have none, so "send the message 'hello team'" names the
+    message's text, not its id."""
     if not type_fits(value.value, type_):
         return False
-    return not (_is_reference(name) and any(c.isspace() for c in value.value))
+    return not (_is_reference(name) and (value.as_name or any(c.isspace() for c in value.value)))
 
 
 def _ends_with(named: tuple[str, ...], words: tuple[str, ...]) -> bool:

@@ -75,6 +75,20 @@ def test_text_with_a_space_is_no_id() -> None:
     assert request_fills(get, request_values("the project key 'APOLLO-11'")) == {"project_key": "APOLLO-11"}
 
 
+def test_a_thing_named_so_is_named_not_identified() -> None:
+    # "a droplet named web-1": web-1 is the droplet's name, which fills its name, never its id
+    body = {"content": {"application/json": {"schema": {
+        "type": "object", "required": ["name"],
+        "properties": {"name": {"type": "string"}, "region": {"type": "string"}}}}}}
+    spec = _spec({"/droplets": {"post": {**_op("Create a droplet"), "requestBody": body}},
+                  "/droplets/{droplet_id}": {"get": _op("Get a droplet", [_path("droplet_id")])}})
+    create, get = spec.operations
+    prompt = "create a droplet named web-1 in region nyc3"
+    assert request_fills(create, request_values(prompt)) == {"name": "web-1", "region": "nyc3"}
+    assert request_fills(get, request_values(prompt)) == {}
+    assert request_fills(get, request_values("show the droplet web-1")) == {"droplet_id": "web-1"}
+
+
 def test_a_value_named_by_nothing_fills_nothing() -> None:
     spec = _spec({"/roles/{id}": {"delete": _op("Delete a role", [_path("id")])},
                   "/users/{user_id}": {"get": _op("Get a user", [_path("user_id")])}})
