@@ -141,13 +141,17 @@ def _is_reference(name: str) -> bool:
     return bool(words) and words[-1] in REFERENCE_WORDS
 
 
+def _name_like(value: RequestValue) -> bool:
+    """A name ("a droplet named web-1") or text with a space ("the message 'hello team'"): what
+    the thing is called or says, never its id (ids have no space)."""
+    return value.as_name or any(c.isspace() for c in value.value)
+
+
 def _fits(value: RequestValue, name: str, type_: str | None) -> bool:
-    """Of the parameter's type; and, for a reference to a record, no name ("a droplet named
-    web-1") and no text with a space: ids have none, so "send the message 'hello team'" names the
-    message's text, not its id."""
+    """Of the parameter's type, and no name-like value for a reference to a record."""
     if not type_fits(value.value, type_):
         return False
-    return not (_is_reference(name) and (value.as_name or any(c.isspace() for c in value.value)))
+    return not (_is_reference(name) and _name_like(value))
 
 
 def _ends_with(named: tuple[str, ...], words: tuple[str, ...]) -> bool:
@@ -156,12 +160,16 @@ def _ends_with(named: tuple[str, ...], words: tuple[str, ...]) -> bool:
 
 def _names(value: RequestValue, name: str, full: tuple[tuple[str, ...], ...],
            cores: tuple[tuple[str, ...], ...]) -> bool:
+    """Whether the words before ``value`` name the parameter (or its kind does). A name-like
+    value names it only by its own words: named by its entity alone ("the game 'The Witcher 3'"
+    for ``{game_pk}`` of ``/games/{game_pk}``) it would be taken for the thing's id."""
     if value.kind == "email" and "email" in name.lower():
         return True
     if value.kind == "date" and _DATE_NAME.search(name):
         return True
-    return (any(_ends_with(value.named, words) for words in full)
-            or any(_ends_with(value.bare, words) for words in cores))
+    if any(_ends_with(value.named, words) for words in full):
+        return True
+    return not _name_like(value) and any(_ends_with(value.bare, words) for words in cores)
 
 
 _DATE_NAME = re.compile(r"date|day|since|until|from|to$", re.I)

@@ -73,6 +73,15 @@ def test_text_with_a_space_is_no_id() -> None:
         "project_name": "Apollo 11"}
     assert request_fills(get, request_values("the project key 'Apollo 11'")) == {}
     assert request_fills(get, request_values("the project key 'APOLLO-11'")) == {"project_key": "APOLLO-11"}
+    # named by its entity alone, a title is no id, whatever the id is called; by its own name,
+    # a path parameter takes text
+    games = _spec({"/games/{game_pk}/stores": {"get": _op("Game stores", [_path("game_pk")])},
+                   "/banner/{text}": {"get": _op("Make a banner", [_path("text")])}})
+    stores, banner = games.operations
+    assert request_fills(stores, request_values("find the game 'The Witcher 3'")) == {}
+    assert request_fills(stores, request_values("stores of the game 3498")) == {"game_pk": "3498"}
+    assert request_fills(banner, request_values("put the text 'Happy birthday' on a banner")) == {
+        "text": "Happy birthday"}
 
 
 def test_a_thing_named_so_is_named_not_identified() -> None:
