@@ -22,6 +22,7 @@ from typing import Any
 from core.spec.operations import Operation, Param
 from core.vocabulary import (
     ID_SUFFIXES,
+    LOOKUP_TEXT_WORDS,
     REFERENCE_WORDS,
     STOPWORDS,
     feature_stem,
@@ -158,25 +159,41 @@ def _ends_with(named: tuple[str, ...], words: tuple[str, ...]) -> bool:
     return 0 < len(words) <= len(named) and named[-len(words):] == words
 
 
-def _names(value: RequestValue, name: str, full: tuple[tuple[str, ...], ...],
-           cores: tuple[tuple[str, ...], ...]) -> bool:
+def _names(value: RequestValue, name: str, full: Words, cores: Words, finds: Words = ()) -> bool:
     """Whether the words before ``value`` name the parameter (or its kind does). A name-like
-    value names it only by its own words: named by its entity alone ("the game 'The Witcher 3'"
-    for ``{game_pk}`` of ``/games/{game_pk}``) it would be taken for the thing's id."""
+    value names it only by its own words, or as the thing a lookup parameter finds ("the game
+    'The Witcher 3'" fills ``search`` of ``GET /games``): named by its entity alone (``{game_pk}``
+    of ``/games/{game_pk}``) it would be taken for the thing's id."""
     if value.kind == "email" and "email" in name.lower():
         return True
     if value.kind == "date" and _DATE_NAME.search(name):
         return True
     if any(_ends_with(value.named, words) for words in full):
         return True
-    return not _name_like(value) and any(_ends_with(value.bare, words) for words in cores)
+    if _name_like(value):
+        return any(_ends_with(value.bare, words) for words in finds)
+    return any(_ends_with(value.bare, words) for words in cores)
 
 
 _DATE_NAME = re.compile(r"date|day|since|until|from|to$", re.I)
 
 
-# A parameter as the request can name it: (name, type, full words, core words).
-Naming = tuple[str, str | None, tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]]
+# A parameter as the request can name it: (name, type, full words, core words, the words of
+# the things it looks up by what they are called).
+Words = tuple[tuple[str, ...], ...]
+Naming = tuple[str, str | None, Words, Words, Words]
+
+
+def _looks_up(operation: Operation, param: Param) -> Words:
+    """The collection a free-text or name parameter of a list or search looks up (``search`` of
+    ``GET /games`` looks up games): a name the request gives a game fills it."""
+    words = tokenize(param.name, keep_stopwords=True)
+    if (operation.method != "GET" or operation.role not in ("list", "search")
+            or param.location != "query" or not words or words[-1] not in LOOKUP_TEXT_WORDS
+            or param.type not in (None, "string") or param.enum):
+        return ()
+    looked_up = tuple(feature_stem(w) for w in tokenize(operation.resource))
+    return (looked_up,) if looked_up else ()
 
 
 def param_namings(operation: Operation) -> tuple[Naming, ...]:
@@ -189,7 +206,7 @@ def param_namings(operation: Operation) -> tuple[Naming, ...]:
     out: list[Naming] = []
     for p in params:
         full, cores = _param_names(p.name, operation.segments if p.location == "path" else ())
-        out.append((p.name, p.type, full, cores))
+        out.append((p.name, p.type, full, cores, _looks_up(operation, p)))
     return tuple(out)
 
 
@@ -208,11 +225,11 @@ def request_fills(
     by_kind = any(v.kind in ("email", "date") for v in values)
     out: dict[str, str] = {}
     used: set[int] = set()
-    for name, type_, full, cores in namings if namings is not None else param_namings(operation):
-        if not by_kind and not any(w[-1] in last_words for w in (*full, *cores)):
+    for name, type_, full, cores, finds in namings if namings is not None else param_namings(operation):
+        if not by_kind and not any(w[-1] in last_words for w in (*full, *cores, *finds)):
             continue
         for k, v in enumerate(values):
-            if k not in used and _names(v, name, full, cores) and _fits(v, name, type_):
+            if k not in used and _names(v, name, full, cores, finds) and _fits(v, name, type_):
                 out[name] = v.value
                 used.add(k)
                 break

@@ -44,6 +44,8 @@ __all__ = [
     "COUNT_WORDS",
     "COUNT_PHRASE",
     "asks_question",
+    "LOOKUP_TEXT_WORDS",
+    "LOOKUP_WORDS",
     "asks_count",
     "AUTH_WORDS",
     "AUTH_OPERATION_WORDS",
@@ -175,6 +177,12 @@ def path_param_names(template: str) -> list[str]:
 
 
 # -- ids -----------------------------------------------------------------------------------------
+
+# The last word of a parameter that looks things up by free text or by what they are called
+# (``q``, ``search``, ``name``, ``title`` …), and, with a few more, by what the user knows of the
+# thing that is no id of it (``email``, ``username`` …).
+LOOKUP_TEXT_WORDS = frozenset({"q", "query", "search", "term", "keyword", "text", "name", "title"})
+LOOKUP_WORDS = LOOKUP_TEXT_WORDS | {"email", "username", "login", "filter"}
 
 # The last word of a name that makes it an id: invoice_id, customerKey, userSlug, orderRef ...
 ID_WORDS = frozenset("id uuid guid key slug code number sid token name ref".split())

@@ -28,7 +28,14 @@ from typing import Literal
 
 from core.spec.index import SpecIndex
 from core.spec.operations import Operation
-from core.vocabulary import is_id_name, is_version_entity, name_key, param_entity, tokenize
+from core.vocabulary import (
+    LOOKUP_WORDS,
+    is_id_name,
+    is_version_entity,
+    name_key,
+    param_entity,
+    tokenize,
+)
 from ranker.data import Example, RequestKind, Step, Workflow, history_of, load_spec
 
 __all__ = ["RequestKind", "request_examples", "known_values", "found_ids", "needs_found_id",
@@ -36,9 +43,6 @@ __all__ = ["RequestKind", "request_examples", "known_values", "found_ids", "need
 
 MAX_VALUES = 3
 _FINDING_ROLES = ("list", "search", "get")
-# The last word of a parameter that looks a thing up by what the user knows of it, not its id.
-_NAMING_WORDS = frozenset({"q", "query", "search", "name", "title", "email", "username", "login",
-                           "term", "keyword", "filter", "text"})
 
 
 def known_values(spec: SpecIndex, step: Step, *, with_found: bool = False) -> dict[str, str]:
@@ -58,7 +62,7 @@ def known_values(spec: SpecIndex, step: Step, *, with_found: bool = False) -> di
 
 def naming_values(spec: SpecIndex, step: Step) -> dict[str, str]:
     """The values ``step`` takes from the workflow's inputs for parameters that name a thing
-    (:data:`_NAMING_WORDS`, of type string without an enum; not path or id parameters): what
+    (:data:`LOOKUP_WORDS`, of type string without an enum; not path or id parameters): what
     the user knows of the thing the step finds; at most :data:`MAX_VALUES`."""
     op = spec.operations[spec.by_key[step.key]]
     declared = {p.name: p for p in op.params}
@@ -68,7 +72,7 @@ def naming_values(spec: SpecIndex, step: Step) -> dict[str, str]:
         words = tokenize(name, keep_stopwords=True)
         value = step.params.get(name)
         if (param is None or name in op.path_params or is_id_name(name) or not value or not words
-                or words[-1] not in _NAMING_WORDS or param.type not in (None, "string")
+                or words[-1] not in LOOKUP_WORDS or param.type not in (None, "string")
                 or param.enum or len(out) == MAX_VALUES):
             continue
         out[name] = value

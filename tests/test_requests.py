@@ -76,9 +76,17 @@ def test_text_with_a_space_is_no_id() -> None:
     # named by its entity alone, a title is no id, whatever the id is called; by its own name,
     # a path parameter takes text
     games = _spec({"/games/{game_pk}/stores": {"get": _op("Game stores", [_path("game_pk")])},
-                   "/banner/{text}": {"get": _op("Make a banner", [_path("text")])}})
-    stores, banner = games.operations
+                   "/banner/{text}": {"get": _op("Make a banner", [_path("text")])},
+                   "/games": {"get": _op("List games", [{**_query("search"), "required": False}])}})
+    stores, banner, listing = games.operations
     assert request_fills(stores, request_values("find the game 'The Witcher 3'")) == {}
+    # ... it is what the list of games looks the game up by; an id is not
+    assert request_fills(listing, request_values("find the game 'The Witcher 3'")) == {
+        "search": "The Witcher 3"}
+    assert request_fills(listing, request_values("find the game 3498")) == {}
+    # a lookup on no collection ("GET /?q=") looks up nothing, and reads no empty word
+    root = _spec({"/": {"get": _op("Search", [{**_query("q"), "required": False}])}}).operations[0]
+    assert request_fills(root, request_values("find the film 'Blade Runner'")) == {}
     assert request_fills(stores, request_values("stores of the game 3498")) == {"game_pk": "3498"}
     assert request_fills(banner, request_values("put the text 'Happy birthday' on a banner")) == {
         "text": "Happy birthday"}
