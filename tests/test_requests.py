@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.candidates.retrieval import RetrievalGenerator
 from core.features import FeatureExtractor
@@ -104,6 +106,34 @@ def test_a_thing_named_so_is_named_not_identified() -> None:
     assert request_fills(create, request_values(prompt)) == {"name": "web-1", "region": "nyc3"}
     assert request_fills(get, request_values(prompt)) == {}
     assert request_fills(get, request_values("show the droplet web-1")) == {"droplet_id": "web-1"}
+
+
+_WORDS = ("find", "the", "game", "games", "named", "called", "project", "id", "key", "search",
+          "text", "name", "who", "how many", "is", "to", "in", "'The Witcher 3'", "'x'", "\"a b\"",
+          "42", "in_77", "a@b.cc", "2027-01-01", "?", ",", "(", "“c d”", "'")
+_PATHS = _spec({
+    "/": {"get": _op("Search", [{**_query("q"), "required": False}])},
+    "/{id}": {"get": _op("Get one", [_path("id")])},
+    "/games": {"get": _op("List games", [{**_query("search"), "required": False},
+                                         {**_query("name"), "required": False}])},
+    "/games/{game_pk}/stores": {"get": _op("Game stores", [_path("game_pk")])},
+    "/projects/{project_key}/texts/{text}": {"put": _op("Set a text", [_path("project_key"),
+                                                                         _path("text")])},
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_WORDS), max_size=12))
+def test_what_a_request_fills_is_written_in_it(words: list[str]) -> None:
+    # whatever the request, reading it raises nothing and fills only values written in it, never
+    # text with a space into a reference
+    prompt = " ".join(words)
+    values = request_values(prompt)
+    for op in _PATHS.operations:
+        fills = request_fills(op, values)
+        assert all(v in prompt for v in fills.values()), (op.key, fills)
+        for name in ("id", "project_key", "game_pk"):
+            assert " " not in fills.get(name, ""), (op.key, fills)
 
 
 def test_a_value_named_by_nothing_fills_nothing() -> None:
