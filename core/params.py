@@ -15,6 +15,7 @@ from core.spec.operations import Operation, Param
 from core.vocabulary import (
     REFERENCE_WORDS,
     VERSION_SEGMENT,
+    ends_in_reference,
     is_id_name,
     is_version_entity,
     name_key,
@@ -141,7 +142,7 @@ def _refers(name: str) -> bool:
     ``key``, which are as often the record's own values (the name of the project created)."""
     words = tokenize(name, keep_stopwords=True)
     if len(words) > 1:
-        return words[-1] in REFERENCE_WORDS
+        return ends_in_reference(name)
     return bool(words) and words[0] in _BARE_ID_NAMES
 
 

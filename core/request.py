@@ -23,8 +23,8 @@ from core.spec.operations import Operation, Param
 from core.vocabulary import (
     ID_SUFFIXES,
     LOOKUP_TEXT_WORDS,
-    REFERENCE_WORDS,
     STOPWORDS,
+    ends_in_reference,
     feature_stem,
     is_version_entity,
     param_entity,
@@ -135,13 +135,6 @@ def _param_names(name: str, segments: tuple[str, ...]) -> tuple[tuple[tuple[str,
     return full, tuple(sorted(cores))
 
 
-@lru_cache(maxsize=65536)
-def _is_reference(name: str) -> bool:
-    """Whether ``name`` ends with a word that refers to a record (``message_id``, ``userKey``)."""
-    words = tokenize(name, keep_stopwords=True)
-    return bool(words) and words[-1] in REFERENCE_WORDS
-
-
 def _name_like(value: RequestValue) -> bool:
     """A name ("a droplet named web-1") or text with a space ("the message 'hello team'"): what
     the thing is called or says, never its id (ids have no space)."""
@@ -152,14 +145,14 @@ def _fits(value: RequestValue, name: str, type_: str | None) -> bool:
     """Of the parameter's type, and no name-like value for a reference to a record."""
     if not type_fits(value.value, type_):
         return False
-    return not (_is_reference(name) and _name_like(value))
+    return not (ends_in_reference(name) and _name_like(value))
 
 
 def _ends_with(named: tuple[str, ...], words: tuple[str, ...]) -> bool:
     return 0 < len(words) <= len(named) and named[-len(words):] == words
 
 
-def _names(value: RequestValue, name: str, full: Words, cores: Words, finds: Words = ()) -> bool:
+def _names(value: RequestValue, name: str, full: Words, cores: Words, finds: Words) -> bool:
     """Whether the words before ``value`` name the parameter (or its kind does). A name-like
     value names it only by its own words, or as the thing a lookup parameter finds ("the game
     'The Witcher 3'" fills ``search`` of ``GET /games``): named by its entity alone (``{game_pk}``

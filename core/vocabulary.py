@@ -29,6 +29,7 @@ __all__ = [
     "path_param_names",
     "ID_WORDS",
     "REFERENCE_WORDS",
+    "ends_in_reference",
     "ID_SUFFIXES",
     "is_id_name",
     "id_entity",
@@ -196,6 +197,14 @@ ID_SUFFIXES = ID_WORDS | {"ids", "num", "handle"}
 # record. "guid" needs no entry: it ends in "id".
 _ID_NAMES = ID_WORDS - {"ref"}
 _ID_NAME_ENDINGS = ("id", *sorted("_" + w for w in _ID_NAMES))
+
+
+@lru_cache(maxsize=65536)
+def ends_in_reference(name: str) -> bool:
+    """Whether ``name``'s last word is one of :data:`REFERENCE_WORDS` (``message_id``,
+    ``userKey``): it refers to a record."""
+    words = tokenize(name, keep_stopwords=True)
+    return bool(words) and words[-1] in REFERENCE_WORDS
 
 
 def is_id_name(name: str) -> bool:

@@ -58,9 +58,9 @@ from core.vocabulary import (
     AUTH_WORDS,
     ID_WORDS,
     PLAN_CLAUSE_BREAK,
-    REFERENCE_WORDS,
     ROLES,
     VERSION_SEGMENT,
+    ends_in_reference,
     id_entity,
     index_stem,
     path_param_names,
@@ -377,10 +377,9 @@ class RetrievalIndex:
             for p in op.params:
                 # Required id-like body/query parameters also consume an id (POST /lines
                 # with invoice_id in its body), though less tellingly than a path parameter.
-                words = tokenize(p.name, keep_stopwords=True)
                 if (
                     p.required and p.name not in path_names and p.location != "header"
-                    and words and words[-1] in REFERENCE_WORDS
+                    and ends_in_reference(p.name)
                 ):
                     pair_op.append(i)
                     pair_entity.append(self.entities.id(id_entity(p.name, op.resource)))
