@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ __all__ = [
     "spec_server",
     "RayHead",
     "marked_pids",
+    "signal_pids",
     "process_title",
     "replica_of",
     "ServeApp",
@@ -171,6 +172,13 @@ def wait_http(
     raise TimeoutError(f"{url} not answering {expect} after {timeout_s:.0f}s (last: {last})")
 
 
+def signal_pids(pids: Iterable[int], signum: signal.Signals) -> None:
+    """Send ``signum`` to each of ``pids``; one already gone, or not ours, is passed over."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
 def _stop(proc: subprocess.Popen[bytes], first: signal.Signals, grace_s: float) -> None:
     """Signal the process, wait, then SIGKILL whatever is left of its tree (by pid)."""
     if proc.poll() is None:
@@ -183,9 +191,7 @@ def _stop(proc: subprocess.Popen[bytes], first: signal.Signals, grace_s: float) 
             pass
     else:
         tree = set()
-    for pid in tree:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+    signal_pids(tree, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5)
 
@@ -460,9 +466,7 @@ class RayHead:
         if self.proc is not None:
             _stop(self.proc, signal.SIGTERM, 20)
             self.proc = None
-        for pid in self.marked_pids():  # orphans of the head (e.g. HAProxy), by pid
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        signal_pids(self.marked_pids(), signal.SIGKILL)  # orphans of the head (e.g. HAProxy), by pid
         self.log.close()
         if not keep_logs:
             shutil.rmtree(self.temp_dir, ignore_errors=True)

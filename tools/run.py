@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from tools.cluster import (
     listening_table,
     make_run_env,
     marked_pids,
+    signal_pids,
     socket_inodes,
     write_config,
 )
@@ -129,30 +130,30 @@ def _supervisor(pids: Sequence[int]) -> int | None:
     return None
 
 
+def _wait(still: Callable[[], object], seconds: float, poll_s: float = 0.25) -> None:
+    """Until ``still()`` is false, or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and still():
+        time.sleep(poll_s)
+
+
 def stop(ports: Ports, grace_s: float = STOP_GRACE_S) -> int:
     """End every process ``start`` started for this Ray port; the number ended. ``make run`` is
     asked first, so that it stops its own in order and ends quietly; what is left after the grace
     period is ended here."""
     pids = marked_pids(ports.temp_dir)
+
+    def left() -> list[int]:
+        return marked_pids(ports.temp_dir)
+
     supervisor = _supervisor(pids)
     if supervisor is not None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(supervisor, signal.SIGTERM)
-        deadline = time.monotonic() + 2 * grace_s + 5  # as long as its own stop may take
-        while time.monotonic() < deadline and supervisor in marked_pids(ports.temp_dir):
-            time.sleep(0.25)
-    for pid in marked_pids(ports.temp_dir):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and marked_pids(ports.temp_dir):
-        time.sleep(0.25)
-    for pid in marked_pids(ports.temp_dir):  # what SIGTERM did not end (the GCS often lingers)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5  # gone, ports released, before a next `make run` checks them
-    while time.monotonic() < deadline and marked_pids(ports.temp_dir):
-        time.sleep(0.1)
+        signal_pids([supervisor], signal.SIGTERM)
+        _wait(lambda: supervisor in left(), 2 * grace_s + 5)  # as long as its own stop may take
+    signal_pids(left(), signal.SIGTERM)
+    _wait(left, grace_s)
+    signal_pids(left(), signal.SIGKILL)  # what SIGTERM did not end (the GCS often lingers)
+    _wait(left, 5, poll_s=0.1)  # gone, ports released, before a next `make run` checks them
     return len(pids)
 
 
