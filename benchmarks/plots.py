@@ -3,7 +3,7 @@
     python -m benchmarks.plots [--results benchmarks/results]
 
 - ``accuracy.png``: hit@1 and hit@3 per request family of ``requests.json`` (direct, direct in
-  one call, direct + values, find id, find id named, workflow), BM25 over the whole spec beside
+  one call, as typed, direct + values, find id, find id named, workflow), BM25 over the whole spec beside
   the generator's order and the service (``python -m benchmarks.requests`` writes the JSON);
 - ``llm_weight.png``: hit@1 of the ranker against ``llm_weight``, one line per simulated LLM
   accuracy, from ``llm_path.json`` (``python -m benchmarks.llm_path``), the shipped weight marked.
@@ -27,7 +27,8 @@ from tools.plotting import PlotUnavailable, metric_bars, pyplot
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-FAMILIES = ("direct", "direct, one call", "direct + values", "find id", "find id, named", "workflow")
+FAMILIES = ("direct", "direct, one call", "direct, as typed", "direct + values", "find id",
+            "find id, named", "workflow")
 # requests.json's method names -> the legend's
 METHODS = {"bm25 (whole spec)": "BM25 over the whole spec", "generator order": "generator's order",
            "service": "service (trained ranker)"}

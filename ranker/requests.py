@@ -9,6 +9,10 @@
   nobody has yet: the later step's description (with its known values) as the prompt, the
   history before the earlier step, target = the earlier step's call, the read that finds it.
   An id the earlier step was itself given is no find (:func:`found_ids`).
+- ``as typed`` (:func:`as_typed`): a direct ask cut to what a user types: the description's
+  first sentence without its parentheses or what follows a comma, in lower case, at most
+  :data:`TYPED_WORDS` words ("Retrieves full details of a specific client, including their
+  name." → "retrieves full details of a specific client").
 - ``find_id_named``: a find-id ask that also names the thing the way the read looks it up: the
   value the read takes from the workflow's inputs for a parameter that names things (a ``q``,
   ``query``, ``search``, ``name``, ``title``, ``email`` … of type string, no enum: what the user
@@ -22,6 +26,7 @@ against the value the step really passed.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Literal
@@ -39,9 +44,12 @@ from core.vocabulary import (
 from ranker.data import Example, RequestKind, Step, Workflow, history_of, load_spec
 
 __all__ = ["RequestKind", "request_examples", "known_values", "found_ids", "needs_found_id",
-           "naming_values", "MAX_VALUES"]
+           "naming_values", "as_typed", "MAX_VALUES", "TYPED_WORDS"]
 
 MAX_VALUES = 3
+TYPED_WORDS = 8
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s")
+_PARENTHESES = re.compile(r"\([^)]*\)")
 _FINDING_ROLES = ("list", "search", "get")
 
 
@@ -77,6 +85,15 @@ def naming_values(spec: SpecIndex, step: Step) -> dict[str, str]:
             continue
         out[name] = value
     return out
+
+
+def as_typed(description: str, *, max_words: int = TYPED_WORDS) -> str:
+    """``description`` as a user types the ask: its first sentence without parentheses or what
+    follows a comma, in lower case, at most ``max_words`` words. Workflow descriptions are
+    written sentences; what users type is short and plain, and a ranker must not need the rest."""
+    first = _SENTENCE_END.split(description.strip(), maxsplit=1)[0]
+    first = _PARENTHESES.sub(" ", first).split(",")[0]
+    return " ".join(first.rstrip(".!? ").split()[:max_words]).lower()
 
 
 def _value(op: Operation, step: Step, name: str) -> str | None:

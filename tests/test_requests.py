@@ -237,6 +237,33 @@ def _workflow_asks(tmp_path) -> list[Any]:
     return parse_workflow_document(doc, api="t", root=tmp_path)
 
 
+def test_an_ask_as_typed_is_its_first_plain_words() -> None:
+    from ranker.requests import as_typed
+
+    assert as_typed("Retrieves full details of a specific client, including their name.") == (
+        "retrieves full details of a specific client")
+    assert as_typed("Check the status (queued or done) of the job. Repeat until done.") == (
+        "check the status of the job")
+    assert as_typed("Lists every invoice of the account that is still open for payment today") == (
+        "lists every invoice of the account that is")
+    assert as_typed("Send the v1.2 report!") == "send the v1.2 report"
+
+
+def test_issue_targets_say_met_only_at_the_bar() -> None:
+    from benchmarks.requests import FILED_HIT1, targets
+
+    def fam(hit1: float, **more: float) -> dict[str, Any]:
+        return {"service": {"hit@1": hit1, **more}, "bm25 (whole spec)": {"hit@1": 0.5}}
+
+    results = {"direct, one call": fam(0.65), "find id": fam(1.5 * FILED_HIT1["find id"]),
+               "find id, named": fam(0.2),
+               "workflow": fam(0.6, **{"hit@3": 0.84, "mrr": 0.71}), "params": {"precision": 0.99}}
+    rows = targets(results)
+    # direct 0.65 ≥ 0.5 + 0.15; find id at 1.5× exactly; named 0.2 < 1.5 × 0.238; workflow hit@1
+    # and MRR at or over the bar, hit@3 under it; precision 0.99 ≥ 0.98
+    assert [row["met"] for row in rows] == [True, True, False, True, False, True, True], rows
+
+
 def test_an_id_the_finder_was_given_is_no_find(tmp_path) -> None:
     """A find-id ask's read gives an id nobody had: not one the read was itself called with
     (its output echoing it, or a read of one thing by its id giving that thing's id)."""
@@ -414,8 +441,8 @@ def test_no_family_of_requests_below_bm25(validation) -> None:
     model = RankerModel.load()
     results = evaluate(validation.workflows, generator=generator, extractor=extractor,
                        score=model.raw_scores)
-    assert set(results) == {"direct", "direct, one call", "direct + values", "find id",
-                            "find id, named", "workflow"}
+    assert set(results) == {"direct", "direct, one call", "direct, as typed", "direct + values",
+                            "find id", "find id, named", "workflow"}
     assert all(r["service"]["n"] > 150 for k, r in results.items() if k != "find id, named"), results
     assert results["find id, named"]["service"]["n"] > 30, results
     assert below_bm25(results) == [], results
