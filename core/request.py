@@ -2,11 +2,14 @@
 
 "pay invoice in_77", "delete the message 1234567 in channel 998877", "flights on 2027-03-02",
 "send 'hello team'": a value is an id-like token (a digit in it), a number, an ISO date, an
-e-mail or a quoted string, with the words written just before it ("invoice", "channel"). A
-value fills a parameter only when those words name it (the parameter's own words, or the entity
-of its id: ``{id}`` of ``/invoices/{id}`` is named by "invoice"), or when its kind says which
-(an e-mail fills an ``email``, a date a ``date``), and it fits the parameter's type. A wrong
-value is worse than none: a value named by nothing fills nothing.
+e-mail or a quoted string, with the words written just before it ("invoice", "channel"). After
+"from" or "to", a capitalised word or an all-capital code is a value too ("flights from Lisbon
+to OSL"), named by that word: it fills a parameter called ``from`` or ``to``. A value fills a
+parameter only when those words name it (the parameter's own words, or the entity of its id:
+``{id}`` of ``/invoices/{id}`` is named by "invoice"), or when its kind says which (an e-mail
+fills an ``email``, a date a ``date``; "on 2027-03-02" is that day, not the end of a range), and
+it fits the parameter's type. A wrong value is worse than none: a value named by nothing fills
+nothing.
 
 Read once per prompt (cached); the features read which required parameters of a candidate the
 request fills, and the served ``params`` take the same values (:mod:`core.params`).
@@ -40,6 +43,12 @@ _VALUE = re.compile(
     r"|(?P<date>\b\d{4}-\d{2}-\d{2}(?:T[\d:.]+Z?)?\b)"
     r"|(?P<token>(?<![\w@.-])[A-Za-z0-9][\w.:-]*\d[\w.:-]*|(?<![\w@.-])\d[\w.:-]*)"
 )
+# After "from" or "to", a place or party by its name or code: "from Lisbon", "to OSL", "from New
+# York" (read only there: elsewhere a capitalised word is a sentence's first word or a product).
+_ENDPOINT_NAME = re.compile(
+    r"\b(?P<prep>[Ff]rom|[Tt]o)\s+(?P<value>[A-Z][a-z]+(?:\s[A-Z][a-z]+)?|[A-Z]{2,5})\b")
+# Words right before a value that name it by where it stands: a range's ends, a day.
+_PLACING = frozenset({"from", "to", "on"})
 _WORD = re.compile(r"[A-Za-z]+")
 # A value's name is written in its clause, right before it: never across these.
 _CLAUSE_END = re.compile(r"[.;,!?()\[\]{}]")
@@ -56,7 +65,7 @@ _ID_TAIL = frozenset(feature_stem(w) for w in ID_SUFFIXES | {"no"})
 @dataclass(frozen=True, slots=True)
 class RequestValue:
     value: str
-    kind: str  # "quoted" | "email" | "date" | "number" | "id"
+    kind: str  # "quoted" | "email" | "date" | "number" | "id" | "name" (after from / to)
     named: tuple[str, ...]  # feature stems of the words naming it, nearest last (may be empty)
     bare: tuple[str, ...] = ()  # the same without trailing id words ("invoice number" → invoice)
     as_name: bool = False  # "a droplet named web-1": the thing's name, no id of it
@@ -67,7 +76,8 @@ def request_values(prompt: str | None) -> tuple[RequestValue, ...]:
     """The values written in ``prompt``, in order, each with the (up to two) words naming it."""
     if not prompt:
         return ()
-    out: list[RequestValue] = []
+    found: list[tuple[int, RequestValue]] = []
+    spans: list[tuple[int, int]] = []
     for m in _VALUE.finditer(prompt):
         kind = m.lastgroup or "token"
         value = m.group(kind).rstrip(".:,;")
@@ -75,29 +85,41 @@ def request_values(prompt: str | None) -> tuple[RequestValue, ...]:
             kind = "quoted"
         elif kind == "token":
             kind = "number" if re.fullmatch(r"-?\d+(\.\d+)?", value) else "id"
-        if not value:
+        spans.append(m.span())
+        if value:
+            found.append((m.start(), _named(prompt, m.start(), value, kind)))
+    for m in _ENDPOINT_NAME.finditer(prompt):
+        start, end = m.span("value")
+        if not any(a < end and start < b for a, b in spans):
+            found.append((start, RequestValue(m.group("value"), "name", (m.group("prep").lower(),))))
+    return tuple(v for _start, v in sorted(found, key=lambda f: f[0]))
+
+
+def _named(prompt: str, start: int, value: str, kind: str) -> RequestValue:
+    """The value at ``start`` with the words before it that name it."""
+    head = prompt[max(0, start - 80): start]
+    cut = [c.end() for c in _CLAUSE_END.finditer(head)]
+    words: list[str] = []
+    as_name: str | None = None
+    for w in reversed(_WORD.findall(head[cut[-1]:] if cut else head)):
+        lw = w.lower()
+        if lw in _LINKING and not words:
+            as_name = as_name or _NAMING.get(lw)
             continue
-        head = prompt[max(0, m.start() - 80): m.start()]
-        cut = [c.end() for c in _CLAUSE_END.finditer(head)]
-        words: list[str] = []
-        as_name: str | None = None
-        for w in reversed(_WORD.findall(head[cut[-1]:] if cut else head)):
-            lw = w.lower()
-            if lw in _LINKING and not words:
-                as_name = as_name or _NAMING.get(lw)
-                continue
-            if lw in STOPWORDS or lw in _LINKING:
-                break
-            words.insert(0, feature_stem(lw))
-            if len(words) == _NAME_WORDS:
-                break
-        bare = list(words)
-        while bare and bare[-1] in _ID_TAIL:
-            bare.pop()
-        if as_name:  # "the droplet named web-1" names the droplet's name: droplet_name, name
-            words.append(feature_stem(as_name))
-        out.append(RequestValue(value, kind, tuple(words), tuple(bare), as_name=as_name is not None))
-    return tuple(out)
+        if lw in _PLACING and not words and not as_name:
+            words.append(lw)
+            break
+        if lw in STOPWORDS or lw in _LINKING:
+            break
+        words.insert(0, feature_stem(lw))
+        if len(words) == _NAME_WORDS:
+            break
+    bare = list(words)
+    while bare and bare[-1] in _ID_TAIL:
+        bare.pop()
+    if as_name:  # "the droplet named web-1" names the droplet's name: droplet_name, name
+        words.append(feature_stem(as_name))
+    return RequestValue(value, kind, tuple(words), tuple(bare), as_name=as_name is not None)
 
 
 def named_stems(prompt: str | None) -> frozenset[str]:
@@ -159,6 +181,8 @@ def _names(value: RequestValue, name: str, full: Words, cores: Words, finds: Wor
     of ``/games/{game_pk}``) it would be taken for the thing's id."""
     if value.kind == "email" and "email" in name.lower():
         return True
+    if value.kind == "date" and value.named == ("on",):  # that day: no range's end
+        return bool(_DAY_NAME.search(name)) and not _RANGE_END.search(name)
     if value.kind == "date" and _DATE_NAME.search(name):
         return True
     if any(_ends_with(value.named, words) for words in full):
@@ -169,6 +193,8 @@ def _names(value: RequestValue, name: str, full: Words, cores: Words, finds: Wor
 
 
 _DATE_NAME = re.compile(r"date|day|since|until|from|to$", re.I)
+_DAY_NAME = re.compile(r"date|day", re.I)
+_RANGE_END = re.compile(r"since|until|from|to$|start|end|before|after|min|max", re.I)
 
 
 # A parameter as the request can name it: (name, type, full words, core words, the words of

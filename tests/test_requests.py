@@ -94,6 +94,35 @@ def test_text_with_a_space_is_no_id() -> None:
         "text": "Happy birthday"}
 
 
+def _flights() -> SpecIndex:
+    return _spec({
+        "/airports": {"get": _op("List airports", op_id="listAirports")},
+        "/airports/{code}": {"get": _op("Get an airport", [_path("code")])},
+        "/flights/{from}/{to}/{date}": {"get": _op(
+            "Find flights between two airports on a date",
+            [_path("from"), _path("to"), _path("date")], op_id="findFlights")},
+        "/bookings": {"post": _op("Book a flight", op_id="createBooking")},
+        "/invoices": {"get": _op("List invoices", [_query("from"), _query("to")])},
+    })
+
+
+def test_places_after_from_and_to_and_a_day_fill_what_they_name() -> None:
+    # "from Lisbon to Oslo on 2027-03-02": the names after from / to fill `from` and `to`, the
+    # day fills `date`; "on" a day names no end of a range
+    spec = _flights()
+    flights, invoices = spec.operations[2], spec.operations[4]
+    for prompt, places in (("Flights from Lisbon to Oslo on 2027-03-02", ("Lisbon", "Oslo")),
+                           ("flights from LIS to OSL on 2027-03-02", ("LIS", "OSL")),
+                           ("flights from New York to Oslo on 2027-03-02", ("New York", "Oslo"))):
+        assert fill_params(flights, [], prompt=prompt) == (
+            {"from": places[0], "to": places[1], "date": "2027-03-02"}, []), prompt
+    assert request_fills(invoices, request_values("invoices on 2027-03-02")) == {}
+    assert request_fills(invoices, request_values("invoices from 2027-01-01 to 2027-02-01")) == {
+        "from": "2027-01-01", "to": "2027-02-01"}
+    # elsewhere a capital word is a sentence's first word or a product, no value
+    assert [v.value for v in request_values("Send the Stripe invoice to the customer")] == []
+
+
 def test_a_thing_named_so_is_named_not_identified() -> None:
     # "a droplet named web-1": web-1 is the droplet's name, which fills its name, never its id
     body = {"content": {"application/json": {"schema": {
@@ -394,6 +423,12 @@ def test_a_named_thing_without_id_is_searched_first(served) -> None:
     })
     ranked = served(spec, "Who directed the movie Heat? Show its cast and crew")
     assert ranked.index("GET /search/movie") < ranked.index("GET /movie/{movie_id}/credits"), ranked
+
+
+def test_a_call_the_request_fills_whole_comes_first(served) -> None:
+    # the "Flights from Lisbon to Oslo on 2027-03-02": all three values are given
+    ranked = served(_flights(), "Flights from Lisbon to Oslo on 2027-03-02")
+    assert ranked[0] == "GET /flights/{from}/{to}/{date}", ranked
 
 
 def test_an_explicit_delete_ask_puts_the_delete_first(served) -> None:
