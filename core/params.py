@@ -165,6 +165,29 @@ def request_params(operation: Operation, prompt: str | None, *,
     return named, coded_fills(operation, prompt, filled=named, api_words=api_words)
 
 
+def _not_another_things(
+    operation: Operation, named: dict[str, str], by_name: Mapping[str, Sequence[IdSource]],
+) -> dict[str, str]:
+    """``named`` without the values the events hold as the id of another thing: after
+    ``GET /issue/PROJ-123``, "transition PROJ-123 to Done" names the issue PROJ-123, not a
+    transition, though "transition" is written before it. A value is one record's id."""
+    held: dict[str, set[str]] = {}
+    for sources in by_name.values():
+        for src in sources:
+            if src.value is not None and src.entity:
+                held.setdefault(str(src.value), set()).add(src.entity)
+    out: dict[str, str] = {}
+    for name, value in named.items():
+        entities = held.get(str(value))
+        if entities:
+            segments = operation.segments if name in operation.path_params else ()
+            entity = param_entity(name, segments) or name_key(name)
+            if entity not in entities:
+                continue
+        out[name] = value
+    return out
+
+
 def fill_params(
     operation: Operation,
     history: Sequence[Call],
@@ -204,10 +227,10 @@ def fill_params(
     # What the request itself names wins: "delete the message 1234567" means that message,
     # whatever message the events last showed.
     named, coded = request_params(operation, prompt, api_words=api_words)
-    params: dict[str, Any] = {**named, **coded}
-    missing: list[str] = []
     ids = ids or history_ids(history)
     placed, held = ids.placed, ids.held
+    params: dict[str, Any] = {**_not_another_things(operation, named, held[0]), **coded}
+    missing: list[str] = []
     for name, (src, known) in _param_sources(operation, *held).items():
         if name in params:
             continue

@@ -171,3 +171,34 @@ def test_a_call_read_with_its_base_path_as_a_parameter_gives_no_value() -> None:
     keys = _op(places, "GET /{apiVersion}/accounts/{id}/keys")
     assert fill_params(keys, [places.resolve("GET /v1/accounts/ac_1")]) == (
         {"apiVersion": "v1", "id": "ac_1"}, [])
+
+
+def test_a_value_the_events_hold_as_one_things_id_names_no_other_thing() -> None:
+    jira = parse_spec({
+        "openapi": "3.0.3",
+        "info": {"title": "Jira", "version": "3"},
+        "paths": {
+            "/issue/{issueIdOrKey}": {"get": {"parameters": [_path("issueIdOrKey")], "responses": _OK}},
+            "/issue/{issueIdOrKey}/transitions": {
+                "get": {"parameters": [_path("issueIdOrKey"), _query("transitionId")],
+                        "responses": _OK},
+                "post": {"parameters": [_path("issueIdOrKey")],
+                         "requestBody": _body("transition", transition="string"), "responses": _OK}},
+            "/users/{id}": {"get": {"parameters": [_path("id")], "responses": _OK}},
+            "/users/{user_id}/orders": {"get": {"parameters": [_path("user_id")], "responses": _OK}},
+        },
+    })
+    seen = [jira.resolve("GET /issue/PROJ-123")]
+    prompt = "transition PROJ-123 to Done"
+    # "transition" is written before PROJ-123, but the events hold it as the issue's key
+    assert fill_params(_op(jira, "POST /issue/{issueIdOrKey}/transitions"), seen, prompt=prompt) == (
+        {"issueIdOrKey": "PROJ-123"}, ["transition"])
+    assert fill_params(_op(jira, "GET /issue/{issueIdOrKey}/transitions"), seen, prompt=prompt) == (
+        {"issueIdOrKey": "PROJ-123"}, ["transitionId"])
+    # without the events nothing says whose id it is: the words before it name it
+    assert fill_params(_op(jira, "GET /issue/{issueIdOrKey}/transitions"), [], prompt=prompt)[0] == {
+        "transitionId": "PROJ-123"}
+    # the same thing's id under another name is still that thing's
+    orders = _op(jira, "GET /users/{user_id}/orders")
+    assert fill_params(orders, [jira.resolve("GET /users/42")], prompt="orders of user 42") == (
+        {"user_id": "42"}, [])
