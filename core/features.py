@@ -51,11 +51,11 @@ from core.spec.operations import Operation
 from core.spec_tables import PerSpecCache
 from core.vocabulary import (
     AUTH_OPERATION_WORDS,
-    COUNT_PHRASE,
     COUNT_WORDS,
     FEATURE_CLAUSE_SPLIT,
     HEAD_BOUNDARY_WORDS,
     ID_SUFFIXES,
+    MEANING_PHRASES,
     PROMPT_ROLE_VERBS,
     ROLES,
     VERSION_SEGMENT,
@@ -281,6 +281,13 @@ class PromptTokens:
 
 
 @lru_cache(maxsize=4096)
+def _with_meanings(text: str) -> str:
+    """``text`` with the word each of its :data:`MEANING_PHRASES` means after the phrase."""
+    for phrase, word in MEANING_PHRASES:
+        text = phrase.sub(rf" \g<0> {word} ", text)
+    return text
+
+
 def prompt_stems(prompt: str | None) -> PromptTokens:
     stems: list[str] = []
     clauses: list[int] = []
@@ -290,7 +297,7 @@ def prompt_stems(prompt: str | None) -> PromptTokens:
     parts = [p for p in FEATURE_CLAUSE_SPLIT.split(prompt or "") if p and p.strip()]
     for c, part in enumerate(parts):
         words = [(word, [(tok, feature_stem(tok)) for tok in tokenize(word)])
-                 for word in re.findall(r"[A-Za-z0-9]+", COUNT_PHRASE.sub(" how many count ", part))]
+                 for word in re.findall(r"[A-Za-z0-9]+", _with_meanings(part))]
         # of the clause's head: "before" it, in the "head", "after" it
         verb = any(stem in PROMPT_ROLE_VERBS for _w, toks in words for _t, stem in toks)
         state = "before" if verb else "head"

@@ -244,7 +244,8 @@ def request_fills(
     by_kind = any(v.kind in ("email", "date") for v in values)
     out: dict[str, str] = {}
     used: set[int] = set()
-    for name, type_, full, cores, finds in namings if namings is not None else param_namings(operation):
+    namings = namings if namings is not None else param_namings(operation)
+    for name, type_, full, cores, finds in namings:
         if not by_kind and not any(w[-1] in last_words for w in (*full, *cores, *finds)):
             continue
         for k, v in enumerate(values):
@@ -252,4 +253,28 @@ def request_fills(
                 out[name] = v.value
                 used.add(k)
                 break
+    if operation.method in _WRITES:
+        _quoted_text(values, namings, used, out)
     return out
+
+
+# What a request quotes and names no parameter for is the text to write, when the operation
+# writes and has a field for written text: "send 'hello team' to channel 998877" → ``content``.
+_WRITES = frozenset({"POST", "PUT", "PATCH"})
+_WRITTEN_TEXT_WORDS = frozenset({"content", "text", "body", "message"})
+
+
+def _quoted_text(
+    values: tuple[RequestValue, ...], namings: tuple[Naming, ...], used: set[int],
+    out: dict[str, str],
+) -> None:
+    quoted = next((k for k, v in enumerate(values) if k not in used and v.kind == "quoted"), None)
+    if quoted is None:
+        return
+    for name, type_, _full, _cores, _finds in namings:
+        words = tokenize(name, keep_stopwords=True)
+        if (name not in out and words and words[-1] in _WRITTEN_TEXT_WORDS
+                and type_ in (None, "string") and not ends_in_reference(name)):
+            out[name] = values[quoted].value
+            used.add(quoted)
+            return

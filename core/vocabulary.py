@@ -43,7 +43,7 @@ __all__ = [
     "DESTRUCTIVE_WORDS",
     "wants_destructive",
     "COUNT_WORDS",
-    "COUNT_PHRASE",
+    "MEANING_PHRASES",
     "asks_question",
     "LOOKUP_TEXT_WORDS",
     "LOOKUP_WORDS",
@@ -378,8 +378,15 @@ def wants_destructive(prompt: str | None) -> bool:
 
 
 # A request that asks how many, and the words of an operation that counts. "How many" also
-# reads as the word "count" in the features' words (COUNT_PHRASE), as a user means it.
-COUNT_PHRASE = re.compile(r"\bhow many\b", re.I)
+# reads as the word "count" in the features' words (MEANING_PHRASES), as a user means it.
+# Phrases that mean a thing they do not name: "how many" a count, "who is in" a group's members,
+# sending quoted words a message. The features read that word after the phrase, as a user
+# means it.
+MEANING_PHRASES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\bhow many\b", re.I), "count"),
+    (re.compile(r"\bwho(?:'s|\s+is|\s+are)\s+(?:in|on|part\s+of)\b", re.I), "member"),
+    (re.compile(r"\b(?:send|post|say)\s+(?=[\"'“])", re.I), "message"),
+)
 _COUNT_ASK = re.compile(r"\bhow many\b|\bnumber of\b|\bcount(?:s|ing)?\b|\btotal\b", re.I)
 COUNT_WORDS = frozenset({"count", "total", "tally"})
 

@@ -123,6 +123,29 @@ def test_places_after_from_and_to_and_a_day_fill_what_they_name() -> None:
     assert [v.value for v in request_values("Send the Stripe invoice to the customer")] == []
 
 
+def _written(*fields: str) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": {
+        "type": "object", "properties": {f: {"type": "string"} for f in fields}}}}}
+
+
+def test_quoted_words_are_the_text_a_write_sends() -> None:
+    spec = _spec({
+        "/channels/{channel_id}/messages": {"post": {
+            **_op("Create a message", [_path("channel_id")]), "requestBody": _written("content")}},
+        "/docs": {"post": {**_op("Create a doc"), "requestBody": _written("title", "body")}},
+        "/logs": {"get": _op("Read the logs", [{**_query("message"), "required": False}])},
+    })
+    send, doc, logs = spec.operations
+    assert request_fills(send, request_values("send 'hello team' to channel 998877")) == {
+        "channel_id": "998877", "content": "hello team"}
+    # named for another field, the quoted words go there
+    assert request_fills(doc, request_values("create a doc with title 'Q3 report'")) == {
+        "title": "Q3 report"}
+    assert request_fills(doc, request_values("write 'call me' in a new doc")) == {"body": "call me"}
+    # a read sends nothing
+    assert request_fills(logs, request_values("find 'disk full' in the logs")) == {}
+
+
 def test_a_thing_named_so_is_named_not_identified() -> None:
     # "a droplet named web-1": web-1 is the droplet's name, which fills its name, never its id
     body = {"content": {"application/json": {"schema": {
@@ -429,6 +452,20 @@ def test_a_call_the_request_fills_whole_comes_first(served) -> None:
     # the issue's "Flights from Lisbon to Oslo on 2027-03-02": all three values are given
     ranked = served(_flights(), "Flights from Lisbon to Oslo on 2027-03-02")
     assert ranked[0] == "GET /flights/{from}/{to}/{date}", ranked
+
+
+def test_the_issues_discord_asks(served, jentic_dir) -> None:
+    # issue 17's own examples on the Discord spec of ../shared (217 operations, no history):
+    # sending quoted words is a message; "who is in" a guild asks for its members
+    from ranker.data import load_spec
+
+    spec = load_spec(jentic_dir / "apis/openapi/discord.com/main/10/openapi.json")
+    sent = served(spec, "send 'hello team' to channel 998877")
+    assert sent[0] == "POST /channels/{channel_id}/messages", sent[:3]
+    members = served(spec, "who is in the guild 4455?")
+    assert members[0] == "GET /guilds/{guild_id}/members", members[:3]
+    deleted = served(spec, "delete the message 1234567 in channel 998877")
+    assert deleted[0] == "DELETE /channels/{channel_id}/messages/{message_id}", deleted[:3]
 
 
 def test_an_explicit_delete_ask_puts_the_delete_first(served) -> None:
