@@ -26,6 +26,7 @@ from core.spec.operations import Operation, Param
 from core.vocabulary import (
     ID_SUFFIXES,
     LOOKUP_TEXT_WORDS,
+    PROMPT_ROLE_VERBS,
     STOPWORDS,
     ends_in_reference,
     feature_stem,
@@ -254,21 +255,28 @@ def request_fills(
                 used.add(k)
                 break
     if operation.method in _WRITES:
-        _quoted_text(values, namings, used, out)
+        _quoted_text(operation, values, namings, used, out)
     return out
 
 
-# What a request quotes and names no parameter for is the text to write, when the operation
-# writes and has a field for written text: "send 'hello team' to channel 998877" → ``content``.
+# Quoted words with a space, right after a verb that writes or the thing the operation writes,
+# that no parameter is named for, are the text to write, when the operation writes and has a
+# field for written text: "send 'hello team' to channel 998877", "post the message 'hi all'" →
+# ``content``; not "rewrite it using the 'pretty spinner'" (a tool), nor "update the 'About'
+# text" (which text).
 _WRITES = frozenset({"POST", "PUT", "PATCH"})
+_WRITE_ROLES = frozenset({"create", "update", "action"})
 _WRITTEN_TEXT_WORDS = frozenset({"content", "text", "body", "message"})
 
 
 def _quoted_text(
-    values: tuple[RequestValue, ...], namings: tuple[Naming, ...], used: set[int],
-    out: dict[str, str],
+    operation: Operation, values: tuple[RequestValue, ...], namings: tuple[Naming, ...],
+    used: set[int], out: dict[str, str],
 ) -> None:
-    quoted = next((k for k, v in enumerate(values) if k not in used and v.kind == "quoted"), None)
+    things = {feature_stem(w) for w in tokenize(operation.resource)}
+    quoted = next((k for k, v in enumerate(values) if k not in used and v.kind == "quoted"
+                   and _name_like(v) and v.named and (PROMPT_ROLE_VERBS.get(v.named[-1], frozenset()) & _WRITE_ROLES
+                                    or v.named[-1] in things)), None)
     if quoted is None:
         return
     for name, type_, _full, _cores, _finds in namings:

@@ -141,7 +141,13 @@ def test_quoted_words_are_the_text_a_write_sends() -> None:
     # named for another field, the quoted words go there
     assert request_fills(doc, request_values("create a doc with title 'Q3 report'")) == {
         "title": "Q3 report"}
-    assert request_fills(doc, request_values("write 'call me' in a new doc")) == {"body": "call me"}
+    assert request_fills(doc, request_values("add 'call me' to a new doc")) == {"body": "call me"}
+    assert request_fills(send, request_values("post the message 'hi all' in channel 5")) == {
+        "channel_id": "5", "content": "hi all"}
+    # quoted after no verb that writes, nor the thing written, they name something else; one
+    # quoted word names which text, not what it says
+    assert request_fills(doc, request_values("rewrite it using the 'pretty spinner'")) == {}
+    assert request_fills(doc, request_values("update the 'About' text of the doc")) == {}
     # a read sends nothing
     assert request_fills(logs, request_values("find 'disk full' in the logs")) == {}
 
