@@ -274,9 +274,12 @@ def _quoted_text(
     used: set[int], out: dict[str, str],
 ) -> None:
     things = {feature_stem(w) for w in tokenize(operation.resource)}
-    quoted = next((k for k, v in enumerate(values) if k not in used and v.kind == "quoted"
-                   and _name_like(v) and v.named and (PROMPT_ROLE_VERBS.get(v.named[-1], frozenset()) & _WRITE_ROLES
-                                    or v.named[-1] in things)), None)
+
+    def to_write(v: RequestValue) -> bool:
+        return v.kind == "quoted" and _name_like(v) and bool(v.named) and bool(
+            PROMPT_ROLE_VERBS.get(v.named[-1], frozenset()) & _WRITE_ROLES or v.named[-1] in things)
+
+    quoted = next((k for k, v in enumerate(values) if k not in used and to_write(v)), None)
     if quoted is None:
         return
     for name, type_, _full, _cores, _finds in namings:
