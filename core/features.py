@@ -280,7 +280,6 @@ class PromptTokens:
         return not self.stems
 
 
-@lru_cache(maxsize=4096)
 def _with_meanings(text: str) -> str:
     """``text`` with the word each of its :data:`MEANING_PHRASES` means after the phrase."""
     for phrase, word in MEANING_PHRASES:
@@ -288,6 +287,7 @@ def _with_meanings(text: str) -> str:
     return text
 
 
+@lru_cache(maxsize=4096)
 def prompt_stems(prompt: str | None) -> PromptTokens:
     stems: list[str] = []
     clauses: list[int] = []
