@@ -92,7 +92,9 @@ def request_values(prompt: str | None) -> tuple[RequestValue, ...]:
     for m in _ENDPOINT_NAME.finditer(prompt):
         start, end = m.span("value")
         if not any(a < end and start < b for a, b in spans):
-            found.append((start, RequestValue(m.group("value"), "name", (m.group("prep").lower(),))))
+            # a place's name or code, never a record's id
+            found.append((start, RequestValue(m.group("value"), "name", (m.group("prep").lower(),),
+                                              as_name=True)))
     return tuple(v for _start, v in sorted(found, key=lambda f: f[0]))
 
 

@@ -119,6 +119,9 @@ def test_places_after_from_and_to_and_a_day_fill_what_they_name() -> None:
     assert request_fills(invoices, request_values("invoices on 2027-03-02")) == {}
     assert request_fills(invoices, request_values("invoices from 2027-01-01 to 2027-02-01")) == {
         "from": "2027-01-01", "to": "2027-02-01"}
+    # a place is no record's id
+    transfers = _spec({"/transfers": {"post": _op("Make a transfer", [_query("to_id")])}})
+    assert request_fills(transfers.operations[0], request_values("send 5 EUR to Lisbon")) == {}
     # elsewhere a capital word is a sentence's first word or a product, no value
     assert [v.value for v in request_values("Send the Stripe invoice to the customer")] == []
 
