@@ -159,20 +159,33 @@ def _numbers(result: RunResult, **extra: Any) -> dict[str, Any]:
     }
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` after the command name: state, ppid, … (None: gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
 def _niceness_by_title(head: RayHead) -> dict[str, set[int]]:
     """The niceness of each of the head's processes, by process title (Ray's ``ray::…``, else the
-    program's name)."""
+    program's name). With the marked ones, their children: an actor whose title overwrote its
+    environment and that holds no log file at that instant (``ray::ServeController``) is still
+    the raylet's child."""
+    pids = set(head.marked_pids())
+    for entry in os.listdir("/proc"):
+        fields = _stat_fields(int(entry)) if entry.isdigit() else None
+        if fields is not None and int(fields[1]) in pids:
+            pids.add(int(entry))
     found: dict[str, set[int]] = {}
-    for pid in head.marked_pids():
+    for pid in pids:
         title = (process_title(pid) or "").strip()
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
+        fields = _stat_fields(pid)
+        if not title or fields is None:
             continue  # gone meanwhile
-        if not title:
-            continue
         name = title if title.startswith("ray::") else Path(title.split()[0]).name
-        found.setdefault(name, set()).add(int(stat[stat.rindex(")") + 2:].split()[16]))
+        found.setdefault(name, set()).add(int(fields[16]))
     return found
 
 
