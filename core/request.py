@@ -275,19 +275,19 @@ def _quoted_text(
     operation: Operation, values: tuple[RequestValue, ...], namings: tuple[Naming, ...],
     used: set[int], out: dict[str, str],
 ) -> None:
+    quoted = [k for k, v in enumerate(values)
+              if k not in used and v.kind == "quoted" and _name_like(v) and v.named]
+    if not quoted:  # the common case: ids and numbers only; the resource's words are not read
+        return
     things = {feature_stem(w) for w in tokenize(operation.resource)}
-
-    def to_write(v: RequestValue) -> bool:
-        return v.kind == "quoted" and _name_like(v) and bool(v.named) and bool(
-            PROMPT_ROLE_VERBS.get(v.named[-1], frozenset()) & _WRITE_ROLES or v.named[-1] in things)
-
-    quoted = next((k for k, v in enumerate(values) if k not in used and to_write(v)), None)
-    if quoted is None:
+    k = next((k for k in quoted if PROMPT_ROLE_VERBS.get(values[k].named[-1], frozenset())
+              & _WRITE_ROLES or values[k].named[-1] in things), None)
+    if k is None:
         return
     for name, type_, _full, _cores, _finds in namings:
         words = tokenize(name, keep_stopwords=True)
         if (name not in out and words and words[-1] in _WRITTEN_TEXT_WORDS
-                and type_ in (None, "string") and not ends_in_reference(name)):
-            out[name] = values[quoted].value
-            used.add(quoted)
+                and type_ in (None, "string")):
+            out[name] = values[k].value
+            used.add(k)
             return
